@@ -7,6 +7,8 @@
 //! propagated per direction, resets propagated, bounded memory under a slow reader.
 pub mod admin;
 pub mod config;
+pub mod conn;
+pub mod daemon;
 pub mod kernel;
 pub mod metrics;
 pub mod net;

@@ -1,1 +1,377 @@
-//! Placeholder: replaced by the metrics module.
+//! Prometheus metrics of the proxy, served by [`crate::admin`] on `GET /metrics`.
+//!
+//! Every family lives in one [`Metrics`] value with its own [`Registry`] (not the process-global
+//! default registry), so that tests and several proxies in one process never share counters.
+//! Names and label names are part of the user-facing contract (`/work/shared/interface.md`):
+//! extend, never rename.
+//!
+//! Two data paths feed the byte counters. The userspace relay increments
+//! `agent_proxy_bytes_total{path="userspace"}` as it copies. Bytes the kernel moves with the
+//! sockmap verdict never pass through userspace, so `path="kernel"` (and
+//! `agent_proxy_kernel_redirects_total`, `agent_proxy_kernel_errors_total`,
+//! `agent_proxy_kernel_map_entries`) are copied from the eBPF maps by the admin endpoint's
+//! `refresh` hook just before each scrape.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Upper bounds of `agent_proxy_backend_connect_seconds`: from a loopback connect (sub-ms) to the
+/// longest sensible `connect_timeout`.
+const CONNECT_SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Upper bounds of `agent_proxy_connection_duration_seconds`: agents open both one-shot
+/// connections (milliseconds) and long-lived keep-alive ones (up to an hour and more).
+const DURATION_SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
+];
+
+/// All metric families of the proxy, registered in [`Metrics::registry`].
+///
+/// Cheap to share behind an `Arc`: every field is internally reference-counted and atomic.
+#[derive(Debug)]
+pub struct Metrics {
+    /// The registry holding every family below; [`Metrics::render`] encodes it.
+    pub registry: Registry,
+    /// `agent_proxy_frontend_connections_total{frontend}`: connections accepted.
+    pub frontend_connections_total: IntCounterVec,
+    /// `agent_proxy_frontend_current_connections{frontend}`: connections open now.
+    pub frontend_current_connections: IntGaugeVec,
+    /// `agent_proxy_frontend_rejected_total{frontend,reason}`: connections refused.
+    pub frontend_rejected_total: IntCounterVec,
+    /// `agent_proxy_bytes_total{frontend,direction,path}`: bytes carried.
+    pub bytes_total: IntCounterVec,
+    /// `agent_proxy_kernel_redirects_total{frontend,direction}`: sockmap redirects.
+    pub kernel_redirects_total: IntCounterVec,
+    /// `agent_proxy_kernel_errors_total{kind}`: errors counted by the eBPF programs.
+    pub kernel_errors_total: IntCounterVec,
+    /// `agent_proxy_kernel_map_entries{map}` (extension): entries in each eBPF map now.
+    pub kernel_map_entries: IntGaugeVec,
+    /// `agent_proxy_dataplane{path}` (extension): 1 for the data path in use, 0 for the other.
+    pub dataplane: IntGaugeVec,
+    /// `agent_proxy_backend_connect_errors_total{backend,server}`: failed dials.
+    pub backend_connect_errors_total: IntCounterVec,
+    /// `agent_proxy_backend_connect_seconds{backend}`: time to establish a server connection.
+    pub backend_connect_seconds: HistogramVec,
+    /// `agent_proxy_server_up{backend,server,address}`: health-check state.
+    pub server_up: IntGaugeVec,
+    /// `agent_proxy_tls_handshake_errors_total{side,name}`: failed TLS handshakes.
+    pub tls_handshake_errors_total: IntCounterVec,
+    /// `agent_proxy_dns_resolutions_total{host,result}`: DNS lookups.
+    pub dns_resolutions_total: IntCounterVec,
+    /// `agent_proxy_connect_requests_total{frontend,status}`: HTTP CONNECT requests answered.
+    pub connect_requests_total: IntCounterVec,
+    /// `agent_proxy_connection_duration_seconds{frontend}`: lifetime of finished connections.
+    pub connection_duration_seconds: HistogramVec,
+    /// `agent_proxy_connections_ended_total{frontend,path,end}` (extension): how connections ended.
+    pub connections_ended_total: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates every family and registers it in a fresh [`Registry`].
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let r = &registry;
+        Self {
+            frontend_connections_total: counter(
+                r,
+                "agent_proxy_frontend_connections_total",
+                "Client connections accepted, by frontend",
+                &["frontend"],
+            ),
+            frontend_current_connections: gauge(
+                r,
+                "agent_proxy_frontend_current_connections",
+                "Client connections open now, by frontend",
+                &["frontend"],
+            ),
+            frontend_rejected_total: counter(
+                r,
+                "agent_proxy_frontend_rejected_total",
+                "Client connections refused, by frontend and reason (e.g. max_connections, \
+                 not_allowed)",
+                &["frontend", "reason"],
+            ),
+            bytes_total: counter(
+                r,
+                "agent_proxy_bytes_total",
+                "Bytes carried, by frontend, direction (upstream = client to server) and data \
+                 path; path=\"kernel\" is read from the eBPF maps",
+                &["frontend", "direction", "path"],
+            ),
+            kernel_redirects_total: counter(
+                r,
+                "agent_proxy_kernel_redirects_total",
+                "Messages the eBPF sockmap verdict redirected between sockets, by frontend and \
+                 direction; read from the eBPF maps",
+                &["frontend", "direction"],
+            ),
+            kernel_errors_total: counter(
+                r,
+                "agent_proxy_kernel_errors_total",
+                "Errors counted by the eBPF programs, by kind; read from the eBPF maps",
+                &["kind"],
+            ),
+            kernel_map_entries: gauge(
+                r,
+                "agent_proxy_kernel_map_entries",
+                "Entries in each eBPF map now",
+                &["map"],
+            ),
+            dataplane: gauge(
+                r,
+                "agent_proxy_dataplane",
+                "Data path in use: 1 for the active path (kernel or userspace), 0 for the other",
+                &["path"],
+            ),
+            backend_connect_errors_total: counter(
+                r,
+                "agent_proxy_backend_connect_errors_total",
+                "Failed connection attempts to a backend server, by backend and server",
+                &["backend", "server"],
+            ),
+            backend_connect_seconds: histogram(
+                r,
+                "agent_proxy_backend_connect_seconds",
+                "Seconds taken to connect to a backend server (TCP, plus TLS when originated), \
+                 by backend",
+                &["backend"],
+                CONNECT_SECONDS_BUCKETS,
+            ),
+            server_up: gauge(
+                r,
+                "agent_proxy_server_up",
+                "Health-check state of each backend server address: 1 up, 0 down",
+                &["backend", "server", "address"],
+            ),
+            tls_handshake_errors_total: counter(
+                r,
+                "agent_proxy_tls_handshake_errors_total",
+                "Failed TLS handshakes, by side (frontend = with clients, backend = with servers) \
+                 and frontend or backend name",
+                &["side", "name"],
+            ),
+            dns_resolutions_total: counter(
+                r,
+                "agent_proxy_dns_resolutions_total",
+                "DNS resolutions of backend server hostnames, by host and result",
+                &["host", "result"],
+            ),
+            connect_requests_total: counter(
+                r,
+                "agent_proxy_connect_requests_total",
+                "HTTP CONNECT requests answered, by frontend and response status code",
+                &["frontend", "status"],
+            ),
+            connection_duration_seconds: histogram(
+                r,
+                "agent_proxy_connection_duration_seconds",
+                "Seconds from accept to close of finished client connections, by frontend",
+                &["frontend"],
+                DURATION_SECONDS_BUCKETS,
+            ),
+            connections_ended_total: counter(
+                r,
+                "agent_proxy_connections_ended_total",
+                "Finished client connections, by frontend, data path and how they ended \
+                 (client_close, upstream_close, timeout, reset, refused, error)",
+                &["frontend", "path", "end"],
+            ),
+            registry,
+        }
+    }
+
+    /// Encodes the registry in the Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding only fails on an I/O error of the writer (a Vec never fails) or a metric
+        // family without samples, which `gather` already leaves out; log rather than panic.
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %err, "cannot encode metrics");
+        }
+        // The text encoder only writes UTF-8 (names, labels and HELP are `String`s).
+        String::from_utf8(buf).unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into())
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// Registration only fails for an invalid name, duplicate name or inconsistent labels: all fixed
+// at compile time above, and covered by the tests, so a failure is a programming error.
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter definition");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("counter registered once");
+    vec
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let vec = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge definition");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("gauge registered once");
+    vec
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    let vec = HistogramVec::new(opts, labels).expect("valid histogram definition");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("histogram registered once");
+    vec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Touches every family once, so that each appears in the output (empty vecs are omitted).
+    fn observe_all(m: &Metrics) {
+        m.frontend_connections_total
+            .with_label_values(&["fe"])
+            .inc();
+        m.frontend_current_connections
+            .with_label_values(&["fe"])
+            .set(2);
+        m.frontend_rejected_total
+            .with_label_values(&["fe", "max_connections"])
+            .inc();
+        m.bytes_total
+            .with_label_values(&["fe", "upstream", "kernel"])
+            .inc_by(42);
+        m.kernel_redirects_total
+            .with_label_values(&["fe", "downstream"])
+            .inc();
+        m.kernel_errors_total.with_label_values(&["redirect"]).inc();
+        m.kernel_map_entries.with_label_values(&["sockmap"]).set(4);
+        m.dataplane.with_label_values(&["kernel"]).set(1);
+        m.backend_connect_errors_total
+            .with_label_values(&["be", "a:443"])
+            .inc();
+        m.backend_connect_seconds
+            .with_label_values(&["be"])
+            .observe(0.002);
+        m.server_up
+            .with_label_values(&["be", "a:443", "10.0.0.1:443"])
+            .set(1);
+        m.tls_handshake_errors_total
+            .with_label_values(&["frontend", "fe"])
+            .inc();
+        m.dns_resolutions_total
+            .with_label_values(&["a", "ok"])
+            .inc();
+        m.connect_requests_total
+            .with_label_values(&["fe", "200"])
+            .inc();
+        m.connection_duration_seconds
+            .with_label_values(&["fe"])
+            .observe(1.5);
+        m.connections_ended_total
+            .with_label_values(&["fe", "kernel", "client_close"])
+            .inc();
+    }
+
+    const FAMILIES: &[(&str, &str)] = &[
+        ("agent_proxy_frontend_connections_total", "counter"),
+        ("agent_proxy_frontend_current_connections", "gauge"),
+        ("agent_proxy_frontend_rejected_total", "counter"),
+        ("agent_proxy_bytes_total", "counter"),
+        ("agent_proxy_kernel_redirects_total", "counter"),
+        ("agent_proxy_kernel_errors_total", "counter"),
+        ("agent_proxy_kernel_map_entries", "gauge"),
+        ("agent_proxy_dataplane", "gauge"),
+        ("agent_proxy_backend_connect_errors_total", "counter"),
+        ("agent_proxy_backend_connect_seconds", "histogram"),
+        ("agent_proxy_server_up", "gauge"),
+        ("agent_proxy_tls_handshake_errors_total", "counter"),
+        ("agent_proxy_dns_resolutions_total", "counter"),
+        ("agent_proxy_connect_requests_total", "counter"),
+        ("agent_proxy_connection_duration_seconds", "histogram"),
+        ("agent_proxy_connections_ended_total", "counter"),
+    ];
+
+    #[test]
+    fn render_has_every_family_with_help_and_type() {
+        let m = Metrics::new();
+        observe_all(&m);
+        let text = m.render();
+        for (name, kind) in FAMILIES {
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}\n")),
+                "missing TYPE of {name} in:\n{text}"
+            );
+            let help = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("# HELP {name} ")))
+                .unwrap_or_else(|| panic!("missing HELP of {name}"));
+            assert!(help.len() > 10, "HELP of {name} too short: {help}");
+        }
+        assert_eq!(m.registry.gather().len(), FAMILIES.len());
+    }
+
+    #[test]
+    fn render_has_label_names_and_values() {
+        let m = Metrics::new();
+        observe_all(&m);
+        let text = m.render();
+        for sample in [
+            r#"agent_proxy_frontend_connections_total{frontend="fe"} 1"#,
+            r#"agent_proxy_frontend_current_connections{frontend="fe"} 2"#,
+            r#"agent_proxy_frontend_rejected_total{frontend="fe",reason="max_connections"} 1"#,
+            r#"agent_proxy_bytes_total{direction="upstream",frontend="fe",path="kernel"} 42"#,
+            r#"agent_proxy_kernel_redirects_total{direction="downstream",frontend="fe"} 1"#,
+            r#"agent_proxy_kernel_errors_total{kind="redirect"} 1"#,
+            r#"agent_proxy_kernel_map_entries{map="sockmap"} 4"#,
+            r#"agent_proxy_dataplane{path="kernel"} 1"#,
+            r#"agent_proxy_backend_connect_errors_total{backend="be",server="a:443"} 1"#,
+            r#"agent_proxy_backend_connect_seconds_count{backend="be"} 1"#,
+            r#"agent_proxy_server_up{address="10.0.0.1:443",backend="be",server="a:443"} 1"#,
+            r#"agent_proxy_tls_handshake_errors_total{name="fe",side="frontend"} 1"#,
+            r#"agent_proxy_dns_resolutions_total{host="a",result="ok"} 1"#,
+            r#"agent_proxy_connect_requests_total{frontend="fe",status="200"} 1"#,
+            r#"agent_proxy_connection_duration_seconds_count{frontend="fe"} 1"#,
+            r#"agent_proxy_connections_ended_total{end="client_close",frontend="fe",path="kernel"} 1"#,
+        ] {
+            assert!(text.contains(sample), "missing `{sample}` in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn histogram_buckets_span_the_documented_range() {
+        let m = Metrics::new();
+        observe_all(&m);
+        let text = m.render();
+        for bucket in [
+            r#"agent_proxy_backend_connect_seconds_bucket{backend="be",le="0.0005"}"#,
+            r#"agent_proxy_backend_connect_seconds_bucket{backend="be",le="10"}"#,
+            r#"agent_proxy_connection_duration_seconds_bucket{frontend="fe",le="0.001"}"#,
+            r#"agent_proxy_connection_duration_seconds_bucket{frontend="fe",le="3600"}"#,
+        ] {
+            assert!(text.contains(bucket), "missing `{bucket}` in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn registries_are_independent() {
+        let a = Metrics::new();
+        let b = Metrics::default();
+        a.kernel_errors_total.with_label_values(&["x"]).inc();
+        assert!(a.render().contains("agent_proxy_kernel_errors_total"));
+        assert!(!b.render().contains("agent_proxy_kernel_errors_total"));
+    }
+}

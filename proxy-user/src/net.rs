@@ -1,1 +1,234 @@
-//! todo
+//! Socket options and TCP state the data paths need, on raw fds (Linux only).
+//!
+//! The kernel path never reads the bytes it forwards, so it learns where a connection stands from
+//! TCP's own counters: how much a socket received (`tcpi_bytes_received`) and how much was ever
+//! queued for sending on it (`tcpi_bytes_acked` + the unacknowledged send queue).
+use std::{io, mem, os::fd::RawFd};
+
+/// `SO_COOKIE` (include/uapi/asm-generic/socket.h): the 64-bit id the eBPF maps use as key.
+const SO_COOKIE: libc::c_int = 57;
+/// `SO_SNDBUFFORCE`: like `SO_SNDBUF` but above `net.core.wmem_max`; needs CAP_NET_ADMIN.
+const SO_SNDBUFFORCE: libc::c_int = 32;
+/// `SIOCOUTQ` (= `TIOCOUTQ`): bytes in the send queue not yet acknowledged.
+const SIOCOUTQ: libc::Ioctl = libc::TIOCOUTQ;
+/// `SIOCINQ` (= `FIONREAD`): bytes received and not yet read.
+const SIOCINQ: libc::Ioctl = libc::FIONREAD;
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn getsockopt<T: Copy>(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<T> {
+    // SAFETY: T is a plain C value type; the kernel writes at most `len` bytes.
+    unsafe {
+        let mut value: T = mem::zeroed();
+        let mut len = mem::size_of::<T>() as libc::socklen_t;
+        cvt(libc::getsockopt(
+            fd,
+            level,
+            name,
+            (&raw mut value).cast(),
+            &mut len,
+        ))?;
+        Ok(value)
+    }
+}
+
+fn setsockopt(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live c_int and its size.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&raw const value).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+fn ioctl_int(fd: RawFd, request: libc::Ioctl) -> io::Result<u64> {
+    let mut value: libc::c_int = 0;
+    // SAFETY: both requests write one int.
+    cvt(unsafe { libc::ioctl(fd, request, &mut value) })?;
+    Ok(u64::try_from(value).unwrap_or(0))
+}
+
+/// The socket's cookie, stable for its lifetime and unique per boot.
+pub fn socket_cookie(fd: RawFd) -> io::Result<u64> {
+    getsockopt::<u64>(fd, libc::SOL_SOCKET, SO_COOKIE)
+}
+
+/// Raises the send buffer to `bytes` (forced past `wmem_max` when we have CAP_NET_ADMIN).
+pub fn force_sndbuf(fd: RawFd, bytes: u32) -> io::Result<()> {
+    let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    setsockopt(fd, libc::SOL_SOCKET, SO_SNDBUFFORCE, bytes)
+        .or_else(|_| setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, bytes))
+}
+
+/// Disables Nagle: the proxy forwards what it gets at once, as the peers wrote it.
+pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
+    setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
+}
+
+/// Makes the next close send a reset instead of a FIN (used to propagate a reset).
+pub fn set_linger_zero(fd: RawFd) -> io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: passes a pointer to a live struct linger and its size.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// The pending socket error (`SO_ERROR`), cleared by reading it.
+pub fn take_error(fd: RawFd) -> io::Result<Option<io::Error>> {
+    let err = getsockopt::<libc::c_int>(fd, libc::SOL_SOCKET, libc::SO_ERROR)?;
+    Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
+}
+
+/// Shuts the socket's write side: the peer reads EOF after the queued bytes.
+pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain syscall on an fd we own.
+    cvt(unsafe { libc::shutdown(fd, libc::SHUT_WR) }).map(drop)
+}
+
+/// What a non-consuming read found on the socket.
+#[derive(Debug)]
+pub enum Peek {
+    /// The peer shut its write side and every byte before the FIN has been consumed.
+    Eof,
+    /// Bytes are waiting in the socket's own receive queue.
+    Data,
+    /// Nothing to read yet.
+    Empty,
+}
+
+/// Looks at the receive side without consuming anything.
+///
+/// On a socket with a verdict attached, this is also how bytes that were queued before the
+/// socket joined the map get forwarded: the sockmap `recvmsg` takes the socket lock and, finding
+/// the receive queue non-empty, runs `sk_data_ready` (the verdict) over it first.
+pub fn peek(fd: RawFd) -> io::Result<Peek> {
+    let mut byte = 0u8;
+    // SAFETY: reads at most one byte into a live buffer.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => Ok(Peek::Eof),
+        n if n > 0 => Ok(Peek::Data),
+        _ => {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::WouldBlock {
+                Ok(Peek::Empty)
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
+/// TCP byte counters of one socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpBytes {
+    /// Every byte the peer sent us that TCP accepted in order (read or not), not counting the
+    /// FIN, which `tcpi_bytes_received` counts as one.
+    pub received: u64,
+    /// Every byte ever queued for sending on this socket: acknowledged plus still queued.
+    pub queued_for_send: u64,
+    /// Received bytes not yet consumed (by a read or by the verdict).
+    pub unread: u64,
+}
+
+/// Reads [`TcpBytes`] (one getsockopt and two ioctls). `TCP_INFO` takes the socket's spinlock
+/// (`lock_sock_fast`), so when this returns no verdict is mid-run on the socket.
+pub fn tcp_bytes(fd: RawFd) -> io::Result<TcpBytes> {
+    let info = getsockopt::<libc::tcp_info>(fd, libc::IPPROTO_TCP, libc::TCP_INFO)?;
+    let outq = ioctl_int(fd, SIOCOUTQ)?;
+    let inq = ioctl_int(fd, SIOCINQ)?;
+    // States in which the peer's FIN has been received (include/net/tcp_states.h). CLOSE is
+    // also where a reset leads; callers do not count bytes on a reset connection.
+    const TIME_WAIT: u8 = 6;
+    const CLOSE: u8 = 7;
+    const CLOSE_WAIT: u8 = 8;
+    const LAST_ACK: u8 = 9;
+    const CLOSING: u8 = 11;
+    let fin = matches!(info.tcpi_state, TIME_WAIT | CLOSE | CLOSE_WAIT | LAST_ACK | CLOSING);
+    Ok(TcpBytes {
+        received: info.tcpi_bytes_received.saturating_sub(u64::from(fin)),
+        queued_for_send: info.tcpi_bytes_acked + outq,
+        unread: inq,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::{
+        io::{Read, Write},
+        net::{Shutdown, TcpListener, TcpStream},
+        os::fd::AsRawFd,
+    };
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (b, _) = listener.accept().unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn counters_follow_the_bytes() {
+        let (mut a, mut b) = pair();
+        a.write_all(&[7u8; 1000]).unwrap();
+        let mut buf = [0u8; 400];
+        b.read_exact(&mut buf).unwrap();
+        // Wait for the acknowledgement to come back on loopback.
+        for _ in 0..100 {
+            if tcp_bytes(a.as_raw_fd()).unwrap().queued_for_send == 1000
+                && tcp_bytes(b.as_raw_fd()).unwrap().received == 1000
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(tcp_bytes(a.as_raw_fd()).unwrap().queued_for_send, 1000);
+        let rb = tcp_bytes(b.as_raw_fd()).unwrap();
+        assert_eq!((rb.received, rb.unread), (1000, 600));
+    }
+
+    #[test]
+    fn cookies_differ_and_peek_sees_eof() {
+        let (a, b) = pair();
+        let (ca, cb) = (socket_cookie(a.as_raw_fd()).unwrap(), socket_cookie(b.as_raw_fd()).unwrap());
+        assert_ne!(ca, cb);
+        b.set_nonblocking(true).unwrap();
+        assert!(matches!(peek(b.as_raw_fd()).unwrap(), Peek::Empty));
+        a.shutdown(Shutdown::Write).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(matches!(peek(b.as_raw_fd()).unwrap(), Peek::Eof));
+        // The FIN is not a byte.
+        assert_eq!(tcp_bytes(b.as_raw_fd()).unwrap().received, 0);
+        assert!(take_error(b.as_raw_fd()).unwrap().is_none());
+    }
+}

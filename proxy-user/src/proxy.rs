@@ -1,1 +1,239 @@
-//! todo
+//! Listeners and the life of one connection: admit, dial, carry, log.
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use ipnet::IpNet;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    conn::{End, Outcome, Path},
+    kernel::Kernel,
+    metrics::Metrics,
+    net,
+    pool::Pool,
+    relay::{self, RelayCounters},
+    splice::{self, SpliceSettings},
+};
+
+/// What every connection task shares.
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    /// The kernel path, when loaded.
+    pub kernel: Option<Arc<Kernel>>,
+    /// `global.max_connections`.
+    pub global_limit: Arc<Semaphore>,
+    /// Cancelled when the drain timeout expires: connections still open are cut.
+    pub abort: CancellationToken,
+    /// Tracks live connection tasks, so that shutdown can wait for them.
+    pub tracker: TaskTracker,
+    pub kernel_window: u64,
+    pub kernel_sndbuf: u32,
+}
+
+/// A frontend ready to serve.
+pub struct Frontend {
+    /// Index in the config; the kernel's route counters are keyed by it.
+    pub id: u32,
+    pub name: String,
+    pub backend: Arc<Pool>,
+    pub allow: Vec<IpNet>,
+    pub limit: Arc<Semaphore>,
+}
+
+/// Accepts until `stop` fires, then drops the listener.
+pub async fn serve(listener: TcpListener, frontend: Arc<Frontend>, shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop.cancelled() => return,
+        };
+        let (client, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE/ENFILE and friends: back off instead of spinning; the kernel keeps the
+                // pending connections in the backlog meanwhile.
+                tracing::warn!(frontend = %frontend.name, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let metrics = &shared.metrics;
+        metrics
+            .frontend_connections_total
+            .with_label_values(&[frontend.name.as_str()])
+            .inc();
+        let permits = match admit(&frontend, &shared, peer) {
+            Ok(permits) => permits,
+            Err(reason) => {
+                reject(&frontend, &shared, client, peer, reason);
+                continue;
+            }
+        };
+        let frontend = Arc::clone(&frontend);
+        let task_shared = Arc::clone(&shared);
+        shared.tracker.spawn(async move {
+            handle(client, peer, &frontend, &task_shared).await;
+            drop(permits);
+        });
+    }
+}
+
+/// Checks the client address and the limits, before any other work.
+fn admit(
+    frontend: &Frontend,
+    shared: &Shared,
+    peer: SocketAddr,
+) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), &'static str> {
+    let ip = peer.ip().to_canonical();
+    if !frontend.allow.is_empty() && !frontend.allow.iter().any(|net| net.contains(&ip)) {
+        return Err("denied");
+    }
+    let global = Arc::clone(&shared.global_limit)
+        .try_acquire_owned()
+        .map_err(|_| "max_connections")?;
+    let local = Arc::clone(&frontend.limit)
+        .try_acquire_owned()
+        .map_err(|_| "frontend_max_connections")?;
+    Ok((global, local))
+}
+
+fn reject(frontend: &Frontend, shared: &Shared, client: TcpStream, peer: SocketAddr, reason: &str) {
+    shared
+        .metrics
+        .frontend_rejected_total
+        .with_label_values(&[frontend.name.as_str(), reason])
+        .inc();
+    // A reset tells the client at once that it was refused, and leaves no TIME_WAIT here.
+    let _ = net::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&client));
+    let outcome = Outcome {
+        bytes_up: 0,
+        bytes_down: 0,
+        end: End::Rejected,
+        detail: reason.to_string(),
+    };
+    finish(frontend, shared, peer, "-", Path::None, &outcome, Instant::now());
+}
+
+async fn handle(client: TcpStream, peer: SocketAddr, frontend: &Frontend, shared: &Shared) {
+    let started = Instant::now();
+    let name = frontend.name.as_str();
+    let current = shared
+        .metrics
+        .frontend_current_connections
+        .with_label_values(&[name]);
+    current.inc();
+    let (upstream, lease) = match frontend.backend.connect(&shared.metrics).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            let outcome = Outcome {
+                bytes_up: 0,
+                bytes_down: 0,
+                end: End::ConnectFailed,
+                detail: e.to_string(),
+            };
+            finish(frontend, shared, peer, "-", Path::None, &outcome, started);
+            current.dec();
+            return;
+        }
+    };
+    for stream in [&client, &upstream] {
+        let _ = net::set_nodelay(std::os::fd::AsRawFd::as_raw_fd(stream));
+    }
+    let server = lease.server().name.clone();
+    let (path, outcome) = carry(client, upstream, frontend, shared).await;
+    drop(lease);
+    finish(frontend, shared, peer, &server, path, &outcome, started);
+    current.dec();
+}
+
+/// Chooses the data path and runs it.
+async fn carry(client: TcpStream, upstream: TcpStream, frontend: &Frontend, shared: &Shared) -> (Path, Outcome) {
+    let (client, upstream) = match &shared.kernel {
+        Some(kernel) => {
+            let settings = SpliceSettings {
+                frontend: frontend.id,
+                window: shared.kernel_window,
+                sndbuf: shared.kernel_sndbuf,
+            };
+            match splice::splice(kernel, client, upstream, settings, &shared.abort).await {
+                Ok(outcome) => return (Path::Kernel, outcome),
+                Err(declined) => {
+                    tracing::warn!(frontend = %frontend.name, error = %declined.error,
+                        "kernel path refused the connection; relaying it in userspace");
+                    shared
+                        .metrics
+                        .kernel_errors_total
+                        .with_label_values(&["insert"])
+                        .inc();
+                    (declined.client, declined.upstream)
+                }
+            }
+        }
+        None => (client, upstream),
+    };
+    let counters = RelayCounters {
+        up: shared
+            .metrics
+            .bytes_total
+            .with_label_values(&[frontend.name.as_str(), "upstream", "userspace"]),
+        down: shared
+            .metrics
+            .bytes_total
+            .with_label_values(&[frontend.name.as_str(), "downstream", "userspace"]),
+    };
+    let outcome = relay::relay(client, upstream, &counters, &shared.abort).await;
+    (Path::Userspace, outcome)
+}
+
+/// The one log line and the end-of-connection metrics.
+fn finish(
+    frontend: &Frontend,
+    shared: &Shared,
+    peer: SocketAddr,
+    server: &str,
+    path: Path,
+    outcome: &Outcome,
+    started: Instant,
+) {
+    let elapsed = started.elapsed();
+    let metrics = &shared.metrics;
+    let name = frontend.name.as_str();
+    metrics
+        .connections_ended_total
+        .with_label_values(&[name, path.as_str(), outcome.end.as_str()])
+        .inc();
+    metrics
+        .connection_duration_seconds
+        .with_label_values(&[name])
+        .observe(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "agent_proxy::conn",
+        frontend = name,
+        client = %peer,
+        backend = frontend.backend.name.as_str(),
+        server,
+        path = path.as_str(),
+        bytes_up = outcome.bytes_up,
+        bytes_down = outcome.bytes_down,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        end = outcome.end.as_str(),
+        detail = outcome.detail.as_str(),
+        "connection closed"
+    );
+}
+
+/// Binds a listener with a backlog sized for bursts of agents reconnecting at once.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    const BACKLOG: u32 = 4096;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}

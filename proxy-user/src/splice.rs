@@ -1,1 +1,391 @@
-//! todo
+//! The kernel path for one connection: put the socket pair in the maps, then only watch.
+//!
+//! After [`splice`] inserts the pair, the verdict forwards every byte; this task sleeps until the
+//! kernel reports a FIN, a reset or a flow-control mark ([`Wake`]). It never reads the bytes.
+//!
+//! - **Queued bytes.** Bytes that reached a socket before it joined the map sit in its receive
+//!   queue. Peeking right after the insert makes the sockmap `recvmsg` run the verdict over them
+//!   (see [`net::peek`]), so a client that sent its request on connect is served at once.
+//! - **Half-close.** A FIN on one socket is forwarded as `shutdown(SHUT_WR)` on the other, but
+//!   only once every byte before it has left the kernel's redirect queue for the peer's send
+//!   queue: the verdict's byte count must equal what TCP received, and what was queued on the
+//!   peer must equal the verdict's count. Shutting earlier would put the FIN ahead of bytes.
+//! - **Flow control.** Redirects into the peer have no back-pressure in the kernel; a peer that
+//!   stops reading would let them pile up without bound. When a direction crosses its mark, the
+//!   task compares forwarded with queued-on-peer bytes; past half the window it removes the
+//!   receiving socket from `SPLICE_SOCKS`, so new bytes stay in its receive queue and TCP closes
+//!   the window on the sender. It resumes (with a peek, as above) once the backlog is low.
+//! - **Resets** on either side reset the other; all map entries go before the fds are closed.
+use std::{
+    io,
+    net::TcpStream as StdStream,
+    os::fd::{AsRawFd, RawFd},
+    time::Duration,
+};
+
+use tokio::{net::TcpStream, sync::mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    conn::{End, Outcome},
+    kernel::{Kernel, KernelError, SplicePair, Wake},
+    net::{self, Peek},
+};
+
+/// Per-frontend settings of the kernel path.
+#[derive(Clone, Copy, Debug)]
+pub struct SpliceSettings {
+    pub frontend: u32,
+    /// Bytes allowed in the kernel's redirect queue per direction (pause at half).
+    pub window: u64,
+    /// Send buffer forced on both sockets; 0 leaves the kernel default.
+    pub sndbuf: u32,
+}
+
+/// The kernel would not take the pair; the streams come back untouched for the userspace relay.
+pub struct Declined {
+    pub client: TcpStream,
+    pub upstream: TcpStream,
+    pub error: KernelError,
+}
+
+/// How many times a socket may show bytes in its own queue while not paused before the
+/// connection is failed; each retry is one tick (1-50 ms) apart.
+const MAX_STRAY_RECHECKS: u32 = 200;
+const TICK_MIN: Duration = Duration::from_millis(1);
+const TICK_MAX: Duration = Duration::from_millis(50);
+
+struct Side {
+    stream: StdStream,
+    cookie: u64,
+    /// TCP's received-byte count when the splice started, minus what was still unread then:
+    /// every byte past it goes through the verdict.
+    rcv_base: u64,
+    /// Bytes ever queued for sending on this socket when the splice started.
+    snd_base: u64,
+    /// A FIN was seen on this socket.
+    eof: bool,
+    /// That FIN was forwarded to the peer (shutdown of the peer's write side).
+    fin_forwarded: bool,
+    /// Out of `SPLICE_SOCKS` for flow control.
+    paused: bool,
+    /// Bytes seen in the socket's own queue while not paused: look again on the next tick.
+    stray_rechecks: u32,
+}
+
+impl Side {
+    fn fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+}
+
+struct Splice<'k> {
+    kernel: &'k Kernel,
+    sides: [Side; 2],
+    window: u64,
+    first_eof: Option<usize>,
+}
+
+fn reset_end(side: usize, err: &io::Error) -> (End, String) {
+    let end = if side == 0 {
+        End::ClientReset
+    } else {
+        End::UpstreamReset
+    };
+    (end, err.to_string())
+}
+
+fn internal(err: impl std::fmt::Display) -> (End, String) {
+    (End::Error, err.to_string())
+}
+
+type Step = Result<(), (End, String)>;
+
+/// Carries the connection in the kernel until it ends, is reset, or `cancel` fires.
+pub async fn splice(
+    kernel: &Kernel,
+    client: TcpStream,
+    upstream: TcpStream,
+    settings: SpliceSettings,
+    cancel: &CancellationToken,
+) -> Result<Outcome, Declined> {
+    // Out of tokio's reactor: it would be woken for every forwarded buffer (see kernel::events).
+    let (client, upstream) = match (client.into_std(), upstream.into_std()) {
+        (Ok(c), Ok(u)) => (c, u),
+        (c, u) => {
+            let err = c.err().or(u.err()).map(|e| e.to_string()).unwrap_or_default();
+            return Ok(Outcome {
+                bytes_up: 0,
+                bytes_down: 0,
+                end: End::Error,
+                detail: format!("leaving the reactor: {err}"),
+            });
+        }
+    };
+    let sides = match [client, upstream].map(|s| new_side(s, settings.sndbuf)) {
+        [Ok(c), Ok(u)] => [c, u],
+        [c, u] => {
+            let err = c.err().or(u.err()).map(|e| e.to_string()).unwrap_or_default();
+            return Ok(Outcome {
+                bytes_up: 0,
+                bytes_down: 0,
+                end: End::Error,
+                detail: format!("reading socket state: {err}"),
+            });
+        }
+    };
+    let pair = SplicePair {
+        client_cookie: sides[0].cookie,
+        client_fd: sides[0].fd(),
+        upstream_cookie: sides[1].cookie,
+        upstream_fd: sides[1].fd(),
+        frontend: settings.frontend,
+        first_mark: settings.window / 2,
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let watch = match kernel.events.watch(
+        [(pair.client_cookie, pair.client_fd), (pair.upstream_cookie, pair.upstream_fd)],
+        tx.clone(),
+    ) {
+        Ok(watch) => watch,
+        Err(e) => return Err(decline(sides, KernelError::Socket(e))),
+    };
+    if let Err(error) = kernel.registry.insert(&pair) {
+        drop(watch);
+        return Err(decline(sides, error));
+    }
+
+    let mut splice = Splice {
+        kernel,
+        sides,
+        window: settings.window,
+        first_eof: None,
+    };
+    let result = splice.run(&mut rx, cancel).await;
+    drop(watch);
+    let (up, down) = kernel.registry.remove(&pair);
+    let (end, detail) = match result {
+        Ok(end) => (end, String::new()),
+        Err((end, detail)) => {
+            // Abortive ends: make the close a reset on whichever side is still there.
+            for side in &splice.sides {
+                let _ = net::set_linger_zero(side.fd());
+            }
+            (end, detail)
+        }
+    };
+    Ok(Outcome {
+        bytes_up: up.bytes,
+        bytes_down: down.bytes,
+        end,
+        detail,
+    })
+}
+
+fn new_side(stream: StdStream, sndbuf: u32) -> io::Result<Side> {
+    let fd = stream.as_raw_fd();
+    if sndbuf > 0 {
+        // Best effort: a larger send buffer lets the redirect worker move more per run; without
+        // CAP_NET_ADMIN the kernel caps it at wmem_max, which is still correct.
+        let _ = net::force_sndbuf(fd, sndbuf);
+    }
+    let bytes = net::tcp_bytes(fd)?;
+    Ok(Side {
+        cookie: net::socket_cookie(fd)?,
+        rcv_base: bytes.received - bytes.unread,
+        snd_base: bytes.queued_for_send,
+        stream,
+        eof: false,
+        fin_forwarded: false,
+        paused: false,
+        stray_rechecks: 0,
+    })
+}
+
+fn decline(sides: [Side; 2], error: KernelError) -> Declined {
+    let [client, upstream] = sides;
+    // Back into the reactor for the relay. from_std cannot fail inside a runtime with IO enabled,
+    // which is where every connection task runs.
+    let to_tokio = |s: StdStream| TcpStream::from_std(s).expect("tokio runtime with IO enabled");
+    Declined {
+        client: to_tokio(client.stream),
+        upstream: to_tokio(upstream.stream),
+        error,
+    }
+}
+
+impl Splice<'_> {
+    async fn run(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Wake>,
+        cancel: &CancellationToken,
+    ) -> Result<End, (End, String)> {
+        // Forward whatever arrived before the insert, and catch a FIN that came with it.
+        self.on_socket(0)?;
+        self.on_socket(1)?;
+        let mut tick = TICK_MIN;
+        loop {
+            if let Some(end) = self.finished() {
+                return Ok(end);
+            }
+            let pending = self.has_pending();
+            tokio::select! {
+                wake = rx.recv() => {
+                    match wake {
+                        Some(Wake::Socket(i)) => self.on_socket(i)?,
+                        Some(Wake::Mark(i)) => self.on_mark(i)?,
+                        // The sender lives in the event hub for as long as the watch guard.
+                        None => return Err(internal("kernel event hub stopped")),
+                    }
+                    tick = TICK_MIN;
+                }
+                () = tokio::time::sleep(tick), if pending => {
+                    self.on_tick()?;
+                    tick = (tick * 2).min(TICK_MAX);
+                }
+                () = cancel.cancelled() => {
+                    return Err((End::Shutdown, "drain timeout".into()));
+                }
+            }
+        }
+    }
+
+    fn finished(&self) -> Option<End> {
+        let done = self.sides.iter().all(|s| s.fin_forwarded);
+        let end = match self.first_eof {
+            Some(1) => End::UpstreamClose,
+            _ => End::ClientClose,
+        };
+        done.then_some(end)
+    }
+
+    fn has_pending(&self) -> bool {
+        self.sides
+            .iter()
+            .any(|s| s.paused || s.stray_rechecks > 0 || (s.eof && !s.fin_forwarded))
+    }
+
+    /// A FIN, reset or error may have happened on side `i`.
+    fn on_socket(&mut self, i: usize) -> Step {
+        let fd = self.sides[i].fd();
+        if let Some(err) = net::take_error(fd).map_err(internal)? {
+            return Err(reset_end(i, &err));
+        }
+        if self.sides[i].eof {
+            return Ok(());
+        }
+        match net::peek(fd) {
+            Err(err) => return Err(reset_end(i, &err)),
+            Ok(Peek::Empty) => {
+                self.sides[i].stray_rechecks = 0;
+                return Ok(());
+            }
+            Ok(Peek::Data) if self.sides[i].paused => return Ok(()),
+            Ok(Peek::Data) => {
+                // Bytes in the socket's own queue while the verdict is attached: the verdict
+                // passed them (peer missing) or has not run yet. Look again shortly.
+                let side = &mut self.sides[i];
+                side.stray_rechecks += 1;
+                if side.stray_rechecks > MAX_STRAY_RECHECKS {
+                    return Err(internal("bytes stuck in a spliced socket's own queue"));
+                }
+                return Ok(());
+            }
+            Ok(Peek::Eof) => {}
+        }
+        let side = &mut self.sides[i];
+        side.eof = true;
+        side.stray_rechecks = 0;
+        self.first_eof.get_or_insert(i);
+        self.forward_fin(i)
+    }
+
+    /// Forwards side `i`'s FIN to its peer once every byte before it has been handed over.
+    fn forward_fin(&mut self, i: usize) -> Step {
+        let p = 1 - i;
+        let counted = self.kernel.registry.side(self.sides[i].cookie).map_err(internal)?;
+        let own = net::tcp_bytes(self.sides[i].fd()).map_err(internal)?;
+        let peer = match net::tcp_bytes(self.sides[p].fd()) {
+            Ok(bytes) => bytes,
+            Err(err) => return Err(reset_end(p, &err)),
+        };
+        let received = own.received - self.sides[i].rcv_base;
+        let handed_over = peer.queued_for_send - self.sides[p].snd_base;
+        if counted.bytes != received || handed_over != counted.bytes {
+            // Still in flight: the verdict has not seen the last bytes yet, or they wait in the
+            // peer's redirect queue. The tick looks again.
+            return Ok(());
+        }
+        if let Err(err) = net::shutdown_write(self.sides[p].fd()) {
+            return Err(reset_end(p, &err));
+        }
+        self.sides[i].fin_forwarded = true;
+        Ok(())
+    }
+
+    /// Bytes side `i` forwarded that the peer's send queue has not taken yet.
+    fn backlog(&self, i: usize) -> Result<(u64, u64), (End, String)> {
+        let p = 1 - i;
+        let counted = self.kernel.registry.side(self.sides[i].cookie).map_err(internal)?;
+        let peer = match net::tcp_bytes(self.sides[p].fd()) {
+            Ok(bytes) => bytes,
+            Err(err) => return Err(reset_end(p, &err)),
+        };
+        let handed_over = peer.queued_for_send - self.sides[p].snd_base;
+        Ok((counted.bytes, counted.bytes.saturating_sub(handed_over)))
+    }
+
+    /// Side `i` crossed its flow-control mark.
+    fn on_mark(&mut self, i: usize) -> Step {
+        if self.sides[i].paused || self.sides[i].eof {
+            return Ok(());
+        }
+        loop {
+            let (forwarded, backlog) = self.backlog(i)?;
+            if backlog > self.window / 2 {
+                let side = &mut self.sides[i];
+                self.kernel.registry.pause(side.cookie).map_err(internal)?;
+                side.paused = true;
+                // Wait out a verdict that may be running on another CPU right now.
+                net::tcp_bytes(side.fd()).map_err(internal)?;
+                return Ok(());
+            }
+            let mark = forwarded + self.window / 2;
+            self.kernel
+                .registry
+                .set_mark(self.sides[i].cookie, mark)
+                .map_err(internal)?;
+            // If the count passed the new mark before it was set, no event will come for it.
+            let now = self.kernel.registry.side(self.sides[i].cookie).map_err(internal)?;
+            if now.bytes < mark {
+                return Ok(());
+            }
+        }
+    }
+
+    fn on_tick(&mut self) -> Step {
+        for i in 0..2 {
+            if self.sides[i].paused {
+                let (forwarded, backlog) = self.backlog(i)?;
+                if backlog <= self.window / 4 {
+                    let side = &mut self.sides[i];
+                    let registry = &self.kernel.registry;
+                    registry
+                        .set_mark(side.cookie, forwarded + self.window / 2)
+                        .map_err(internal)?;
+                    registry.resume(side.cookie, side.fd()).map_err(internal)?;
+                    side.paused = false;
+                    // Forwards what queued up during the pause, and sees a FIN that came then.
+                    self.on_socket(i)?;
+                }
+            }
+            if self.sides[i].stray_rechecks > 0 {
+                self.on_socket(i)?;
+            }
+            if self.sides[i].eof && !self.sides[i].fin_forwarded {
+                self.forward_fin(i)?;
+            }
+        }
+        Ok(())
+    }
+}

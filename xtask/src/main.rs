@@ -1,1 +1,68 @@
-fn main() {}
+//! `cargo xtask`: the developer entry points of agent-proxy.
+//!
+//! `run` and `test` are the two commands a newcomer needs; both install what is missing first
+//! (see [`setup`]), so a fresh Debian/Ubuntu machine goes from clone to running in one command.
+//! xtask holds no product logic: it calls apt-get, rustup, cargo and the `agent-proxy` binary.
+
+mod cmd;
+mod setup;
+mod tasks;
+
+use std::{ffi::OsString, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test agent-proxy")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: Debian packages (LLVM 22, test tools), the nightly toolchain
+    /// with rust-src, bpf-linker 0.13 for LLVM 22.
+    Setup,
+    /// Setup, then build agent-proxy (release unless --debug) and print the binary's path.
+    Build {
+        /// Build the debug profile instead of release.
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Setup, build, then run `agent-proxy run -c examples/agent-proxy.toml`, or
+    /// `agent-proxy ARGS...` when arguments follow `--`.
+    Run {
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<OsString>,
+    },
+    /// Setup, build, then run every test (unit, kernel, end-to-end) with AGENT_PROXY_BIN set;
+    /// arguments after `--` go to `cargo test`. Kernel and end-to-end tests need root.
+    Test {
+        #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
+        args: Vec<OsString>,
+    },
+    /// cargo fmt --check and clippy -D warnings (host crates, and the eBPF crate with nightly).
+    Lint,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::run(),
+        Task::Build { debug } => tasks::build(debug).map(drop),
+        Task::Run { args } => tasks::run(args),
+        Task::Test { args } => match tasks::test(args) {
+            Ok(code) => return code,
+            Err(err) => Err(err),
+        },
+        Task::Lint => tasks::lint(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: failed: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,254 @@
-//! Placeholder: replaced by the config module.
+//! The typed configuration of agent-proxy, read from a TOML file.
+//!
+//! Loading happens in two steps so that every mistake can be reported as `FILE:LINE:COL: message`:
+//!
+//! 1. `raw` deserializes the text with serde into structs that mirror the file one to one
+//!    (`deny_unknown_fields` everywhere) and keep each value wrapped in [`toml::Spanned`], so its
+//!    byte range in the file is known.
+//! 2. `convert` turns those raw values into the typed structs below exactly once: socket
+//!    addresses, CIDRs, durations and hostnames are parsed, names are checked for uniqueness and
+//!    references between sections are resolved. After that, nothing at run time has to re-check
+//!    the config: a [`FrontendMode::Tcp`] backend always exists, a [`Backend`] always has a
+//!    server.
+//!
+//! Keys that the documented file format reserves but the proxy does not implement yet (TLS,
+//! connect and transparent modes, health checks, DNS TTLs) are *known* keys: they are rejected
+//! with a positioned "not supported yet" error instead of "unknown field", so an operator knows
+//! the config is spelled right and the feature is what is missing.
+
+mod convert;
+mod error;
+mod raw;
+mod value;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_errors;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+pub use error::ConfigError;
+
+/// The whole configuration: process-wide settings plus the frontends and backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The `[global]` section; all defaults when the section is absent.
+    pub global: Global,
+    /// The `[[frontend]]` tables in file order; never empty.
+    pub frontends: Vec<Frontend>,
+    /// The `[[backend]]` tables in file order.
+    pub backends: Vec<Backend>,
+}
+
+impl Config {
+    /// The backend called `name`. Every [`FrontendMode::Tcp`] backend name resolves, because
+    /// [`parse`] refuses configs where it would not.
+    pub fn backend(&self, name: &str) -> Option<&Backend> {
+        self.backends.iter().find(|backend| backend.name == name)
+    }
+}
+
+/// Process-wide settings (`[global]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Global {
+    /// Connections accepted across all frontends; over it new ones are refused and counted.
+    pub max_connections: usize,
+    /// Which data path carries the bytes.
+    pub dataplane: Dataplane,
+    /// Where `/metrics`, `/healthz`, `/readyz` and `/stats` are served; `None` when `"off"`.
+    pub admin: Option<SocketAddr>,
+    /// How long SIGTERM/SIGINT waits for open connections before exiting.
+    pub drain_timeout: Duration,
+    /// The format of log lines.
+    pub log_format: LogFormat,
+    /// DNS servers used to resolve backend hostnames; empty means `/etc/resolv.conf`.
+    pub nameservers: Vec<SocketAddr>,
+    /// Send buffer (bytes) forced on spliced sockets, so the kernel path can keep a fast link
+    /// full; 0 leaves the kernel default.
+    pub kernel_sndbuf: u32,
+    /// Bytes allowed in flight inside the kernel per direction before the proxy pauses the
+    /// sender; bounds memory under a slow reader. At least [`Global::MIN_KERNEL_WINDOW`].
+    pub kernel_window: u64,
+}
+
+impl Global {
+    /// The smallest accepted `kernel_window`: below one maximal TCP window of data the kernel
+    /// path would stall more often than it moves bytes.
+    pub const MIN_KERNEL_WINDOW: u64 = 65536;
+}
+
+impl Default for Global {
+    fn default() -> Self {
+        Global {
+            max_connections: 10_000,
+            dataplane: Dataplane::Auto,
+            admin: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090)),
+            drain_timeout: Duration::from_secs(30),
+            log_format: LogFormat::Text,
+            nameservers: Vec::new(),
+            kernel_sndbuf: 8 * 1024 * 1024,
+            kernel_window: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Which data path carries established connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Dataplane {
+    /// The kernel (eBPF sockmap) where it can be loaded, userspace otherwise.
+    #[default]
+    Auto,
+    /// The kernel only; starting fails when the eBPF programs cannot be loaded.
+    Kernel,
+    /// The userspace relay only.
+    Userspace,
+}
+
+impl fmt::Display for Dataplane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Dataplane::Auto => "auto",
+            Dataplane::Kernel => "kernel",
+            Dataplane::Userspace => "userspace",
+        })
+    }
+}
+
+/// The format of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// One listening socket and what to do with its connections (`[[frontend]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frontend {
+    /// Unique among frontends; made of `[A-Za-z0-9_.-]` because it is a metric label.
+    pub name: String,
+    /// The address to bind; port 0 picks a free port (useful in tests).
+    pub listen: SocketAddr,
+    /// How connections are routed.
+    pub mode: FrontendMode,
+    /// Client networks allowed to connect; empty allows everyone.
+    pub allow: Vec<ipnet::IpNet>,
+    /// Connections open at once on this frontend; over it new ones are refused and counted.
+    pub max_connections: usize,
+}
+
+impl Frontend {
+    /// The default of [`Frontend::max_connections`].
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+}
+
+/// How a frontend routes its connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrontendMode {
+    /// Every connection goes to `backend`, which exists in [`Config::backends`].
+    Tcp {
+        /// The name of the backend.
+        backend: String,
+    },
+}
+
+/// A named group of servers (`[[backend]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Unique among backends; same charset as frontend names.
+    pub name: String,
+    /// The servers to balance over; never empty.
+    pub servers: Vec<ServerAddr>,
+    /// How a server is picked for a new connection.
+    pub balance: Balance,
+    /// How long one connect attempt may take before the next server is tried.
+    pub connect_timeout: Duration,
+    /// Further connect attempts (on other servers where possible) after the first one fails.
+    pub retries: u32,
+}
+
+impl Backend {
+    /// The default of [`Backend::connect_timeout`].
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// The default of [`Backend::retries`].
+    pub const DEFAULT_RETRIES: u32 = 3;
+}
+
+/// A server of a backend: an IP address or a hostname (re-resolved at run time), and a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServerAddr {
+    /// The host part.
+    pub host: Host,
+    /// The port, never 0.
+    pub port: u16,
+}
+
+impl fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            // Brackets keep the port separable from the address, as in a URL.
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
+            host => write!(f, "{host}:{}", self.port),
+        }
+    }
+}
+
+/// The host part of a [`ServerAddr`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Host {
+    /// A literal address: used as is, never resolved.
+    Ip(IpAddr),
+    /// A DNS name made of RFC 1123 labels, as written (a trailing dot marks it fully qualified).
+    Name(String),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Ip(ip) => write!(f, "{ip}"),
+            Host::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// How a backend picks a server for a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Balance {
+    /// Each server in turn.
+    #[default]
+    RoundRobin,
+    /// The server with the fewest open connections.
+    LeastConn,
+    /// A server picked at random.
+    Random,
+}
+
+impl fmt::Display for Balance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Balance::RoundRobin => "roundrobin",
+            Balance::LeastConn => "leastconn",
+            Balance::Random => "random",
+        })
+    }
+}
+
+/// Reads and parses the config file at `path`; errors name the path as given.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|err| ConfigError::read(&origin, err))?;
+    parse(&text, &origin)
+}
+
+/// Parses config `text`; `origin` (usually the file name) starts every error message.
+pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let raw: raw::RawConfig =
+        toml::from_str(text).map_err(|err| ConfigError::from_toml(origin, text, &err))?;
+    convert::config(raw).map_err(|err| ConfigError::at(origin, text, err.offset, err.message))
+}

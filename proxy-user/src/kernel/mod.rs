@@ -1,1 +1,110 @@
-//! todo
+//! The kernel data path: loading the eBPF object, owning its maps, and the events the daemon
+//! needs from it.
+//!
+//! - [`SpliceRegistry`] owns the maps: it inserts and removes a connection's sockets in the right
+//!   order, pauses and resumes one direction, and reads the counters.
+//! - [`SpliceEvents`] turns kernel signals into per-connection wake-ups: a FIN, reset or error on
+//!   a spliced socket (epoll, `EPOLLRDHUP` only - never woken per received buffer), and
+//!   flow-control marks crossed in the verdict (ring buffer).
+mod events;
+mod registry;
+
+use std::sync::Arc;
+
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf, SockHash},
+    programs::SkSkb,
+};
+pub use events::{SpliceEvents, Wake, WatchGuard};
+pub use registry::{KernelTotals, MapEntries, SplicePair, SpliceRegistry};
+
+/// Why the kernel data path is not available.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("the eBPF object was not built into this binary (AYA_BUILD_SKIP was set)")]
+    NotBuilt,
+    #[error("loading the eBPF object failed")]
+    Load(#[source] aya::EbpfError),
+    #[error("eBPF map {0} is missing from the object")]
+    MissingMap(&'static str),
+    #[error("eBPF map {name} has an unexpected type")]
+    MapType {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("eBPF program splice_verdict: {0}")]
+    Program(#[source] aya::programs::ProgramError),
+    #[error("eBPF map operation {op} failed")]
+    Map {
+        op: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("socket operation failed")]
+    Socket(#[source] std::io::Error),
+}
+
+#[cfg(not(ebpf_skipped))]
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
+#[cfg(ebpf_skipped)]
+static EBPF_OBJECT: &[u8] = &[];
+
+/// The loaded kernel path. Dropping it detaches the program and frees the maps.
+pub struct Kernel {
+    pub registry: SpliceRegistry,
+    pub events: Arc<SpliceEvents>,
+    /// Holds the program and its attachment to `SPLICE_SOCKS`.
+    _ebpf: Ebpf,
+}
+
+impl Kernel {
+    /// Loads the object, attaches the verdict to `SPLICE_SOCKS` and starts the event hub (which
+    /// needs a tokio runtime).
+    pub fn load() -> Result<Self, KernelError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(KernelError::NotBuilt);
+        }
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(KernelError::Load)?;
+        let socks: SockHash<MapData, u64> = take(&mut ebpf, proxy_common::SPLICE_SOCKS)?;
+        let peers: SockHash<MapData, u64> = take(&mut ebpf, proxy_common::SPLICE_PEERS)?;
+        let conns: HashMap<MapData, u64, proxy_common::SpliceSide> =
+            take(&mut ebpf, proxy_common::SPLICE_CONNS)?;
+        let limits: HashMap<MapData, u64, u64> = take(&mut ebpf, proxy_common::SPLICE_LIMITS)?;
+        let routes: PerCpuArray<MapData, proxy_common::RouteCounters> =
+            take(&mut ebpf, proxy_common::ROUTE_COUNTERS)?;
+        let errors: PerCpuArray<MapData, u64> = take(&mut ebpf, proxy_common::KERNEL_ERRORS)?;
+        let ring: RingBuf<MapData> = take(&mut ebpf, proxy_common::SPLICE_EVENTS)?;
+
+        let program: &mut SkSkb = ebpf
+            .program_mut("splice_verdict")
+            .ok_or(KernelError::Program(aya::programs::ProgramError::UnexpectedProgramType))?
+            .try_into()
+            .map_err(KernelError::Program)?;
+        program.load().map_err(KernelError::Program)?;
+        program.attach(socks.fd()).map_err(KernelError::Program)?;
+
+        let events = SpliceEvents::start(ring).map_err(KernelError::Socket)?;
+        Ok(Self {
+            registry: SpliceRegistry::new(registry::Maps {
+                socks,
+                peers,
+                conns,
+                limits,
+                routes,
+                errors,
+            }),
+            events,
+            _ebpf: ebpf,
+        })
+    }
+}
+
+fn take<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, KernelError>
+where
+    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
+    M::try_from(map).map_err(|source| KernelError::MapType { name, source })
+}

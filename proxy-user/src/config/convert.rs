@@ -1,0 +1,335 @@
+//! Raw → typed: the one place where config values get their meaning.
+//!
+//! Every check that can fail has the [`Spanned`] value it is about at hand, so each error carries
+//! the byte offset of the offending value (or of the `[[frontend]]`/`[[backend]]` header when a
+//! required key is missing). Sections are converted in file order - global, frontends,
+//! backends - and cross-references (a frontend's backend) are resolved last, when every backend
+//! is known.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+
+use toml::Spanned;
+
+use super::raw::{Int, List, RawBackend, RawConfig, RawFrontend, RawGlobal};
+use super::{
+    Backend, Balance, Config, Dataplane, Frontend, FrontendMode, Global, LogFormat, value,
+};
+
+/// Connection limits above this are refused: no fd limit allows that many sockets, and the
+/// limit feeds a `tokio::sync::Semaphore`, which panics above `usize::MAX >> 3` permits.
+const MAX_CONNECTIONS_LIMIT: i64 = 1 << 30;
+
+/// A conversion error: a message and the byte offset it is about.
+#[derive(Debug)]
+pub(super) struct SpanError {
+    pub offset: usize,
+    pub message: String,
+}
+
+type Result<T> = std::result::Result<T, SpanError>;
+
+fn error_at(span: Range<usize>, message: impl Into<String>) -> SpanError {
+    SpanError {
+        offset: span.start,
+        message: message.into(),
+    }
+}
+
+/// Runs `parse` on a spanned value, positioning its error at the value.
+fn parse_at<V, T>(
+    spanned: &Spanned<V>,
+    parse: impl FnOnce(&V) -> std::result::Result<T, String>,
+) -> Result<T> {
+    parse(spanned.get_ref()).map_err(|message| error_at(spanned.span(), message))
+}
+
+/// An integer key checked against `min..=max` and converted to the type the field stores.
+fn int<T: TryFrom<i64>>(key: &str, spanned: &Spanned<Int>, min: i64, max: i64) -> Result<T> {
+    parse_at(spanned, |&Int(value)| {
+        if value < min {
+            return Err(format!("invalid {key} {value}: expected at least {min}"));
+        }
+        if value > max {
+            return Err(format!("invalid {key} {value}: expected at most {max}"));
+        }
+        T::try_from(value).map_err(|_| format!("invalid {key} {value}: too large"))
+    })
+}
+
+/// Refuses a key the file format reserves but the proxy does not implement yet.
+fn unsupported(key: &str, spanned: Option<&Spanned<toml::Value>>) -> Result<()> {
+    match spanned {
+        Some(spanned) => Err(error_at(
+            spanned.span(),
+            format!("`{key}` is not supported yet"),
+        )),
+        None => Ok(()),
+    }
+}
+
+pub(super) fn config(raw: RawConfig) -> Result<Config> {
+    let global = match raw.global {
+        Some(raw) => global(raw)?,
+        None => Global::default(),
+    };
+
+    // `frontend = []` points at the array; no frontend at all points at the file's start.
+    let frontends_span = raw.frontend.as_ref().map_or(0..0, Spanned::span);
+    let raw_frontends = match raw.frontend.map(Spanned::into_inner) {
+        Some(List(frontends)) if !frontends.is_empty() => frontends,
+        _ => {
+            return Err(error_at(
+                frontends_span,
+                "at least one [[frontend]] is required",
+            ));
+        }
+    };
+    let mut frontends: Vec<Frontend> = Vec::with_capacity(raw_frontends.len());
+    let mut backend_refs = Vec::with_capacity(raw_frontends.len());
+    for raw in raw_frontends {
+        let (frontend, backend_ref) = self::frontend(raw, &frontends)?;
+        frontends.push(frontend);
+        backend_refs.push(backend_ref);
+    }
+
+    let raw_backends = raw
+        .backend
+        .map_or_else(Vec::new, |spanned| spanned.into_inner().0);
+    let mut backends: Vec<Backend> = Vec::with_capacity(raw_backends.len());
+    for raw in raw_backends {
+        let backend = self::backend(raw, &backends)?;
+        backends.push(backend);
+    }
+
+    for (frontend, backend_ref) in frontends.iter().zip(&backend_refs) {
+        let FrontendMode::Tcp { backend } = &frontend.mode;
+        if !backends.iter().any(|b| &b.name == backend) {
+            return Err(error_at(
+                backend_ref.clone(),
+                format!(
+                    "frontend \"{}\": backend \"{backend}\" is not defined",
+                    frontend.name
+                ),
+            ));
+        }
+    }
+
+    Ok(Config {
+        global,
+        frontends,
+        backends,
+    })
+}
+
+fn global(raw: RawGlobal) -> Result<Global> {
+    let mut global = Global::default();
+    if let Some(spanned) = &raw.max_connections {
+        global.max_connections = int("max_connections", spanned, 1, MAX_CONNECTIONS_LIMIT)?;
+    }
+    if let Some(spanned) = &raw.dataplane {
+        global.dataplane = parse_at(spanned, |text| match text.as_str() {
+            "auto" => Ok(Dataplane::Auto),
+            "kernel" => Ok(Dataplane::Kernel),
+            "userspace" => Ok(Dataplane::Userspace),
+            other => Err(format!(
+                "invalid dataplane \"{other}\": expected auto, kernel or userspace"
+            )),
+        })?;
+    }
+    if let Some(spanned) = &raw.admin {
+        global.admin = parse_at(spanned, |text| match text.as_str() {
+            "off" | "" => Ok(None),
+            addr => addr.parse().map(Some).map_err(|_| {
+                format!("invalid admin address \"{addr}\": expected IP:PORT or \"off\"")
+            }),
+        })?;
+    }
+    if let Some(spanned) = &raw.drain_timeout {
+        global.drain_timeout = parse_at(spanned, |text| value::duration("drain_timeout", text))?;
+    }
+    if let Some(spanned) = &raw.log_format {
+        global.log_format = parse_at(spanned, |text| match text.as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "invalid log_format \"{other}\": expected text or json"
+            )),
+        })?;
+    }
+    if let Some(spanned) = &raw.nameservers {
+        global.nameservers = spanned
+            .get_ref()
+            .0
+            .iter()
+            .map(|entry| parse_at(entry, |text| value::nameserver(text)))
+            .collect::<Result<_>>()?;
+    }
+    if let Some(spanned) = &raw.kernel_sndbuf {
+        // setsockopt takes an `int`.
+        global.kernel_sndbuf = int("kernel_sndbuf", spanned, 0, i64::from(i32::MAX))?;
+    }
+    if let Some(spanned) = &raw.kernel_window {
+        let min = Global::MIN_KERNEL_WINDOW.cast_signed();
+        global.kernel_window = int("kernel_window", spanned, min, i64::MAX)?;
+    }
+    Ok(global)
+}
+
+/// Converts one frontend; returns it with the span of its backend name, which is checked once
+/// all backends are known. `earlier` are the frontends before it, for uniqueness.
+fn frontend(
+    spanned: Spanned<RawFrontend>,
+    earlier: &[Frontend],
+) -> Result<(Frontend, Range<usize>)> {
+    let header = spanned.span();
+    let raw = spanned.into_inner();
+
+    let name = parse_at(&raw.name, |text| value::name("frontend", text))?;
+    if earlier.iter().any(|f| f.name == name) {
+        return Err(error_at(
+            raw.name.span(),
+            format!("duplicate frontend name \"{name}\""),
+        ));
+    }
+    let listen = parse_at(&raw.listen, |text| {
+        value::socket_addr("listen address", text)
+    })?;
+    if let Some(other) = earlier.iter().find(|f| listens_overlap(f.listen, listen)) {
+        let message = if other.listen == listen {
+            format!(
+                "frontend \"{name}\": listen address {listen} is already used by frontend \"{}\"",
+                other.name
+            )
+        } else {
+            format!(
+                "frontend \"{name}\": listen address {listen} overlaps {} of frontend \"{}\"",
+                other.listen, other.name
+            )
+        };
+        return Err(error_at(raw.listen.span(), message));
+    }
+
+    if let Some(mode) = &raw.mode {
+        parse_at(mode, |text| match text.as_str() {
+            "tcp" => Ok(()),
+            "connect" | "transparent" => Err(format!("mode \"{text}\" is not supported yet")),
+            other => Err(format!(
+                "invalid mode \"{other}\": expected tcp, connect or transparent"
+            )),
+        })?;
+    }
+    // Only tcp mode exists so far, and it needs a backend to send every connection to.
+    let Some(backend) = raw.backend else {
+        return Err(error_at(
+            header,
+            format!("frontend \"{name}\": missing `backend` (required in tcp mode)"),
+        ));
+    };
+
+    let allow = match &raw.allow {
+        Some(list) => list
+            .get_ref()
+            .0
+            .iter()
+            .map(|entry| parse_at(entry, |text| value::network(text)))
+            .collect::<Result<_>>()?,
+        None => Vec::new(),
+    };
+    let max_connections = match &raw.max_connections {
+        Some(spanned) => int("max_connections", spanned, 1, MAX_CONNECTIONS_LIMIT)?,
+        None => Frontend::DEFAULT_MAX_CONNECTIONS,
+    };
+
+    unsupported("tls", raw.tls.as_ref())?;
+    unsupported("users", raw.users.as_ref())?;
+    unsupported("allow_destinations", raw.allow_destinations.as_ref())?;
+
+    let backend_span = backend.span();
+    let frontend = Frontend {
+        name,
+        listen,
+        mode: FrontendMode::Tcp {
+            backend: backend.into_inner(),
+        },
+        allow,
+        max_connections,
+    };
+    Ok((frontend, backend_span))
+}
+
+/// Whether binding `b` would fail because `a` is bound: the same address, or a wildcard and an
+/// address of the same family, on the same port. Port 0 asks the kernel for a free port, so
+/// it never collides.
+fn listens_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// Converts one backend; `earlier` are the backends before it, for uniqueness.
+fn backend(spanned: Spanned<RawBackend>, earlier: &[Backend]) -> Result<Backend> {
+    let header = spanned.span();
+    let raw = spanned.into_inner();
+
+    let name = parse_at(&raw.name, |text| value::name("backend", text))?;
+    if earlier.iter().any(|b| b.name == name) {
+        return Err(error_at(
+            raw.name.span(),
+            format!("duplicate backend name \"{name}\""),
+        ));
+    }
+
+    let no_servers = format!("backend \"{name}\": at least one server is required");
+    let servers: Vec<_> = match &raw.servers {
+        Some(list) if list.get_ref().0.is_empty() => return Err(error_at(list.span(), no_servers)),
+        Some(list) => list
+            .get_ref()
+            .0
+            .iter()
+            .map(|entry| parse_at(entry, |text| value::server(text)))
+            .collect::<Result<_>>()?,
+        None => return Err(error_at(header, no_servers)),
+    };
+
+    let balance = match &raw.balance {
+        Some(spanned) => parse_at(spanned, |text| match text.as_str() {
+            "roundrobin" => Ok(Balance::RoundRobin),
+            "leastconn" => Ok(Balance::LeastConn),
+            "random" => Ok(Balance::Random),
+            other => Err(format!(
+                "invalid balance \"{other}\": expected roundrobin, leastconn or random"
+            )),
+        })?,
+        None => Balance::default(),
+    };
+    let connect_timeout = match &raw.connect_timeout {
+        Some(spanned) => parse_at(spanned, |text| {
+            match value::duration("connect_timeout", text)? {
+                // A zero timeout would fail every connect before it starts.
+                zero if zero.is_zero() => Err(format!(
+                    "invalid connect_timeout \"{text}\": expected more than zero"
+                )),
+                timeout => Ok(timeout),
+            }
+        })?,
+        None => Backend::DEFAULT_CONNECT_TIMEOUT,
+    };
+    let retries = match &raw.retries {
+        Some(spanned) => int("retries", spanned, 0, i64::from(u32::MAX))?,
+        None => Backend::DEFAULT_RETRIES,
+    };
+
+    unsupported("tls", raw.tls.as_ref())?;
+    unsupported("health_check", raw.health_check.as_ref())?;
+    unsupported("dns", raw.dns.as_ref())?;
+
+    Ok(Backend {
+        name,
+        servers,
+        balance,
+        connect_timeout,
+        retries,
+    })
+}

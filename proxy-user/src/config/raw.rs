@@ -1,0 +1,129 @@
+//! The config file as written: serde structs that mirror the TOML one to one.
+//!
+//! Every value is a [`Spanned`] so that [`super::convert`] can point at it when it is wrong, and
+//! every struct denies unknown fields so that a typo is an error, not a silently ignored key.
+//! Values stay strings and plain integers here; their meaning is decided in `convert`, where
+//! the messages can say what was expected in operator terms ("expected IP:PORT") rather than
+//! Rust terms ("expected SocketAddr").
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::Deserialize as DeriveDeserialize;
+use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
+use toml::Spanned;
+
+/// The top level: `[global]`, `[[frontend]]`, `[[backend]]`.
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub global: Option<RawGlobal>,
+    #[serde(default)]
+    pub frontend: Option<Spanned<List<Spanned<RawFrontend>>>>,
+    #[serde(default)]
+    pub backend: Option<Spanned<List<Spanned<RawBackend>>>>,
+}
+
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawGlobal {
+    pub max_connections: Option<Spanned<Int>>,
+    pub dataplane: Option<Spanned<String>>,
+    pub admin: Option<Spanned<String>>,
+    pub drain_timeout: Option<Spanned<String>>,
+    pub log_format: Option<Spanned<String>>,
+    pub nameservers: Option<Spanned<List<Spanned<String>>>>,
+    pub kernel_sndbuf: Option<Spanned<Int>>,
+    pub kernel_window: Option<Spanned<Int>>,
+}
+
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawFrontend {
+    pub name: Spanned<String>,
+    pub listen: Spanned<String>,
+    pub mode: Option<Spanned<String>>,
+    pub backend: Option<Spanned<String>>,
+    pub allow: Option<Spanned<List<Spanned<String>>>>,
+    pub max_connections: Option<Spanned<Int>>,
+    // Reserved by the file format, not implemented yet: any value is accepted here and refused
+    // in `convert` with "not supported yet".
+    pub tls: Option<Spanned<toml::Value>>,
+    pub users: Option<Spanned<toml::Value>>,
+    pub allow_destinations: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawBackend {
+    pub name: Spanned<String>,
+    pub servers: Option<Spanned<List<Spanned<String>>>>,
+    pub balance: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub retries: Option<Spanned<Int>>,
+    // Reserved by the file format, not implemented yet (see `RawFrontend`).
+    pub tls: Option<Spanned<toml::Value>>,
+    pub health_check: Option<Spanned<toml::Value>>,
+    pub dns: Option<Spanned<toml::Value>>,
+}
+
+/// A TOML integer. Its own type only so a type error reads "expected an integer" instead of
+/// serde's "expected i64"; the range is checked in `convert`, per key.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Int(pub i64);
+
+impl<'de> Deserialize<'de> for Int {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IntVisitor;
+
+        impl Visitor<'_> for IntVisitor {
+            type Value = Int;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer")
+            }
+
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<Int, E> {
+                Ok(Int(value))
+            }
+
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<Int, E> {
+                i64::try_from(value)
+                    .map(Int)
+                    .map_err(|_| E::custom(format!("integer {value} is too large")))
+            }
+        }
+
+        deserializer.deserialize_i64(IntVisitor)
+    }
+}
+
+/// A TOML array. Its own type only so a type error reads "expected an array" instead of
+/// serde's "expected a sequence".
+#[derive(Debug)]
+pub(super) struct List<T>(pub Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for List<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ListVisitor<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ListVisitor<T> {
+            type Value = List<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<List<T>, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(List(items))
+            }
+        }
+
+        deserializer.deserialize_seq(ListVisitor(PhantomData))
+    }
+}

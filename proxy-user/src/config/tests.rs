@@ -1,0 +1,288 @@
+//! Configs that must parse, and what they parse to.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::*;
+
+fn ok(text: &str) -> Config {
+    parse(text, "test.toml").unwrap_or_else(|err| panic!("{err}"))
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().unwrap()
+}
+
+fn net(text: &str) -> ipnet::IpNet {
+    text.parse().unwrap()
+}
+
+/// The example of the interface contract, without the keys that are not supported yet
+/// (frontend `tls`, backend `tls`, `health_check`, `dns`).
+const CONTRACT_EXAMPLE: &str = r#"
+[global]
+max_connections = 10000          # over it: new connections are refused and counted
+dataplane = "auto"               # auto | kernel | userspace ; auto = kernel where possible
+admin = "127.0.0.1:9090"         # GET /metrics /healthz /readyz /stats
+drain_timeout = "30s"
+log_format = "text"              # text | json
+nameservers = []                 # "ip:port" list; empty = /etc/resolv.conf
+
+[[frontend]]
+name = "metrics"
+listen = "0.0.0.0:3834"          # IPv4 or [IPv6]:port
+mode = "tcp"                     # tcp | connect | transparent
+backend = "datadog-metrics"      # tcp mode; connect/transparent may name one as a default
+allow = ["10.0.0.0/8", "127.0.0.1/32"]   # client CIDRs; empty = all
+max_connections = 4096
+
+# connect mode only
+# users = [{ name = "agent", password = "..." }]     # Basic Proxy-Authorization; none = no auth
+# allow_destinations = [".datadoghq.com:443", "intake.example.com:443"]   # default: deny all
+
+[[backend]]
+name = "datadog-metrics"
+servers = ["metrics.agent.datadoghq.com:443"]   # host:port; hostnames are re-resolved
+balance = "roundrobin"           # roundrobin | leastconn | random
+connect_timeout = "5s"
+retries = 3                      # then try another server
+"#;
+
+#[test]
+fn contract_example_parses_to_the_documented_values() {
+    let config = ok(CONTRACT_EXAMPLE);
+    assert_eq!(config.global, Global::default());
+    assert_eq!(
+        config.frontends,
+        vec![Frontend {
+            name: "metrics".into(),
+            listen: addr("0.0.0.0:3834"),
+            mode: FrontendMode::Tcp {
+                backend: "datadog-metrics".into()
+            },
+            allow: vec![net("10.0.0.0/8"), net("127.0.0.1/32")],
+            max_connections: 4096,
+        }]
+    );
+    assert_eq!(
+        config.backends,
+        vec![Backend {
+            name: "datadog-metrics".into(),
+            servers: vec![ServerAddr {
+                host: Host::Name("metrics.agent.datadoghq.com".into()),
+                port: 443,
+            }],
+            balance: Balance::RoundRobin,
+            connect_timeout: Duration::from_secs(5),
+            retries: 3,
+        }]
+    );
+    assert_eq!(config.backend("datadog-metrics"), Some(&config.backends[0]));
+}
+
+#[test]
+fn example_file_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/agent-proxy.toml");
+    let config = load(&path).unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(config.frontends[0].name, "intake");
+    assert_eq!(config.frontends[0].listen, addr("127.0.0.1:8080"));
+    assert_eq!(
+        config.backend("local-intake").unwrap().servers[0].to_string(),
+        "127.0.0.1:8081"
+    );
+    assert_eq!(config.global.admin, Some(addr("127.0.0.1:9090")));
+    assert_eq!(config.global.dataplane, Dataplane::Auto);
+}
+
+#[test]
+fn defaults_apply_when_keys_are_absent() {
+    let config = ok(r#"
+[[frontend]]
+name = "a"
+listen = "127.0.0.1:1"
+backend = "b"
+
+[[backend]]
+name = "b"
+servers = ["127.0.0.1:2"]
+"#);
+    let global = &config.global;
+    assert_eq!(global.max_connections, 10_000);
+    assert_eq!(global.dataplane, Dataplane::Auto);
+    assert_eq!(global.admin, Some(addr("127.0.0.1:9090")));
+    assert_eq!(global.drain_timeout, Duration::from_secs(30));
+    assert_eq!(global.log_format, LogFormat::Text);
+    assert!(global.nameservers.is_empty());
+    assert_eq!(global.kernel_sndbuf, 8_388_608);
+    assert_eq!(global.kernel_window, 4_194_304);
+
+    let frontend = &config.frontends[0];
+    assert_eq!(
+        frontend.mode,
+        FrontendMode::Tcp {
+            backend: "b".into()
+        }
+    );
+    assert!(frontend.allow.is_empty());
+    assert_eq!(frontend.max_connections, 4096);
+
+    let backend = &config.backends[0];
+    assert_eq!(backend.balance, Balance::RoundRobin);
+    assert_eq!(backend.connect_timeout, Duration::from_secs(5));
+    assert_eq!(backend.retries, 3);
+}
+
+#[test]
+fn every_global_key_is_read() {
+    let config = ok(r#"
+[global]
+max_connections = 5
+dataplane = "userspace"
+admin = "[::1]:9191"
+drain_timeout = "1m 30s"
+log_format = "json"
+nameservers = ["1.1.1.1:53", "[2606:4700:4700::1111]:53", "9.9.9.9"]
+kernel_sndbuf = 0
+kernel_window = 65536
+
+[[frontend]]
+name = "a"
+listen = "127.0.0.1:1"
+backend = "b"
+
+[[backend]]
+name = "b"
+servers = ["127.0.0.1:2"]
+balance = "leastconn"
+connect_timeout = "250ms"
+retries = 0
+"#);
+    assert_eq!(
+        config.global,
+        Global {
+            max_connections: 5,
+            dataplane: Dataplane::Userspace,
+            admin: Some(addr("[::1]:9191")),
+            drain_timeout: Duration::from_secs(90),
+            log_format: LogFormat::Json,
+            nameservers: vec![
+                addr("1.1.1.1:53"),
+                addr("[2606:4700:4700::1111]:53"),
+                addr("9.9.9.9:53")
+            ],
+            kernel_sndbuf: 0,
+            kernel_window: 65536,
+        }
+    );
+    assert_eq!(config.backends[0].balance, Balance::LeastConn);
+    assert_eq!(
+        config.backends[0].connect_timeout,
+        Duration::from_millis(250)
+    );
+    assert_eq!(config.backends[0].retries, 0);
+}
+
+#[test]
+fn admin_off_or_empty_disables_it() {
+    for value in ["off", ""] {
+        let config = ok(&format!(
+            "[global]\nadmin = \"{value}\"\n\
+             [[frontend]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nbackend = \"b\"\n\
+             [[backend]]\nname = \"b\"\nservers = [\"127.0.0.1:2\"]\n"
+        ));
+        assert_eq!(config.global.admin, None);
+    }
+}
+
+#[test]
+fn ipv6_listen_and_servers() {
+    let config = ok(r#"
+[[frontend]]
+name = "v6"
+listen = "[::1]:3834"
+backend = "v6-servers"
+allow = ["::1", "fd00::/8", "10.0.0.1"]
+
+[[backend]]
+name = "v6-servers"
+servers = ["[2001:db8::1]:443", "[::ffff:10.0.0.1]:80", "10.0.0.2:80"]
+"#);
+    assert_eq!(config.frontends[0].listen, addr("[::1]:3834"));
+    assert_eq!(
+        config.frontends[0].allow,
+        vec![net("::1/128"), net("fd00::/8"), net("10.0.0.1/32")]
+    );
+    let servers: Vec<String> = config.backends[0]
+        .servers
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        servers,
+        ["[2001:db8::1]:443", "[::ffff:10.0.0.1]:80", "10.0.0.2:80"]
+    );
+    assert_eq!(
+        config.backends[0].servers[0].host,
+        Host::Ip("2001:db8::1".parse().unwrap())
+    );
+}
+
+#[test]
+fn hostnames_keep_their_trailing_dot() {
+    let config = ok(r#"
+[[frontend]]
+name = "a"
+listen = "127.0.0.1:1"
+backend = "b"
+
+[[backend]]
+name = "b"
+servers = ["intake.example.com.:443", "localhost:8081"]
+"#);
+    let servers = &config.backends[0].servers;
+    assert_eq!(servers[0].host, Host::Name("intake.example.com.".into()));
+    assert_eq!(servers[0].port, 443);
+    assert_eq!(servers[0].to_string(), "intake.example.com.:443");
+    assert_eq!(servers[1].host, Host::Name("localhost".into()));
+}
+
+#[test]
+fn inline_tables_and_several_frontends_sharing_a_backend() {
+    let config = ok(r#"
+frontend = [
+  { name = "a", listen = "127.0.0.1:1", backend = "b" },
+  { name = "a.2", listen = "127.0.0.1:2", backend = "b" },
+  { name = "zero-1", listen = "127.0.0.1:0", backend = "b" },
+  { name = "zero-2", listen = "127.0.0.1:0", backend = "b" },
+]
+backend = [{ name = "b", servers = ["127.0.0.1:3"] }]
+"#);
+    let names: Vec<&str> = config.frontends.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["a", "a.2", "zero-1", "zero-2"]);
+}
+
+#[test]
+fn frontend_and_backend_may_share_a_name() {
+    let config = ok(r#"
+[[frontend]]
+name = "intake"
+listen = "127.0.0.1:1"
+backend = "intake"
+
+[[backend]]
+name = "intake"
+servers = ["127.0.0.1:2"]
+"#);
+    assert_eq!(config.frontends[0].name, config.backends[0].name);
+}
+
+#[test]
+fn unreadable_file_names_the_path() {
+    let err = load(Path::new("/nonexistent/agent-proxy.toml")).unwrap_err();
+    assert_eq!(err.position(), None);
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/agent-proxy.toml: cannot read: "),
+        "{err}"
+    );
+}

@@ -1,0 +1,356 @@
+//! Configs that must be refused, with the exact `ORIGIN:LINE:COL: message` each produces.
+
+use super::*;
+
+/// A valid tail appended to snippets that test the global section or one bad frontend.
+const TAIL: &str = r#"
+[[backend]]
+name = "b"
+servers = ["127.0.0.1:2"]
+"#;
+
+fn err(text: &str) -> String {
+    match parse(text, "t.toml") {
+        Ok(config) => panic!("expected an error, parsed {config:?}"),
+        Err(err) => err.to_string(),
+    }
+}
+
+/// `text` plus one valid frontend and backend, for testing the global section.
+fn global_err(global: &str) -> String {
+    err(&format!(
+        "[global]\n{global}\n[[frontend]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nbackend = \"b\"\n{TAIL}"
+    ))
+}
+
+#[test]
+fn syntax_errors() {
+    assert_eq!(err("[global\n"), "t.toml:1:8: unclosed table, expected `]`");
+    assert_eq!(
+        err("[global]\nadmin = off\n"),
+        "t.toml:2:9: string values must be quoted, expected literal string"
+    );
+    assert_eq!(
+        global_err("retries = 1"),
+        "t.toml:2:1: unknown field `retries`, expected one of `max_connections`, `dataplane`, \
+         `admin`, `drain_timeout`, `log_format`, `nameservers`, `kernel_sndbuf`, `kernel_window`"
+    );
+    assert_eq!(
+        global_err("dataplane = \"auto\"\ndataplane = \"kernel\""),
+        "t.toml:3:1: duplicate key `dataplane`"
+    );
+}
+
+#[test]
+fn unknown_keys_point_at_the_key() {
+    assert_eq!(
+        err("[[frontend]]\nname = \"a\"\n  lisen = \"x\"\n"),
+        "t.toml:3:3: unknown field `lisen`, expected one of `name`, `listen`, `mode`, `backend`, \
+         `allow`, `max_connections`, `tls`, `users`, `allow_destinations`"
+    );
+    assert_eq!(
+        err("[globals]\n"),
+        "t.toml:1:2: unknown field `globals`, expected one of `global`, `frontend`, `backend`"
+    );
+    assert_eq!(
+        err("[[backend]]\nname = \"b\"\nserver = []\n"),
+        "t.toml:3:1: unknown field `server`, expected one of `name`, `servers`, `balance`, \
+         `connect_timeout`, `retries`, `tls`, `health_check`, `dns`"
+    );
+}
+
+#[test]
+fn wrong_types_point_at_the_value() {
+    assert_eq!(
+        global_err("max_connections = \"many\""),
+        "t.toml:2:19: invalid type: string \"many\", expected an integer"
+    );
+    assert_eq!(
+        global_err("nameservers = \"1.1.1.1\""),
+        "t.toml:2:15: invalid type: string \"1.1.1.1\", expected an array"
+    );
+    assert_eq!(
+        global_err("nameservers = [53]"),
+        "t.toml:2:16: invalid type: integer `53`, expected a string"
+    );
+    assert_eq!(
+        err("global = 1\n"),
+        "t.toml:1:10: invalid type: integer `1`, expected a table"
+    );
+    assert_eq!(
+        err("[frontend]\nname = \"a\"\n"),
+        "t.toml:1:1: invalid type: map, expected an array"
+    );
+}
+
+#[test]
+fn missing_required_keys_point_at_the_table() {
+    assert_eq!(
+        err("[[frontend]]\nname = \"a\"\n"),
+        "t.toml:1:1: missing field `listen`"
+    );
+    assert_eq!(
+        err(&format!(
+            "[[frontend]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nmode = \"tcp\"\n{TAIL}"
+        )),
+        "t.toml:1:1: frontend \"a\": missing `backend` (required in tcp mode)"
+    );
+    assert_eq!(err(""), "t.toml:1:1: at least one [[frontend]] is required");
+    assert_eq!(
+        err("\n\nfrontend = []\n"),
+        "t.toml:3:12: at least one [[frontend]] is required"
+    );
+}
+
+#[test]
+fn bad_values_in_global() {
+    let cases = [
+        (
+            "max_connections = 0",
+            "t.toml:2:19: invalid max_connections 0: expected at least 1",
+        ),
+        (
+            "dataplane = \"ebpf\"",
+            "t.toml:2:13: invalid dataplane \"ebpf\": expected auto, kernel or userspace",
+        ),
+        (
+            "admin = \"9090\"",
+            "t.toml:2:9: invalid admin address \"9090\": expected IP:PORT or \"off\"",
+        ),
+        (
+            "drain_timeout = \"30\"",
+            "t.toml:2:17: invalid drain_timeout \"30\": expected a duration such as \"5s\" or \"500ms\"",
+        ),
+        (
+            "log_format = \"yaml\"",
+            "t.toml:2:14: invalid log_format \"yaml\": expected text or json",
+        ),
+        (
+            "nameservers = [\"1.1.1.1:53\", \"dns.google:53\"]",
+            "t.toml:2:30: invalid nameserver \"dns.google:53\": expected IP:PORT",
+        ),
+        (
+            "kernel_sndbuf = -1",
+            "t.toml:2:17: invalid kernel_sndbuf -1: expected at least 0",
+        ),
+        (
+            "kernel_sndbuf = 4294967296",
+            "t.toml:2:17: invalid kernel_sndbuf 4294967296: expected at most 2147483647",
+        ),
+        (
+            "kernel_window = 4096",
+            "t.toml:2:17: invalid kernel_window 4096: expected at least 65536",
+        ),
+    ];
+    for (global, expected) in cases {
+        assert_eq!(global_err(global), expected, "for {global}");
+    }
+}
+
+/// One frontend with `body`, then the valid backend "b".
+fn frontend_err(body: &str) -> String {
+    err(&format!("[[frontend]]\n{body}\n{TAIL}"))
+}
+
+#[test]
+fn bad_values_in_frontends() {
+    let cases = [
+        (
+            "name = \"\"\nlisten = \"127.0.0.1:1\"\nbackend = \"b\"",
+            "t.toml:2:8: frontend name must not be empty",
+        ),
+        (
+            "name = \"my intake\"\nlisten = \"127.0.0.1:1\"\nbackend = \"b\"",
+            "t.toml:2:8: invalid frontend name \"my intake\": expected letters, digits, '_', '.' or '-'",
+        ),
+        (
+            "name = \"a\"\nlisten = \"1.2.3.4\"\nbackend = \"b\"",
+            "t.toml:3:10: invalid listen address \"1.2.3.4\": expected IP:PORT",
+        ),
+        (
+            "name = \"a\"\nlisten = \"::1:80\"\nbackend = \"b\"",
+            "t.toml:3:10: invalid listen address \"::1:80\": expected IP:PORT",
+        ),
+        (
+            "name = \"a\"\nlisten = \"127.0.0.1:1\"\nmode = \"http\"\nbackend = \"b\"",
+            "t.toml:4:8: invalid mode \"http\": expected tcp, connect or transparent",
+        ),
+        (
+            "name = \"a\"\nlisten = \"127.0.0.1:1\"\nbackend = \"b\"\nallow = [\"10.0.0.0/8\", \"10.0.0.0/40\"]",
+            "t.toml:5:24: invalid allow entry \"10.0.0.0/40\": expected an IP address or a CIDR such as 10.0.0.0/8",
+        ),
+        (
+            "name = \"a\"\nlisten = \"127.0.0.1:1\"\nbackend = \"b\"\nmax_connections = -5",
+            "t.toml:5:19: invalid max_connections -5: expected at least 1",
+        ),
+        (
+            "name = \"a\"\nlisten = \"127.0.0.1:1\"\nbackend = \"nope\"",
+            "t.toml:4:11: frontend \"a\": backend \"nope\" is not defined",
+        ),
+    ];
+    for (body, expected) in cases {
+        assert_eq!(frontend_err(body), expected, "for {body}");
+    }
+}
+
+#[test]
+fn not_yet_supported_frontend_features_are_known_but_refused() {
+    let base = "name = \"a\"\nlisten = \"127.0.0.1:1\"\nbackend = \"b\"";
+    let cases = [
+        (
+            "mode = \"connect\"",
+            "t.toml:5:8: mode \"connect\" is not supported yet",
+        ),
+        (
+            "mode = \"transparent\"",
+            "t.toml:5:8: mode \"transparent\" is not supported yet",
+        ),
+        (
+            "tls = { cert = \"/c.pem\", key = \"/k.pem\" }",
+            "t.toml:5:7: `tls` is not supported yet",
+        ),
+        (
+            "users = [{ name = \"agent\", password = \"x\" }]",
+            "t.toml:5:9: `users` is not supported yet",
+        ),
+        (
+            "allow_destinations = [\".datadoghq.com:443\"]",
+            "t.toml:5:22: `allow_destinations` is not supported yet",
+        ),
+    ];
+    for (extra, expected) in cases {
+        assert_eq!(
+            frontend_err(&format!("{base}\n{extra}")),
+            expected,
+            "for {extra}"
+        );
+    }
+}
+
+#[test]
+fn duplicates_point_at_the_second_one() {
+    let text = r#"[[frontend]]
+name = "a"
+listen = "127.0.0.1:1"
+backend = "b"
+[[frontend]]
+name = "a"
+listen = "127.0.0.1:2"
+backend = "b"
+"#;
+    assert_eq!(err(text), "t.toml:6:8: duplicate frontend name \"a\"");
+
+    let text = r#"[[frontend]]
+name = "a"
+listen = "[::1]:1"
+backend = "b"
+[[frontend]]
+name = "c"
+listen = "[::1]:1"
+backend = "b"
+"#;
+    assert_eq!(
+        err(text),
+        "t.toml:7:10: frontend \"c\": listen address [::1]:1 is already used by frontend \"a\""
+    );
+
+    let text = r#"[[frontend]]
+name = "a"
+listen = "0.0.0.0:80"
+backend = "b"
+[[frontend]]
+name = "c"
+listen = "127.0.0.1:80"
+backend = "b"
+"#;
+    assert_eq!(
+        err(text),
+        "t.toml:7:10: frontend \"c\": listen address 127.0.0.1:80 overlaps 0.0.0.0:80 of frontend \"a\""
+    );
+
+    let text = format!(
+        "[[frontend]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nbackend = \"b\"\n{TAIL}{TAIL}"
+    );
+    assert_eq!(err(&text), "t.toml:11:8: duplicate backend name \"b\"");
+}
+
+/// The valid frontend "a" -> "b", then one backend "b" with `body`.
+fn backend_err(body: &str) -> String {
+    err(&format!(
+        "[[frontend]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nbackend = \"b\"\n[[backend]]\nname = \"b\"\n{body}\n"
+    ))
+}
+
+#[test]
+fn bad_values_in_backends() {
+    assert_eq!(
+        backend_err(""),
+        "t.toml:5:1: backend \"b\": at least one server is required"
+    );
+    let cases = [
+        (
+            "servers = []",
+            "t.toml:7:11: backend \"b\": at least one server is required",
+        ),
+        (
+            "servers = [\"10.0.0.1:80\", \"example.com\"]",
+            "t.toml:7:27: invalid server address \"example.com\": expected HOST:PORT (IPv6 as [ADDR]:PORT)",
+        ),
+        (
+            "servers = [\"2001:db8::1:443\"]",
+            "t.toml:7:12: invalid server address \"2001:db8::1:443\": expected HOST:PORT (IPv6 as [ADDR]:PORT)",
+        ),
+        (
+            "servers = [\"example.com:70000\"]",
+            "t.toml:7:12: invalid port in server address \"example.com:70000\": expected 1-65535",
+        ),
+        (
+            "servers = [\"exa_mple.com:443\"]",
+            "t.toml:7:12: invalid hostname \"exa_mple.com\" in server address \"exa_mple.com:443\": expected an IP address or DNS name",
+        ),
+        (
+            "servers = [\"10.0.0.256:443\"]",
+            "t.toml:7:12: invalid hostname \"10.0.0.256\" in server address \"10.0.0.256:443\": expected an IP address or DNS name",
+        ),
+        (
+            "servers = [\"h:1\"]\nbalance = \"first\"",
+            "t.toml:8:11: invalid balance \"first\": expected roundrobin, leastconn or random",
+        ),
+        (
+            "servers = [\"h:1\"]\nconnect_timeout = \"5 parsecs\"",
+            "t.toml:8:19: invalid connect_timeout \"5 parsecs\": expected a duration such as \"5s\" or \"500ms\"",
+        ),
+        (
+            "servers = [\"h:1\"]\nconnect_timeout = \"0s\"",
+            "t.toml:8:19: invalid connect_timeout \"0s\": expected more than zero",
+        ),
+        (
+            "servers = [\"h:1\"]\nretries = -1",
+            "t.toml:8:11: invalid retries -1: expected at least 0",
+        ),
+        (
+            "servers = [\"h:1\"]\ntls = { sni = \"x\" }",
+            "t.toml:8:7: `tls` is not supported yet",
+        ),
+        (
+            "servers = [\"h:1\"]\nhealth_check = { interval = \"5s\" }",
+            "t.toml:8:16: `health_check` is not supported yet",
+        ),
+        (
+            "servers = [\"h:1\"]\ndns = { min_ttl = \"5s\" }",
+            "t.toml:8:7: `dns` is not supported yet",
+        ),
+    ];
+    for (body, expected) in cases {
+        assert_eq!(backend_err(body), expected, "for {body}");
+    }
+}
+
+#[test]
+fn columns_count_characters_not_bytes() {
+    // "é" is two bytes: a byte count would say column 48.
+    assert_eq!(
+        err(r#"frontend = [{ tls = "é", name = "a", listen = "x" }]"#),
+        "t.toml:1:47: invalid listen address \"x\": expected IP:PORT"
+    );
+}

@@ -1,0 +1,75 @@
+//! What both data paths report about a finished connection.
+use std::fmt;
+
+/// How a connection ended; the `end` field of the log line and a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// Both directions finished; the client sent its FIN first.
+    ClientClose,
+    /// Both directions finished; the upstream sent its FIN first.
+    UpstreamClose,
+    /// The client reset the connection (or failed); the upstream was reset in turn.
+    ClientReset,
+    /// The upstream reset the connection (or failed); the client was reset in turn.
+    UpstreamReset,
+    /// No server of the backend accepted the connection.
+    ConnectFailed,
+    /// Refused before any work: client address not allowed, or a connection limit.
+    Rejected,
+    /// Cut when the drain timeout expired at shutdown.
+    Shutdown,
+    /// The proxy itself failed (see the error field).
+    Error,
+}
+
+impl End {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::ClientClose => "client_close",
+            End::UpstreamClose => "upstream_close",
+            End::ClientReset => "client_reset",
+            End::UpstreamReset => "upstream_reset",
+            End::ConnectFailed => "connect_failed",
+            End::Rejected => "rejected",
+            End::Shutdown => "shutdown",
+            End::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which data path carried the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    Kernel,
+    Userspace,
+    /// No bytes were carried (rejected, connect failed).
+    None,
+}
+
+impl Path {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Path::Kernel => "kernel",
+            Path::Userspace => "userspace",
+            Path::None => "none",
+        }
+    }
+}
+
+/// The result of carrying one connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Client to upstream.
+    pub bytes_up: u64,
+    /// Upstream to client.
+    pub bytes_down: u64,
+    pub end: End,
+    /// Detail for `End::Error` and resets (the OS error), empty otherwise.
+    pub detail: String,
+}

@@ -1,0 +1,260 @@
+//! `agent-proxy run`: build the parts from a config, serve until a signal, drain, exit.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    admin::{self, AdminState},
+    config::{Config, Dataplane, FrontendMode},
+    kernel::{Kernel, KernelError},
+    metrics::Metrics,
+    pool::{Pool, PoolError},
+    proxy::{self, Frontend, Shared},
+};
+
+/// Names of the kernel's error kinds, by index (`proxy_common::KERNEL_ERROR_*`).
+const KERNEL_ERROR_NAMES: [&str; proxy_common::KERNEL_ERROR_KINDS as usize] =
+    ["no_conn", "no_peer", "event_lost", "bad_route"];
+
+/// How long connection tasks get to clean up (map entries, fds) after being cut at the end of
+/// the drain.
+const ABORT_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("dataplane = \"kernel\" but the kernel path cannot be used")]
+    Kernel(#[source] KernelError),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error("cannot listen on {addr} (frontend {frontend:?})")]
+    Bind {
+        frontend: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot serve the admin endpoint on {addr}")]
+    Admin {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("at most {} frontends are supported", proxy_common::MAX_FRONTENDS)]
+    TooManyFrontends,
+}
+
+/// Loads the kernel path as `dataplane` asks. `auto` falls back to userspace and says why, once.
+pub fn load_kernel(dataplane: Dataplane) -> Result<Option<Arc<Kernel>>, StartError> {
+    match dataplane {
+        Dataplane::Userspace => Ok(None),
+        Dataplane::Kernel => Kernel::load().map(Arc::new).map(Some).map_err(StartError::Kernel),
+        Dataplane::Auto => match Kernel::load() {
+            Ok(kernel) => Ok(Some(Arc::new(kernel))),
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e),
+                    "kernel data path unavailable; every connection uses the userspace relay");
+                Ok(None)
+            }
+        },
+    }
+}
+
+/// "outer: inner: innermost", for log fields.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Runs the proxy until `shutdown` resolves, then drains for `drain_timeout`.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), StartError> {
+    if config.frontends.len() > proxy_common::MAX_FRONTENDS as usize {
+        return Err(StartError::TooManyFrontends);
+    }
+    let kernel = load_kernel(config.global.dataplane)?;
+    let metrics = Arc::new(Metrics::new());
+    let path = if kernel.is_some() { "kernel" } else { "userspace" };
+    for p in ["kernel", "userspace"] {
+        metrics.dataplane.with_label_values(&[p]).set(i64::from(p == path));
+    }
+    tracing::info!(dataplane = path, "data path selected");
+
+    let mut pools = HashMap::new();
+    for backend in &config.backends {
+        let pool = Arc::new(Pool::resolve(backend).await?);
+        for server in pool.servers() {
+            tracing::info!(backend = %backend.name, server = %server.name, address = %server.addr, "server");
+        }
+        pools.insert(backend.name.clone(), pool);
+    }
+
+    let shared = Arc::new(Shared {
+        metrics: Arc::clone(&metrics),
+        kernel: kernel.clone(),
+        global_limit: Arc::new(Semaphore::new(config.global.max_connections)),
+        abort: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+        kernel_window: config.global.kernel_window,
+        kernel_sndbuf: config.global.kernel_sndbuf,
+    });
+
+    let mut listeners = Vec::new();
+    for (id, fe) in config.frontends.iter().enumerate() {
+        let FrontendMode::Tcp { backend } = &fe.mode;
+        let listener = proxy::bind(fe.listen).map_err(|source| StartError::Bind {
+            frontend: fe.name.clone(),
+            addr: fe.listen,
+            source,
+        })?;
+        let frontend = Frontend {
+            id: id as u32,
+            name: fe.name.clone(),
+            backend: Arc::clone(&pools[backend]),
+            allow: fe.allow.clone(),
+            limit: Arc::new(Semaphore::new(fe.max_connections)),
+        };
+        tracing::info!(frontend = %fe.name, listen = %fe.listen, backend = %backend, "listening");
+        listeners.push((listener, Arc::new(frontend)));
+    }
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let stop_admin = CancellationToken::new();
+    let admin_task = match config.global.admin {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Admin { addr, source })?;
+            let names: Vec<String> = config.frontends.iter().map(|f| f.name.clone()).collect();
+            let mirror = KernelMirror::default();
+            let refresh_metrics = Arc::clone(&metrics);
+            let refresh_kernel = kernel.clone();
+            let state = Arc::new(AdminState {
+                metrics: Arc::clone(&metrics),
+                ready: Arc::clone(&ready),
+                refresh: Box::new(move || {
+                    if let Some(kernel) = &refresh_kernel {
+                        mirror.refresh(kernel, &refresh_metrics, &names);
+                    }
+                }),
+            });
+            tracing::info!(%addr, "admin endpoint");
+            let stop = stop_admin.clone();
+            Some(tokio::spawn(admin::serve(listener, state, async move {
+                stop.cancelled().await
+            })))
+        }
+        None => None,
+    };
+
+    let stop_accepting = CancellationToken::new();
+    let accept_tasks: Vec<_> = listeners
+        .into_iter()
+        .map(|(listener, frontend)| {
+            tokio::spawn(proxy::serve(
+                listener,
+                frontend,
+                Arc::clone(&shared),
+                stop_accepting.clone(),
+            ))
+        })
+        .collect();
+    ready.store(true, Ordering::SeqCst);
+
+    shutdown.await;
+    tracing::info!(drain_timeout = ?config.global.drain_timeout, "stopping: no new connections, draining");
+    ready.store(false, Ordering::SeqCst);
+    stop_accepting.cancel();
+    for task in accept_tasks {
+        let _ = task.await;
+    }
+    shared.tracker.close();
+    if tokio::time::timeout(config.global.drain_timeout, shared.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(open = shared.tracker.len(), "drain timeout: cutting open connections");
+        shared.abort.cancel();
+        let _ = tokio::time::timeout(ABORT_GRACE, shared.tracker.wait()).await;
+    }
+    stop_admin.cancel();
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Mirrors the kernel's monotonic counters into the Prometheus counters, by delta, at scrape.
+#[derive(Default)]
+struct KernelMirror {
+    last: Mutex<MirrorState>,
+}
+
+#[derive(Default)]
+struct MirrorState {
+    routes: HashMap<(u32, u32), (u64, u64)>,
+    errors: Vec<u64>,
+}
+
+impl KernelMirror {
+    fn refresh(&self, kernel: &Kernel, metrics: &Metrics, names: &[String]) {
+        let totals = kernel.registry.totals();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        for (frontend, direction, counters) in totals.routes {
+            let Some(name) = names.get(frontend as usize) else { continue };
+            let dir = if direction == proxy_common::DIRECTION_UPSTREAM {
+                "upstream"
+            } else {
+                "downstream"
+            };
+            let seen = last.routes.entry((frontend, direction)).or_default();
+            metrics
+                .bytes_total
+                .with_label_values(&[name.as_str(), dir, "kernel"])
+                .inc_by(counters.bytes.saturating_sub(seen.0));
+            metrics
+                .kernel_redirects_total
+                .with_label_values(&[name.as_str(), dir])
+                .inc_by(counters.segments.saturating_sub(seen.1));
+            *seen = (counters.bytes, counters.segments);
+        }
+        last.errors.resize(totals.errors.len(), 0);
+        for (kind, (now, seen)) in totals.errors.iter().zip(last.errors.iter_mut()).enumerate() {
+            let name = KERNEL_ERROR_NAMES.get(kind).copied().unwrap_or("unknown");
+            metrics
+                .kernel_errors_total
+                .with_label_values(&[name])
+                .inc_by(now.saturating_sub(*seen));
+            *seen = *now;
+        }
+        let entries = kernel.registry.entries();
+        for (map, count) in [
+            (proxy_common::SPLICE_SOCKS, entries.socks),
+            (proxy_common::SPLICE_PEERS, entries.peers),
+            (proxy_common::SPLICE_CONNS, entries.conns),
+            (proxy_common::SPLICE_LIMITS, entries.limits),
+        ] {
+            metrics
+                .kernel_map_entries
+                .with_label_values(&[map])
+                .set(count as i64);
+        }
+    }
+}

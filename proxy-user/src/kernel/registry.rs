@@ -1,0 +1,209 @@
+//! [`SpliceRegistry`]: the one owner of the splice maps.
+//!
+//! Order matters, and this type is where it is kept:
+//! - insert: counters and flow-control marks first, then `SPLICE_PEERS` (both directions), and
+//!   only then `SPLICE_SOCKS` - so a socket never runs the verdict while its peer is missing;
+//! - remove: `SPLICE_SOCKS` first (verdicts stop), then the counters are read, then the rest.
+//!   Removing a socket from its last map drops its psock and any bytes still queued in it, so the
+//!   caller removes a pair only once both directions are drained (or the connection is reset).
+use std::{os::fd::RawFd, sync::Mutex};
+
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray, SockHash};
+use proxy_common::{
+    DIRECTION_DOWNSTREAM, DIRECTION_UPSTREAM, KERNEL_ERROR_KINDS, RouteCounters, SpliceSide,
+};
+
+use super::KernelError;
+
+pub(super) struct Maps {
+    pub socks: SockHash<MapData, u64>,
+    pub peers: SockHash<MapData, u64>,
+    pub conns: HashMap<MapData, u64, SpliceSide>,
+    pub limits: HashMap<MapData, u64, u64>,
+    pub routes: PerCpuArray<MapData, RouteCounters>,
+    pub errors: PerCpuArray<MapData, u64>,
+}
+
+/// One connection's two sockets, as the maps know them.
+#[derive(Clone, Copy, Debug)]
+pub struct SplicePair {
+    pub client_cookie: u64,
+    pub client_fd: RawFd,
+    pub upstream_cookie: u64,
+    pub upstream_fd: RawFd,
+    /// Frontend id (index into the route counters).
+    pub frontend: u32,
+    /// First flow-control mark, in bytes, for each direction.
+    pub first_mark: u64,
+}
+
+/// Totals summed over CPUs.
+#[derive(Clone, Debug, Default)]
+pub struct KernelTotals {
+    /// `(frontend id, direction, counters)` for every route that moved bytes.
+    pub routes: Vec<(u32, u32, RouteCounters)>,
+    /// Indexed by the `KERNEL_ERROR_*` kinds.
+    pub errors: Vec<u64>,
+}
+
+/// Entries currently in each connection map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapEntries {
+    pub socks: u64,
+    pub peers: u64,
+    pub conns: u64,
+    pub limits: u64,
+}
+
+pub struct SpliceRegistry {
+    // Map operations are single syscalls; one short lock keeps the insert/remove orders atomic
+    // with respect to each other.
+    maps: Mutex<Maps>,
+}
+
+fn map_err(op: &'static str) -> impl FnOnce(MapError) -> KernelError {
+    move |source| KernelError::Map { op, source }
+}
+
+fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+impl SpliceRegistry {
+    pub(super) fn new(maps: Maps) -> Self {
+        Self {
+            maps: Mutex::new(maps),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Maps> {
+        // A panic while holding the lock cannot leave the kernel maps half-updated in a way the
+        // next caller could not handle, so a poisoned lock is still usable.
+        self.maps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts forwarding a connection in the kernel. On error nothing of the pair is left in the
+    /// maps and the sockets are untouched, so the caller can relay them in userspace.
+    pub fn insert(&self, pair: &SplicePair) -> Result<(), KernelError> {
+        let mut maps = self.lock();
+        let result = Self::insert_locked(&mut maps, pair);
+        if result.is_err() {
+            Self::remove_locked(&mut maps, pair);
+        }
+        result
+    }
+
+    fn insert_locked(maps: &mut Maps, pair: &SplicePair) -> Result<(), KernelError> {
+        let sides = [
+            (pair.client_cookie, DIRECTION_UPSTREAM),
+            (pair.upstream_cookie, DIRECTION_DOWNSTREAM),
+        ];
+        for (cookie, direction) in sides {
+            let side = SpliceSide {
+                frontend: pair.frontend,
+                direction,
+                ..SpliceSide::default()
+            };
+            maps.conns.insert(cookie, side, 0).map_err(map_err("insert conn"))?;
+            maps.limits
+                .insert(cookie, pair.first_mark, 0)
+                .map_err(map_err("insert limit"))?;
+        }
+        maps.peers
+            .insert(pair.client_cookie, pair.upstream_fd, 0)
+            .map_err(map_err("insert peer"))?;
+        maps.peers
+            .insert(pair.upstream_cookie, pair.client_fd, 0)
+            .map_err(map_err("insert peer"))?;
+        maps.socks
+            .insert(pair.client_cookie, pair.client_fd, 0)
+            .map_err(map_err("insert sock"))?;
+        maps.socks
+            .insert(pair.upstream_cookie, pair.upstream_fd, 0)
+            .map_err(map_err("insert sock"))?;
+        Ok(())
+    }
+
+    /// Removes the pair and returns its final counters: (client side = bytes sent upstream,
+    /// upstream side = bytes sent downstream).
+    pub fn remove(&self, pair: &SplicePair) -> (SpliceSide, SpliceSide) {
+        let mut maps = self.lock();
+        Self::remove_locked(&mut maps, pair)
+    }
+
+    fn remove_locked(maps: &mut Maps, pair: &SplicePair) -> (SpliceSide, SpliceSide) {
+        let cookies = [pair.client_cookie, pair.upstream_cookie];
+        for cookie in cookies {
+            let _ = ignore_missing(maps.socks.remove(&cookie));
+        }
+        let sides = cookies.map(|cookie| maps.conns.get(&cookie, 0).unwrap_or_default());
+        for cookie in cookies {
+            let _ = ignore_missing(maps.conns.remove(&cookie));
+            let _ = ignore_missing(maps.limits.remove(&cookie));
+            let _ = ignore_missing(maps.peers.remove(&cookie));
+        }
+        (sides[0], sides[1])
+    }
+
+    /// Stops the verdict on one socket: what it receives now stays in its receive queue, TCP's
+    /// window closes, and the sender is held back.
+    pub fn pause(&self, cookie: u64) -> Result<(), KernelError> {
+        ignore_missing(self.lock().socks.remove(&cookie)).map_err(map_err("pause"))
+    }
+
+    /// Restarts the verdict on a paused socket.
+    pub fn resume(&self, cookie: u64, fd: RawFd) -> Result<(), KernelError> {
+        self.lock().socks.insert(cookie, fd, 0).map_err(map_err("resume"))
+    }
+
+    /// The live counters of one side.
+    pub fn side(&self, cookie: u64) -> Result<SpliceSide, KernelError> {
+        self.lock().conns.get(&cookie, 0).map_err(map_err("read conn"))
+    }
+
+    /// Sets the byte count at which the verdict posts the next flow-control event.
+    pub fn set_mark(&self, cookie: u64, mark: u64) -> Result<(), KernelError> {
+        self.lock().limits.insert(cookie, mark, 0).map_err(map_err("set limit"))
+    }
+
+    /// Route counters and error counts, summed over CPUs.
+    pub fn totals(&self) -> KernelTotals {
+        let maps = self.lock();
+        let mut totals = KernelTotals::default();
+        for (index, values) in maps.routes.iter().enumerate() {
+            let Ok(values) = values else { continue };
+            let sum = values.iter().fold(RouteCounters::default(), |acc, v| RouteCounters {
+                bytes: acc.bytes + v.bytes,
+                segments: acc.segments + v.segments,
+            });
+            if sum.segments > 0 {
+                let index = index as u32;
+                totals.routes.push((index / 2, index % 2, sum));
+            }
+        }
+        totals.errors = (0..KERNEL_ERROR_KINDS)
+            .map(|kind| {
+                maps.errors
+                    .get(&kind, 0)
+                    .map(|values| values.iter().sum())
+                    .unwrap_or(0)
+            })
+            .collect();
+        totals
+    }
+
+    /// Counts the entries of each connection map (walks the keys).
+    pub fn entries(&self) -> MapEntries {
+        let maps = self.lock();
+        MapEntries {
+            socks: maps.socks.keys().count() as u64,
+            peers: maps.peers.keys().count() as u64,
+            conns: maps.conns.keys().count() as u64,
+            limits: maps.limits.keys().count() as u64,
+        }
+    }
+}

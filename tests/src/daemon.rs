@@ -1,0 +1,471 @@
+//! The daemon under test: a generated config, the `agent-proxy run` child process inside the
+//! test's namespace, and what can be observed of it from outside (admin endpoints, log lines,
+//! file descriptors, memory).
+//!
+//! The child is `ip netns exec NS agent-proxy run -c CFG`; `ip` execs the binary after `setns`,
+//! so the child's pid is the daemon's and /proc/PID describes the daemon.
+use std::fmt;
+use std::fs::File;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::logs::{self, ConnLog};
+use crate::metrics::Metrics;
+use crate::netns::{NetNs, run_in};
+
+/// The data path a test asks the daemon for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dataplane {
+    /// eBPF sockmap splice; the daemon must fail to start if it cannot load.
+    Kernel,
+    /// The userspace relay.
+    Userspace,
+}
+
+impl Dataplane {
+    /// The config value, which is also the `path` label of metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kernel => "kernel",
+            Self::Userspace => "userspace",
+        }
+    }
+
+    /// The other path (whose counters must stay at zero).
+    pub fn other(self) -> Self {
+        match self {
+            Self::Kernel => Self::Userspace,
+            Self::Userspace => Self::Kernel,
+        }
+    }
+}
+
+impl fmt::Display for Dataplane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Name of the single frontend and backend of generated configs.
+pub const FRONTEND: &str = "fe";
+pub const BACKEND: &str = "be";
+
+/// What goes into a generated config: one frontend in tcp mode, one backend.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub dataplane: Dataplane,
+    /// A fixed port inside the test's namespace (port 0 could not be reported back).
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub servers: Vec<SocketAddr>,
+    pub balance: &'static str,
+    pub connect_timeout: Duration,
+    pub retries: u32,
+    pub drain_timeout: Duration,
+    pub max_connections: u32,
+    pub frontend_max_connections: u32,
+    pub kernel_window: Option<u64>,
+    pub kernel_sndbuf: Option<u64>,
+}
+
+impl DaemonConfig {
+    pub fn new(dataplane: Dataplane, servers: Vec<SocketAddr>) -> Self {
+        Self {
+            dataplane,
+            listen: "127.0.0.1:7000".parse().expect("valid address"),
+            admin: "127.0.0.1:9090".parse().expect("valid address"),
+            servers,
+            balance: "roundrobin",
+            connect_timeout: Duration::from_secs(2),
+            retries: 3,
+            drain_timeout: Duration::from_secs(2),
+            max_connections: 10_000,
+            frontend_max_connections: 4_096,
+            kernel_window: None,
+            kernel_sndbuf: None,
+        }
+    }
+
+    pub fn to_toml(&self) -> String {
+        let mut global = format!(
+            "[global]\nmax_connections = {}\ndataplane = \"{}\"\nadmin = \"{}\"\n\
+             drain_timeout = \"{}\"\nlog_format = \"json\"\n",
+            self.max_connections,
+            self.dataplane,
+            self.admin,
+            humantime(self.drain_timeout),
+        );
+        if let Some(w) = self.kernel_window {
+            global += &format!("kernel_window = {w}\n");
+        }
+        if let Some(b) = self.kernel_sndbuf {
+            global += &format!("kernel_sndbuf = {b}\n");
+        }
+        let servers: Vec<String> = self.servers.iter().map(|s| format!("\"{s}\"")).collect();
+        format!(
+            "{global}\n[[frontend]]\nname = \"{FRONTEND}\"\nlisten = \"{}\"\nmode = \"tcp\"\n\
+             backend = \"{BACKEND}\"\nmax_connections = {}\n\n[[backend]]\nname = \"{BACKEND}\"\n\
+             servers = [{}]\nbalance = \"{}\"\nconnect_timeout = \"{}\"\nretries = {}\n",
+            self.listen,
+            self.frontend_max_connections,
+            servers.join(", "),
+            self.balance,
+            humantime(self.connect_timeout),
+            self.retries,
+        )
+    }
+}
+
+/// A duration as a humantime string ("2s", "1500ms").
+fn humantime(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// The binary under test: `AGENT_PROXY_BIN`, else the workspace's release build.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("AGENT_PROXY_BIN") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target/release/agent-proxy")
+}
+
+/// [`binary`], checked to exist; a missing binary fails the test with the command to build it.
+pub fn require_binary() -> PathBuf {
+    let bin = binary();
+    assert!(
+        bin.is_file(),
+        "agent-proxy binary not found at {} (set AGENT_PROXY_BIN, or build it: \
+         cargo build --release -p proxy-user)",
+        bin.display()
+    );
+    bin
+}
+
+/// A scratch directory for one daemon (config, stderr); removed on drop unless the test
+/// failed, in which case it is kept for the post-mortem.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("daemon files kept in {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A running daemon; killed and reaped on drop.
+pub struct Daemon {
+    pub config: DaemonConfig,
+    child: Child,
+    pid: u32,
+    netns: PathBuf,
+    stderr_path: PathBuf,
+    config_path: PathBuf,
+    exited: Option<ExitStatus>,
+    _scratch: Scratch,
+}
+
+impl Daemon {
+    /// Writes the config, starts the daemon in `ns` and waits (at most 20 s) for /readyz.
+    pub fn start(ns: &NetNs, config: DaemonConfig) -> anyhow::Result<Self> {
+        let bin = require_binary();
+        let dir = std::env::temp_dir().join(format!("agent-proxy-test-{}", ns.name()));
+        std::fs::create_dir_all(&dir)?;
+        let scratch = Scratch(dir.clone());
+        let config_path = dir.join("agent-proxy.toml");
+        std::fs::write(&config_path, config.to_toml())?;
+        let stderr_path = dir.join("stderr.log");
+        let stderr = File::create(&stderr_path)?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns.name()])
+            .arg(&bin)
+            .arg("run")
+            .arg("-c")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(stderr.try_clone()?)
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("spawn ip netns exec {} {}", ns.name(), bin.display()))?;
+        let pid = child.id();
+        let mut daemon = Self {
+            config,
+            child,
+            pid,
+            netns: ns.path(),
+            stderr_path,
+            config_path,
+            exited: None,
+            _scratch: scratch,
+        };
+        daemon.wait_ready(Duration::from_secs(20))?;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))?;
+        if exe.file_name() != bin.file_name() {
+            bail!(
+                "pid {pid} runs {} rather than the daemon: fd and memory figures would be wrong",
+                exe.display()
+            );
+        }
+        Ok(daemon)
+    }
+
+    fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        let mut last;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                self.exited = Some(status);
+                bail!(
+                    "daemon exited during start-up ({status}); config:\n{}\nstderr:\n{}",
+                    self.config.to_toml(),
+                    self.stderr_text()
+                );
+            }
+            match self.get("/readyz") {
+                Ok((200, _)) => return Ok(()),
+                Ok((code, body)) => last = format!("HTTP {code}: {}", body.trim()),
+                Err(e) => last = format!("{e:#}"),
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "daemon not ready within {within:?} (last /readyz: {last}); stderr:\n{}",
+                    self.stderr_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// A GET on the admin listener (from inside the namespace); returns status and body.
+    pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let admin = self.config.admin;
+        run_in(&self.netns, || http_get(admin, path))
+    }
+
+    /// Scrapes /metrics.
+    pub fn metrics(&self) -> anyhow::Result<Metrics> {
+        let (code, body) = self.get("/metrics")?;
+        if code != 200 {
+            bail!("GET /metrics: HTTP {code}: {body}");
+        }
+        Metrics::parse(&body)
+    }
+
+    /// Scrapes /metrics until `done` holds or `within` passes, and returns the last scrape
+    /// either way: the caller asserts on it with its own message.
+    pub fn settle(
+        &self,
+        within: Duration,
+        done: impl Fn(&Metrics) -> bool,
+    ) -> anyhow::Result<Metrics> {
+        let deadline = Instant::now() + within;
+        loop {
+            let m = self.metrics()?;
+            if done(&m) || Instant::now() > deadline {
+                return Ok(m);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Open file descriptors of the daemon.
+    pub fn fd_count(&self) -> anyhow::Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .context("list the daemon's fds")?
+            .count())
+    }
+
+    /// The daemon's file descriptors with what they point at, for error messages.
+    pub fn fd_listing(&self) -> String {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", self.pid)) else {
+            return "(cannot list)".to_owned();
+        };
+        let mut fds: Vec<(u32, String)> = dir
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let fd = e.file_name().to_str()?.parse().ok()?;
+                let target = std::fs::read_link(e.path()).ok()?;
+                Some((fd, target.display().to_string()))
+            })
+            .collect();
+        fds.sort();
+        fds.iter()
+            .map(|(fd, t)| format!("{fd}->{t}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Resident memory of the daemon (VmRSS), in bytes.
+    pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .context("no VmRSS")?
+            .parse::<u64>()?;
+        Ok(kb * 1024)
+    }
+
+    /// Everything the daemon wrote on stderr (and stdout) so far.
+    pub fn stderr_text(&self) -> String {
+        let mut buf = Vec::new();
+        if let Ok(mut f) = File::open(&self.stderr_path) {
+            let _ = f.read_to_end(&mut buf);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// The "connection closed" lines so far.
+    pub fn conn_logs(&self) -> Vec<ConnLog> {
+        logs::conn_logs(&self.stderr_text())
+    }
+
+    /// Waits (at most `within`) until there are at least `n` "connection closed" lines.
+    pub fn wait_conn_logs(&self, n: usize, within: Duration) -> anyhow::Result<Vec<ConnLog>> {
+        let deadline = Instant::now() + within;
+        loop {
+            let logs = self.conn_logs();
+            if logs.len() >= n {
+                return Ok(logs);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} \"connection closed\" log lines after {within:?}, expected {n}; \
+                     stderr tail:\n{}",
+                    logs.len(),
+                    tail(&self.stderr_text(), 20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Fails if the daemon has exited (crashed) already.
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            self.exited = Some(status);
+            bail!(
+                "daemon exited unexpectedly ({status}); stderr tail:\n{}",
+                tail(&self.stderr_text(), 30)
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for the exit (at most drain_timeout + 5 s; SIGKILL after that).
+    /// Returns the exit status; the caller decides whether it is right.
+    pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        if let Some(status) = self.exited {
+            return Ok(status);
+        }
+        self.ensure_running()?;
+        // SAFETY: signalling our own child, which has not been reaped (pid not reused).
+        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
+        let within = self.config.drain_timeout + Duration::from_secs(5);
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                self.exited = Some(status);
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let status = self.child.wait()?;
+                self.exited = Some(status);
+                bail!("daemon did not exit within {within:?} of SIGTERM; killed ({status})");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- daemon (pid {}) stderr, last lines ----\n{}\n---- end ----",
+                self.pid,
+                tail(&self.stderr_text(), 40)
+            );
+        }
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A minimal blocking HTTP/1.1 GET with `Connection: close`, bounded in time.
+fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .with_context(|| format!("connect to admin {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .with_context(|| format!("read GET {path} response"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no end of head in GET {path} response: {text:?}"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("bad status line in {head:?}"))?;
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_owned()
+    };
+    Ok((code, body))
+}
+
+fn dechunk(mut body: &str) -> anyhow::Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").context("bad chunk header")?;
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)?;
+        if size == 0 {
+            return Ok(out);
+        }
+        out.push_str(rest.get(..size).context("short chunk")?);
+        body = rest.get(size + 2..).context("short chunk trailer")?;
+    }
+}

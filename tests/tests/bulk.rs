@@ -1,0 +1,94 @@
+//! One connection, 1 GiB each way at the same time: every byte arrives, in order, and the
+//! daemon's counters and log line account for exactly those bytes on the requested path.
+use std::time::{Duration, Instant};
+
+use agent_proxy_tests::checks::{CLOSED, assert_bytes, check_conn_log};
+use agent_proxy_tests::heavy::heavy;
+use agent_proxy_tests::netns::NetNs;
+use agent_proxy_tests::peers::{V4, accept, connect, exchange, listen};
+use agent_proxy_tests::{DaemonConfig, Dataplane, TestEnv, dataplane_tests};
+use anyhow::{Context as _, ensure};
+
+const GIB: u64 = 1 << 30;
+const SEED_UP: u64 = 0x5eed_0001;
+const SEED_DOWN: u64 = 0x5eed_0002;
+
+/// Bytes each way: 1 GiB, or `AP_BULK_BYTES` for a quick run of an unoptimised build.
+fn bulk_len() -> u64 {
+    std::env::var("AP_BULK_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(GIB)
+}
+
+fn bulk_1gib_each_way(dp: Dataplane) -> anyhow::Result<()> {
+    let _heavy = heavy();
+    let netns = NetNs::new()?;
+    let ns = &netns;
+    let len = bulk_len();
+    ns.block_on(Duration::from_secs(150), move || async move {
+        let upstream = listen(V4).await?;
+        let upstream_addr = upstream.local_addr()?;
+        let env = TestEnv::start(ns, DaemonConfig::new(dp, vec![upstream_addr]))?;
+        let listen_addr = env.daemon.config.listen;
+
+        let started = Instant::now();
+        let server = tokio::spawn(async move {
+            let s = accept(&upstream).await?;
+            exchange(s, SEED_DOWN, len, len).await
+        });
+        let client = tokio::spawn(async move {
+            let s = connect(listen_addr).await?;
+            exchange(s, SEED_UP, len, len).await
+        });
+        let client = client.await?.context("client side")?;
+        let server = server.await?.context("upstream side")?;
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!(
+            "bulk [{dp}]: {len} bytes each way in {secs:.2} s ({:.0} MB/s per direction)",
+            len as f64 / secs / 1e6
+        );
+
+        ensure!(
+            server.received == client.sent,
+            "upstream received {:?}, client sent {:?}",
+            server.received,
+            client.sent
+        );
+        ensure!(
+            client.received == server.sent,
+            "client received {:?}, upstream sent {:?}",
+            client.received,
+            server.sent
+        );
+        assert_bytes(&env.daemon, dp, len, len)?;
+        let logs = env.daemon.wait_conn_logs(1, Duration::from_secs(5))?;
+        ensure!(
+            logs.len() == 1,
+            "{} connection log lines: {logs:?}",
+            logs.len()
+        );
+        check_conn_log(&logs[0], dp, len, len, CLOSED)?;
+        ensure!(
+            logs[0].server == upstream_addr.to_string(),
+            "log names server {:?}, the upstream is {upstream_addr}",
+            logs[0].server
+        );
+        if dp == Dataplane::Kernel {
+            let m = env.daemon.metrics()?;
+            for dir in ["upstream", "downstream"] {
+                let redirects = m.sum(
+                    "agent_proxy_kernel_redirects_total",
+                    &[("frontend", "fe"), ("direction", dir)],
+                );
+                ensure!(
+                    redirects > 0.0,
+                    "agent_proxy_kernel_redirects_total{{direction=\"{dir}\"}} is {redirects}"
+                );
+            }
+        }
+        env.finish()
+    })
+}
+
+dataplane_tests!(bulk_1gib_each_way);

@@ -1,0 +1,167 @@
+//! `agent-proxy check -c FILE`: exit 0 and silence for a valid file; exit 1 and
+//! `FILE:LINE:COL: message` on stderr, pointing at the offending token, for an invalid one.
+//! Needs no privileges.
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use agent_proxy_tests::daemon::require_binary;
+
+const VALID: &str = r#"# agent-proxy test config
+[global]
+max_connections = 10000
+dataplane = "auto"
+admin = "127.0.0.1:9090"
+drain_timeout = "5s"
+log_format = "json"
+
+[[frontend]]
+name = "fe"
+listen = "127.0.0.1:7000"
+mode = "tcp"
+backend = "be"
+allow = ["127.0.0.0/8", "::1/128"]
+max_connections = 4096
+
+[[backend]]
+name = "be"
+servers = ["127.0.0.1:7001", "[::1]:7001"]
+balance = "roundrobin"
+connect_timeout = "2s"
+retries = 3
+"#;
+
+/// Writes `content` to a fresh file and runs `agent-proxy check -c` on it (at most 10 s).
+fn check(content: &str) -> (PathBuf, Output) {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "agent-proxy-check-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    let path = dir.join("agent-proxy.toml");
+    std::fs::write(&path, content).expect("write config");
+    let mut child = Command::new(require_binary())
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn agent-proxy check");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("agent-proxy check did not finish within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().expect("collect output");
+    (path, out)
+}
+
+/// 1-based line and column (in characters) of the first occurrence of `needle` in `content`.
+fn position(content: &str, needle: &str) -> (usize, usize) {
+    let at = content
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} not in the test config"));
+    let before = &content[..at];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, col)
+}
+
+/// `VALID` with `from` replaced by `to` (which must change it).
+fn broken(from: &str, to: &str) -> String {
+    assert!(VALID.contains(from), "{from:?} not in VALID");
+    VALID.replacen(from, to, 1)
+}
+
+/// Asserts exit 1 and a first stderr line `PATH:LINE:COL: message` pointing at `needle`.
+fn assert_points_at(content: &str, needle: &str, what: &str) {
+    let (line, col) = position(content, needle);
+    let (path, out) = check(content);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{what}: expected exit 1, got {}; stderr: {stderr}",
+        out.status
+    );
+    let prefix = format!("{}:{line}:{col}: ", path.display());
+    let first = stderr.lines().next().unwrap_or("");
+    assert!(
+        first.starts_with(&prefix) && first.len() > prefix.len(),
+        "{what}: expected stderr to start with {prefix:?} and a message (the error is at \
+         {needle:?}), got:\n{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(path.parent().expect("temp dir"));
+}
+
+#[test]
+fn valid_config_passes_silently() {
+    let (path, out) = check(VALID);
+    assert!(
+        out.status.success(),
+        "check failed ({}) on a valid config: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout.is_empty() && out.stderr.is_empty(),
+        "check printed something for a valid config: stdout {:?} stderr {:?}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(path.parent().expect("temp dir"));
+}
+
+#[test]
+fn syntax_error() {
+    // toml reports the unexpected second `=`.
+    let content = broken("max_connections = 10000", "max_connections = = 10000");
+    assert_points_at(&content, "= 10000", "syntax error");
+}
+
+#[test]
+fn unknown_key() {
+    let content = broken("mode = \"tcp\"\n", "mode = \"tcp\"\nbogus_key = 1\n");
+    assert_points_at(&content, "bogus_key", "unknown key in [[frontend]]");
+}
+
+#[test]
+fn unknown_key_in_global() {
+    let content = broken(
+        "log_format = \"json\"\n",
+        "log_format = \"json\"\nlog_colour = \"red\"\n",
+    );
+    assert_points_at(&content, "log_colour", "unknown key in [global]");
+}
+
+#[test]
+fn bad_listen_address() {
+    let content = broken(
+        "listen = \"127.0.0.1:7000\"",
+        "listen = \"127.0.0.1:99999\"",
+    );
+    assert_points_at(&content, "\"127.0.0.1:99999\"", "bad listen address");
+}
+
+#[test]
+fn frontend_names_missing_backend() {
+    let content = broken("backend = \"be\"", "backend = \"nope\"");
+    assert_points_at(&content, "\"nope\"", "frontend naming a missing backend");
+}
+
+#[test]
+fn bad_duration() {
+    let content = broken(
+        "connect_timeout = \"2s\"",
+        "connect_timeout = \"2 parsecs\"",
+    );
+    assert_points_at(&content, "\"2 parsecs\"", "bad duration");
+}

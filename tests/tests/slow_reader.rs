@@ -1,0 +1,163 @@
+//! A slow reader must not make the proxy (or the kernel on its behalf) buffer without bound:
+//! the upstream stops reading, the client writes as fast as it can, and what the client gets
+//! to write must plateau while the daemon's memory and the kernel's TCP memory stay flat. Then
+//! the upstream reads everything, which must be exactly what the client wrote.
+use std::time::{Duration, Instant};
+
+use agent_proxy_tests::checks::{CLOSED, assert_bytes, check_conn_log};
+use agent_proxy_tests::heavy::heavy;
+use agent_proxy_tests::netns::NetNs;
+use agent_proxy_tests::pattern::{Pattern, hex};
+use agent_proxy_tests::peers::{IO_TIMEOUT, V4, accept, connect, listen, recv_to_eof};
+use agent_proxy_tests::{DaemonConfig, Dataplane, TestEnv, dataplane_tests};
+use anyhow::{Context as _, ensure};
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt as _;
+use tokio::time::timeout;
+
+const MIB: u64 = 1 << 20;
+const KERNEL_WINDOW: u64 = 4 * MIB;
+const KERNEL_SNDBUF: u64 = 8 * MIB;
+/// What the client may get written in total: the window plus every socket buffer on the way
+/// (client send, daemon receive and send on both sockets, upstream receive) fits well below.
+const WRITTEN_BOUND: u64 = 64 * MIB;
+/// The client stops here whatever happens, so that a proxy without flow control cannot eat
+/// the machine's memory during the test.
+const WRITE_CAP: u64 = 256 * MIB;
+const WRITE_FOR: Duration = Duration::from_secs(4);
+/// Bound on the growth of the daemon's RSS and of the kernel's TCP memory.
+const MEMORY_BOUND: u64 = 64 * MIB;
+/// After this long, the last second must add almost nothing: the amount written plateaued.
+const PLATEAU_SLACK: u64 = MIB;
+
+/// TCP memory from sockstat ("TCP: inuse .. mem N", pages), in bytes. The file is read
+/// through the daemon's pid so it is the test namespace's view; note that the kernel keeps
+/// the TCP memory figure machine-wide, so other tests' sockets show in it too.
+fn tcp_mem(pid: u32) -> anyhow::Result<u64> {
+    let text = NetNs::proc_net(pid, "sockstat")?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("TCP:"))
+        .context("no TCP line in sockstat")?;
+    let pages: u64 = line
+        .split_whitespace()
+        .skip_while(|w| *w != "mem")
+        .nth(1)
+        .context("no mem in sockstat")?
+        .parse()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    Ok(pages * page)
+}
+
+fn slow_reader(dp: Dataplane) -> anyhow::Result<()> {
+    let _heavy = heavy();
+    let netns = NetNs::new()?;
+    let ns = &netns;
+    ns.block_on(Duration::from_secs(60), move || async move {
+        let upstream = listen(V4).await?;
+        let mut config = DaemonConfig::new(dp, vec![upstream.local_addr()?]);
+        config.kernel_window = Some(KERNEL_WINDOW);
+        config.kernel_sndbuf = Some(KERNEL_SNDBUF);
+        let env = TestEnv::start(ns, config)?;
+        let pid = env.daemon.pid();
+        let mut client = connect(env.daemon.config.listen).await?;
+        // The upstream accepts and then does not read.
+        let mut up = accept(&upstream).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let rss_before = env.daemon.rss_bytes()?;
+        let tcp_before = tcp_mem(pid)?;
+
+        let mut pattern = Pattern::new(42);
+        let mut hash = Sha256::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut off = chunk.len();
+        let mut written = 0u64;
+        let mut samples = Vec::new();
+        let started = Instant::now();
+        let mut next_sample = Duration::ZERO;
+        while started.elapsed() < WRITE_FOR && written < WRITE_CAP {
+            if started.elapsed() >= next_sample {
+                samples.push((started.elapsed(), written));
+                next_sample += Duration::from_millis(250);
+            }
+            if off == chunk.len() {
+                pattern.fill(&mut chunk);
+                off = 0;
+            }
+            // A timed-out write wrote nothing (tokio's write is one poll), so `written` and the
+            // hash stay exact.
+            if let Ok(r) = timeout(Duration::from_millis(50), client.write(&chunk[off..])).await {
+                let n = r.context("client write")?;
+                hash.update(&chunk[off..off + n]);
+                off += n;
+                written += n as u64;
+            }
+        }
+        samples.push((started.elapsed(), written));
+        let rss_after = env.daemon.rss_bytes()?;
+        let tcp_after = tcp_mem(pid)?;
+        let series: Vec<String> = samples
+            .iter()
+            .map(|(t, w)| format!("{:.2}s:{:.1}MiB", t.as_secs_f64(), *w as f64 / MIB as f64))
+            .collect();
+        eprintln!(
+            "slow reader [{dp}]: written over time: {}",
+            series.join(" ")
+        );
+        eprintln!(
+            "slow reader [{dp}]: daemon RSS {:.1} -> {:.1} MiB, kernel TCP mem {:.1} -> {:.1} MiB",
+            rss_before as f64 / MIB as f64,
+            rss_after as f64 / MIB as f64,
+            tcp_before as f64 / MIB as f64,
+            tcp_after as f64 / MIB as f64
+        );
+        ensure!(
+            written < WRITTEN_BOUND,
+            "the client wrote {written} bytes into a connection whose reader reads nothing \
+             (bound {WRITTEN_BOUND}): no backpressure. Series: {series:?}"
+        );
+        let one_second_ago = samples
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= started.elapsed() - Duration::from_secs(1))
+            .map_or(0, |(_, w)| *w);
+        ensure!(
+            written - one_second_ago <= PLATEAU_SLACK,
+            "still {} bytes written in the last second: no plateau. Series: {series:?}",
+            written - one_second_ago
+        );
+        let rss_growth = rss_after.saturating_sub(rss_before);
+        ensure!(
+            rss_growth < MEMORY_BOUND,
+            "daemon RSS grew by {rss_growth} bytes while its upstream did not read"
+        );
+        let tcp_growth = tcp_after.saturating_sub(tcp_before);
+        ensure!(
+            tcp_growth < MEMORY_BOUND,
+            "kernel TCP memory grew by {tcp_growth} bytes while the upstream did not read"
+        );
+
+        // Now the upstream reads everything: exactly what the client wrote, in order.
+        let reader = tokio::spawn(async move { recv_to_eof(&mut up, WRITE_CAP).await });
+        timeout(IO_TIMEOUT, client.shutdown())
+            .await
+            .context("client shutdown stalled")??;
+        let got = reader.await?.context("upstream reading the backlog")?;
+        let sent: [u8; 32] = hash.finalize().into();
+        ensure!(
+            got.len == written && got.hash == sent,
+            "upstream read {:?}; the client wrote {written} bytes sha256={}",
+            got,
+            hex(&sent)
+        );
+        drop(client);
+        assert_bytes(&env.daemon, dp, written, 0)?;
+        let logs = env.daemon.wait_conn_logs(1, Duration::from_secs(5))?;
+        ensure!(logs.len() == 1, "{} log lines: {logs:?}", logs.len());
+        check_conn_log(&logs[0], dp, written, 0, CLOSED)?;
+        env.finish()
+    })
+}
+
+dataplane_tests!(slow_reader);

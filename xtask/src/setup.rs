@@ -1,0 +1,251 @@
+//! `cargo xtask setup`: installs what building and testing agent-proxy needs, and only what is
+//! missing. Each step checks first and prints one `setup: ...` line; a step that has to install
+//! something also prints the commands it runs.
+//!
+//! Why each piece is needed:
+//! - the eBPF program (`proxy-ebpf`) is compiled by `proxy-user/build.rs` (aya-build) with
+//!   `rustup run nightly cargo build -Z build-std=core --target bpfel-unknown-none`: that needs
+//!   the nightly toolchain and its `rust-src` component (to build `core` for the BPF target);
+//! - the BPF object is linked by `bpf-linker` 0.13, built against LLVM 22 (the LLVM of the nightly
+//!   rustc; an older LLVM cannot read its bitcode), hence the LLVM 22 development packages;
+//! - the end-to-end tests drive network namespaces, iptables, curl and small Python peers.
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::cmd::{Cmd, is_root, probe_stdout, which};
+
+/// Debian packages for the build. `llvm-22-dev` and `libpolly-22-dev`: bpf-linker links against
+/// LLVM 22 (llvm-sys asks `llvm-config`, whose LLVM 22 build also lists Polly); `libzstd-dev`,
+/// `zlib1g-dev`: LLVM's own link dependencies.
+///
+/// On Debian 12 the LLVM 22 packages come from the stock `bookworm-security` suite
+/// (source package llvm-toolchain-22, version `1:22.1.x-1~deb12u1`), not from bookworm itself.
+pub const BUILD_APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
+
+/// Debian packages the tests use: `iproute2` (`ip netns`, veth), `iptables` (transparent-mode
+/// redirect rules), `bpftool` (inspecting the loaded programs and maps), `curl` (the admin
+/// endpoints), `python3` (small test peers), `procps` (`sysctl`, `ps`).
+///
+/// Benchmark peers (haproxy, iperf3, ...) belong in a separate list that only `bench` installs.
+pub const TEST_APT_PACKAGES: &[&str] = &[
+    "iproute2", "iptables", "bpftool", "curl", "python3", "procps",
+];
+
+/// The toolchain aya-build runs (`rustup run nightly ...`).
+const NIGHTLY: &str = "nightly";
+
+/// bpf-linker releases that work with aya-ebpf 0.2 and the LLVM 22 of nightly rustc 1.97.
+const BPF_LINKER_VERSION: &str = "0.13";
+const LLVM_BIN_DIR: &str = "/usr/lib/llvm-22/bin";
+
+/// Every step, in order: apt packages, nightly, rust-src, bpf-linker.
+pub fn run() -> Result<()> {
+    apt_packages(&[BUILD_APT_PACKAGES, TEST_APT_PACKAGES]).context("setup step `apt packages`")?;
+    nightly_toolchain().context("setup step `nightly toolchain`")?;
+    nightly_component("rust-src").context("setup step `rust-src for nightly`")?;
+    bpf_linker().context("setup step `bpf-linker`")?;
+    Ok(())
+}
+
+/// Installs the missing ones of `lists` with apt-get (root only; otherwise says what to run).
+pub fn apt_packages(lists: &[&[&str]]) -> Result<()> {
+    let wanted: Vec<&str> = lists.iter().flat_map(|list| list.iter().copied()).collect();
+    let mut missing = Vec::new();
+    for &package in &wanted {
+        if !dpkg_installed(package)? {
+            missing.push(package);
+        }
+    }
+    if missing.is_empty() {
+        println!(
+            "setup: apt packages already installed: {}",
+            wanted.join(" ")
+        );
+        return Ok(());
+    }
+    let missing_list = missing.join(" ");
+    if !is_root() {
+        bail!(
+            "apt packages missing: {missing_list}; installing them needs root, run:\n  \
+             sudo apt-get update && sudo apt-get install -y {missing_list}\n\
+             then run this command again"
+        );
+    }
+    println!("setup: installing apt packages: {missing_list}");
+    Cmd::new("apt-get").args(["update", "-qq"]).run()?;
+    let unavailable: Vec<&str> = missing
+        .iter()
+        .copied()
+        .filter(|package| !apt_has_candidate(package))
+        .collect();
+    if !unavailable.is_empty() {
+        bail!(
+            "apt has no installable version of: {}{}",
+            unavailable.join(" "),
+            if unavailable.iter().any(|p| p.contains("-22")) {
+                LLVM_22_HINT
+            } else {
+                ""
+            }
+        );
+    }
+    Cmd::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq"])
+        .args(&missing)
+        .run()
+}
+
+const LLVM_22_HINT: &str = "\n\
+    LLVM 22 is not in Debian 12's main suite: it comes from `bookworm-security` \
+    (URIs: http://deb.debian.org/debian-security, Suites: bookworm-security, Components: main), \
+    which a stock install has in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list. \
+    Enable that suite; on other distributions add apt.llvm.org's repository for LLVM 22. \
+    Then run this command again.";
+
+/// `dpkg-query -W -f='${Status}' PKG` says "install ok installed".
+fn dpkg_installed(package: &str) -> Result<bool> {
+    let out = Cmd::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .probe()
+        .context(
+            "cannot run dpkg-query: the automatic setup supports Debian and Ubuntu only; \
+             install LLVM 22 (dev), zstd and zlib headers, iproute2, iptables, bpftool, curl, \
+             python3 and procps by hand",
+        )?;
+    Ok(out.status.success() && out.stdout.trim_ascii() == b"install ok installed")
+}
+
+/// `apt-cache policy PKG` names a candidate other than "(none)".
+fn apt_has_candidate(package: &str) -> bool {
+    probe_stdout(Cmd::new("apt-cache").args(["policy", package])).is_some_and(|policy| {
+        policy
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Candidate:"))
+            .is_some_and(|c| c.trim() != "(none)")
+    })
+}
+
+fn nightly_toolchain() -> Result<()> {
+    let list = Cmd::new("rustup")
+        .args(["toolchain", "list"])
+        .probe()
+        .context("cannot run rustup: the eBPF build needs rustup (https://rustup.rs)")?;
+    let list = String::from_utf8_lossy(&list.stdout);
+    // "nightly-x86_64-unknown-linux-gnu"; a dated "nightly-2025-..." is not what `run nightly` uses.
+    let present = list.lines().any(|line| {
+        line.split_whitespace().next().is_some_and(|name| {
+            name == NIGHTLY
+                || name
+                    .strip_prefix("nightly-")
+                    .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+        })
+    });
+    if present {
+        println!("setup: {NIGHTLY} toolchain: ok");
+        return Ok(());
+    }
+    println!("setup: installing the {NIGHTLY} toolchain (minimal profile)");
+    Cmd::new("rustup")
+        .args(["toolchain", "install", NIGHTLY, "--profile", "minimal"])
+        .run()
+}
+
+/// Adds `component` to the nightly toolchain unless it is there.
+pub fn nightly_component(component: &str) -> Result<()> {
+    let installed = Cmd::new("rustup")
+        .args(["component", "list", "--toolchain", NIGHTLY, "--installed"])
+        .probe()
+        .context("cannot run rustup")?;
+    let installed = String::from_utf8_lossy(&installed.stdout);
+    // Listed as "rust-src" or "clippy-x86_64-unknown-linux-gnu".
+    let present = installed.lines().any(|line| {
+        let line = line.trim();
+        line == component
+            || line
+                .strip_prefix(component)
+                .is_some_and(|rest| rest.starts_with('-'))
+    });
+    if present {
+        println!("setup: {component} for {NIGHTLY}: ok");
+        return Ok(());
+    }
+    println!("setup: adding {component} to {NIGHTLY}");
+    Cmd::new("rustup")
+        .args(["component", "add", component, "--toolchain", NIGHTLY])
+        .run()
+}
+
+/// What the installed bpf-linker is, as far as setup cares.
+enum Linker {
+    Ok {
+        llvm: &'static str,
+    },
+    Missing,
+    /// Installed but unusable; the reason is shown.
+    Wrong(String),
+}
+
+fn bpf_linker() -> Result<()> {
+    let reason = match inspect_bpf_linker() {
+        Linker::Ok { llvm } => {
+            println!("setup: bpf-linker {BPF_LINKER_VERSION} ({llvm}): already installed");
+            return Ok(());
+        }
+        Linker::Missing => "not found".to_owned(),
+        Linker::Wrong(reason) => reason,
+    };
+    println!(
+        "setup: installing bpf-linker {BPF_LINKER_VERSION} for LLVM 22 ({reason}; \
+         this compiles for a few minutes)"
+    );
+    // Without LLVM 22's bin directory first in PATH, llvm-sys finds Debian's default LLVM 14
+    // llvm-config and the build fails. --force replaces a wrong version in place.
+    Cmd::cargo()
+        .path_prepend(LLVM_BIN_DIR)
+        .args(["install", "bpf-linker", "--version"])
+        .arg(format!("^{BPF_LINKER_VERSION}"))
+        .args(["--no-default-features", "--features", "llvm-22", "--force"])
+        .run()?;
+    match inspect_bpf_linker() {
+        Linker::Ok { .. } => Ok(()),
+        Linker::Missing => bail!("bpf-linker is still not found in PATH after installing it"),
+        Linker::Wrong(reason) => {
+            bail!("bpf-linker is still unusable after installing it: {reason}")
+        }
+    }
+}
+
+fn inspect_bpf_linker() -> Linker {
+    let Some(path) = which("bpf-linker") else {
+        return Linker::Missing;
+    };
+    let Some(version) = probe_stdout(Cmd::new("bpf-linker").arg("--version")) else {
+        return Linker::Wrong(format!("`{} --version` failed", path.display()));
+    };
+    // "bpf-linker 0.13.0"
+    let version = version.split_whitespace().nth(1).unwrap_or("").to_owned();
+    if !version.starts_with(&format!("{BPF_LINKER_VERSION}.")) {
+        return Linker::Wrong(format!("found version {version:?}"));
+    }
+    // bpf-linker links libLLVM dynamically when built against Debian's packages; ldd shows which.
+    let ldd = probe_stdout(Cmd::new("ldd").arg(&path)).unwrap_or_default();
+    let Some(llvm) = ldd.lines().find(|l| l.contains("libLLVM")) else {
+        return Linker::Ok {
+            llvm: "LLVM linked statically, version not checked",
+        };
+    };
+    let llvm = llvm.trim();
+    if llvm.contains("not found") {
+        Linker::Wrong(format!("its LLVM library is gone: {llvm}"))
+    } else if llvm.contains("libLLVM.so.22") || llvm.contains("libLLVM-22") {
+        Linker::Ok { llvm: "LLVM 22" }
+    } else {
+        Linker::Wrong(format!("built against another LLVM: {llvm}"))
+    }
+}

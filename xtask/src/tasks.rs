@@ -1,0 +1,173 @@
+//! `build`, `run`, `test` and `lint`: each is setup, then cargo or the binary.
+
+use std::{
+    env,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    cmd::{Cmd, describe, is_root},
+    setup,
+};
+
+/// The package that holds the `agent-proxy` binary.
+const PACKAGE: &str = "proxy-user";
+const BINARY: &str = "agent-proxy";
+/// Built for the BPF target by proxy-user's build script; it has no host build, so host-side
+/// cargo commands over the whole workspace leave it out.
+const EBPF_PACKAGE: &str = "proxy-ebpf";
+/// What `cargo xtask run` runs when no arguments are given.
+const EXAMPLE_CONFIG: &str = "examples/agent-proxy.toml";
+
+const KERNEL_NEEDS_ROOT: &str = "xtask: note: not root; the kernel data path needs root \
+    (CAP_BPF, CAP_NET_ADMIN)";
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is a member of the workspace")
+}
+
+/// Setup, then `cargo build [--release] -p proxy-user`; returns the binary's absolute path.
+pub fn build(debug: bool) -> Result<PathBuf> {
+    setup::run()?;
+    let mut cargo = Cmd::cargo().arg("build");
+    if !debug {
+        cargo = cargo.arg("--release");
+    }
+    cargo
+        .args(["-p", PACKAGE])
+        .current_dir(root())
+        .run()
+        .context("step `build`")?;
+    let binary = target_dir()
+        .join(if debug { "debug" } else { "release" })
+        .join(BINARY);
+    if !binary.is_file() {
+        bail!(
+            "step `build`: cargo succeeded but {} is missing",
+            binary.display()
+        );
+    }
+    println!("xtask: built {}", binary.display());
+    Ok(binary)
+}
+
+/// Builds the release binary and replaces this process with it, so that signals (SIGTERM drain,
+/// SIGHUP reload) reach the daemon directly.
+pub fn run(args: Vec<OsString>) -> Result<()> {
+    let binary = build(false)?;
+    if !is_root() {
+        println!(
+            "{KERNEL_NEEDS_ROOT}; running anyway (dataplane = \"auto\" falls back to the userspace relay)"
+        );
+    }
+    let binary = binary.to_string_lossy().into_owned();
+    let args = if args.is_empty() {
+        vec![
+            "run".into(),
+            "-c".into(),
+            root().join(EXAMPLE_CONFIG).into(),
+        ]
+    } else {
+        args
+    };
+    Err(Cmd::new(&binary).args(args).exec()).context("step `run`")
+}
+
+/// Builds the release binary, then `cargo test --release --workspace` with `AGENT_PROXY_BIN`
+/// pointing at it; `args` go to cargo test. The exit code is cargo's.
+pub fn test(args: Vec<OsString>) -> Result<ExitCode> {
+    let binary = build(false)?;
+    if !is_root() {
+        println!(
+            "{KERNEL_NEEDS_ROOT}; kernel and end-to-end tests will skip (or fail with CI=true)"
+        );
+    }
+    let status = Cmd::cargo()
+        .env("AGENT_PROXY_BIN", &binary)
+        .args([
+            "test",
+            "--release",
+            "--workspace",
+            "--exclude",
+            EBPF_PACKAGE,
+        ])
+        .args(args)
+        .current_dir(root())
+        .status()
+        .context("step `test`")?;
+    if status.success() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "xtask: step `test` failed: cargo test: {}",
+        describe(status)
+    );
+    let code = status.code().unwrap_or(1);
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// `cargo fmt --check`, clippy over the host crates, and clippy over the eBPF crate with nightly
+/// (as aya-template does: it is `no_std`, so its host check needs `panic=abort`). Runs all three
+/// and names every one that failed.
+pub fn lint() -> Result<()> {
+    setup::run()?;
+    setup::nightly_component("clippy").context("setup step `clippy for nightly`")?;
+    let steps = [
+        ("fmt", Cmd::cargo().args(["fmt", "--all", "--check"])),
+        (
+            "clippy",
+            Cmd::cargo().args([
+                "clippy",
+                "--workspace",
+                "--exclude",
+                EBPF_PACKAGE,
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        ),
+        (
+            "clippy (eBPF)",
+            Cmd::new("rustup").args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "-p",
+                EBPF_PACKAGE,
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+                "-C",
+                "panic=abort",
+                "-Zpanic_abort_tests",
+            ]),
+        ),
+    ];
+    let mut failed = Vec::new();
+    for (name, cmd) in steps {
+        if let Err(err) = cmd.current_dir(root()).run() {
+            eprintln!("xtask: step `{name}` failed: {err:#}");
+            failed.push(name);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("lint steps failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Where cargo puts its output: `$CARGO_TARGET_DIR` (relative to the root, where the child cargo
+/// runs) or `target/`.
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), |dir| root().join(dir))
+}
