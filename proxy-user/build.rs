@@ -27,6 +27,8 @@ fn main() -> anyhow::Result<()> {
             root_dir: root.as_str(),
             ..Default::default()
         }],
-        aya_build::Toolchain::default(),
+        // Must equal EBPF_TOOLCHAIN in xtask/src/setup.rs: a nightly whose LLVM (22) matches the
+        // one bpf-linker is built against; newer nightlies emit bitcode it cannot read.
+        aya_build::Toolchain::Custom("nightly-2026-05-20"),
     )
 }

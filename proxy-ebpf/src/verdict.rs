@@ -20,8 +20,7 @@ static SPLICE_SOCKS: SockHash<u64> = SockHash::with_max_entries(MAX_SPLICED_SOCK
 static SPLICE_PEERS: SockHash<u64> = SockHash::with_max_entries(MAX_SPLICED_SOCKETS, 0);
 
 #[map(name = "SPLICE_CONNS")]
-static SPLICE_CONNS: HashMap<u64, SpliceSide> =
-    HashMap::with_max_entries(MAX_SPLICED_SOCKETS, 0);
+static SPLICE_CONNS: HashMap<u64, SpliceSide> = HashMap::with_max_entries(MAX_SPLICED_SOCKETS, 0);
 
 #[map(name = "SPLICE_LIMITS")]
 static SPLICE_LIMITS: HashMap<u64, u64> = HashMap::with_max_entries(MAX_SPLICED_SOCKETS, 0);

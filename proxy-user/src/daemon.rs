@@ -56,7 +56,10 @@ pub enum StartError {
 pub fn load_kernel(dataplane: Dataplane) -> Result<Option<Arc<Kernel>>, StartError> {
     match dataplane {
         Dataplane::Userspace => Ok(None),
-        Dataplane::Kernel => Kernel::load().map(Arc::new).map(Some).map_err(StartError::Kernel),
+        Dataplane::Kernel => Kernel::load()
+            .map(Arc::new)
+            .map(Some)
+            .map_err(StartError::Kernel),
         Dataplane::Auto => match Kernel::load() {
             Ok(kernel) => Ok(Some(Arc::new(kernel))),
             Err(e) => {
@@ -88,11 +91,19 @@ pub async fn run(
     if config.frontends.len() > proxy_common::MAX_FRONTENDS as usize {
         return Err(StartError::TooManyFrontends);
     }
+    raise_fd_limit();
     let kernel = load_kernel(config.global.dataplane)?;
     let metrics = Arc::new(Metrics::new());
-    let path = if kernel.is_some() { "kernel" } else { "userspace" };
+    let path = if kernel.is_some() {
+        "kernel"
+    } else {
+        "userspace"
+    };
     for p in ["kernel", "userspace"] {
-        metrics.dataplane.with_label_values(&[p]).set(i64::from(p == path));
+        metrics
+            .dataplane
+            .with_label_values(&[p])
+            .set(i64::from(p == path));
     }
     tracing::info!(dataplane = path, "data path selected");
 
@@ -189,7 +200,10 @@ pub async fn run(
         .await
         .is_err()
     {
-        tracing::warn!(open = shared.tracker.len(), "drain timeout: cutting open connections");
+        tracing::warn!(
+            open = shared.tracker.len(),
+            "drain timeout: cutting open connections"
+        );
         shared.abort.cancel();
         let _ = tokio::time::timeout(ABORT_GRACE, shared.tracker.wait()).await;
     }
@@ -199,6 +213,28 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Raises the soft open-files limit to the hard limit: each connection holds two sockets, and the
+/// usual soft default (1024) would cap the proxy near 500 connections.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a live struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!("cannot raise the open-files limit");
+            }
+        }
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            tracing::info!(limit = limit.rlim_cur, "open-files limit");
+        }
+    }
 }
 
 /// Mirrors the kernel's monotonic counters into the Prometheus counters, by delta, at scrape.
@@ -218,7 +254,9 @@ impl KernelMirror {
         let totals = kernel.registry.totals();
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         for (frontend, direction, counters) in totals.routes {
-            let Some(name) = names.get(frontend as usize) else { continue };
+            let Some(name) = names.get(frontend as usize) else {
+                continue;
+            };
             let dir = if direction == proxy_common::DIRECTION_UPSTREAM {
                 "upstream"
             } else {

@@ -5,7 +5,11 @@ use agent_proxy::{config, daemon};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "agent-proxy", version, about = "Proxy for monitoring-agent traffic, with an eBPF data path")]
+#[command(
+    name = "agent-proxy",
+    version,
+    about = "Proxy for monitoring-agent traffic, with an eBPF data path"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,7 +49,10 @@ fn main() -> ExitCode {
                 }
             };
             init_tracing(config.global.log_format);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("agent-proxy: cannot start the runtime: {e}");

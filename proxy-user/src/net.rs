@@ -38,7 +38,12 @@ fn getsockopt<T: Copy>(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::
     }
 }
 
-fn setsockopt(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+fn setsockopt(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: passes a pointer to a live c_int and its size.
     cvt(unsafe {
         libc::setsockopt(
@@ -156,7 +161,8 @@ pub struct TcpBytes {
     pub received: u64,
     /// Every byte ever queued for sending on this socket: acknowledged plus still queued.
     pub queued_for_send: u64,
-    /// Received bytes not yet consumed (by a read or by the verdict).
+    /// Received bytes not yet consumed (`SIOCINQ`). Only meaningful before the socket joins a
+    /// sockmap: there the kernel answers `SIOCINQ` with the psock's own queue instead.
     pub unread: u64,
 }
 
@@ -173,7 +179,10 @@ pub fn tcp_bytes(fd: RawFd) -> io::Result<TcpBytes> {
     const CLOSE_WAIT: u8 = 8;
     const LAST_ACK: u8 = 9;
     const CLOSING: u8 = 11;
-    let fin = matches!(info.tcpi_state, TIME_WAIT | CLOSE | CLOSE_WAIT | LAST_ACK | CLOSING);
+    let fin = matches!(
+        info.tcpi_state,
+        TIME_WAIT | CLOSE | CLOSE_WAIT | LAST_ACK | CLOSING
+    );
     Ok(TcpBytes {
         received: info.tcpi_bytes_received.saturating_sub(u64::from(fin)),
         queued_for_send: info.tcpi_bytes_acked + outq,
@@ -200,19 +209,24 @@ mod tests {
     #[test]
     fn counters_follow_the_bytes() {
         let (mut a, mut b) = pair();
+        // The connecting side's count includes its acknowledged SYN: callers take a baseline.
+        let base = tcp_bytes(a.as_raw_fd()).unwrap().queued_for_send;
         a.write_all(&[7u8; 1000]).unwrap();
         let mut buf = [0u8; 400];
         b.read_exact(&mut buf).unwrap();
         // Wait for the acknowledgement to come back on loopback.
         for _ in 0..100 {
-            if tcp_bytes(a.as_raw_fd()).unwrap().queued_for_send == 1000
+            if tcp_bytes(a.as_raw_fd()).unwrap().queued_for_send == base + 1000
                 && tcp_bytes(b.as_raw_fd()).unwrap().received == 1000
             {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        assert_eq!(tcp_bytes(a.as_raw_fd()).unwrap().queued_for_send, 1000);
+        assert_eq!(
+            tcp_bytes(a.as_raw_fd()).unwrap().queued_for_send,
+            base + 1000
+        );
         let rb = tcp_bytes(b.as_raw_fd()).unwrap();
         assert_eq!((rb.received, rb.unread), (1000, 600));
     }
@@ -220,7 +234,10 @@ mod tests {
     #[test]
     fn cookies_differ_and_peek_sees_eof() {
         let (a, b) = pair();
-        let (ca, cb) = (socket_cookie(a.as_raw_fd()).unwrap(), socket_cookie(b.as_raw_fd()).unwrap());
+        let (ca, cb) = (
+            socket_cookie(a.as_raw_fd()).unwrap(),
+            socket_cookie(b.as_raw_fd()).unwrap(),
+        );
         assert_ne!(ca, cb);
         b.set_nonblocking(true).unwrap();
         assert!(matches!(peek(b.as_raw_fd()).unwrap(), Peek::Empty));

@@ -72,7 +72,9 @@ pub enum PoolError {
 
 /// Every attempt failed; `last` says how the last one did.
 #[derive(Debug, thiserror::Error)]
-#[error("no server of backend {backend:?} accepted the connection after {attempts} attempts (last: {last})")]
+#[error(
+    "no server of backend {backend:?} accepted the connection after {attempts} attempts (last: {last})"
+)]
 pub struct ConnectError {
     pub backend: String,
     pub attempts: u32,
@@ -150,8 +152,13 @@ impl Pool {
         for attempt in 0..attempts {
             let server = &self.servers[(first + attempt as usize) % n];
             let started = Instant::now();
-            let result = tokio::time::timeout(self.connect_timeout, TcpStream::connect(server.addr)).await;
-            let labels = [self.name.as_str(), server.name.as_str(), &server.addr.to_string()];
+            let result =
+                tokio::time::timeout(self.connect_timeout, TcpStream::connect(server.addr)).await;
+            let labels = [
+                self.name.as_str(),
+                server.name.as_str(),
+                &server.addr.to_string(),
+            ];
             match result {
                 Ok(Ok(stream)) => {
                     metrics
@@ -163,7 +170,12 @@ impl Pool {
                     return Ok((stream, Lease(Arc::clone(server))));
                 }
                 Ok(Err(e)) => last = format!("{}: {e}", server.addr),
-                Err(_) => last = format!("{}: connect timeout after {:?}", server.addr, self.connect_timeout),
+                Err(_) => {
+                    last = format!(
+                        "{}: connect timeout after {:?}",
+                        server.addr, self.connect_timeout
+                    )
+                }
             }
             // Passive health: the gauge reflects the last connect to this address.
             metrics.server_up.with_label_values(&labels).set(0);

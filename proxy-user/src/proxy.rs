@@ -44,7 +44,12 @@ pub struct Frontend {
 }
 
 /// Accepts until `stop` fires, then drops the listener.
-pub async fn serve(listener: TcpListener, frontend: Arc<Frontend>, shared: Arc<Shared>, stop: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    frontend: Arc<Frontend>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -114,7 +119,15 @@ fn reject(frontend: &Frontend, shared: &Shared, client: TcpStream, peer: SocketA
         end: End::Rejected,
         detail: reason.to_string(),
     };
-    finish(frontend, shared, peer, "-", Path::None, &outcome, Instant::now());
+    finish(
+        frontend,
+        shared,
+        peer,
+        "-",
+        Path::None,
+        &outcome,
+        Instant::now(),
+    );
 }
 
 async fn handle(client: TcpStream, peer: SocketAddr, frontend: &Frontend, shared: &Shared) {
@@ -150,7 +163,26 @@ async fn handle(client: TcpStream, peer: SocketAddr, frontend: &Frontend, shared
 }
 
 /// Chooses the data path and runs it.
-async fn carry(client: TcpStream, upstream: TcpStream, frontend: &Frontend, shared: &Shared) -> (Path, Outcome) {
+async fn carry(
+    client: TcpStream,
+    upstream: TcpStream,
+    frontend: &Frontend,
+    shared: &Shared,
+) -> (Path, Outcome) {
+    // Bytes copied in userspace: the whole connection on the relay, or the tail of a direction
+    // that had to leave the kernel path.
+    let counters = RelayCounters {
+        up: shared.metrics.bytes_total.with_label_values(&[
+            frontend.name.as_str(),
+            "upstream",
+            "userspace",
+        ]),
+        down: shared.metrics.bytes_total.with_label_values(&[
+            frontend.name.as_str(),
+            "downstream",
+            "userspace",
+        ]),
+    };
     let (client, upstream) = match &shared.kernel {
         Some(kernel) => {
             let settings = SpliceSettings {
@@ -158,10 +190,13 @@ async fn carry(client: TcpStream, upstream: TcpStream, frontend: &Frontend, shar
                 window: shared.kernel_window,
                 sndbuf: shared.kernel_sndbuf,
             };
-            match splice::splice(kernel, client, upstream, settings, &shared.abort).await {
+            match splice::splice(kernel, client, upstream, settings, &counters, &shared.abort).await
+            {
                 Ok(outcome) => return (Path::Kernel, outcome),
                 Err(declined) => {
-                    tracing::warn!(frontend = %frontend.name, error = %declined.error,
+                    // Typically a client that already closed (the kernel takes only established
+                    // sockets); the relay carries it just as well.
+                    tracing::debug!(frontend = %frontend.name, error = %declined.error,
                         "kernel path refused the connection; relaying it in userspace");
                     shared
                         .metrics
@@ -173,16 +208,6 @@ async fn carry(client: TcpStream, upstream: TcpStream, frontend: &Frontend, shar
             }
         }
         None => (client, upstream),
-    };
-    let counters = RelayCounters {
-        up: shared
-            .metrics
-            .bytes_total
-            .with_label_values(&[frontend.name.as_str(), "upstream", "userspace"]),
-        down: shared
-            .metrics
-            .bytes_total
-            .with_label_values(&[frontend.name.as_str(), "downstream", "userspace"]),
     };
     let outcome = relay::relay(client, upstream, &counters, &shared.abort).await;
     (Path::Userspace, outcome)
@@ -218,7 +243,7 @@ fn finish(
         path = path.as_str(),
         bytes_up = outcome.bytes_up,
         bytes_down = outcome.bytes_down,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        duration_ms = elapsed.as_micros() as f64 / 1000.0,
         end = outcome.end.as_str(),
         detail = outcome.detail.as_str(),
         "connection closed"

@@ -138,7 +138,10 @@ pub async fn relay(
         },
         Err(failure) => {
             // Abortive end: reset both sockets so the survivor's peer learns at once.
-            for fd in [client_read.as_ref().as_raw_fd(), upstream_read.as_ref().as_raw_fd()] {
+            for fd in [
+                client_read.as_ref().as_raw_fd(),
+                upstream_read.as_ref().as_raw_fd(),
+            ] {
                 let _ = net::set_linger_zero(fd);
             }
             match failure {

@@ -23,6 +23,9 @@ use std::{
     time::Duration,
 };
 
+use std::io::{Read as _, Write as _};
+
+use prometheus::IntCounter;
 use tokio::{net::TcpStream, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +33,7 @@ use crate::{
     conn::{End, Outcome},
     kernel::{Kernel, KernelError, SplicePair, Wake},
     net::{self, Peek},
+    relay::RelayCounters,
 };
 
 /// Per-frontend settings of the kernel path.
@@ -69,6 +73,14 @@ struct Side {
     fin_forwarded: bool,
     /// Out of `SPLICE_SOCKS` for flow control.
     paused: bool,
+    /// Out of the kernel path for good: the socket could not rejoin `SPLICE_SOCKS` (the kernel
+    /// only takes established sockets, and a FIN may have come during the pause), so the bytes
+    /// left in its receive queue are copied in userspace, after the redirect queue drained.
+    tail: bool,
+    /// Bytes of this side copied to the peer in userspace (the tail).
+    copied: u64,
+    /// Tail bytes read but not yet written to the peer.
+    carry: Vec<u8>,
     /// Bytes seen in the socket's own queue while not paused: look again on the next tick.
     stray_rechecks: u32,
 }
@@ -81,6 +93,8 @@ impl Side {
 
 struct Splice<'k> {
     kernel: &'k Kernel,
+    /// Userspace byte counters, for the tail of a direction that could not stay in the kernel.
+    copied_metric: [IntCounter; 2],
     sides: [Side; 2],
     window: u64,
     first_eof: Option<usize>,
@@ -107,13 +121,18 @@ pub async fn splice(
     client: TcpStream,
     upstream: TcpStream,
     settings: SpliceSettings,
+    counters: &RelayCounters,
     cancel: &CancellationToken,
 ) -> Result<Outcome, Declined> {
     // Out of tokio's reactor: it would be woken for every forwarded buffer (see kernel::events).
     let (client, upstream) = match (client.into_std(), upstream.into_std()) {
         (Ok(c), Ok(u)) => (c, u),
         (c, u) => {
-            let err = c.err().or(u.err()).map(|e| e.to_string()).unwrap_or_default();
+            let err = c
+                .err()
+                .or(u.err())
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             return Ok(Outcome {
                 bytes_up: 0,
                 bytes_down: 0,
@@ -125,7 +144,11 @@ pub async fn splice(
     let sides = match [client, upstream].map(|s| new_side(s, settings.sndbuf)) {
         [Ok(c), Ok(u)] => [c, u],
         [c, u] => {
-            let err = c.err().or(u.err()).map(|e| e.to_string()).unwrap_or_default();
+            let err = c
+                .err()
+                .or(u.err())
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             return Ok(Outcome {
                 bytes_up: 0,
                 bytes_down: 0,
@@ -144,7 +167,10 @@ pub async fn splice(
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let watch = match kernel.events.watch(
-        [(pair.client_cookie, pair.client_fd), (pair.upstream_cookie, pair.upstream_fd)],
+        [
+            (pair.client_cookie, pair.client_fd),
+            (pair.upstream_cookie, pair.upstream_fd),
+        ],
         tx.clone(),
     ) {
         Ok(watch) => watch,
@@ -157,6 +183,7 @@ pub async fn splice(
 
     let mut splice = Splice {
         kernel,
+        copied_metric: [counters.up.clone(), counters.down.clone()],
         sides,
         window: settings.window,
         first_eof: None,
@@ -175,8 +202,8 @@ pub async fn splice(
         }
     };
     Ok(Outcome {
-        bytes_up: up.bytes,
-        bytes_down: down.bytes,
+        bytes_up: up.bytes + splice.sides[0].copied,
+        bytes_down: down.bytes + splice.sides[1].copied,
         end,
         detail,
     })
@@ -198,6 +225,9 @@ fn new_side(stream: StdStream, sndbuf: u32) -> io::Result<Side> {
         eof: false,
         fin_forwarded: false,
         paused: false,
+        tail: false,
+        copied: 0,
+        carry: Vec::new(),
         stray_rechecks: 0,
     })
 }
@@ -260,9 +290,9 @@ impl Splice<'_> {
     }
 
     fn has_pending(&self) -> bool {
-        self.sides
-            .iter()
-            .any(|s| s.paused || s.stray_rechecks > 0 || (s.eof && !s.fin_forwarded))
+        self.sides.iter().any(|s| {
+            s.paused || s.tail && !s.eof || s.stray_rechecks > 0 || (s.eof && !s.fin_forwarded)
+        })
     }
 
     /// A FIN, reset or error may have happened on side `i`.
@@ -280,7 +310,7 @@ impl Splice<'_> {
                 self.sides[i].stray_rechecks = 0;
                 return Ok(());
             }
-            Ok(Peek::Data) if self.sides[i].paused => return Ok(()),
+            Ok(Peek::Data) if self.sides[i].paused || self.sides[i].tail => return Ok(()),
             Ok(Peek::Data) => {
                 // Bytes in the socket's own queue while the verdict is attached: the verdict
                 // passed them (peer missing) or has not run yet. Look again shortly.
@@ -303,7 +333,11 @@ impl Splice<'_> {
     /// Forwards side `i`'s FIN to its peer once every byte before it has been handed over.
     fn forward_fin(&mut self, i: usize) -> Step {
         let p = 1 - i;
-        let counted = self.kernel.registry.side(self.sides[i].cookie).map_err(internal)?;
+        let counted = self
+            .kernel
+            .registry
+            .side(self.sides[i].cookie)
+            .map_err(internal)?;
         let own = net::tcp_bytes(self.sides[i].fd()).map_err(internal)?;
         let peer = match net::tcp_bytes(self.sides[p].fd()) {
             Ok(bytes) => bytes,
@@ -311,7 +345,8 @@ impl Splice<'_> {
         };
         let received = own.received - self.sides[i].rcv_base;
         let handed_over = peer.queued_for_send - self.sides[p].snd_base;
-        if counted.bytes != received || handed_over != counted.bytes {
+        let forwarded = counted.bytes + self.sides[i].copied;
+        if forwarded != received || handed_over != forwarded {
             // Still in flight: the verdict has not seen the last bytes yet, or they wait in the
             // peer's redirect queue. The tick looks again.
             return Ok(());
@@ -326,18 +361,23 @@ impl Splice<'_> {
     /// Bytes side `i` forwarded that the peer's send queue has not taken yet.
     fn backlog(&self, i: usize) -> Result<(u64, u64), (End, String)> {
         let p = 1 - i;
-        let counted = self.kernel.registry.side(self.sides[i].cookie).map_err(internal)?;
+        let counted = self
+            .kernel
+            .registry
+            .side(self.sides[i].cookie)
+            .map_err(internal)?;
         let peer = match net::tcp_bytes(self.sides[p].fd()) {
             Ok(bytes) => bytes,
             Err(err) => return Err(reset_end(p, &err)),
         };
         let handed_over = peer.queued_for_send - self.sides[p].snd_base;
-        Ok((counted.bytes, counted.bytes.saturating_sub(handed_over)))
+        let forwarded = counted.bytes + self.sides[i].copied;
+        Ok((forwarded, forwarded.saturating_sub(handed_over)))
     }
 
     /// Side `i` crossed its flow-control mark.
     fn on_mark(&mut self, i: usize) -> Step {
-        if self.sides[i].paused || self.sides[i].eof {
+        if self.sides[i].paused || self.sides[i].tail || self.sides[i].eof {
             return Ok(());
         }
         loop {
@@ -356,7 +396,11 @@ impl Splice<'_> {
                 .set_mark(self.sides[i].cookie, mark)
                 .map_err(internal)?;
             // If the count passed the new mark before it was set, no event will come for it.
-            let now = self.kernel.registry.side(self.sides[i].cookie).map_err(internal)?;
+            let now = self
+                .kernel
+                .registry
+                .side(self.sides[i].cookie)
+                .map_err(internal)?;
             if now.bytes < mark {
                 return Ok(());
             }
@@ -370,14 +414,20 @@ impl Splice<'_> {
                 if backlog <= self.window / 4 {
                     let side = &mut self.sides[i];
                     let registry = &self.kernel.registry;
-                    registry
-                        .set_mark(side.cookie, forwarded + self.window / 2)
-                        .map_err(internal)?;
-                    registry.resume(side.cookie, side.fd()).map_err(internal)?;
+                    let mark = registry.set_mark(side.cookie, forwarded + self.window / 2);
                     side.paused = false;
-                    // Forwards what queued up during the pause, and sees a FIN that came then.
-                    self.on_socket(i)?;
+                    match mark.and_then(|()| registry.resume(side.cookie, side.fd())) {
+                        // Forwards what queued up during the pause, and sees a FIN from then.
+                        Ok(()) => self.on_socket(i)?,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cannot resume the kernel path; copying the rest");
+                            side.tail = true;
+                        }
+                    }
                 }
+            }
+            if self.sides[i].tail && !self.sides[i].eof {
+                self.copy_tail(i)?;
             }
             if self.sides[i].stray_rechecks > 0 {
                 self.on_socket(i)?;
@@ -387,5 +437,46 @@ impl Splice<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Copies what is left in side `i`'s receive queue to its peer, without blocking, once the
+    /// redirect queue has drained (so the copied bytes come after the redirected ones).
+    fn copy_tail(&mut self, i: usize) -> Step {
+        if self.sides[i].carry.is_empty() && self.backlog(i)?.1 > 0 {
+            return Ok(());
+        }
+        const CHUNK: usize = 64 * 1024;
+        let p = 1 - i;
+        loop {
+            if !self.sides[i].carry.is_empty() {
+                match (&self.sides[p].stream).write(&self.sides[i].carry) {
+                    Ok(n) => {
+                        let side = &mut self.sides[i];
+                        side.carry.drain(..n);
+                        side.copied += n as u64;
+                        self.copied_metric[i].inc_by(n as u64);
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) => return Err(reset_end(p, &e)),
+                }
+            }
+            let side = &mut self.sides[i];
+            side.carry.resize(CHUNK, 0);
+            match (&side.stream).read(&mut side.carry) {
+                Ok(0) => {
+                    side.carry.clear();
+                    side.eof = true;
+                    self.first_eof.get_or_insert(i);
+                    return self.forward_fin(i);
+                }
+                Ok(n) => side.carry.truncate(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    side.carry.clear();
+                    return Ok(());
+                }
+                Err(e) => return Err(reset_end(i, &e)),
+            }
+        }
     }
 }

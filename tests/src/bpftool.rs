@@ -128,9 +128,9 @@ pub fn maps_of(pid: u32) -> anyhow::Result<Vec<MapInfo>> {
         .collect())
 }
 
-/// Number of entries in map `id` (`bpftool map dump`). A sockhash's values cannot be read
-/// back as sockets (bpftool prints an error object per entry), but each key is still listed,
-/// and keys are what is counted.
+/// Number of entries in map `id` (`bpftool map dump`). A sockhash with 4-byte values cannot
+/// be read back from userspace (bpftool prints `"value":{"error":"No space left on device"}`
+/// for each entry), but every key is still listed, and keys are what is counted.
 pub fn entry_count(id: u64) -> anyhow::Result<usize> {
     let v = bpftool_json(&["map", "dump", "id", &id.to_string()])?;
     Ok(v.as_array()

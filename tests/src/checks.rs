@@ -76,6 +76,10 @@ pub fn check_conn_log(
         log.end
     );
     ensure!(
+        log.duration_ms >= 0.0,
+        "log line has no duration_ms: {log:?}"
+    );
+    ensure!(
         log.frontend == FRONTEND && log.backend == crate::daemon::BACKEND,
         "log line names frontend {:?} / backend {:?}: {log:?}",
         log.frontend,

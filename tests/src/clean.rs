@@ -32,8 +32,10 @@ pub fn assert_clean(daemon: &mut Daemon, baseline_fds: usize) -> anyhow::Result<
         }
         if Instant::now() > deadline {
             bail!(
-                "daemon not clean {CLEAN_WITHIN:?} after the scenario:\n  {}",
-                problems.join("\n  ")
+                "daemon not clean {CLEAN_WITHIN:?} after the scenario:\n  {}\n  \
+                 TCP sockets in the namespace: {}",
+                problems.join("\n  "),
+                daemon.tcp_sockets()
             );
         }
         std::thread::sleep(Duration::from_millis(100));

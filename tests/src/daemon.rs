@@ -152,16 +152,19 @@ pub fn require_binary() -> PathBuf {
     bin
 }
 
-/// A scratch directory for one daemon (config, stderr); removed on drop unless the test
-/// failed, in which case it is kept for the post-mortem.
-struct Scratch(PathBuf);
+/// A scratch directory for one daemon (config, stderr); removed on drop when the scenario
+/// passed, kept for the post-mortem otherwise.
+struct Scratch {
+    dir: PathBuf,
+    keep: bool,
+}
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("daemon files kept in {}", self.0.display());
+        if self.keep {
+            eprintln!("daemon files kept in {}", self.dir.display());
         } else {
-            let _ = std::fs::remove_dir_all(&self.0);
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }
@@ -175,7 +178,10 @@ pub struct Daemon {
     stderr_path: PathBuf,
     config_path: PathBuf,
     exited: Option<ExitStatus>,
-    _scratch: Scratch,
+    /// Set by [`Daemon::passed`]: a daemon dropped without it belongs to a failed scenario,
+    /// and its log is printed.
+    passed: bool,
+    scratch: Scratch,
 }
 
 impl Daemon {
@@ -184,7 +190,10 @@ impl Daemon {
         let bin = require_binary();
         let dir = std::env::temp_dir().join(format!("agent-proxy-test-{}", ns.name()));
         std::fs::create_dir_all(&dir)?;
-        let scratch = Scratch(dir.clone());
+        let scratch = Scratch {
+            dir: dir.clone(),
+            keep: false,
+        };
         let config_path = dir.join("agent-proxy.toml");
         std::fs::write(&config_path, config.to_toml())?;
         let stderr_path = dir.join("stderr.log");
@@ -209,7 +218,8 @@ impl Daemon {
             stderr_path,
             config_path,
             exited: None,
-            _scratch: scratch,
+            passed: false,
+            scratch,
         };
         daemon.wait_ready(Duration::from_secs(20))?;
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"))?;
@@ -289,6 +299,59 @@ impl Daemon {
         }
     }
 
+    /// Current connections and map entries as the daemon reports them, for error messages.
+    pub fn state_summary(&self) -> String {
+        let m = match self.metrics() {
+            Ok(m) => m,
+            Err(e) => return format!("(metrics unavailable: {e:#})"),
+        };
+        let mut parts = vec![format!(
+            "current_connections={}",
+            m.sum("agent_proxy_frontend_current_connections", &[])
+        )];
+        for s in m.matching("agent_proxy_kernel_map_entries", &[]) {
+            parts.push(format!(
+                "{}={}",
+                s.labels.get("map").map_or("?", String::as_str),
+                s.value
+            ));
+        }
+        parts.push(format!("fds={}", self.fd_count().unwrap_or(0)));
+        parts.push(format!(
+            "TCP sockets in the namespace: {}",
+            self.tcp_sockets()
+        ));
+        parts.join(" ")
+    }
+
+    /// `ss -tan` in the daemon's namespace, without listeners and TIME-WAIT, for error
+    /// messages: shows in which TCP state a stuck connection sits.
+    pub fn tcp_sockets(&self) -> String {
+        let name = self
+            .netns
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &name, "ss", "-tanpH"])
+            .stdin(Stdio::null())
+            .output();
+        let Ok(out) = out else {
+            return "(ss failed)".to_owned();
+        };
+        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with("LISTEN") && !l.starts_with("TIME-WAIT"))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .take(40)
+            .collect();
+        if lines.is_empty() {
+            "none".to_owned()
+        } else {
+            format!("[{}]", lines.join("; "))
+        }
+    }
+
     /// Open file descriptors of the daemon.
     pub fn fd_count(&self) -> anyhow::Result<usize> {
         Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid))
@@ -353,13 +416,19 @@ impl Daemon {
             if Instant::now() > deadline {
                 bail!(
                     "{} \"connection closed\" log lines after {within:?}, expected {n}; \
-                     stderr tail:\n{}",
+                     daemon state: {}; stderr tail:\n{}",
                     logs.len(),
+                    self.state_summary(),
                     tail(&self.stderr_text(), 20)
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Marks the scenario passed: the log is not printed and the scratch files go on drop.
+    pub fn passed(&mut self) {
+        self.passed = true;
     }
 
     /// Fails if the daemon has exited (crashed) already.
@@ -403,15 +472,32 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        let mut state = "still running at the end of the scenario (killed now)".to_owned();
         if self.exited.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.exited = Some(status);
+                state = format!("had EXITED on its own: {status}");
+            } else {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        } else if let Some(status) = self.exited {
+            state = format!("exited: {status}");
         }
-        if std::thread::panicking() {
+        if !self.passed {
+            self.scratch.keep = true;
+            let text = self.stderr_text();
+            let warnings: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.contains("\"level\":\"INFO\"") && !l.contains("\"level\":\"DEBUG\""))
+                .take(20)
+                .collect();
             eprintln!(
-                "---- daemon (pid {}) stderr, last lines ----\n{}\n---- end ----",
+                "---- daemon (pid {}) of a failed scenario, {state}; first warnings and errors \
+                 ----\n{}\n---- last lines ----\n{}\n---- end ----",
                 self.pid,
-                tail(&self.stderr_text(), 40)
+                warnings.join("\n"),
+                tail(&text, 30)
             );
         }
     }

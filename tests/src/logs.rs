@@ -6,7 +6,7 @@ use serde_json::Value;
 pub const CONNECTION_CLOSED: &str = "connection closed";
 
 /// One "connection closed" line.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ConnLog {
     pub frontend: String,
     pub client: String,
@@ -16,7 +16,8 @@ pub struct ConnLog {
     pub path: String,
     pub bytes_up: u64,
     pub bytes_down: u64,
-    pub duration_ms: u64,
+    /// Milliseconds, possibly fractional; NaN when the line has none.
+    pub duration_ms: f64,
     /// client_close, upstream_close, client_reset, upstream_reset, connect_failed, rejected,
     /// shutdown or error.
     pub end: String,
@@ -52,6 +53,14 @@ fn number(v: &Value, key: &str) -> Option<u64> {
     }
 }
 
+fn float(v: &Value, key: &str) -> Option<f64> {
+    match v.get(key)? {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
 /// The "connection closed" lines of `text`, in order. A line with that message but missing
 /// byte counts is kept with `u64::MAX` there, so that an assertion shows it rather than
 /// silently skipping it.
@@ -68,7 +77,7 @@ pub fn conn_logs(text: &str) -> Vec<ConnLog> {
             path: string(f, "path"),
             bytes_up: number(f, "bytes_up").unwrap_or(u64::MAX),
             bytes_down: number(f, "bytes_down").unwrap_or(u64::MAX),
-            duration_ms: number(f, "duration_ms").unwrap_or(u64::MAX),
+            duration_ms: float(f, "duration_ms").unwrap_or(f64::NAN),
             end: string(f, "end"),
         })
         .collect()
@@ -84,7 +93,7 @@ mod tests {
             "not json\n",
             r#"{"timestamp":"t","level":"INFO","fields":{"message":"listening","addr":"127.0.0.1:7000"}}"#,
             "\n",
-            r#"{"level":"INFO","fields":{"message":"connection closed","frontend":"fe","client":"127.0.0.1:5","backend":"be","server":"127.0.0.1:7001","path":"kernel","bytes_up":1073741824,"bytes_down":"12","duration_ms":3,"end":"client_close"},"target":"x"}"#,
+            r#"{"level":"INFO","fields":{"message":"connection closed","frontend":"fe","client":"127.0.0.1:5","backend":"be","server":"127.0.0.1:7001","path":"kernel","bytes_up":1073741824,"bytes_down":"12","duration_ms":0.25,"end":"client_close"},"target":"x"}"#,
             "\n",
             r#"{"message":"connection closed","frontend":"fe","path":"none","end":"connect_failed","bytes_up":0,"bytes_down":0,"duration_ms":1}"#,
             "\n",
@@ -95,7 +104,9 @@ mod tests {
         assert_eq!(logs[0].bytes_up, 1 << 30);
         assert_eq!(logs[0].bytes_down, 12);
         assert_eq!(logs[0].server, "127.0.0.1:7001");
+        assert_eq!(logs[0].duration_ms, 0.25);
         assert_eq!(logs[1].end, "connect_failed");
+        assert_eq!(logs[1].duration_ms, 1.0);
         assert_eq!(logs[1].backend, "");
     }
 }

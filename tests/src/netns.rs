@@ -24,6 +24,8 @@ impl NetNs {
     /// Creates `ap-<pid>-<n>` with `lo` up, 127.0.0.1 and ::1 on it.
     pub fn new() -> anyhow::Result<Self> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
+        static SWEEP: std::sync::Once = std::sync::Once::new();
+        SWEEP.call_once(remove_stale);
         let name = format!(
             "ap-{}-{}",
             std::process::id(),
@@ -119,6 +121,27 @@ impl Drop for NetNs {
     fn drop(&mut self) {
         if let Err(e) = run_ip(&["netns", "del", &self.name]) {
             eprintln!("warning: cannot delete netns {}: {e:#}", self.name);
+        }
+    }
+}
+
+/// Deletes `ap-PID-N` namespaces left by test processes that died without unwinding (SIGKILL,
+/// abort): their PID no longer exists.
+fn remove_stale() {
+    let Ok(dir) = std::fs::read_dir("/var/run/netns") else {
+        return;
+    };
+    for entry in dir.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("ap-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = run_ip(&["netns", "del", &name]);
         }
     }
 }

@@ -1,5 +1,6 @@
 //! What a test needs from the machine before it can run: root-like capabilities (network
 //! namespaces, eBPF), the `ip` tool, and enough file descriptors.
+use std::io::Write as _;
 use std::path::Path;
 
 /// `CAP_NET_ADMIN`: network namespaces, `SO_SNDBUFFORCE`, attaching sockmap programs.
@@ -64,13 +65,15 @@ pub fn require_root(test: &str) -> bool {
             "{test}: cannot run in CI: {why}; end-to-end tests need root with CAP_BPF + CAP_NET_ADMIN"
         );
     }
-    eprintln!();
-    eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
-    eprintln!("!! SKIPPED {test}: {why}.");
-    eprintln!("!! End-to-end tests need root with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN.");
-    eprintln!("!! (With CI=true this is a failure, not a skip.)");
-    eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
-    eprintln!();
+    // Straight to the process's stderr: libtest captures `eprintln!` of passing tests, and a
+    // skip must be seen.
+    let bar = "!".repeat(80);
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n{bar}\n!! SKIPPED {test}: {why}.\n\
+         !! End-to-end tests need root with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN.\n\
+         !! (With CI=true this is a failure, not a skip.)\n{bar}\n"
+    );
     false
 }
 
@@ -83,9 +86,11 @@ pub fn which(name: &str) -> Option<std::path::PathBuf> {
         .find(|p| Path::new(p).is_file())
 }
 
-/// Raises this process's RLIMIT_NOFILE (soft and hard) to at least `n`; children, the daemon
-/// among them, inherit it. Root may raise the hard limit up to fs.nr_open.
-pub fn raise_nofile(n: u64) -> anyhow::Result<()> {
+/// Raises this process's RLIMIT_NOFILE towards `want`; children, the daemon among them,
+/// inherit it. The hard limit is raised too where allowed (CAP_SYS_RESOURCE, not always
+/// granted in containers); otherwise the soft limit goes up to the hard one. Fails if the
+/// result is below `need`. Returns the soft limit now in force.
+pub fn raise_nofile(want: u64, need: u64) -> anyhow::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -94,19 +99,31 @@ pub fn raise_nofile(n: u64) -> anyhow::Result<()> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(std::io::Error::last_os_error().into());
     }
-    if lim.rlim_cur >= n && lim.rlim_max >= n {
-        return Ok(());
+    if lim.rlim_cur >= want {
+        return Ok(lim.rlim_cur);
     }
-    let new = libc::rlimit {
-        rlim_cur: lim.rlim_cur.max(n),
-        rlim_max: lim.rlim_max.max(n),
+    let raised = libc::rlimit {
+        rlim_cur: want,
+        rlim_max: lim.rlim_max.max(want),
     };
-    // SAFETY: valid pointer to an rlimit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
-        return Err(anyhow::anyhow!(
-            "setrlimit(RLIMIT_NOFILE, {n}): {}",
-            std::io::Error::last_os_error()
-        ));
+    let capped = libc::rlimit {
+        rlim_cur: want.min(lim.rlim_max),
+        rlim_max: lim.rlim_max,
+    };
+    for new in [raised, capped] {
+        // SAFETY: valid pointer to an rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
+            anyhow::ensure!(
+                new.rlim_cur >= need,
+                "RLIMIT_NOFILE is {} (hard limit {}), the tests need {need}",
+                new.rlim_cur,
+                new.rlim_max
+            );
+            return Ok(new.rlim_cur);
+        }
     }
-    Ok(())
+    Err(anyhow::anyhow!(
+        "setrlimit(RLIMIT_NOFILE, {want}): {}",
+        std::io::Error::last_os_error()
+    ))
 }

@@ -171,7 +171,6 @@ fn concurrent_1000(dp: Dataplane) -> anyhow::Result<()> {
             started.elapsed()
         );
 
-        assert_bytes(&env.daemon, dp, up_total, down_total)?;
         let logs = env
             .daemon
             .wait_conn_logs(CONNECTIONS as usize, Duration::from_secs(10))?;
@@ -190,6 +189,7 @@ fn concurrent_1000(dp: Dataplane) -> anyhow::Result<()> {
             (log_up, log_down) == (up_total, down_total),
             "log lines sum to {log_up} up, {log_down} down; peers sent {up_total}, {down_total}"
         );
+        assert_bytes(&env.daemon, dp, up_total, down_total)?;
         env.finish()
     })
 }

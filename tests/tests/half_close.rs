@@ -103,10 +103,10 @@ fn half_close(
         } else {
             (ANSWER.1, FIRST.1)
         };
-        assert_bytes(&env.daemon, dp, up, down)?;
         let logs = env.daemon.wait_conn_logs(1, Duration::from_secs(5))?;
         ensure!(logs.len() == 1, "{} log lines: {logs:?}", logs.len());
         check_conn_log(&logs[0], dp, up, down, CLOSED)?;
+        assert_bytes(&env.daemon, dp, up, down)?;
         env.finish()
     })
 }

@@ -115,7 +115,6 @@ fn http_new_connections_send_first(dp: Dataplane) -> anyhow::Result<()> {
             totals.up.load(Ordering::Relaxed),
             totals.down.load(Ordering::Relaxed),
         );
-        assert_bytes(&env.daemon, dp, up, down)?;
         let logs = env
             .daemon
             .wait_conn_logs(NEW_CONNECTIONS as usize, Duration::from_secs(10))?;
@@ -134,6 +133,7 @@ fn http_new_connections_send_first(dp: Dataplane) -> anyhow::Result<()> {
         for log in &logs {
             check_conn_log(log, dp, log.bytes_up, log.bytes_down, CLOSED)?;
         }
+        assert_bytes(&env.daemon, dp, up, down)?;
         let m = env.daemon.metrics()?;
         let accepted = m.count(
             "agent_proxy_frontend_connections_total",
@@ -209,7 +209,6 @@ fn http_keepalive_10k(dp: Dataplane) -> anyhow::Result<()> {
             totals.up.load(Ordering::Relaxed),
             totals.down.load(Ordering::Relaxed),
         );
-        assert_bytes(&env.daemon, dp, up, down)?;
         let logs = env
             .daemon
             .wait_conn_logs(KEEPALIVE_CONNECTIONS as usize, Duration::from_secs(10))?;
@@ -229,6 +228,7 @@ fn http_keepalive_10k(dp: Dataplane) -> anyhow::Result<()> {
             // The clients close their idle keep-alive connections.
             check_conn_log(log, dp, log.bytes_up, log.bytes_down, CLOSED)?;
         }
+        assert_bytes(&env.daemon, dp, up, down)?;
         drop(upstream);
         env.finish()
     })

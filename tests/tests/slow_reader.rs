@@ -152,10 +152,10 @@ fn slow_reader(dp: Dataplane) -> anyhow::Result<()> {
             hex(&sent)
         );
         drop(client);
-        assert_bytes(&env.daemon, dp, written, 0)?;
         let logs = env.daemon.wait_conn_logs(1, Duration::from_secs(5))?;
         ensure!(logs.len() == 1, "{} log lines: {logs:?}", logs.len());
         check_conn_log(&logs[0], dp, written, 0, CLOSED)?;
+        assert_bytes(&env.daemon, dp, written, 0)?;
         env.finish()
     })
 }

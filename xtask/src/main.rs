@@ -13,7 +13,11 @@ use std::{ffi::OsString, process::ExitCode};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Build, run and test agent-proxy")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, run and test agent-proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -21,8 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what is missing: Debian packages (LLVM 22, test tools), the nightly toolchain
-    /// with rust-src, bpf-linker 0.13 for LLVM 22.
+    /// Install what is missing: Debian packages (LLVM 22, test tools), the pinned nightly
+    /// toolchain with rust-src, bpf-linker 0.13 for LLVM 22.
     Setup,
     /// Setup, then build agent-proxy (release unless --debug) and print the binary's path.
     Build {
@@ -36,13 +40,14 @@ enum Task {
         #[arg(last = true, value_name = "ARGS")]
         args: Vec<OsString>,
     },
-    /// Setup, build, then run every test (unit, kernel, end-to-end) with AGENT_PROXY_BIN set;
+    /// Setup, build, then run every test (unit, kernel, end-to-end) with `AGENT_PROXY_BIN` set;
     /// arguments after `--` go to `cargo test`. Kernel and end-to-end tests need root.
     Test {
         #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
         args: Vec<OsString>,
     },
-    /// cargo fmt --check and clippy -D warnings (host crates, and the eBPF crate with nightly).
+    /// cargo fmt --check and clippy -D warnings (host crates, and the eBPF crate with the pinned
+    /// nightly).
     Lint,
 }
 

@@ -4,23 +4,27 @@
 //!
 //! Why each piece is needed:
 //! - the eBPF program (`proxy-ebpf`) is compiled by `proxy-user/build.rs` (aya-build) with
-//!   `rustup run nightly cargo build -Z build-std=core --target bpfel-unknown-none`: that needs
-//!   the nightly toolchain and its `rust-src` component (to build `core` for the BPF target);
-//! - the BPF object is linked by `bpf-linker` 0.13, built against LLVM 22 (the LLVM of the nightly
-//!   rustc; an older LLVM cannot read its bitcode), hence the LLVM 22 development packages;
+//!   `rustup run <nightly> cargo build -Z build-std=core --target bpfel-unknown-none`: that needs
+//!   a nightly toolchain and its `rust-src` component (to build `core` for the BPF target);
+//! - the BPF object is linked by `bpf-linker` 0.13, built against LLVM 22, hence the LLVM 22
+//!   development packages. bpf-linker reads the compiler's LLVM bitcode, so the nightly's LLVM
+//!   must not be newer than bpf-linker's: that is why the nightly is pinned ([`EBPF_TOOLCHAIN`]);
 //! - the end-to-end tests drive network namespaces, iptables, curl and small Python peers.
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::cmd::{Cmd, is_root, probe_stdout, which};
 
-/// Debian packages for the build. `llvm-22-dev` and `libpolly-22-dev`: bpf-linker links against
-/// LLVM 22 (llvm-sys asks `llvm-config`, whose LLVM 22 build also lists Polly); `libzstd-dev`,
-/// `zlib1g-dev`: LLVM's own link dependencies.
+/// Debian packages for the build. `build-essential`: `cc`, the linker rustc uses for host
+/// binaries, and the C/C++ toolchain llvm-sys compiles its wrapper and links libLLVM with.
+/// `llvm-22-dev` and `libpolly-22-dev`: bpf-linker links against LLVM 22 (llvm-sys asks
+/// `llvm-config`, whose LLVM 22 build also lists Polly); `libzstd-dev`, `zlib1g-dev`: LLVM's own
+/// link dependencies.
 ///
 /// On Debian 12 the LLVM 22 packages come from the stock `bookworm-security` suite
 /// (source package llvm-toolchain-22, version `1:22.1.x-1~deb12u1`), not from bookworm itself.
 pub const BUILD_APT_PACKAGES: &[&str] = &[
+    "build-essential",
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
@@ -36,18 +40,24 @@ pub const TEST_APT_PACKAGES: &[&str] = &[
     "iproute2", "iptables", "bpftool", "curl", "python3", "procps",
 ];
 
-/// The toolchain aya-build runs (`rustup run nightly ...`).
-const NIGHTLY: &str = "nightly";
+/// The toolchain aya-build runs (`rustup run EBPF_TOOLCHAIN ...`); `proxy-user/build.rs` must name
+/// the same one. Pinned to rustc 1.97.0-nightly (e50aa6fba 2026-05-19), LLVM 22.1: the nightly the
+/// project was developed with, and verified to build proxy-ebpf with bpf-linker 0.13 for LLVM 22.
+/// The moving `nightly` has since gone to LLVM 23 (1.101.0-nightly of 2026-10-29), whose bitcode
+/// that bpf-linker rejects ("ERROR llvm: Invalid record").
+pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
+/// The LLVM major version of [`EBPF_TOOLCHAIN`] and of the bpf-linker build; they must agree.
+const LLVM_MAJOR: &str = "22";
 
-/// bpf-linker releases that work with aya-ebpf 0.2 and the LLVM 22 of nightly rustc 1.97.
+/// bpf-linker releases that work with aya-ebpf 0.2 and LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13";
 const LLVM_BIN_DIR: &str = "/usr/lib/llvm-22/bin";
 
-/// Every step, in order: apt packages, nightly, rust-src, bpf-linker.
+/// Every step, in order: apt packages, the eBPF toolchain, its rust-src, bpf-linker.
 pub fn run() -> Result<()> {
     apt_packages(&[BUILD_APT_PACKAGES, TEST_APT_PACKAGES]).context("setup step `apt packages`")?;
-    nightly_toolchain().context("setup step `nightly toolchain`")?;
-    nightly_component("rust-src").context("setup step `rust-src for nightly`")?;
+    ebpf_toolchain().context("setup step `eBPF toolchain`")?;
+    ebpf_component("rust-src").context("setup step `rust-src`")?;
     bpf_linker().context("setup step `bpf-linker`")?;
     Ok(())
 }
@@ -115,8 +125,8 @@ fn dpkg_installed(package: &str) -> Result<bool> {
         .probe()
         .context(
             "cannot run dpkg-query: the automatic setup supports Debian and Ubuntu only; \
-             install LLVM 22 (dev), zstd and zlib headers, iproute2, iptables, bpftool, curl, \
-             python3 and procps by hand",
+             install a C toolchain, LLVM 22 (dev), zstd and zlib headers, iproute2, iptables, \
+             bpftool, curl, python3 and procps by hand",
         )?;
     Ok(out.status.success() && out.stdout.trim_ascii() == b"install ok installed")
 }
@@ -131,35 +141,63 @@ fn apt_has_candidate(package: &str) -> bool {
     })
 }
 
-fn nightly_toolchain() -> Result<()> {
+/// Installs [`EBPF_TOOLCHAIN`] (minimal profile) unless present, then checks its LLVM version.
+fn ebpf_toolchain() -> Result<()> {
     let list = Cmd::new("rustup")
         .args(["toolchain", "list"])
         .probe()
         .context("cannot run rustup: the eBPF build needs rustup (https://rustup.rs)")?;
     let list = String::from_utf8_lossy(&list.stdout);
-    // "nightly-x86_64-unknown-linux-gnu"; a dated "nightly-2025-..." is not what `run nightly` uses.
+    // Listed with the host triple: "nightly-2026-05-20-x86_64-unknown-linux-gnu". A triple
+    // starts with a letter, so "nightly" does not match "nightly-2026-05-20-...".
     let present = list.lines().any(|line| {
         line.split_whitespace().next().is_some_and(|name| {
-            name == NIGHTLY
+            name == EBPF_TOOLCHAIN
                 || name
-                    .strip_prefix("nightly-")
-                    .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+                    .strip_prefix(EBPF_TOOLCHAIN)
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|triple| triple.starts_with(|c: char| c.is_ascii_alphabetic()))
         })
     });
-    if present {
-        println!("setup: {NIGHTLY} toolchain: ok");
-        return Ok(());
+    if !present {
+        println!("setup: installing the {EBPF_TOOLCHAIN} toolchain (minimal profile)");
+        Cmd::new("rustup")
+            .args(["toolchain", "install", EBPF_TOOLCHAIN])
+            .args(["--profile", "minimal", "--no-self-update"])
+            .run()?;
     }
-    println!("setup: installing the {NIGHTLY} toolchain (minimal profile)");
-    Cmd::new("rustup")
-        .args(["toolchain", "install", NIGHTLY, "--profile", "minimal"])
-        .run()
+    let version = probe_stdout(Cmd::new("rustup").args(["run", EBPF_TOOLCHAIN, "rustc", "-vV"]))
+        .with_context(|| format!("`rustup run {EBPF_TOOLCHAIN} rustc -vV` failed"))?;
+    let field = |key: &str| {
+        version
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map_or("?", str::trim)
+            .to_owned()
+    };
+    let (release, llvm) = (field("release:"), field("LLVM version:"));
+    if llvm.split('.').next() != Some(LLVM_MAJOR) {
+        bail!(
+            "{EBPF_TOOLCHAIN} is rustc {release} with LLVM {llvm}, but bpf-linker is built for \
+             LLVM {LLVM_MAJOR}; pin a nightly with LLVM {LLVM_MAJOR}"
+        );
+    }
+    if present {
+        println!("setup: {EBPF_TOOLCHAIN} toolchain (rustc {release}, LLVM {llvm}): ok");
+    }
+    Ok(())
 }
 
-/// Adds `component` to the nightly toolchain unless it is there.
-pub fn nightly_component(component: &str) -> Result<()> {
+/// Adds `component` to [`EBPF_TOOLCHAIN`] unless it is there.
+pub fn ebpf_component(component: &str) -> Result<()> {
     let installed = Cmd::new("rustup")
-        .args(["component", "list", "--toolchain", NIGHTLY, "--installed"])
+        .args([
+            "component",
+            "list",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+            "--installed",
+        ])
         .probe()
         .context("cannot run rustup")?;
     let installed = String::from_utf8_lossy(&installed.stdout);
@@ -172,12 +210,12 @@ pub fn nightly_component(component: &str) -> Result<()> {
                 .is_some_and(|rest| rest.starts_with('-'))
     });
     if present {
-        println!("setup: {component} for {NIGHTLY}: ok");
+        println!("setup: {component} for {EBPF_TOOLCHAIN}: ok");
         return Ok(());
     }
-    println!("setup: adding {component} to {NIGHTLY}");
+    println!("setup: adding {component} to {EBPF_TOOLCHAIN}");
     Cmd::new("rustup")
-        .args(["component", "add", component, "--toolchain", NIGHTLY])
+        .args(["component", "add", component, "--toolchain", EBPF_TOOLCHAIN])
         .run()
 }
 

@@ -81,7 +81,8 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
 }
 
 /// Builds the release binary, then `cargo test --release --workspace` with `AGENT_PROXY_BIN`
-/// pointing at it; `args` go to cargo test. The exit code is cargo's.
+/// pointing at it; `args` go to cargo test. `--no-fail-fast`: one failing test binary must not
+/// hide the results of the others. The exit code is cargo's.
 pub fn test(args: Vec<OsString>) -> Result<ExitCode> {
     let binary = build(false)?;
     if !is_root() {
@@ -94,6 +95,7 @@ pub fn test(args: Vec<OsString>) -> Result<ExitCode> {
         .args([
             "test",
             "--release",
+            "--no-fail-fast",
             "--workspace",
             "--exclude",
             EBPF_PACKAGE,
@@ -113,12 +115,12 @@ pub fn test(args: Vec<OsString>) -> Result<ExitCode> {
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
-/// `cargo fmt --check`, clippy over the host crates, and clippy over the eBPF crate with nightly
-/// (as aya-template does: it is `no_std`, so its host check needs `panic=abort`). Runs all three
-/// and names every one that failed.
+/// `cargo fmt --check`, clippy over the host crates, and clippy over the eBPF crate with the eBPF
+/// nightly (as aya-template does: the crate is `no_std`, so its host check needs `panic=abort`,
+/// which needs nightly's `-Zpanic_abort_tests`). Runs all three and names every one that failed.
 pub fn lint() -> Result<()> {
     setup::run()?;
-    setup::nightly_component("clippy").context("setup step `clippy for nightly`")?;
+    setup::ebpf_component("clippy").context("setup step `clippy`")?;
     let steps = [
         ("fmt", Cmd::cargo().args(["fmt", "--all", "--check"])),
         (
@@ -138,7 +140,7 @@ pub fn lint() -> Result<()> {
             "clippy (eBPF)",
             Cmd::new("rustup").args([
                 "run",
-                "nightly",
+                setup::EBPF_TOOLCHAIN,
                 "cargo",
                 "clippy",
                 "-p",

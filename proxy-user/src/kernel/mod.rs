@@ -79,7 +79,9 @@ impl Kernel {
 
         let program: &mut SkSkb = ebpf
             .program_mut("splice_verdict")
-            .ok_or(KernelError::Program(aya::programs::ProgramError::UnexpectedProgramType))?
+            .ok_or(KernelError::Program(
+                aya::programs::ProgramError::UnexpectedProgramType,
+            ))?
             .try_into()
             .map_err(KernelError::Program)?;
         program.load().map_err(KernelError::Program)?;

@@ -108,7 +108,9 @@ impl SpliceRegistry {
                 direction,
                 ..SpliceSide::default()
             };
-            maps.conns.insert(cookie, side, 0).map_err(map_err("insert conn"))?;
+            maps.conns
+                .insert(cookie, side, 0)
+                .map_err(map_err("insert conn"))?;
             maps.limits
                 .insert(cookie, pair.first_mark, 0)
                 .map_err(map_err("insert limit"))?;
@@ -157,17 +159,26 @@ impl SpliceRegistry {
 
     /// Restarts the verdict on a paused socket.
     pub fn resume(&self, cookie: u64, fd: RawFd) -> Result<(), KernelError> {
-        self.lock().socks.insert(cookie, fd, 0).map_err(map_err("resume"))
+        self.lock()
+            .socks
+            .insert(cookie, fd, 0)
+            .map_err(map_err("resume"))
     }
 
     /// The live counters of one side.
     pub fn side(&self, cookie: u64) -> Result<SpliceSide, KernelError> {
-        self.lock().conns.get(&cookie, 0).map_err(map_err("read conn"))
+        self.lock()
+            .conns
+            .get(&cookie, 0)
+            .map_err(map_err("read conn"))
     }
 
     /// Sets the byte count at which the verdict posts the next flow-control event.
     pub fn set_mark(&self, cookie: u64, mark: u64) -> Result<(), KernelError> {
-        self.lock().limits.insert(cookie, mark, 0).map_err(map_err("set limit"))
+        self.lock()
+            .limits
+            .insert(cookie, mark, 0)
+            .map_err(map_err("set limit"))
     }
 
     /// Route counters and error counts, summed over CPUs.
@@ -176,10 +187,12 @@ impl SpliceRegistry {
         let mut totals = KernelTotals::default();
         for (index, values) in maps.routes.iter().enumerate() {
             let Ok(values) = values else { continue };
-            let sum = values.iter().fold(RouteCounters::default(), |acc, v| RouteCounters {
-                bytes: acc.bytes + v.bytes,
-                segments: acc.segments + v.segments,
-            });
+            let sum = values
+                .iter()
+                .fold(RouteCounters::default(), |acc, v| RouteCounters {
+                    bytes: acc.bytes + v.bytes,
+                    segments: acc.segments + v.segments,
+                });
             if sum.segments > 0 {
                 let index = index as u32;
                 totals.routes.push((index / 2, index % 2, sum));
