@@ -4,131 +4,20 @@
 //!
 //! The child is `ip netns exec NS agent-proxy run -c CFG`; `ip` execs the binary after `setns`,
 //! so the child's pid is the daemon's and /proc/PID describes the daemon.
-use std::fmt;
 use std::fs::File;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+pub use crate::config::{BACKEND, DaemonConfig, Dataplane, FRONTEND};
+
+use crate::admin::http_get;
 use crate::logs::{self, ConnLog};
 use crate::metrics::Metrics;
 use crate::netns::{NetNs, run_in};
-
-/// The data path a test asks the daemon for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dataplane {
-    /// eBPF sockmap splice; the daemon must fail to start if it cannot load.
-    Kernel,
-    /// The userspace relay.
-    Userspace,
-}
-
-impl Dataplane {
-    /// The config value, which is also the `path` label of metrics and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Kernel => "kernel",
-            Self::Userspace => "userspace",
-        }
-    }
-
-    /// The other path (whose counters must stay at zero).
-    pub fn other(self) -> Self {
-        match self {
-            Self::Kernel => Self::Userspace,
-            Self::Userspace => Self::Kernel,
-        }
-    }
-}
-
-impl fmt::Display for Dataplane {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Name of the single frontend and backend of generated configs.
-pub const FRONTEND: &str = "fe";
-pub const BACKEND: &str = "be";
-
-/// What goes into a generated config: one frontend in tcp mode, one backend.
-#[derive(Clone, Debug)]
-pub struct DaemonConfig {
-    pub dataplane: Dataplane,
-    /// A fixed port inside the test's namespace (port 0 could not be reported back).
-    pub listen: SocketAddr,
-    pub admin: SocketAddr,
-    pub servers: Vec<SocketAddr>,
-    pub balance: &'static str,
-    pub connect_timeout: Duration,
-    pub retries: u32,
-    pub drain_timeout: Duration,
-    pub max_connections: u32,
-    pub frontend_max_connections: u32,
-    pub kernel_window: Option<u64>,
-    pub kernel_sndbuf: Option<u64>,
-}
-
-impl DaemonConfig {
-    pub fn new(dataplane: Dataplane, servers: Vec<SocketAddr>) -> Self {
-        Self {
-            dataplane,
-            listen: "127.0.0.1:7000".parse().expect("valid address"),
-            admin: "127.0.0.1:9090".parse().expect("valid address"),
-            servers,
-            balance: "roundrobin",
-            connect_timeout: Duration::from_secs(2),
-            retries: 3,
-            drain_timeout: Duration::from_secs(2),
-            max_connections: 10_000,
-            frontend_max_connections: 4_096,
-            kernel_window: None,
-            kernel_sndbuf: None,
-        }
-    }
-
-    pub fn to_toml(&self) -> String {
-        let mut global = format!(
-            "[global]\nmax_connections = {}\ndataplane = \"{}\"\nadmin = \"{}\"\n\
-             drain_timeout = \"{}\"\nlog_format = \"json\"\n",
-            self.max_connections,
-            self.dataplane,
-            self.admin,
-            humantime(self.drain_timeout),
-        );
-        if let Some(w) = self.kernel_window {
-            global += &format!("kernel_window = {w}\n");
-        }
-        if let Some(b) = self.kernel_sndbuf {
-            global += &format!("kernel_sndbuf = {b}\n");
-        }
-        let servers: Vec<String> = self.servers.iter().map(|s| format!("\"{s}\"")).collect();
-        format!(
-            "{global}\n[[frontend]]\nname = \"{FRONTEND}\"\nlisten = \"{}\"\nmode = \"tcp\"\n\
-             backend = \"{BACKEND}\"\nmax_connections = {}\n\n[[backend]]\nname = \"{BACKEND}\"\n\
-             servers = [{}]\nbalance = \"{}\"\nconnect_timeout = \"{}\"\nretries = {}\n",
-            self.listen,
-            self.frontend_max_connections,
-            servers.join(", "),
-            self.balance,
-            humantime(self.connect_timeout),
-            self.retries,
-        )
-    }
-}
-
-/// A duration as a humantime string ("2s", "1500ms").
-fn humantime(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
-}
 
 /// The binary under test: `AGENT_PROXY_BIN`, else the workspace's release build.
 pub fn binary() -> PathBuf {
@@ -507,51 +396,4 @@ impl Drop for Daemon {
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// A minimal blocking HTTP/1.1 GET with `Connection: close`, bounded in time.
-fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .with_context(|| format!("connect to admin {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .with_context(|| format!("read GET {path} response"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("no end of head in GET {path} response: {text:?}"))?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("bad status line in {head:?}"))?;
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_owned()
-    };
-    Ok((code, body))
-}
-
-fn dechunk(mut body: &str) -> anyhow::Result<String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body.split_once("\r\n").context("bad chunk header")?;
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)?;
-        if size == 0 {
-            return Ok(out);
-        }
-        out.push_str(rest.get(..size).context("short chunk")?);
-        body = rest.get(size + 2..).context("short chunk trailer")?;
-    }
 }

@@ -14,9 +14,11 @@
 //! Heavy scenarios (1 GiB transfers, 1,000 connections) take [`heavy::heavy`] so that two of
 //! them never compete for the machine's two cores within one test binary; cargo runs the test
 //! binaries one after another.
+pub mod admin;
 pub mod bpftool;
 pub mod checks;
 pub mod clean;
+pub mod config;
 pub mod daemon;
 pub mod env;
 pub mod heavy;

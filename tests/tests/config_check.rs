@@ -165,3 +165,31 @@ fn bad_duration() {
     );
     assert_points_at(&content, "\"2 parsecs\"", "bad duration");
 }
+
+/// The configs the end-to-end scenarios generate are valid (so that their failures are about
+/// the data path, not the config).
+#[test]
+fn generated_configs_pass_check() {
+    use agent_proxy_tests::{DaemonConfig, Dataplane};
+    for dp in [Dataplane::Kernel, Dataplane::Userspace] {
+        let mut config = DaemonConfig::new(
+            dp,
+            vec![
+                "127.0.0.1:7001".parse().unwrap(),
+                "[::1]:7002".parse().unwrap(),
+            ],
+        );
+        config.kernel_window = Some(4 << 20);
+        config.kernel_sndbuf = Some(8 << 20);
+        config.listen = "[::1]:7000".parse().unwrap();
+        let toml = config.to_toml();
+        let (path, out) = check(&toml);
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "generated config rejected ({}): {}\n{toml}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = std::fs::remove_dir_all(path.parent().expect("temp dir"));
+    }
+}

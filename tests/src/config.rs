@@ -1,0 +1,116 @@
+//! The config a scenario runs the daemon with, generated from a few typed settings.
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The data path a test asks the daemon for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dataplane {
+    /// eBPF sockmap splice; the daemon must fail to start if it cannot load.
+    Kernel,
+    /// The userspace relay.
+    Userspace,
+}
+
+impl Dataplane {
+    /// The config value, which is also the `path` label of metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kernel => "kernel",
+            Self::Userspace => "userspace",
+        }
+    }
+
+    /// The other path (whose counters must stay at zero).
+    pub fn other(self) -> Self {
+        match self {
+            Self::Kernel => Self::Userspace,
+            Self::Userspace => Self::Kernel,
+        }
+    }
+}
+
+impl fmt::Display for Dataplane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Name of the single frontend and backend of generated configs.
+pub const FRONTEND: &str = "fe";
+pub const BACKEND: &str = "be";
+
+/// What goes into a generated config: one frontend in tcp mode, one backend.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub dataplane: Dataplane,
+    /// A fixed port inside the test's namespace (port 0 could not be reported back).
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub servers: Vec<SocketAddr>,
+    pub balance: &'static str,
+    pub connect_timeout: Duration,
+    pub retries: u32,
+    pub drain_timeout: Duration,
+    pub max_connections: u32,
+    pub frontend_max_connections: u32,
+    pub kernel_window: Option<u64>,
+    pub kernel_sndbuf: Option<u64>,
+}
+
+impl DaemonConfig {
+    pub fn new(dataplane: Dataplane, servers: Vec<SocketAddr>) -> Self {
+        Self {
+            dataplane,
+            listen: "127.0.0.1:7000".parse().expect("valid address"),
+            admin: "127.0.0.1:9090".parse().expect("valid address"),
+            servers,
+            balance: "roundrobin",
+            connect_timeout: Duration::from_secs(2),
+            retries: 3,
+            drain_timeout: Duration::from_secs(2),
+            max_connections: 10_000,
+            frontend_max_connections: 4_096,
+            kernel_window: None,
+            kernel_sndbuf: None,
+        }
+    }
+
+    pub fn to_toml(&self) -> String {
+        let mut global = format!(
+            "[global]\nmax_connections = {}\ndataplane = \"{}\"\nadmin = \"{}\"\n\
+             drain_timeout = \"{}\"\nlog_format = \"json\"\n",
+            self.max_connections,
+            self.dataplane,
+            self.admin,
+            humantime(self.drain_timeout),
+        );
+        if let Some(w) = self.kernel_window {
+            global += &format!("kernel_window = {w}\n");
+        }
+        if let Some(b) = self.kernel_sndbuf {
+            global += &format!("kernel_sndbuf = {b}\n");
+        }
+        let servers: Vec<String> = self.servers.iter().map(|s| format!("\"{s}\"")).collect();
+        format!(
+            "{global}\n[[frontend]]\nname = \"{FRONTEND}\"\nlisten = \"{}\"\nmode = \"tcp\"\n\
+             backend = \"{BACKEND}\"\nmax_connections = {}\n\n[[backend]]\nname = \"{BACKEND}\"\n\
+             servers = [{}]\nbalance = \"{}\"\nconnect_timeout = \"{}\"\nretries = {}\n",
+            self.listen,
+            self.frontend_max_connections,
+            servers.join(", "),
+            self.balance,
+            humantime(self.connect_timeout),
+            self.retries,
+        )
+    }
+}
+
+/// A duration as a humantime string ("2s", "1500ms").
+fn humantime(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
