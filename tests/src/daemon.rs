@@ -367,6 +367,9 @@ impl Drop for Daemon {
                 self.exited = Some(status);
                 state = format!("had EXITED on its own: {status}");
             } else {
+                if !self.passed {
+                    state = format!("{state}; its state then: {}", self.state_summary());
+                }
                 let _ = self.child.kill();
                 let _ = self.child.wait();
             }

@@ -102,8 +102,21 @@ pub async fn send_pattern<W: AsyncWrite + Unpin>(
 
 /// Reads until EOF (at most `limit` bytes) and returns the digest of all that was read.
 pub async fn recv_to_eof<R: AsyncRead + Unpin>(r: &mut R, limit: u64) -> anyhow::Result<Digest> {
+    Ok(recv_checked(r, limit, None).await?.0)
+}
+
+/// [`recv_to_eof`], also comparing the bytes with the stream `expect_seed` as they come, for
+/// the diagnosis: returns the offset of the first byte that differs from it, if any.
+pub async fn recv_checked<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limit: u64,
+    expect_seed: Option<u64>,
+) -> anyhow::Result<(Digest, Option<u64>)> {
     let mut h = Sha256::new();
     let mut buf = vec![0; CHUNK];
+    let mut expected = vec![0; CHUNK];
+    let mut pattern = expect_seed.map(Pattern::new);
+    let mut first_mismatch = None;
     let mut got = 0u64;
     loop {
         let n = timeout(IO_TIMEOUT, r.read(&mut buf))
@@ -114,15 +127,27 @@ pub async fn recv_to_eof<R: AsyncRead + Unpin>(r: &mut R, limit: u64) -> anyhow:
             break;
         }
         h.update(&buf[..n]);
+        if let Some(p) = pattern.as_mut() {
+            p.fill(&mut expected[..n]);
+            if first_mismatch.is_none()
+                && let Some(i) = (0..n).find(|&i| buf[i] != expected[i])
+            {
+                first_mismatch = Some(got + i as u64);
+            }
+        }
         got += n as u64;
         if got > limit {
-            bail!("received more than the {limit} bytes expected");
+            bail!(
+                "received more than the {limit} bytes expected (first byte differing from \
+                 the sender's stream at {first_mismatch:?})"
+            );
         }
     }
-    Ok(Digest {
+    let digest = Digest {
         len: got,
         hash: h.finalize().into(),
-    })
+    };
+    Ok((digest, first_mismatch))
 }
 
 /// Reads exactly `len` bytes and returns their digest (no EOF expected).
@@ -153,6 +178,8 @@ pub async fn recv_exact<R: AsyncRead + Unpin>(r: &mut R, len: u64) -> anyhow::Re
 pub struct Exchanged {
     pub sent: Digest,
     pub received: Digest,
+    /// Where the received bytes first differ from the stream the caller said to expect.
+    pub first_mismatch: Option<u64>,
 }
 
 /// Sends `send_len` bytes of stream `seed` and shuts down writing, while reading everything the
@@ -163,6 +190,18 @@ pub async fn exchange(
     send_len: u64,
     recv_limit: u64,
 ) -> anyhow::Result<Exchanged> {
+    exchange_expecting(stream, seed, send_len, recv_limit, None).await
+}
+
+/// [`exchange`], with the received bytes also compared to the stream `expect_seed` (see
+/// [`recv_checked`]), so that a corruption is reported with its offset.
+pub async fn exchange_expecting(
+    stream: TcpStream,
+    seed: u64,
+    send_len: u64,
+    recv_limit: u64,
+    expect_seed: Option<u64>,
+) -> anyhow::Result<Exchanged> {
     let (mut r, mut w) = stream.into_split();
     // Two tasks, so that hashing both directions can use both cores.
     let writer = tokio::spawn(async move {
@@ -172,11 +211,13 @@ pub async fn exchange(
             .context("shutdown(Write) stalled")??;
         anyhow::Ok(d)
     });
-    let reader = tokio::spawn(async move { recv_to_eof(&mut r, recv_limit).await });
+    let reader = tokio::spawn(async move { recv_checked(&mut r, recv_limit, expect_seed).await });
     let (sent, received) = tokio::try_join!(writer, reader)?;
+    let (received, first_mismatch) = received.context("receiving")?;
     Ok(Exchanged {
         sent: sent.context("sending")?,
-        received: received.context("receiving")?,
+        received,
+        first_mismatch,
     })
 }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use agent_proxy_tests::checks::{CLOSED, assert_bytes, check_conn_log};
 use agent_proxy_tests::heavy::heavy;
 use agent_proxy_tests::netns::NetNs;
-use agent_proxy_tests::peers::{V4, accept, connect, exchange, listen};
+use agent_proxy_tests::peers::{V4, accept, connect, exchange_expecting, listen};
 use agent_proxy_tests::{DaemonConfig, Dataplane, TestEnv, dataplane_tests};
 use anyhow::{Context as _, ensure};
 
@@ -35,11 +35,11 @@ fn bulk_1gib_each_way(dp: Dataplane) -> anyhow::Result<()> {
         let started = Instant::now();
         let server = tokio::spawn(async move {
             let s = accept(&upstream).await?;
-            exchange(s, SEED_DOWN, len, len).await
+            exchange_expecting(s, SEED_DOWN, len, len, Some(SEED_UP)).await
         });
         let client = tokio::spawn(async move {
             let s = connect(listen_addr).await?;
-            exchange(s, SEED_UP, len, len).await
+            exchange_expecting(s, SEED_UP, len, len, Some(SEED_DOWN)).await
         });
         let client = client.await?.context("client side")?;
         let server = server.await?.context("upstream side")?;
@@ -51,15 +51,17 @@ fn bulk_1gib_each_way(dp: Dataplane) -> anyhow::Result<()> {
 
         ensure!(
             server.received == client.sent,
-            "upstream received {:?}, client sent {:?}",
+            "upstream received {:?}, client sent {:?}; first differing byte at offset {:?}",
             server.received,
-            client.sent
+            client.sent,
+            server.first_mismatch
         );
         ensure!(
             client.received == server.sent,
-            "client received {:?}, upstream sent {:?}",
+            "client received {:?}, upstream sent {:?}; first differing byte at offset {:?}",
             client.received,
-            server.sent
+            server.sent,
+            client.first_mismatch
         );
         let logs = env.daemon.wait_conn_logs(1, Duration::from_secs(5))?;
         ensure!(

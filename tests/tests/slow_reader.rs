@@ -8,7 +8,7 @@ use agent_proxy_tests::checks::{CLOSED, assert_bytes, check_conn_log};
 use agent_proxy_tests::heavy::heavy;
 use agent_proxy_tests::netns::NetNs;
 use agent_proxy_tests::pattern::{Pattern, hex};
-use agent_proxy_tests::peers::{IO_TIMEOUT, V4, accept, connect, listen, recv_to_eof};
+use agent_proxy_tests::peers::{IO_TIMEOUT, V4, accept, connect, listen, recv_checked};
 use agent_proxy_tests::{DaemonConfig, Dataplane, TestEnv, dataplane_tests};
 use anyhow::{Context as _, ensure};
 use sha2::{Digest as _, Sha256};
@@ -16,6 +16,8 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::time::timeout;
 
 const MIB: u64 = 1 << 20;
+/// The client's stream.
+const SEED: u64 = 42;
 const KERNEL_WINDOW: u64 = 4 * MIB;
 const KERNEL_SNDBUF: u64 = 8 * MIB;
 /// What the client may get written in total: the window plus every socket buffer on the way
@@ -68,7 +70,7 @@ fn slow_reader(dp: Dataplane) -> anyhow::Result<()> {
         let rss_before = env.daemon.rss_bytes()?;
         let tcp_before = tcp_mem(pid)?;
 
-        let mut pattern = Pattern::new(42);
+        let mut pattern = Pattern::new(SEED);
         let mut hash = Sha256::new();
         let mut chunk = vec![0u8; 64 * 1024];
         let mut off = chunk.len();
@@ -139,15 +141,17 @@ fn slow_reader(dp: Dataplane) -> anyhow::Result<()> {
         );
 
         // Now the upstream reads everything: exactly what the client wrote, in order.
-        let reader = tokio::spawn(async move { recv_to_eof(&mut up, WRITE_CAP).await });
+        let reader =
+            tokio::spawn(async move { recv_checked(&mut up, WRITE_CAP, Some(SEED)).await });
         timeout(IO_TIMEOUT, client.shutdown())
             .await
             .context("client shutdown stalled")??;
-        let got = reader.await?.context("upstream reading the backlog")?;
+        let (got, first_mismatch) = reader.await?.context("upstream reading the backlog")?;
         let sent: [u8; 32] = hash.finalize().into();
         ensure!(
             got.len == written && got.hash == sent,
-            "upstream read {:?}; the client wrote {written} bytes sha256={}",
+            "upstream read {:?}; the client wrote {written} bytes sha256={}; first differing \
+             byte at offset {first_mismatch:?}",
             got,
             hex(&sent)
         );
