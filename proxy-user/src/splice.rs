@@ -62,8 +62,8 @@ const TICK_MAX: Duration = Duration::from_millis(50);
 struct Side {
     stream: StdStream,
     cookie: u64,
-    /// TCP's received-byte count when the splice started, minus what was still unread then:
-    /// every byte past it goes through the verdict.
+    /// Bytes userspace read from this socket before the splice: every received byte past them
+    /// goes through the verdict (0 for plain TCP frontends, which read nothing).
     rcv_base: u64,
     /// Bytes ever queued for sending on this socket when the splice started.
     snd_base: u64,
@@ -181,6 +181,10 @@ pub async fn splice(
         return Err(decline(sides, error));
     }
 
+    // The client socket joins separately (see SpliceRegistry::insert): bytes may already move,
+    // so a refusal (the client closed in the meantime, and the kernel only takes established
+    // sockets) leaves that one direction to the userspace tail instead of undoing the pair.
+    let client_joined = kernel.registry.resume(pair.client_cookie, pair.client_fd);
     let mut splice = Splice {
         kernel,
         copied_metric: [counters.up.clone(), counters.down.clone()],
@@ -188,7 +192,16 @@ pub async fn splice(
         window: settings.window,
         first_eof: None,
     };
-    let result = splice.run(&mut rx, cancel).await;
+    if let Err(e) = client_joined {
+        tracing::debug!(error = %e, "client socket cannot join the kernel path; copying its side");
+        splice.sides[0].tail = true;
+    }
+    let span = tracing::trace_span!(
+        "splice",
+        client = pair.client_cookie,
+        upstream = pair.upstream_cookie
+    );
+    let result = tracing::Instrument::instrument(splice.run(&mut rx, cancel), span).await;
     drop(watch);
     let (up, down) = kernel.registry.remove(&pair);
     let (end, detail) = match result {
@@ -219,7 +232,7 @@ fn new_side(stream: StdStream, sndbuf: u32) -> io::Result<Side> {
     let bytes = net::tcp_bytes(fd)?;
     Ok(Side {
         cookie: net::socket_cookie(fd)?,
-        rcv_base: bytes.received - bytes.unread,
+        rcv_base: 0,
         snd_base: bytes.queued_for_send,
         stream,
         eof: false,
@@ -262,7 +275,10 @@ impl Splice<'_> {
             tokio::select! {
                 wake = rx.recv() => {
                     match wake {
-                        Some(Wake::Socket(i)) => self.on_socket(i)?,
+                        Some(Wake::Socket(i)) => {
+                            tracing::trace!(side = i, "socket event");
+                            self.on_socket(i)?
+                        }
                         Some(Wake::Mark(i)) => self.on_mark(i)?,
                         // The sender lives in the event hub for as long as the watch guard.
                         None => return Err(internal("kernel event hub stopped")),
@@ -323,6 +339,7 @@ impl Splice<'_> {
             }
             Ok(Peek::Eof) => {}
         }
+        tracing::trace!(side = i, "fin");
         let side = &mut self.sides[i];
         side.eof = true;
         side.stray_rechecks = 0;
@@ -347,6 +364,13 @@ impl Splice<'_> {
         let handed_over = peer.queued_for_send - self.sides[p].snd_base;
         let forwarded = counted.bytes + self.sides[i].copied;
         if forwarded != received || handed_over != forwarded {
+            tracing::trace!(
+                side = i,
+                forwarded,
+                received,
+                handed_over,
+                "fin waits for the bytes before it"
+            );
             // Still in flight: the verdict has not seen the last bytes yet, or they wait in the
             // peer's redirect queue. The tick looks again.
             return Ok(());
@@ -384,6 +408,7 @@ impl Splice<'_> {
             let (forwarded, backlog) = self.backlog(i)?;
             if backlog > self.window / 2 {
                 let side = &mut self.sides[i];
+                tracing::trace!(side = i, forwarded, backlog, "pause");
                 self.kernel.registry.pause(side.cookie).map_err(internal)?;
                 side.paused = true;
                 // Wait out a verdict that may be running on another CPU right now.
@@ -418,7 +443,10 @@ impl Splice<'_> {
                     side.paused = false;
                     match mark.and_then(|()| registry.resume(side.cookie, side.fd())) {
                         // Forwards what queued up during the pause, and sees a FIN from then.
-                        Ok(()) => self.on_socket(i)?,
+                        Ok(()) => {
+                            tracing::trace!(side = i, forwarded, backlog, "resume");
+                            self.on_socket(i)?
+                        }
                         Err(e) => {
                             tracing::debug!(error = %e, "cannot resume the kernel path; copying the rest");
                             side.tail = true;

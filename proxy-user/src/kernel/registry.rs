@@ -86,8 +86,9 @@ impl SpliceRegistry {
         self.maps.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts forwarding a connection in the kernel. On error nothing of the pair is left in the
-    /// maps and the sockets are untouched, so the caller can relay them in userspace.
+    /// Starts forwarding a connection in the kernel: everything but the client socket's
+    /// `SPLICE_SOCKS` entry, which the caller adds with [`Self::resume`]. On error nothing of the
+    /// pair is left in the maps and no byte has moved, so the caller can relay it in userspace.
     pub fn insert(&self, pair: &SplicePair) -> Result<(), KernelError> {
         let mut maps = self.lock();
         let result = Self::insert_locked(&mut maps, pair);
@@ -121,9 +122,12 @@ impl SpliceRegistry {
         maps.peers
             .insert(pair.upstream_cookie, pair.client_fd, 0)
             .map_err(map_err("insert peer"))?;
-        maps.socks
-            .insert(pair.client_cookie, pair.client_fd, 0)
-            .map_err(map_err("insert sock"))?;
+        // Only the upstream socket here: from this point bytes may move, so a failure must no
+        // longer undo the pair. The upstream goes first because in request/response protocols
+        // it says nothing until the client's request reaches it; so it cannot have closed yet
+        // when it joins, while a client that sent its request and closed at once is common. The
+        // client socket joins with `resume`, and if the kernel refuses it (it is no longer
+        // established) the caller copies that direction in userspace.
         maps.socks
             .insert(pair.upstream_cookie, pair.upstream_fd, 0)
             .map_err(map_err("insert sock"))?;
