@@ -72,4 +72,26 @@ pub struct Outcome {
     pub end: End,
     /// Detail for `End::Error` and resets (the OS error), empty otherwise.
     pub detail: String,
+    /// Of `bytes_up`, those copied through userspace (all of them on the relay; on the kernel
+    /// path only a tail after a flow-control pause, see docs/architecture.md).
+    pub copied_up: u64,
+    /// Of `bytes_down`, those copied through userspace.
+    pub copied_down: u64,
+    /// Flow-control pauses on the kernel path.
+    pub pauses: u32,
+}
+
+impl Outcome {
+    /// A connection that carried nothing.
+    pub fn nothing(end: End, detail: impl Into<String>) -> Self {
+        Self {
+            bytes_up: 0,
+            bytes_down: 0,
+            end,
+            detail: detail.into(),
+            copied_up: 0,
+            copied_down: 0,
+            pauses: 0,
+        }
+    }
 }

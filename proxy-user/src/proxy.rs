@@ -113,12 +113,7 @@ fn reject(frontend: &Frontend, shared: &Shared, client: TcpStream, peer: SocketA
         .inc();
     // A reset tells the client at once that it was refused, and leaves no TIME_WAIT here.
     let _ = net::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&client));
-    let outcome = Outcome {
-        bytes_up: 0,
-        bytes_down: 0,
-        end: End::Rejected,
-        detail: reason.to_string(),
-    };
+    let outcome = Outcome::nothing(End::Rejected, reason);
     finish(
         frontend,
         shared,
@@ -141,12 +136,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, frontend: &Frontend, shared
     let (upstream, lease) = match frontend.backend.connect(&shared.metrics).await {
         Ok(pair) => pair,
         Err(e) => {
-            let outcome = Outcome {
-                bytes_up: 0,
-                bytes_down: 0,
-                end: End::ConnectFailed,
-                detail: e.to_string(),
-            };
+            let outcome = Outcome::nothing(End::ConnectFailed, e.to_string());
             finish(frontend, shared, peer, "-", Path::None, &outcome, started);
             current.dec();
             return;
@@ -243,6 +233,9 @@ fn finish(
         path = path.as_str(),
         bytes_up = outcome.bytes_up,
         bytes_down = outcome.bytes_down,
+        userspace_up = outcome.copied_up,
+        userspace_down = outcome.copied_down,
+        pauses = outcome.pauses,
         duration_ms = elapsed.as_micros() as f64 / 1000.0,
         end = outcome.end.as_str(),
         detail = outcome.detail.as_str(),

@@ -162,5 +162,8 @@ pub async fn relay(
         bytes_down: down,
         end,
         detail,
+        copied_up: up,
+        copied_down: down,
+        pauses: 0,
     }
 }

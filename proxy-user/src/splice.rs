@@ -79,6 +79,8 @@ struct Side {
     tail: bool,
     /// Bytes of this side copied to the peer in userspace (the tail).
     copied: u64,
+    /// Flow-control pauses so far.
+    pauses: u32,
     /// Tail bytes read but not yet written to the peer.
     carry: Vec<u8>,
     /// Bytes seen in the socket's own queue while not paused: look again on the next tick.
@@ -133,12 +135,10 @@ pub async fn splice(
                 .or(u.err())
                 .map(|e| e.to_string())
                 .unwrap_or_default();
-            return Ok(Outcome {
-                bytes_up: 0,
-                bytes_down: 0,
-                end: End::Error,
-                detail: format!("leaving the reactor: {err}"),
-            });
+            return Ok(Outcome::nothing(
+                End::Error,
+                format!("leaving the reactor: {err}"),
+            ));
         }
     };
     let sides = match [client, upstream].map(|s| new_side(s, settings.sndbuf)) {
@@ -149,12 +149,10 @@ pub async fn splice(
                 .or(u.err())
                 .map(|e| e.to_string())
                 .unwrap_or_default();
-            return Ok(Outcome {
-                bytes_up: 0,
-                bytes_down: 0,
-                end: End::Error,
-                detail: format!("reading socket state: {err}"),
-            });
+            return Ok(Outcome::nothing(
+                End::Error,
+                format!("reading socket state: {err}"),
+            ));
         }
     };
     let pair = SplicePair {
@@ -214,11 +212,15 @@ pub async fn splice(
             (end, detail)
         }
     };
+    let [client, upstream] = &splice.sides;
     Ok(Outcome {
-        bytes_up: up.bytes + splice.sides[0].copied,
-        bytes_down: down.bytes + splice.sides[1].copied,
+        bytes_up: up.bytes + client.copied,
+        bytes_down: down.bytes + upstream.copied,
         end,
         detail,
+        copied_up: client.copied,
+        copied_down: upstream.copied,
+        pauses: client.pauses + upstream.pauses,
     })
 }
 
@@ -240,6 +242,7 @@ fn new_side(stream: StdStream, sndbuf: u32) -> io::Result<Side> {
         paused: false,
         tail: false,
         copied: 0,
+        pauses: 0,
         carry: Vec::new(),
         stray_rechecks: 0,
     })
@@ -286,8 +289,14 @@ impl Splice<'_> {
                     tick = TICK_MIN;
                 }
                 () = tokio::time::sleep(tick), if pending => {
+                    let copied = self.sides[0].copied + self.sides[1].copied;
                     self.on_tick()?;
-                    tick = (tick * 2).min(TICK_MAX);
+                    // Back off while nothing moves; stay quick while a tail is being copied.
+                    tick = if self.sides[0].copied + self.sides[1].copied > copied {
+                        TICK_MIN
+                    } else {
+                        (tick * 2).min(TICK_MAX)
+                    };
                 }
                 () = cancel.cancelled() => {
                     return Err((End::Shutdown, "drain timeout".into()));
@@ -411,6 +420,7 @@ impl Splice<'_> {
                 tracing::trace!(side = i, forwarded, backlog, "pause");
                 self.kernel.registry.pause(side.cookie).map_err(internal)?;
                 side.paused = true;
+                side.pauses += 1;
                 // Wait out a verdict that may be running on another CPU right now.
                 net::tcp_bytes(side.fd()).map_err(internal)?;
                 return Ok(());

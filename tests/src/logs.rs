@@ -21,6 +21,11 @@ pub struct ConnLog {
     /// client_close, upstream_close, client_reset, upstream_reset, connect_failed, rejected,
     /// shutdown or error.
     pub end: String,
+    /// Of the bytes, those copied through userspace (a kernel-path connection's tail).
+    pub userspace_up: u64,
+    pub userspace_down: u64,
+    /// Flow-control pauses of a kernel-path connection.
+    pub pauses: u64,
 }
 
 /// Every line of `text` that parses as a JSON object.
@@ -78,6 +83,9 @@ pub fn conn_logs(text: &str) -> Vec<ConnLog> {
             bytes_up: number(f, "bytes_up").unwrap_or(u64::MAX),
             bytes_down: number(f, "bytes_down").unwrap_or(u64::MAX),
             duration_ms: float(f, "duration_ms").unwrap_or(f64::NAN),
+            userspace_up: number(f, "userspace_up").unwrap_or(u64::MAX),
+            userspace_down: number(f, "userspace_down").unwrap_or(u64::MAX),
+            pauses: number(f, "pauses").unwrap_or(u64::MAX),
             end: string(f, "end"),
         })
         .collect()

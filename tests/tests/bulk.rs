@@ -2,7 +2,7 @@
 //! daemon's counters and log line account for exactly those bytes on the requested path.
 use std::time::{Duration, Instant};
 
-use agent_proxy_tests::checks::{CLOSED, assert_bytes, check_conn_log};
+use agent_proxy_tests::checks::{CLOSED, assert_bytes, check_conn_log, tail};
 use agent_proxy_tests::heavy::heavy;
 use agent_proxy_tests::netns::NetNs;
 use agent_proxy_tests::peers::{V4, accept, connect, exchange_expecting, listen};
@@ -88,7 +88,11 @@ fn bulk_1gib_each_way(dp: Dataplane) -> anyhow::Result<()> {
                 );
             }
         }
-        assert_bytes(&env.daemon, dp, len, len)?;
+        eprintln!(
+            "bulk [{dp}]: copied in userspace {} up, {} down; flow-control pauses {}",
+            logs[0].userspace_up, logs[0].userspace_down, logs[0].pauses
+        );
+        assert_bytes(&env.daemon, dp, len, len, tail(&logs))?;
         env.finish()
     })
 }

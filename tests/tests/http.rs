@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use agent_proxy_tests::checks::{CLOSED, assert_bytes, check_conn_log};
+use agent_proxy_tests::checks::{CLOSED, assert_bytes, check_conn_log, tail};
 use agent_proxy_tests::heavy::heavy;
 use agent_proxy_tests::http::{HttpUpstream, request, request_for};
 use agent_proxy_tests::netns::NetNs;
@@ -133,7 +133,7 @@ fn http_new_connections_send_first(dp: Dataplane) -> anyhow::Result<()> {
         for log in &logs {
             check_conn_log(log, dp, log.bytes_up, log.bytes_down, CLOSED)?;
         }
-        assert_bytes(&env.daemon, dp, up, down)?;
+        assert_bytes(&env.daemon, dp, up, down, tail(&logs))?;
         let m = env.daemon.metrics()?;
         let accepted = m.count(
             "agent_proxy_frontend_connections_total",
@@ -228,7 +228,7 @@ fn http_keepalive_10k(dp: Dataplane) -> anyhow::Result<()> {
             // The clients close their idle keep-alive connections.
             check_conn_log(log, dp, log.bytes_up, log.bytes_down, CLOSED)?;
         }
-        assert_bytes(&env.daemon, dp, up, down)?;
+        assert_bytes(&env.daemon, dp, up, down, tail(&logs))?;
         drop(upstream);
         env.finish()
     })
