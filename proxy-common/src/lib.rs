@@ -19,9 +19,8 @@ pub const SPLICE_PEERS: &str = "SPLICE_PEERS";
 /// advanced in place by the verdict, read and deleted by userspace when the connection ends.
 pub const SPLICE_CONNS: &str = "SPLICE_CONNS";
 
-/// HASH: receiving socket cookie -> `u64` byte mark. When [`SpliceSide::bytes`] crosses the mark
-/// the verdict posts a [`SpliceEvent`], so userspace can check that the peer keeps up (flow
-/// control). Written only by userspace.
+/// HASH: receiving socket cookie -> [`SpliceLimit`], the flow-control bounds of that direction.
+/// Written only by userspace (whole values, which the kernel swaps atomically).
 pub const SPLICE_LIMITS: &str = "SPLICE_LIMITS";
 
 /// PERCPU_ARRAY of [`RouteCounters`], index [`route_index`]`(frontend, direction)`.
@@ -55,8 +54,17 @@ pub const KERNEL_ERROR_NO_PEER: u32 = 1;
 pub const KERNEL_ERROR_EVENT_LOST: u32 = 2;
 /// A frontend id out of range; the route counters missed these bytes.
 pub const KERNEL_ERROR_BAD_ROUTE: u32 = 3;
+/// A socket in `SPLICE_SOCKS` had no `SPLICE_LIMITS` entry; it was forwarded without a bound.
+pub const KERNEL_ERROR_NO_LIMIT: u32 = 4;
 /// Number of error kinds (size of `KERNEL_ERRORS`).
-pub const KERNEL_ERROR_KINDS: u32 = 4;
+pub const KERNEL_ERROR_KINDS: u32 = 5;
+
+/// [`SpliceEvent::kind`]: the redirected count crossed the mark; userspace should look at the
+/// backlog and raise the limit if the peer keeps up.
+pub const EVENT_MARK: u32 = 0;
+/// [`SpliceEvent::kind`]: the direction reached its limit and passes from now on (see
+/// [`SpliceSide::passed`]); userspace carries the rest of it.
+pub const EVENT_PASSING: u32 = 1;
 
 /// Index into `ROUTE_COUNTERS`.
 #[inline(always)]
@@ -72,12 +80,29 @@ pub struct SpliceSide {
     pub bytes: u64,
     /// Socket buffers (skbs) redirected.
     pub segments: u64,
+    /// Bytes the verdict passed to this socket's own queue instead, for userspace to carry.
+    /// Once non-zero it only grows: after the first passed buffer every later one is passed too,
+    /// so that nothing overtakes bytes waiting in the queue.
+    pub passed: u64,
     /// Frontend id, below [`MAX_FRONTENDS`].
     pub frontend: u32,
     /// [`DIRECTION_UPSTREAM`] or [`DIRECTION_DOWNSTREAM`].
     pub direction: u32,
 }
-const _: () = assert!(core::mem::size_of::<SpliceSide>() == 24);
+const _: () = assert!(core::mem::size_of::<SpliceSide>() == 32);
+
+/// Flow-control bounds of one direction, in redirected bytes ([`SpliceSide::bytes`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpliceLimit {
+    /// Crossing it posts an [`EVENT_MARK`].
+    pub mark: u64,
+    /// A buffer that would take the count past it is passed instead of redirected, and the
+    /// direction passes from then on ([`EVENT_PASSING`]). This caps what waits in the peer's
+    /// redirect queue, which has no back-pressure of its own.
+    pub limit: u64,
+}
+const _: () = assert!(core::mem::size_of::<SpliceLimit>() == 16);
 
 /// Per-CPU totals for one frontend and direction.
 #[repr(C)]
@@ -88,16 +113,19 @@ pub struct RouteCounters {
 }
 const _: () = assert!(core::mem::size_of::<RouteCounters>() == 16);
 
-/// Posted when a side's byte count crosses its `SPLICE_LIMITS` mark.
+/// Posted by the verdict for flow control.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SpliceEvent {
     /// Cookie of the receiving socket.
     pub cookie: u64,
-    /// Its byte count at the time.
+    /// Its redirected byte count at the time.
     pub bytes: u64,
+    /// [`EVENT_MARK`] or [`EVENT_PASSING`].
+    pub kind: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<SpliceEvent>() == 16);
+const _: () = assert!(core::mem::size_of::<SpliceEvent>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -107,4 +135,6 @@ mod pod {
     unsafe impl aya::Pod for super::RouteCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SpliceEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SpliceLimit {}
 }

@@ -8,9 +8,10 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use proxy_common::{
-    KERNEL_ERROR_BAD_ROUTE, KERNEL_ERROR_EVENT_LOST, KERNEL_ERROR_KINDS, KERNEL_ERROR_NO_CONN,
-    KERNEL_ERROR_NO_PEER, MAX_FRONTENDS, MAX_SPLICED_SOCKETS, RouteCounters, SPLICE_EVENTS_BYTES,
-    SpliceEvent, SpliceSide, route_index,
+    EVENT_MARK, EVENT_PASSING, KERNEL_ERROR_BAD_ROUTE, KERNEL_ERROR_EVENT_LOST, KERNEL_ERROR_KINDS,
+    KERNEL_ERROR_NO_CONN, KERNEL_ERROR_NO_LIMIT, KERNEL_ERROR_NO_PEER, MAX_FRONTENDS,
+    MAX_SPLICED_SOCKETS, RouteCounters, SPLICE_EVENTS_BYTES, SpliceEvent, SpliceLimit, SpliceSide,
+    route_index,
 };
 
 #[map(name = "SPLICE_SOCKS")]
@@ -23,7 +24,7 @@ static SPLICE_PEERS: SockHash<u64> = SockHash::with_max_entries(MAX_SPLICED_SOCK
 static SPLICE_CONNS: HashMap<u64, SpliceSide> = HashMap::with_max_entries(MAX_SPLICED_SOCKETS, 0);
 
 #[map(name = "SPLICE_LIMITS")]
-static SPLICE_LIMITS: HashMap<u64, u64> = HashMap::with_max_entries(MAX_SPLICED_SOCKETS, 0);
+static SPLICE_LIMITS: HashMap<u64, SpliceLimit> = HashMap::with_max_entries(MAX_SPLICED_SOCKETS, 0);
 
 #[map(name = "ROUTE_COUNTERS")]
 static ROUTE_COUNTERS: PerCpuArray<RouteCounters> =
@@ -42,10 +43,12 @@ static SPLICE_EVENTS: RingBuf = RingBuf::with_byte_size(SPLICE_EVENTS_BYTES, 0);
 /// carries nothing and is dropped.
 const ON_EMPTY: u32 = SK_DROP;
 
-/// What happens to a buffer whose peer is missing: it is passed to the receiving socket's own
-/// queue, where the daemon reads it, rather than dropped. Losing agent data silently is the one
-/// outcome a proxy must never choose; the case is counted as `KERNEL_ERROR_NO_PEER`.
-const ON_MISSING_PEER: u32 = SK_PASS;
+/// What happens to a buffer that is not redirected (the direction reached its limit, or the peer
+/// is missing): it is passed to the receiving socket's own queue, where the daemon reads it. That
+/// queue is charged to the socket's receive buffer, so TCP's window closes on the sender: the
+/// back-pressure the redirect itself does not have. Never dropped: losing agent data silently
+/// is the one outcome a proxy must not choose.
+const ON_NOT_REDIRECTED: u32 = SK_PASS;
 
 #[stream_verdict]
 pub fn splice_verdict(ctx: SkBuffContext) -> u32 {
@@ -54,60 +57,97 @@ pub fn splice_verdict(ctx: SkBuffContext) -> u32 {
 
 #[inline(always)]
 fn try_splice_verdict(ctx: &SkBuffContext) -> u32 {
-    if ctx.len() == 0 {
+    let len = u64::from(ctx.len());
+    if len == 0 {
         return ON_EMPTY;
     }
     // SAFETY: the helper only reads the socket behind the context.
     let mut cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    count(ctx, cookie);
-    let verdict = SPLICE_PEERS.redirect_skb(ctx, &mut cookie, 0);
-    if verdict == i64::from(SK_DROP) {
+    let Some(side) = SPLICE_CONNS.get_ptr_mut(&cookie) else {
+        count_error(KERNEL_ERROR_NO_CONN);
+        return redirect_or_pass(ctx, &mut cookie);
+    };
+    // The verdict runs under the receiving socket's lock, so one side's counters have a single
+    // writer at a time.
+    // SAFETY: a valid map value pointer; see above.
+    let (before, passed) = unsafe { ((*side).bytes, (*side).passed) };
+    if passed > 0 {
+        // Sticky: bytes already wait in this socket's queue; nothing may overtake them.
+        // SAFETY: as above.
+        unsafe { (*side).passed = passed + len };
+        return ON_NOT_REDIRECTED;
+    }
+    // SAFETY: plain struct read from a map value.
+    let bounds = unsafe { SPLICE_LIMITS.get(&cookie) }.copied();
+    let bounds = bounds.unwrap_or_else(|| {
+        count_error(KERNEL_ERROR_NO_LIMIT);
+        SpliceLimit {
+            mark: u64::MAX,
+            limit: u64::MAX,
+        }
+    });
+    let after = before + len;
+    if after > bounds.limit {
+        // SAFETY: as above.
+        unsafe { (*side).passed = len };
+        post(cookie, before, EVENT_PASSING);
+        return ON_NOT_REDIRECTED;
+    }
+    if SPLICE_PEERS.redirect_skb(ctx, &mut cookie, 0) == i64::from(SK_DROP) {
         count_error(KERNEL_ERROR_NO_PEER);
-        return ON_MISSING_PEER;
+        // SAFETY: as above.
+        unsafe { (*side).passed = len };
+        post(cookie, before, EVENT_PASSING);
+        return ON_NOT_REDIRECTED;
+    }
+    // SAFETY: as above.
+    let (frontend, direction) = unsafe {
+        (*side).bytes = after;
+        (*side).segments += 1;
+        ((*side).frontend, (*side).direction)
+    };
+    count_route(frontend, direction, len);
+    if before < bounds.mark && after >= bounds.mark {
+        post(cookie, after, EVENT_MARK);
     }
     SK_PASS
 }
 
-/// Advances the per-connection and per-route counters, and posts an event when the side crosses
-/// its flow-control mark. The verdict runs under the receiving socket's lock, so one side's
-/// counters have a single writer at a time; the route counters are per CPU.
+/// For a socket without counters (should not happen): forward without accounting.
 #[inline(always)]
-fn count(ctx: &SkBuffContext, cookie: u64) {
-    let len = u64::from(ctx.len());
-    let Some(side) = SPLICE_CONNS.get_ptr_mut(&cookie) else {
-        count_error(KERNEL_ERROR_NO_CONN);
-        return;
-    };
-    // SAFETY: a valid map value pointer; see the locking note above.
-    let (before, frontend, direction) = unsafe {
-        let before = (*side).bytes;
-        (*side).bytes = before + len;
-        (*side).segments += 1;
-        ((before), (*side).frontend, (*side).direction)
-    };
-    if frontend < MAX_FRONTENDS {
-        if let Some(route) = ROUTE_COUNTERS.get_ptr_mut(route_index(frontend, direction)) {
-            // SAFETY: per-CPU value, this CPU is its only writer.
-            unsafe {
-                (*route).bytes += len;
-                (*route).segments += 1;
-            }
-        }
-    } else {
-        count_error(KERNEL_ERROR_BAD_ROUTE);
+fn redirect_or_pass(ctx: &SkBuffContext, cookie: &mut u64) -> u32 {
+    if SPLICE_PEERS.redirect_skb(ctx, cookie, 0) == i64::from(SK_DROP) {
+        count_error(KERNEL_ERROR_NO_PEER);
+        return ON_NOT_REDIRECTED;
     }
-    // SAFETY: plain u64 read from a map value.
-    if let Some(&mark) = unsafe { SPLICE_LIMITS.get(&cookie) } {
-        let after = before + len;
-        if before < mark && after >= mark {
-            let event = SpliceEvent {
-                cookie,
-                bytes: after,
-            };
-            if SPLICE_EVENTS.output::<SpliceEvent>(&event, 0).is_err() {
-                count_error(KERNEL_ERROR_EVENT_LOST);
-            }
+    SK_PASS
+}
+
+#[inline(always)]
+fn count_route(frontend: u32, direction: u32, len: u64) {
+    if frontend >= MAX_FRONTENDS {
+        count_error(KERNEL_ERROR_BAD_ROUTE);
+        return;
+    }
+    if let Some(route) = ROUTE_COUNTERS.get_ptr_mut(route_index(frontend, direction)) {
+        // SAFETY: per-CPU value, this CPU is its only writer.
+        unsafe {
+            (*route).bytes += len;
+            (*route).segments += 1;
         }
+    }
+}
+
+#[inline(always)]
+fn post(cookie: u64, bytes: u64, kind: u32) {
+    let event = SpliceEvent {
+        cookie,
+        bytes,
+        kind,
+        _pad: 0,
+    };
+    if SPLICE_EVENTS.output::<SpliceEvent>(&event, 0).is_err() {
+        count_error(KERNEL_ERROR_EVENT_LOST);
     }
 }
 

@@ -23,7 +23,7 @@ use crate::{
 
 /// Names of the kernel's error kinds, by index (`proxy_common::KERNEL_ERROR_*`).
 const KERNEL_ERROR_NAMES: [&str; proxy_common::KERNEL_ERROR_KINDS as usize] =
-    ["no_conn", "no_peer", "event_lost", "bad_route"];
+    ["no_conn", "no_peer", "event_lost", "bad_route", "no_limit"];
 
 /// How long connection tasks get to clean up (map entries, fds) after being cut at the end of
 /// the drain.

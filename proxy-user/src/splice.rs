@@ -11,10 +11,15 @@
 //!   queue: the verdict's byte count must equal what TCP received, and what was queued on the
 //!   peer must equal the verdict's count. Shutting earlier would put the FIN ahead of bytes.
 //! - **Flow control.** Redirects into the peer have no back-pressure in the kernel; a peer that
-//!   stops reading would let them pile up without bound. When a direction crosses its mark, the
-//!   task compares forwarded with queued-on-peer bytes; past half the window it removes the
-//!   receiving socket from `SPLICE_SOCKS`, so new bytes stay in its receive queue and TCP closes
-//!   the window on the sender. It resumes (with a peek, as above) once the backlog is low.
+//!   stops reading would let them pile up without bound. Each direction has a limit in
+//!   `SPLICE_LIMITS`: the verdict never lets the redirected count pass it, and posts an event at
+//!   a mark before it. At the mark the task looks at the backlog (redirected minus handed to the
+//!   peer's send queue) and, while the peer keeps up, moves both forward. If the peer falls
+//!   behind, the verdict reaches the limit and from then on passes that direction's bytes to the
+//!   receiving socket's own queue - charged to its receive buffer, so TCP's window closes on the
+//!   sender - and the task carries the rest of that direction in userspace, after the redirect
+//!   queue has drained. No map entry changes while bytes flow: detaching a verdict from a socket
+//!   that is receiving can lose a buffer in the kernel.
 //! - **Resets** on either side reset the other; all map entries go before the fds are closed.
 use std::{
     io,
@@ -28,6 +33,8 @@ use std::io::{Read as _, Write as _};
 use prometheus::IntCounter;
 use tokio::{net::TcpStream, sync::mpsc};
 use tokio_util::sync::CancellationToken;
+
+use proxy_common::SpliceLimit;
 
 use crate::{
     conn::{End, Outcome},
@@ -53,7 +60,7 @@ pub struct Declined {
     pub error: KernelError,
 }
 
-/// How many times a socket may show bytes in its own queue while not paused before the
+/// How many times a socket may show bytes in its own queue, while this task does not carry it, before the
 /// connection is failed; each retry is one tick (1-50 ms) apart.
 const MAX_STRAY_RECHECKS: u32 = 200;
 const TICK_MIN: Duration = Duration::from_millis(1);
@@ -71,19 +78,19 @@ struct Side {
     eof: bool,
     /// That FIN was forwarded to the peer (shutdown of the peer's write side).
     fin_forwarded: bool,
-    /// Out of `SPLICE_SOCKS` for flow control.
-    paused: bool,
-    /// Out of the kernel path for good: the socket could not rejoin `SPLICE_SOCKS` (the kernel
-    /// only takes established sockets, and a FIN may have come during the pause), so the bytes
-    /// left in its receive queue are copied in userspace, after the redirect queue drained.
+    /// The backlog was high at the last mark: look again on the next tick.
+    mark_recheck: bool,
+    /// This direction is carried in userspace from now on: the verdict passes its bytes (flow
+    /// control), or the socket could not join `SPLICE_SOCKS` (it was no longer established).
+    /// The copy starts once the redirect queue has drained, so nothing is reordered.
     tail: bool,
     /// Bytes of this side copied to the peer in userspace (the tail).
     copied: u64,
-    /// Flow-control pauses so far.
+    /// Times flow control handed this direction to userspace (0 or 1).
     pauses: u32,
     /// Tail bytes read but not yet written to the peer.
     carry: Vec<u8>,
-    /// Bytes seen in the socket's own queue while not paused: look again on the next tick.
+    /// Bytes seen in the socket's own queue while the kernel should be carrying it: look again on the next tick.
     stray_rechecks: u32,
 }
 
@@ -161,7 +168,10 @@ pub async fn splice(
         upstream_cookie: sides[1].cookie,
         upstream_fd: sides[1].fd(),
         frontend: settings.frontend,
-        first_mark: settings.window / 2,
+        first_limit: SpliceLimit {
+            mark: settings.window / 2,
+            limit: settings.window,
+        },
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let watch = match kernel.events.watch(
@@ -182,7 +192,7 @@ pub async fn splice(
     // The client socket joins separately (see SpliceRegistry::insert): bytes may already move,
     // so a refusal (the client closed in the meantime, and the kernel only takes established
     // sockets) leaves that one direction to the userspace tail instead of undoing the pair.
-    let client_joined = kernel.registry.resume(pair.client_cookie, pair.client_fd);
+    let client_joined = kernel.registry.join(pair.client_cookie, pair.client_fd);
     let mut splice = Splice {
         kernel,
         copied_metric: [counters.up.clone(), counters.down.clone()],
@@ -239,7 +249,7 @@ fn new_side(stream: StdStream, sndbuf: u32) -> io::Result<Side> {
         stream,
         eof: false,
         fin_forwarded: false,
-        paused: false,
+        mark_recheck: false,
         tail: false,
         copied: 0,
         pauses: 0,
@@ -283,6 +293,7 @@ impl Splice<'_> {
                             self.on_socket(i)?
                         }
                         Some(Wake::Mark(i)) => self.on_mark(i)?,
+                        Some(Wake::Passing(i)) => self.on_passing(i),
                         // The sender lives in the event hub for as long as the watch guard.
                         None => return Err(internal("kernel event hub stopped")),
                     }
@@ -316,7 +327,10 @@ impl Splice<'_> {
 
     fn has_pending(&self) -> bool {
         self.sides.iter().any(|s| {
-            s.paused || s.tail && !s.eof || s.stray_rechecks > 0 || (s.eof && !s.fin_forwarded)
+            s.mark_recheck
+                || s.tail && !s.eof
+                || s.stray_rechecks > 0
+                || (s.eof && !s.fin_forwarded)
         })
     }
 
@@ -335,7 +349,7 @@ impl Splice<'_> {
                 self.sides[i].stray_rechecks = 0;
                 return Ok(());
             }
-            Ok(Peek::Data) if self.sides[i].paused || self.sides[i].tail => return Ok(()),
+            Ok(Peek::Data) if self.sides[i].tail => return Ok(()),
             Ok(Peek::Data) => {
                 // Bytes in the socket's own queue while the verdict is attached: the verdict
                 // passed them (peer missing) or has not run yet. Look again shortly.
@@ -392,7 +406,8 @@ impl Splice<'_> {
     }
 
     /// Bytes side `i` forwarded that the peer's send queue has not taken yet.
-    fn backlog(&self, i: usize) -> Result<(u64, u64), (End, String)> {
+    /// (forwarded, handed over to the peer's send queue) for side `i`'s direction.
+    fn progress(&self, i: usize) -> Result<(u64, u64), (End, String)> {
         let p = 1 - i;
         let counted = self
             .kernel
@@ -405,30 +420,30 @@ impl Splice<'_> {
         };
         let handed_over = peer.queued_for_send - self.sides[p].snd_base;
         let forwarded = counted.bytes + self.sides[i].copied;
-        Ok((forwarded, forwarded.saturating_sub(handed_over)))
+        Ok((forwarded, handed_over))
     }
 
-    /// Side `i` crossed its flow-control mark.
+    /// Side `i` crossed its flow-control mark (or is due for another look).
     fn on_mark(&mut self, i: usize) -> Step {
-        if self.sides[i].paused || self.sides[i].tail || self.sides[i].eof {
+        let side = &self.sides[i];
+        if side.tail || side.eof {
+            self.sides[i].mark_recheck = false;
             return Ok(());
         }
         loop {
-            let (forwarded, backlog) = self.backlog(i)?;
-            if backlog > self.window / 2 {
-                let side = &mut self.sides[i];
-                tracing::trace!(side = i, forwarded, backlog, "pause");
-                self.kernel.registry.pause(side.cookie).map_err(internal)?;
-                side.paused = true;
-                side.pauses += 1;
-                // Wait out a verdict that may be running on another CPU right now.
-                net::tcp_bytes(side.fd()).map_err(internal)?;
+            let (forwarded, handed_over) = self.progress(i)?;
+            if forwarded.saturating_sub(handed_over) > self.window / 2 {
+                // The peer lags: leave the limit where it is. Either it catches up (the tick
+                // looks again) or the verdict reaches the limit and hands the direction over.
+                self.sides[i].mark_recheck = true;
                 return Ok(());
             }
-            let mark = forwarded + self.window / 2;
+            self.sides[i].mark_recheck = false;
+            let limit = handed_over + self.window;
+            let mark = forwarded + (limit - forwarded) / 2;
             self.kernel
                 .registry
-                .set_mark(self.sides[i].cookie, mark)
+                .set_limit(self.sides[i].cookie, SpliceLimit { mark, limit })
                 .map_err(internal)?;
             // If the count passed the new mark before it was set, no event will come for it.
             let now = self
@@ -436,33 +451,27 @@ impl Splice<'_> {
                 .registry
                 .side(self.sides[i].cookie)
                 .map_err(internal)?;
-            if now.bytes < mark {
+            if now.bytes < mark || now.passed > 0 {
                 return Ok(());
             }
         }
     }
 
+    /// The verdict reached side `i`'s limit: the rest of that direction goes through userspace.
+    fn on_passing(&mut self, i: usize) {
+        let side = &mut self.sides[i];
+        if !side.tail {
+            tracing::trace!(side = i, "direction handed to userspace");
+            side.tail = true;
+            side.pauses += 1;
+            side.mark_recheck = false;
+        }
+    }
+
     fn on_tick(&mut self) -> Step {
         for i in 0..2 {
-            if self.sides[i].paused {
-                let (forwarded, backlog) = self.backlog(i)?;
-                if backlog <= self.window / 4 {
-                    let side = &mut self.sides[i];
-                    let registry = &self.kernel.registry;
-                    let mark = registry.set_mark(side.cookie, forwarded + self.window / 2);
-                    side.paused = false;
-                    match mark.and_then(|()| registry.resume(side.cookie, side.fd())) {
-                        // Forwards what queued up during the pause, and sees a FIN from then.
-                        Ok(()) => {
-                            tracing::trace!(side = i, forwarded, backlog, "resume");
-                            self.on_socket(i)?
-                        }
-                        Err(e) => {
-                            tracing::debug!(error = %e, "cannot resume the kernel path; copying the rest");
-                            side.tail = true;
-                        }
-                    }
-                }
+            if self.sides[i].mark_recheck {
+                self.on_mark(i)?;
             }
             if self.sides[i].tail && !self.sides[i].eof {
                 self.copy_tail(i)?;
@@ -480,8 +489,11 @@ impl Splice<'_> {
     /// Copies what is left in side `i`'s receive queue to its peer, without blocking, once the
     /// redirect queue has drained (so the copied bytes come after the redirected ones).
     fn copy_tail(&mut self, i: usize) -> Step {
-        if self.sides[i].carry.is_empty() && self.backlog(i)?.1 > 0 {
-            return Ok(());
+        if self.sides[i].carry.is_empty() {
+            let (forwarded, handed_over) = self.progress(i)?;
+            if handed_over < forwarded {
+                return Ok(());
+            }
         }
         const CHUNK: usize = 64 * 1024;
         let p = 1 - i;

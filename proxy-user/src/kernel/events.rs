@@ -27,6 +27,8 @@ pub enum Wake {
     Socket(usize),
     /// That side crossed its flow-control mark.
     Mark(usize),
+    /// That side reached its limit: the verdict passes its bytes from now on.
+    Passing(usize),
 }
 
 type Routes = HashMap<u64, (mpsc::UnboundedSender<Wake>, usize)>;
@@ -166,7 +168,11 @@ async fn drive(hub: Arc<SpliceEvents>, epoll: AsyncFd<RawFd>, mut ring: AsyncFd<
                         // read_unaligned copes with the ring's 8-byte alignment.
                         let event: SpliceEvent =
                             unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                        hub.dispatch(event.cookie, Wake::Mark);
+                        if event.kind == proxy_common::EVENT_PASSING {
+                            hub.dispatch(event.cookie, Wake::Passing);
+                        } else {
+                            hub.dispatch(event.cookie, Wake::Mark);
+                        }
                     }
                 }
                 guard.clear_ready();

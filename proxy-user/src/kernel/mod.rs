@@ -2,7 +2,7 @@
 //! needs from it.
 //!
 //! - [`SpliceRegistry`] owns the maps: it inserts and removes a connection's sockets in the right
-//!   order, pauses and resumes one direction, and reads the counters.
+//!   order, sets the flow-control bounds, and reads the counters.
 //! - [`SpliceEvents`] turns kernel signals into per-connection wake-ups: a FIN, reset or error on
 //!   a spliced socket (epoll, `EPOLLRDHUP` only - never woken per received buffer), and
 //!   flow-control marks crossed in the verdict (ring buffer).
@@ -71,7 +71,8 @@ impl Kernel {
         let peers: SockHash<MapData, u64> = take(&mut ebpf, proxy_common::SPLICE_PEERS)?;
         let conns: HashMap<MapData, u64, proxy_common::SpliceSide> =
             take(&mut ebpf, proxy_common::SPLICE_CONNS)?;
-        let limits: HashMap<MapData, u64, u64> = take(&mut ebpf, proxy_common::SPLICE_LIMITS)?;
+        let limits: HashMap<MapData, u64, proxy_common::SpliceLimit> =
+            take(&mut ebpf, proxy_common::SPLICE_LIMITS)?;
         let routes: PerCpuArray<MapData, proxy_common::RouteCounters> =
             take(&mut ebpf, proxy_common::ROUTE_COUNTERS)?;
         let errors: PerCpuArray<MapData, u64> = take(&mut ebpf, proxy_common::KERNEL_ERRORS)?;

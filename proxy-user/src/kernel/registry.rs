@@ -10,7 +10,8 @@ use std::{os::fd::RawFd, sync::Mutex};
 
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray, SockHash};
 use proxy_common::{
-    DIRECTION_DOWNSTREAM, DIRECTION_UPSTREAM, KERNEL_ERROR_KINDS, RouteCounters, SpliceSide,
+    DIRECTION_DOWNSTREAM, DIRECTION_UPSTREAM, KERNEL_ERROR_KINDS, RouteCounters, SpliceLimit,
+    SpliceSide,
 };
 
 use super::KernelError;
@@ -19,7 +20,7 @@ pub(super) struct Maps {
     pub socks: SockHash<MapData, u64>,
     pub peers: SockHash<MapData, u64>,
     pub conns: HashMap<MapData, u64, SpliceSide>,
-    pub limits: HashMap<MapData, u64, u64>,
+    pub limits: HashMap<MapData, u64, SpliceLimit>,
     pub routes: PerCpuArray<MapData, RouteCounters>,
     pub errors: PerCpuArray<MapData, u64>,
 }
@@ -33,8 +34,8 @@ pub struct SplicePair {
     pub upstream_fd: RawFd,
     /// Frontend id (index into the route counters).
     pub frontend: u32,
-    /// First flow-control mark, in bytes, for each direction.
-    pub first_mark: u64,
+    /// First flow-control bounds of each direction.
+    pub first_limit: SpliceLimit,
 }
 
 /// Totals summed over CPUs.
@@ -87,7 +88,7 @@ impl SpliceRegistry {
     }
 
     /// Starts forwarding a connection in the kernel: everything but the client socket's
-    /// `SPLICE_SOCKS` entry, which the caller adds with [`Self::resume`]. On error nothing of the
+    /// `SPLICE_SOCKS` entry, which the caller adds with [`Self::join`]. On error nothing of the
     /// pair is left in the maps and no byte has moved, so the caller can relay it in userspace.
     pub fn insert(&self, pair: &SplicePair) -> Result<(), KernelError> {
         let mut maps = self.lock();
@@ -113,7 +114,7 @@ impl SpliceRegistry {
                 .insert(cookie, side, 0)
                 .map_err(map_err("insert conn"))?;
             maps.limits
-                .insert(cookie, pair.first_mark, 0)
+                .insert(cookie, pair.first_limit, 0)
                 .map_err(map_err("insert limit"))?;
         }
         maps.peers
@@ -126,7 +127,7 @@ impl SpliceRegistry {
         // longer undo the pair. The upstream goes first because in request/response protocols
         // it says nothing until the client's request reaches it; so it cannot have closed yet
         // when it joins, while a client that sent its request and closed at once is common. The
-        // client socket joins with `resume`, and if the kernel refuses it (it is no longer
+        // client socket joins with `join`, and if the kernel refuses it (it is no longer
         // established) the caller copies that direction in userspace.
         maps.socks
             .insert(pair.upstream_cookie, pair.upstream_fd, 0)
@@ -155,18 +156,12 @@ impl SpliceRegistry {
         (sides[0], sides[1])
     }
 
-    /// Stops the verdict on one socket: what it receives now stays in its receive queue, TCP's
-    /// window closes, and the sender is held back.
-    pub fn pause(&self, cookie: u64) -> Result<(), KernelError> {
-        ignore_missing(self.lock().socks.remove(&cookie)).map_err(map_err("pause"))
-    }
-
-    /// Restarts the verdict on a paused socket.
-    pub fn resume(&self, cookie: u64, fd: RawFd) -> Result<(), KernelError> {
+    /// Adds a socket to `SPLICE_SOCKS` (the client socket of a pair, after [`Self::insert`]).
+    pub fn join(&self, cookie: u64, fd: RawFd) -> Result<(), KernelError> {
         self.lock()
             .socks
             .insert(cookie, fd, 0)
-            .map_err(map_err("resume"))
+            .map_err(map_err("join"))
     }
 
     /// The live counters of one side.
@@ -177,11 +172,11 @@ impl SpliceRegistry {
             .map_err(map_err("read conn"))
     }
 
-    /// Sets the byte count at which the verdict posts the next flow-control event.
-    pub fn set_mark(&self, cookie: u64, mark: u64) -> Result<(), KernelError> {
+    /// Sets a direction's flow-control bounds.
+    pub fn set_limit(&self, cookie: u64, bounds: SpliceLimit) -> Result<(), KernelError> {
         self.lock()
             .limits
-            .insert(cookie, mark, 0)
+            .insert(cookie, bounds, 0)
             .map_err(map_err("set limit"))
     }
 
