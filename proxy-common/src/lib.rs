@@ -80,16 +80,20 @@ pub struct SpliceSide {
     pub bytes: u64,
     /// Socket buffers (skbs) redirected.
     pub segments: u64,
-    /// Bytes the verdict passed to this socket's own queue instead, for userspace to carry.
-    /// Once non-zero it only grows: after the first passed buffer every later one is passed too,
-    /// so that nothing overtakes bytes waiting in the queue.
+    /// Bytes the verdict passed to this socket's own queue instead, for userspace to carry
+    /// (cumulative).
     pub passed: u64,
     /// Frontend id, below [`MAX_FRONTENDS`].
     pub frontend: u32,
     /// [`DIRECTION_UPSTREAM`] or [`DIRECTION_DOWNSTREAM`].
     pub direction: u32,
+    /// 1 while the direction passes (every buffer, so that none overtakes bytes waiting in the
+    /// socket's queue), 0 while it redirects. Set by the verdict at the limit; cleared by the
+    /// verdict once userspace has carried every passed byte ([`SpliceLimit::resume`]).
+    pub passing: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<SpliceSide>() == 32);
+const _: () = assert!(core::mem::size_of::<SpliceSide>() == 40);
 
 /// Flow-control bounds of one direction, in redirected bytes ([`SpliceSide::bytes`]).
 #[repr(C)]
@@ -101,8 +105,13 @@ pub struct SpliceLimit {
     /// direction passes from then on ([`EVENT_PASSING`]). This caps what waits in the peer's
     /// redirect queue, which has no back-pressure of its own.
     pub limit: u64,
+    /// How many passed bytes userspace has carried to the peer, all of them written. While
+    /// passing, the verdict goes back to redirecting when this equals [`SpliceSide::passed`]
+    /// (nothing waits in the socket's queue) and the buffer fits under `limit`.
+    /// `u64::MAX`: not yet.
+    pub resume: u64,
 }
-const _: () = assert!(core::mem::size_of::<SpliceLimit>() == 16);
+const _: () = assert!(core::mem::size_of::<SpliceLimit>() == 24);
 
 /// Per-CPU totals for one frontend and direction.
 #[repr(C)]

@@ -70,13 +70,7 @@ fn try_splice_verdict(ctx: &SkBuffContext) -> u32 {
     // The verdict runs under the receiving socket's lock, so one side's counters have a single
     // writer at a time.
     // SAFETY: a valid map value pointer; see above.
-    let (before, passed) = unsafe { ((*side).bytes, (*side).passed) };
-    if passed > 0 {
-        // Sticky: bytes already wait in this socket's queue; nothing may overtake them.
-        // SAFETY: as above.
-        unsafe { (*side).passed = passed + len };
-        return ON_NOT_REDIRECTED;
-    }
+    let (before, passed, passing) = unsafe { ((*side).bytes, (*side).passed, (*side).passing) };
     // SAFETY: plain struct read from a map value.
     let bounds = unsafe { SPLICE_LIMITS.get(&cookie) }.copied();
     let bounds = bounds.unwrap_or_else(|| {
@@ -84,19 +78,28 @@ fn try_splice_verdict(ctx: &SkBuffContext) -> u32 {
         SpliceLimit {
             mark: u64::MAX,
             limit: u64::MAX,
+            resume: u64::MAX,
         }
     });
     let after = before + len;
-    if after > bounds.limit {
+    if passing != 0 {
+        if bounds.resume != passed || after > bounds.limit {
+            // Bytes may still wait in this socket's queue: nothing may overtake them.
+            // SAFETY: as above.
+            unsafe { (*side).passed = passed + len };
+            return ON_NOT_REDIRECTED;
+        }
+        // Userspace has carried every passed byte: redirect again.
         // SAFETY: as above.
-        unsafe { (*side).passed = len };
+        unsafe { (*side).passing = 0 };
+    } else if after > bounds.limit {
+        start_passing(side, passed, len);
         post(cookie, before, EVENT_PASSING);
         return ON_NOT_REDIRECTED;
     }
     if SPLICE_PEERS.redirect_skb(ctx, &mut cookie, 0) == i64::from(SK_DROP) {
         count_error(KERNEL_ERROR_NO_PEER);
-        // SAFETY: as above.
-        unsafe { (*side).passed = len };
+        start_passing(side, passed, len);
         post(cookie, before, EVENT_PASSING);
         return ON_NOT_REDIRECTED;
     }
@@ -111,6 +114,15 @@ fn try_splice_verdict(ctx: &SkBuffContext) -> u32 {
         post(cookie, after, EVENT_MARK);
     }
     SK_PASS
+}
+
+#[inline(always)]
+fn start_passing(side: *mut SpliceSide, passed: u64, len: u64) {
+    // SAFETY: a valid map value pointer, written under the receiving socket's lock.
+    unsafe {
+        (*side).passing = 1;
+        (*side).passed = passed + len;
+    }
 }
 
 /// For a socket without counters (should not happen): forward without accounting.

@@ -80,10 +80,15 @@ struct Side {
     fin_forwarded: bool,
     /// The backlog was high at the last mark: look again on the next tick.
     mark_recheck: bool,
-    /// This direction is carried in userspace from now on: the verdict passes its bytes (flow
+    /// This direction is carried in userspace for now: the verdict passes its bytes (flow
     /// control), or the socket could not join `SPLICE_SOCKS` (it was no longer established).
-    /// The copy starts once the redirect queue has drained, so nothing is reordered.
+    /// The copy starts once the redirect queue has drained, so nothing is reordered; once it
+    /// has caught up, the verdict is told it may redirect again (`SpliceLimit::resume`).
     tail: bool,
+    /// In `SPLICE_SOCKS`. A socket that could not join stays in userspace for good.
+    joined: bool,
+    /// The `copied` value last offered to the verdict as `resume`.
+    resume_offered: u64,
     /// Bytes of this side copied to the peer in userspace (the tail).
     copied: u64,
     /// Times flow control handed this direction to userspace (0 or 1).
@@ -171,6 +176,7 @@ pub async fn splice(
         first_limit: SpliceLimit {
             mark: settings.window / 2,
             limit: settings.window,
+            resume: u64::MAX,
         },
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -203,6 +209,7 @@ pub async fn splice(
     if let Err(e) = client_joined {
         tracing::debug!(error = %e, "client socket cannot join the kernel path; copying its side");
         splice.sides[0].tail = true;
+        splice.sides[0].joined = false;
     }
     let span = tracing::trace_span!(
         "splice",
@@ -251,6 +258,8 @@ fn new_side(stream: StdStream, sndbuf: u32) -> io::Result<Side> {
         fin_forwarded: false,
         mark_recheck: false,
         tail: false,
+        joined: true,
+        resume_offered: u64::MAX,
         copied: 0,
         pauses: 0,
         carry: Vec::new(),
@@ -406,10 +415,10 @@ impl Splice<'_> {
     }
 
     /// Bytes side `i` forwarded that the peer's send queue has not taken yet.
-    /// (forwarded, handed over to the peer's send queue) for side `i`'s direction.
-    fn progress(&self, i: usize) -> Result<(u64, u64), (End, String)> {
+    /// Where side `i`'s direction stands.
+    fn progress(&self, i: usize) -> Result<Progress, (End, String)> {
         let p = 1 - i;
-        let counted = self
+        let side = self
             .kernel
             .registry
             .side(self.sides[i].cookie)
@@ -418,9 +427,12 @@ impl Splice<'_> {
             Ok(bytes) => bytes,
             Err(err) => return Err(reset_end(p, &err)),
         };
-        let handed_over = peer.queued_for_send - self.sides[p].snd_base;
-        let forwarded = counted.bytes + self.sides[i].copied;
-        Ok((forwarded, handed_over))
+        Ok(Progress {
+            redirected: side.bytes,
+            passing: side.passing != 0,
+            forwarded: side.bytes + self.sides[i].copied,
+            handed_over: peer.queued_for_send - self.sides[p].snd_base,
+        })
     }
 
     /// Side `i` crossed its flow-control mark (or is due for another look).
@@ -431,29 +443,38 @@ impl Splice<'_> {
             return Ok(());
         }
         loop {
-            let (forwarded, handed_over) = self.progress(i)?;
-            if forwarded.saturating_sub(handed_over) > self.window / 2 {
-                // The peer lags: leave the limit where it is. Either it catches up (the tick
-                // looks again) or the verdict reaches the limit and hands the direction over.
+            let now = self.progress(i)?;
+            let backlog = now.backlog();
+            // The new limit leaves `window - backlog` of room, so the redirect queue never holds
+            // more than `window` whatever the peer does. With little room left, moving the
+            // bounds would only bring the next event closer: leave them, and either the peer
+            // catches up (the tick looks again) or the verdict reaches the limit and hands the
+            // direction to userspace.
+            if backlog > self.window - self.window / 8 {
                 self.sides[i].mark_recheck = true;
                 return Ok(());
             }
             self.sides[i].mark_recheck = false;
-            let limit = handed_over + self.window;
-            let mark = forwarded + (limit - forwarded) / 2;
+            let bounds = self.bounds(now.redirected, backlog, u64::MAX);
             self.kernel
                 .registry
-                .set_limit(self.sides[i].cookie, SpliceLimit { mark, limit })
+                .set_limit(self.sides[i].cookie, bounds)
                 .map_err(internal)?;
             // If the count passed the new mark before it was set, no event will come for it.
-            let now = self
-                .kernel
-                .registry
-                .side(self.sides[i].cookie)
-                .map_err(internal)?;
-            if now.bytes < mark || now.passed > 0 {
+            let after = self.progress(i)?;
+            if after.redirected < bounds.mark || after.passing {
                 return Ok(());
             }
+        }
+    }
+
+    /// Bounds in redirected-count space that allow `window - backlog` more bytes in flight.
+    fn bounds(&self, redirected: u64, backlog: u64, resume: u64) -> SpliceLimit {
+        let room = self.window.saturating_sub(backlog);
+        SpliceLimit {
+            mark: redirected + room / 2,
+            limit: redirected + room,
+            resume,
         }
     }
 
@@ -473,7 +494,7 @@ impl Splice<'_> {
             if self.sides[i].mark_recheck {
                 self.on_mark(i)?;
             }
-            if self.sides[i].tail && !self.sides[i].eof {
+            if self.sides[i].tail && (!self.sides[i].eof || !self.sides[i].carry.is_empty()) {
                 self.copy_tail(i)?;
             }
             if self.sides[i].stray_rechecks > 0 {
@@ -486,17 +507,28 @@ impl Splice<'_> {
         Ok(())
     }
 
-    /// Copies what is left in side `i`'s receive queue to its peer, without blocking, once the
-    /// redirect queue has drained (so the copied bytes come after the redirected ones).
+    /// Carries side `i`'s passed bytes to its peer, without blocking, once the redirect queue
+    /// has drained (so the copied bytes come after the redirected ones). When it has caught up,
+    /// it offers the verdict to redirect again; when the verdict has, the direction is back in
+    /// the kernel.
     fn copy_tail(&mut self, i: usize) -> Step {
+        const CHUNK: usize = 64 * 1024;
+        let p = 1 - i;
         if self.sides[i].carry.is_empty() {
-            let (forwarded, handed_over) = self.progress(i)?;
-            if handed_over < forwarded {
+            let now = self.progress(i)?;
+            if now.handed_over < now.forwarded {
+                return Ok(());
+            }
+            if self.sides[i].joined
+                && !now.passing
+                && self.sides[i].resume_offered == self.sides[i].copied
+            {
+                // The verdict took the offer: back to the kernel path.
+                tracing::trace!(side = i, "direction back in the kernel");
+                self.sides[i].tail = false;
                 return Ok(());
             }
         }
-        const CHUNK: usize = 64 * 1024;
-        let p = 1 - i;
         loop {
             if !self.sides[i].carry.is_empty() {
                 match (&self.sides[p].stream).write(&self.sides[i].carry) {
@@ -511,6 +543,9 @@ impl Splice<'_> {
                     Err(e) => return Err(reset_end(p, &e)),
                 }
             }
+            if self.sides[i].eof {
+                return self.forward_fin(i);
+            }
             let side = &mut self.sides[i];
             side.carry.resize(CHUNK, 0);
             match (&side.stream).read(&mut side.carry) {
@@ -523,10 +558,46 @@ impl Splice<'_> {
                 Ok(n) => side.carry.truncate(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     side.carry.clear();
-                    return Ok(());
+                    return self.offer_resume(i);
                 }
                 Err(e) => return Err(reset_end(i, &e)),
             }
         }
+    }
+
+    /// Everything passed so far is written to the peer: let the verdict redirect again (it
+    /// checks that nothing was passed since, under the socket lock).
+    fn offer_resume(&mut self, i: usize) -> Step {
+        let side = &self.sides[i];
+        if !side.joined || side.resume_offered == side.copied {
+            return Ok(());
+        }
+        let now = self.progress(i)?;
+        let bounds = self.bounds(now.redirected, now.backlog(), self.sides[i].copied);
+        self.kernel
+            .registry
+            .set_limit(self.sides[i].cookie, bounds)
+            .map_err(internal)?;
+        self.sides[i].resume_offered = self.sides[i].copied;
+        Ok(())
+    }
+}
+
+/// One direction's counters, see [`Splice::progress`].
+struct Progress {
+    /// Bytes the verdict redirected.
+    redirected: u64,
+    /// The verdict passes this direction's bytes now.
+    passing: bool,
+    /// Redirected plus copied in userspace.
+    forwarded: u64,
+    /// Bytes that reached the peer's send queue since the splice started.
+    handed_over: u64,
+}
+
+impl Progress {
+    /// Bytes waiting in the peer's redirect queue.
+    fn backlog(&self) -> u64 {
+        self.forwarded.saturating_sub(self.handed_over)
     }
 }
