@@ -139,34 +139,23 @@ pub async fn splice(
     cancel: &CancellationToken,
 ) -> Result<Outcome, Declined> {
     // Out of tokio's reactor: it would be woken for every forwarded buffer (see kernel::events).
-    let (client, upstream) = match (client.into_std(), upstream.into_std()) {
-        (Ok(c), Ok(u)) => (c, u),
-        (c, u) => {
-            let err = c
-                .err()
-                .or(u.err())
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            return Ok(Outcome::nothing(
-                End::Error,
-                format!("leaving the reactor: {err}"),
-            ));
-        }
+    let (client, upstream) = match both(
+        client.into_std(),
+        upstream.into_std(),
+        "leaving the reactor",
+    ) {
+        Ok(pair) => pair,
+        Err(outcome) => return Ok(outcome),
     };
-    let sides = match [client, upstream].map(|s| new_side(s, settings.sndbuf)) {
-        [Ok(c), Ok(u)] => [c, u],
-        [c, u] => {
-            let err = c
-                .err()
-                .or(u.err())
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            return Ok(Outcome::nothing(
-                End::Error,
-                format!("reading socket state: {err}"),
-            ));
-        }
+    let (client, upstream) = match both(
+        new_side(client, settings.sndbuf),
+        new_side(upstream, settings.sndbuf),
+        "reading socket state",
+    ) {
+        Ok(pair) => pair,
+        Err(outcome) => return Ok(outcome),
     };
+    let sides = [client, upstream];
     let pair = SplicePair {
         client_cookie: sides[0].cookie,
         client_fd: sides[0].fd(),
@@ -239,6 +228,14 @@ pub async fn splice(
         copied_down: upstream.copied,
         pauses: client.pauses + upstream.pauses,
     })
+}
+
+/// Both results, or the outcome of a connection that failed at `what`.
+fn both<T>(a: io::Result<T>, b: io::Result<T>, what: &str) -> Result<(T, T), Outcome> {
+    match (a, b) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        (Err(e), _) | (_, Err(e)) => Err(Outcome::nothing(End::Error, format!("{what}: {e}"))),
+    }
 }
 
 fn new_side(stream: StdStream, sndbuf: u32) -> io::Result<Side> {
