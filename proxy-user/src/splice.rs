@@ -393,6 +393,11 @@ impl Splice<'_> {
         let handed_over = peer.queued_for_send - self.sides[p].snd_base;
         let forwarded = counted.bytes + self.sides[i].copied;
         if forwarded != received || handed_over != forwarded {
+            if counted.passing != 0 {
+                // Passed bytes wait for us; normally the event said so already, but it may
+                // have been lost (ring buffer full).
+                self.on_passing(i);
+            }
             tracing::trace!(
                 side = i,
                 forwarded,
@@ -491,7 +496,10 @@ impl Splice<'_> {
             if self.sides[i].mark_recheck {
                 self.on_mark(i)?;
             }
-            if self.sides[i].tail && (!self.sides[i].eof || !self.sides[i].carry.is_empty()) {
+            // Also after a FIN: the FIN can be seen while passed bytes are still on their way
+            // into the socket's queue (the kernel's worker moves them), so only a read that
+            // returns end-of-stream, with everything accounted for, ends a carried direction.
+            if self.sides[i].tail && !self.sides[i].fin_forwarded {
                 self.copy_tail(i)?;
             }
             if self.sides[i].stray_rechecks > 0 {
@@ -539,9 +547,6 @@ impl Splice<'_> {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                     Err(e) => return Err(reset_end(p, &e)),
                 }
-            }
-            if self.sides[i].eof {
-                return self.forward_fin(i);
             }
             let side = &mut self.sides[i];
             side.carry.resize(CHUNK, 0);
