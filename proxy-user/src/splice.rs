@@ -357,8 +357,17 @@ impl Splice<'_> {
             }
             Ok(Peek::Data) if self.sides[i].tail => return Ok(()),
             Ok(Peek::Data) => {
-                // Bytes in the socket's own queue while the verdict is attached: the verdict
-                // passed them (peer missing) or has not run yet. Look again shortly.
+                // Bytes in the socket's own queue while the verdict is attached: it passed them
+                // (flow control, its event not handled yet) or has not run yet.
+                let counted = self
+                    .kernel
+                    .registry
+                    .side(self.sides[i].cookie)
+                    .map_err(internal)?;
+                if counted.passing != 0 {
+                    self.on_passing(i);
+                    return Ok(());
+                }
                 let side = &mut self.sides[i];
                 side.stray_rechecks += 1;
                 if side.stray_rechecks > MAX_STRAY_RECHECKS {
