@@ -99,6 +99,31 @@ impl Cmd {
             .with_context(|| format!("cannot start `{}`", self.line))
     }
 
+    /// Like [`Self::status`], but also hands back every line the command printed on stdout
+    /// (which still reaches the terminal as it comes).
+    pub fn status_tee(mut self) -> Result<(ExitStatus, Vec<String>)> {
+        use std::io::{BufRead as _, Write as _};
+        println!("xtask: {}", self.line);
+        let mut child = self
+            .command
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start `{}`", self.line))?;
+        let mut lines = Vec::new();
+        if let Some(stdout) = child.stdout.take() {
+            let mut out = std::io::stdout().lock();
+            for line in std::io::BufReader::new(stdout).lines() {
+                let line = line.context("reading the command's output")?;
+                let _ = writeln!(out, "{line}");
+                lines.push(line);
+            }
+        }
+        let status = child
+            .wait()
+            .with_context(|| format!("waiting for `{}`", self.line))?;
+        Ok((status, lines))
+    }
+
     /// Prints the line and replaces this process with the command; returns only on failure.
     pub fn exec(mut self) -> anyhow::Error {
         println!("xtask: {}", self.line);

@@ -102,8 +102,17 @@ pub fn test(args: Vec<OsString>) -> Result<ExitCode> {
         ])
         .args(args)
         .current_dir(root())
-        .status()
+        .status_tee()
         .context("step `test`")?;
+    // One closing line over every test binary: cargo's own last line belongs to whichever
+    // binary ran last (often one without tests) and says nothing about the run as a whole.
+    let (passed, failed) = status
+        .1
+        .iter()
+        .filter_map(|line| tally(line))
+        .fold((0, 0), |(p, f), (lp, lf)| (p + lp, f + lf));
+    println!("xtask: {passed} passed, {failed} failed");
+    let status = status.0;
     if status.success() {
         return Ok(ExitCode::SUCCESS);
     }
@@ -113,6 +122,21 @@ pub fn test(args: Vec<OsString>) -> Result<ExitCode> {
     );
     let code = status.code().unwrap_or(1);
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// Counts of a libtest summary line: `test result: ok. 3 passed; 0 failed; ...`.
+fn tally(line: &str) -> Option<(u64, u64)> {
+    let rest = line.trim().strip_prefix("test result: ")?;
+    let count = |label: &str| {
+        rest.split(';')
+            .find_map(|part| {
+                part.trim()
+                    .trim_start_matches(|c: char| !c.is_ascii_digit())
+                    .strip_suffix(label)
+            })
+            .and_then(|n| n.trim().parse::<u64>().ok())
+    };
+    Some((count(" passed")?, count(" failed")?))
 }
 
 /// `cargo fmt --check`, clippy over the host crates, and clippy over the eBPF crate with the eBPF
@@ -172,4 +196,18 @@ pub fn lint() -> Result<()> {
 /// runs) or `target/`.
 fn target_dir() -> PathBuf {
     env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), |dir| root().join(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tally;
+
+    #[test]
+    fn tallies_libtest_summaries() {
+        let ok = "test result: ok. 45 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.20s";
+        assert_eq!(tally(ok), Some((45, 0)));
+        let bad = "test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out";
+        assert_eq!(tally(bad), Some((1, 2)));
+        assert_eq!(tally("running 4 tests"), None);
+    }
 }
