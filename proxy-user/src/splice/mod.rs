@@ -1,7 +1,8 @@
 //! The kernel path for one connection: put the socket pair in the maps, then only watch.
 //!
 //! After [`splice`] inserts the pair, the verdict forwards every byte; this task sleeps until the
-//! kernel reports a FIN, a reset or a flow-control mark ([`Wake`]). It never reads the bytes.
+//! kernel reports a FIN, a reset or a flow-control event ([`Wake`]). It reads bytes only when flow
+//! control hands it a direction (below).
 //!
 //! - **Queued bytes.** Bytes that reached a socket before it joined the map sit in its receive
 //!   queue. Peeking right after the insert makes the sockmap `recvmsg` run the verdict over them
@@ -17,18 +18,19 @@
 //!   peer's send queue) and, while the peer keeps up, moves both forward. If the peer falls
 //!   behind, the verdict reaches the limit and from then on passes that direction's bytes to the
 //!   receiving socket's own queue - charged to its receive buffer, so TCP's window closes on the
-//!   sender - and the task carries the rest of that direction in userspace, after the redirect
-//!   queue has drained. No map entry changes while bytes flow: detaching a verdict from a socket
-//!   that is receiving can lose a buffer in the kernel.
+//!   sender - and the task carries that direction in userspace, after the redirect queue has
+//!   drained, until it has caught up; then it lets the verdict redirect again
+//!   (`SpliceLimit::resume`). No map entry changes while bytes flow: detaching a verdict from a
+//!   socket that is receiving can lose a buffer in the kernel.
 //! - **Resets** on either side reset the other; all map entries go before the fds are closed.
+mod flow;
+
 use std::{
     io,
     net::TcpStream as StdStream,
     os::fd::{AsRawFd, RawFd},
     time::Duration,
 };
-
-use std::io::{Read as _, Write as _};
 
 use prometheus::IntCounter;
 use tokio::{net::TcpStream, sync::mpsc};
@@ -47,7 +49,7 @@ use crate::{
 #[derive(Clone, Copy, Debug)]
 pub struct SpliceSettings {
     pub frontend: u32,
-    /// Bytes allowed in the kernel's redirect queue per direction (pause at half).
+    /// Bytes allowed in the kernel's redirect queue per direction.
     pub window: u64,
     /// Send buffer forced on both sockets; 0 leaves the kernel default.
     pub sndbuf: u32,
@@ -426,80 +428,6 @@ impl Splice<'_> {
     }
 
     /// Bytes side `i` forwarded that the peer's send queue has not taken yet.
-    /// Where side `i`'s direction stands.
-    fn progress(&self, i: usize) -> Result<Progress, (End, String)> {
-        let p = 1 - i;
-        let side = self
-            .kernel
-            .registry
-            .side(self.sides[i].cookie)
-            .map_err(internal)?;
-        let peer = match net::tcp_bytes(self.sides[p].fd()) {
-            Ok(bytes) => bytes,
-            Err(err) => return Err(reset_end(p, &err)),
-        };
-        Ok(Progress {
-            redirected: side.bytes,
-            passing: side.passing != 0,
-            forwarded: side.bytes + self.sides[i].copied,
-            handed_over: peer.queued_for_send - self.sides[p].snd_base,
-        })
-    }
-
-    /// Side `i` crossed its flow-control mark (or is due for another look).
-    fn on_mark(&mut self, i: usize) -> Step {
-        let side = &self.sides[i];
-        if side.tail || side.eof {
-            self.sides[i].mark_recheck = false;
-            return Ok(());
-        }
-        loop {
-            let now = self.progress(i)?;
-            let backlog = now.backlog();
-            // The new limit leaves `window - backlog` of room, so the redirect queue never holds
-            // more than `window` whatever the peer does. With little room left, moving the
-            // bounds would only bring the next event closer: leave them, and either the peer
-            // catches up (the tick looks again) or the verdict reaches the limit and hands the
-            // direction to userspace.
-            if backlog > self.window - self.window / 8 {
-                self.sides[i].mark_recheck = true;
-                return Ok(());
-            }
-            self.sides[i].mark_recheck = false;
-            let bounds = self.bounds(now.redirected, backlog, u64::MAX);
-            self.kernel
-                .registry
-                .set_limit(self.sides[i].cookie, bounds)
-                .map_err(internal)?;
-            // If the count passed the new mark before it was set, no event will come for it.
-            let after = self.progress(i)?;
-            if after.redirected < bounds.mark || after.passing {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Bounds in redirected-count space that allow `window - backlog` more bytes in flight.
-    fn bounds(&self, redirected: u64, backlog: u64, resume: u64) -> SpliceLimit {
-        let room = self.window.saturating_sub(backlog);
-        SpliceLimit {
-            mark: redirected + room / 2,
-            limit: redirected + room,
-            resume,
-        }
-    }
-
-    /// The verdict reached side `i`'s limit: the rest of that direction goes through userspace.
-    fn on_passing(&mut self, i: usize) {
-        let side = &mut self.sides[i];
-        if !side.tail {
-            tracing::trace!(side = i, "direction handed to userspace");
-            side.tail = true;
-            side.pauses += 1;
-            side.mark_recheck = false;
-        }
-    }
-
     fn on_tick(&mut self) -> Step {
         for i in 0..2 {
             if self.sides[i].mark_recheck {
@@ -519,96 +447,5 @@ impl Splice<'_> {
             }
         }
         Ok(())
-    }
-
-    /// Carries side `i`'s passed bytes to its peer, without blocking, once the redirect queue
-    /// has drained (so the copied bytes come after the redirected ones). When it has caught up,
-    /// it offers the verdict to redirect again; when the verdict has, the direction is back in
-    /// the kernel.
-    fn copy_tail(&mut self, i: usize) -> Step {
-        const CHUNK: usize = 64 * 1024;
-        let p = 1 - i;
-        if self.sides[i].carry.is_empty() {
-            let now = self.progress(i)?;
-            if now.handed_over < now.forwarded {
-                return Ok(());
-            }
-            if self.sides[i].joined
-                && !now.passing
-                && self.sides[i].resume_offered == self.sides[i].copied
-            {
-                // The verdict took the offer: back to the kernel path.
-                tracing::trace!(side = i, "direction back in the kernel");
-                self.sides[i].tail = false;
-                return Ok(());
-            }
-        }
-        loop {
-            if !self.sides[i].carry.is_empty() {
-                match (&self.sides[p].stream).write(&self.sides[i].carry) {
-                    Ok(n) => {
-                        let side = &mut self.sides[i];
-                        side.carry.drain(..n);
-                        side.copied += n as u64;
-                        self.copied_metric[i].inc_by(n as u64);
-                        continue;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                    Err(e) => return Err(reset_end(p, &e)),
-                }
-            }
-            let side = &mut self.sides[i];
-            side.carry.resize(CHUNK, 0);
-            match (&side.stream).read(&mut side.carry) {
-                Ok(0) => {
-                    side.carry.clear();
-                    side.eof = true;
-                    self.first_eof.get_or_insert(i);
-                    return self.forward_fin(i);
-                }
-                Ok(n) => side.carry.truncate(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    side.carry.clear();
-                    return self.offer_resume(i);
-                }
-                Err(e) => return Err(reset_end(i, &e)),
-            }
-        }
-    }
-
-    /// Everything passed so far is written to the peer: let the verdict redirect again (it
-    /// checks that nothing was passed since, under the socket lock).
-    fn offer_resume(&mut self, i: usize) -> Step {
-        let side = &self.sides[i];
-        if !side.joined || side.resume_offered == side.copied {
-            return Ok(());
-        }
-        let now = self.progress(i)?;
-        let bounds = self.bounds(now.redirected, now.backlog(), self.sides[i].copied);
-        self.kernel
-            .registry
-            .set_limit(self.sides[i].cookie, bounds)
-            .map_err(internal)?;
-        self.sides[i].resume_offered = self.sides[i].copied;
-        Ok(())
-    }
-}
-
-/// One direction's counters, see [`Splice::progress`].
-struct Progress {
-    /// Bytes the verdict redirected.
-    redirected: u64,
-    /// The verdict passes this direction's bytes now.
-    passing: bool,
-    /// Redirected plus copied in userspace.
-    forwarded: u64,
-    /// Bytes that reached the peer's send queue since the splice started.
-    handed_over: u64,
-}
-
-impl Progress {
-    /// Bytes waiting in the peer's redirect queue.
-    fn backlog(&self) -> u64 {
-        self.forwarded.saturating_sub(self.handed_over)
     }
 }

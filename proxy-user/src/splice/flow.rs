@@ -1,0 +1,175 @@
+//! Flow control of a spliced connection: the bounds the verdict enforces, and carrying a
+//! direction in userspace while the verdict passes it (see the parent module's docs).
+use std::io::{self, Read as _, Write as _};
+
+use proxy_common::SpliceLimit;
+
+use super::{Splice, Step, internal, reset_end};
+use crate::{conn::End, net};
+
+impl Splice<'_> {
+    /// Where side `i`'s direction stands.
+    fn progress(&self, i: usize) -> Result<Progress, (End, String)> {
+        let p = 1 - i;
+        let side = self
+            .kernel
+            .registry
+            .side(self.sides[i].cookie)
+            .map_err(internal)?;
+        let peer = match net::tcp_bytes(self.sides[p].fd()) {
+            Ok(bytes) => bytes,
+            Err(err) => return Err(reset_end(p, &err)),
+        };
+        Ok(Progress {
+            redirected: side.bytes,
+            passing: side.passing != 0,
+            forwarded: side.bytes + self.sides[i].copied,
+            handed_over: peer.queued_for_send - self.sides[p].snd_base,
+        })
+    }
+
+    /// Side `i` crossed its flow-control mark (or is due for another look).
+    pub(super) fn on_mark(&mut self, i: usize) -> Step {
+        let side = &self.sides[i];
+        if side.tail || side.eof {
+            self.sides[i].mark_recheck = false;
+            return Ok(());
+        }
+        loop {
+            let now = self.progress(i)?;
+            let backlog = now.backlog();
+            // The new limit leaves `window - backlog` of room, so the redirect queue never holds
+            // more than `window` whatever the peer does. With little room left, moving the
+            // bounds would only bring the next event closer: leave them, and either the peer
+            // catches up (the tick looks again) or the verdict reaches the limit and hands the
+            // direction to userspace.
+            if backlog > self.window - self.window / 8 {
+                self.sides[i].mark_recheck = true;
+                return Ok(());
+            }
+            self.sides[i].mark_recheck = false;
+            let bounds = self.bounds(now.redirected, backlog, u64::MAX);
+            self.kernel
+                .registry
+                .set_limit(self.sides[i].cookie, bounds)
+                .map_err(internal)?;
+            // If the count passed the new mark before it was set, no event will come for it.
+            let after = self.progress(i)?;
+            if after.redirected < bounds.mark || after.passing {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Bounds in redirected-count space that allow `window - backlog` more bytes in flight.
+    fn bounds(&self, redirected: u64, backlog: u64, resume: u64) -> SpliceLimit {
+        let room = self.window.saturating_sub(backlog);
+        SpliceLimit {
+            mark: redirected + room / 2,
+            limit: redirected + room,
+            resume,
+        }
+    }
+
+    /// The verdict reached side `i`'s limit: the rest of that direction goes through userspace.
+    pub(super) fn on_passing(&mut self, i: usize) {
+        let side = &mut self.sides[i];
+        if !side.tail {
+            tracing::trace!(side = i, "direction handed to userspace");
+            side.tail = true;
+            side.pauses += 1;
+            side.mark_recheck = false;
+        }
+    }
+
+    /// Carries side `i`'s passed bytes to its peer, without blocking, once the redirect queue
+    /// has drained (so the copied bytes come after the redirected ones). When it has caught up,
+    /// it offers the verdict to redirect again; when the verdict has, the direction is back in
+    /// the kernel.
+    pub(super) fn copy_tail(&mut self, i: usize) -> Step {
+        const CHUNK: usize = 64 * 1024;
+        let p = 1 - i;
+        if self.sides[i].carry.is_empty() {
+            let now = self.progress(i)?;
+            if now.handed_over < now.forwarded {
+                return Ok(());
+            }
+            if self.sides[i].joined
+                && !now.passing
+                && self.sides[i].resume_offered == self.sides[i].copied
+            {
+                // The verdict took the offer: back to the kernel path.
+                tracing::trace!(side = i, "direction back in the kernel");
+                self.sides[i].tail = false;
+                return Ok(());
+            }
+        }
+        loop {
+            if !self.sides[i].carry.is_empty() {
+                match (&self.sides[p].stream).write(&self.sides[i].carry) {
+                    Ok(n) => {
+                        let side = &mut self.sides[i];
+                        side.carry.drain(..n);
+                        side.copied += n as u64;
+                        self.copied_metric[i].inc_by(n as u64);
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) => return Err(reset_end(p, &e)),
+                }
+            }
+            let side = &mut self.sides[i];
+            side.carry.resize(CHUNK, 0);
+            match (&side.stream).read(&mut side.carry) {
+                Ok(0) => {
+                    side.carry.clear();
+                    side.eof = true;
+                    self.first_eof.get_or_insert(i);
+                    return self.forward_fin(i);
+                }
+                Ok(n) => side.carry.truncate(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    side.carry.clear();
+                    return self.offer_resume(i);
+                }
+                Err(e) => return Err(reset_end(i, &e)),
+            }
+        }
+    }
+
+    /// Everything passed so far is written to the peer: let the verdict redirect again (it
+    /// checks that nothing was passed since, under the socket lock).
+    fn offer_resume(&mut self, i: usize) -> Step {
+        let side = &self.sides[i];
+        if !side.joined || side.resume_offered == side.copied {
+            return Ok(());
+        }
+        let now = self.progress(i)?;
+        let bounds = self.bounds(now.redirected, now.backlog(), self.sides[i].copied);
+        self.kernel
+            .registry
+            .set_limit(self.sides[i].cookie, bounds)
+            .map_err(internal)?;
+        self.sides[i].resume_offered = self.sides[i].copied;
+        Ok(())
+    }
+}
+
+/// One direction's counters, see [`Splice::progress`].
+struct Progress {
+    /// Bytes the verdict redirected.
+    redirected: u64,
+    /// The verdict passes this direction's bytes now.
+    passing: bool,
+    /// Redirected plus copied in userspace.
+    forwarded: u64,
+    /// Bytes that reached the peer's send queue since the splice started.
+    handed_over: u64,
+}
+
+impl Progress {
+    /// Bytes waiting in the peer's redirect queue.
+    fn backlog(&self) -> u64 {
+        self.forwarded.saturating_sub(self.handed_over)
+    }
+}
