@@ -50,7 +50,8 @@ struct Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if self.keep {
+        // AP_KEEP_LOGS=1 keeps them after a pass too, for looking at a daemon's trace.
+        if self.keep || std::env::var_os("AP_KEEP_LOGS").is_some() {
             eprintln!("daemon files kept in {}", self.dir.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);

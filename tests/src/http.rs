@@ -84,6 +84,17 @@ impl HttpUpstream {
         self.served.load(Ordering::Relaxed)
     }
 
+    /// Waits (at most 2 s) until `n` requests are answered, and returns the count then. The
+    /// server counts a request after its response is written, so a client can hold the last
+    /// response a moment before the server's count moves.
+    pub async fn served_reaches(&self, n: u64) -> u64 {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        while self.served() < n && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        self.served()
+    }
+
     /// Errors the server met (malformed requests, stalls), for the test to report.
     pub fn errors(&self) -> Vec<String> {
         self.errors

@@ -105,11 +105,8 @@ fn http_new_connections_send_first(dp: Dataplane) -> anyhow::Result<()> {
             "upstream errors: {:?}",
             upstream.errors()
         );
-        ensure!(
-            upstream.served() == NEW_CONNECTIONS,
-            "served {}",
-            upstream.served()
-        );
+        let served = upstream.served_reaches(NEW_CONNECTIONS).await;
+        ensure!(served == NEW_CONNECTIONS, "served {served}");
 
         let (up, down) = (
             totals.up.load(Ordering::Relaxed),
@@ -200,11 +197,8 @@ fn http_keepalive_10k(dp: Dataplane) -> anyhow::Result<()> {
             "upstream errors: {:?}",
             upstream.errors()
         );
-        ensure!(
-            upstream.served() == KEEPALIVE_REQUESTS,
-            "served {}",
-            upstream.served()
-        );
+        let served = upstream.served_reaches(KEEPALIVE_REQUESTS).await;
+        ensure!(served == KEEPALIVE_REQUESTS, "served {served}");
         let (up, down) = (
             totals.up.load(Ordering::Relaxed),
             totals.down.load(Ordering::Relaxed),

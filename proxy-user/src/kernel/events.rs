@@ -116,6 +116,39 @@ pub struct WatchGuard {
     sockets: [(u64, RawFd); 2],
 }
 
+impl WatchGuard {
+    /// Also wakes for side `side` when it turns readable and/or writable (for a direction that
+    /// userspace carries for now); both false is the default, FIN/reset/error only.
+    pub fn set_interest(&self, side: usize, readable: bool, writable: bool) -> io::Result<()> {
+        let (cookie, fd) = self.sockets[side];
+        let mut events = libc::EPOLLRDHUP | libc::EPOLLET;
+        if readable {
+            events |= libc::EPOLLIN;
+        }
+        if writable {
+            events |= libc::EPOLLOUT;
+        }
+        let mut event = libc::epoll_event {
+            events: events as u32,
+            u64: cookie,
+        };
+        // SAFETY: valid epoll fd, registered socket fd and event struct. Changing the interest
+        // re-checks readiness, so a socket already readable is reported at once.
+        let rc = unsafe {
+            libc::epoll_ctl(
+                self.hub.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_MOD,
+                fd,
+                &mut event,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
 impl Drop for WatchGuard {
     fn drop(&mut self) {
         let mut routes = self.hub.routes();

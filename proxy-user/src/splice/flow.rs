@@ -89,18 +89,24 @@ impl Splice<'_> {
     pub(super) fn copy_tail(&mut self, i: usize) -> Step {
         const CHUNK: usize = 64 * 1024;
         let p = 1 - i;
-        if self.sides[i].carry.is_empty() {
+        if self.sides[i].carry.is_empty() && !self.sides[i].drained {
+            // Nothing is redirected while the verdict passes, so once drained stays drained
+            // until the direction goes back to the kernel.
             let now = self.progress(i)?;
             if now.handed_over < now.forwarded {
                 return Ok(());
             }
-            if self.sides[i].joined
-                && !now.passing
-                && self.sides[i].resume_offered == self.sides[i].copied
-            {
+            self.sides[i].drained = true;
+        }
+        let side = &self.sides[i];
+        if side.carry.is_empty() && side.joined && side.resume_offered == side.copied {
+            let counted = self.kernel.registry.side(side.cookie).map_err(internal)?;
+            if counted.passing == 0 {
                 // The verdict took the offer: back to the kernel path.
                 tracing::trace!(side = i, "direction back in the kernel");
-                self.sides[i].tail = false;
+                let side = &mut self.sides[i];
+                side.tail = false;
+                side.drained = false;
                 return Ok(());
             }
         }
@@ -144,13 +150,20 @@ impl Splice<'_> {
         if !side.joined || side.resume_offered == side.copied {
             return Ok(());
         }
-        let now = self.progress(i)?;
-        let bounds = self.bounds(now.redirected, now.backlog(), self.sides[i].copied);
+        // Drained and written: nothing waits in the redirect queue, so the whole window is room.
+        let counted = self.kernel.registry.side(side.cookie).map_err(internal)?;
+        let bounds = self.bounds(counted.bytes, 0, self.sides[i].copied);
         self.kernel
             .registry
             .set_limit(self.sides[i].cookie, bounds)
             .map_err(internal)?;
         self.sides[i].resume_offered = self.sides[i].copied;
+        tracing::trace!(
+            side = i,
+            copied = self.sides[i].copied,
+            passed = counted.passed,
+            "resume offered"
+        );
         Ok(())
     }
 }

@@ -40,7 +40,7 @@ use proxy_common::SpliceLimit;
 
 use crate::{
     conn::{End, Outcome},
-    kernel::{Kernel, KernelError, SplicePair, Wake},
+    kernel::{Kernel, KernelError, SplicePair, Wake, WatchGuard},
     net::{self, Peek},
     relay::RelayCounters,
 };
@@ -89,6 +89,8 @@ struct Side {
     tail: bool,
     /// In `SPLICE_SOCKS`. A socket that could not join stays in userspace for good.
     joined: bool,
+    /// While carried: the redirect queue was seen empty (copying may start).
+    drained: bool,
     /// The `copied` value last offered to the verdict as `resume`.
     resume_offered: u64,
     /// Bytes of this side copied to the peer in userspace (the tail).
@@ -114,6 +116,10 @@ struct Splice<'k> {
     sides: [Side; 2],
     window: u64,
     first_eof: Option<usize>,
+    /// The connection's wake-ups; dropped before the sockets are closed.
+    watch: WatchGuard,
+    /// (readable, writable) wake-ups currently asked for, per side.
+    interest: [(bool, bool); 2],
 }
 
 fn reset_end(side: usize, err: &io::Error) -> (End, String) {
@@ -196,6 +202,8 @@ pub async fn splice(
         sides,
         window: settings.window,
         first_eof: None,
+        watch,
+        interest: [(false, false); 2],
     };
     if let Err(e) = client_joined {
         tracing::debug!(error = %e, "client socket cannot join the kernel path; copying its side");
@@ -208,7 +216,7 @@ pub async fn splice(
         upstream = pair.upstream_cookie
     );
     let result = tracing::Instrument::instrument(splice.run(&mut rx, cancel), span).await;
-    drop(watch);
+    drop(splice.watch);
     let (up, down) = kernel.registry.remove(&pair);
     let (end, detail) = match result {
         Ok(end) => (end, String::new()),
@@ -258,6 +266,7 @@ fn new_side(stream: StdStream, sndbuf: u32) -> io::Result<Side> {
         mark_recheck: false,
         tail: false,
         joined: true,
+        drained: false,
         resume_offered: u64::MAX,
         copied: 0,
         pauses: 0,
@@ -292,13 +301,24 @@ impl Splice<'_> {
             if let Some(end) = self.finished() {
                 return Ok(end);
             }
+            self.sync_interest()?;
             let pending = self.has_pending();
             tokio::select! {
                 wake = rx.recv() => {
                     match wake {
                         Some(Wake::Socket(i)) => {
                             tracing::trace!(side = i, "socket event");
-                            self.on_socket(i)?
+                            if self.sides[i].tail {
+                                // Readable (or FIN, reset): the read in copy_tail tells.
+                                self.copy_tail(i)?;
+                            } else {
+                                self.on_socket(i)?;
+                            }
+                            // Writable, for the direction carried towards this socket.
+                            let o = 1 - i;
+                            if self.sides[o].tail && !self.sides[o].carry.is_empty() {
+                                self.copy_tail(o)?;
+                            }
                         }
                         Some(Wake::Mark(i)) => self.on_mark(i)?,
                         Some(Wake::Passing(i)) => self.on_passing(i),
@@ -331,6 +351,23 @@ impl Splice<'_> {
             _ => End::ClientClose,
         };
         done.then_some(end)
+    }
+
+    /// Asks epoll for readable wake-ups on a carried socket, and writable ones on the peer a
+    /// carried direction is blocked on; FIN/reset/error only otherwise.
+    fn sync_interest(&mut self) -> Step {
+        for i in 0..2 {
+            let carried = |s: &Side| s.tail && !s.fin_forwarded;
+            let o = &self.sides[1 - i];
+            let want = (carried(&self.sides[i]), carried(o) && !o.carry.is_empty());
+            if want != self.interest[i] {
+                self.watch
+                    .set_interest(i, want.0, want.1)
+                    .map_err(internal)?;
+                self.interest[i] = want;
+            }
+        }
+        Ok(())
     }
 
     fn has_pending(&self) -> bool {
