@@ -87,9 +87,8 @@ pub struct SpliceSide {
     pub frontend: u32,
     /// [`DIRECTION_UPSTREAM`] or [`DIRECTION_DOWNSTREAM`].
     pub direction: u32,
-    /// 1 while the direction passes (every buffer, so that none overtakes bytes waiting in the
-    /// socket's queue), 0 while it redirects. Set by the verdict at the limit; cleared by the
-    /// verdict once userspace has carried every passed byte ([`SpliceLimit::resume`]).
+    /// 1 once the direction passes: set by the verdict at the limit, and from then on every
+    /// buffer is passed, so that none overtakes bytes waiting in the socket's queue.
     pub passing: u32,
     pub _pad: u32,
 }
@@ -105,13 +104,8 @@ pub struct SpliceLimit {
     /// direction passes from then on ([`EVENT_PASSING`]). This caps what waits in the peer's
     /// redirect queue, which has no back-pressure of its own.
     pub limit: u64,
-    /// How many passed bytes userspace has carried to the peer, all of them written. While
-    /// passing, the verdict goes back to redirecting when this equals [`SpliceSide::passed`]
-    /// (nothing waits in the socket's queue) and the buffer fits under `limit`.
-    /// `u64::MAX`: not yet.
-    pub resume: u64,
 }
-const _: () = assert!(core::mem::size_of::<SpliceLimit>() == 24);
+const _: () = assert!(core::mem::size_of::<SpliceLimit>() == 16);
 
 /// Per-CPU totals for one frontend and direction.
 #[repr(C)]

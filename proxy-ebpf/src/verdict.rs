@@ -78,21 +78,16 @@ fn try_splice_verdict(ctx: &SkBuffContext) -> u32 {
         SpliceLimit {
             mark: u64::MAX,
             limit: u64::MAX,
-            resume: u64::MAX,
         }
     });
     let after = before + len;
     if passing != 0 {
-        if bounds.resume != passed || after > bounds.limit {
-            // Bytes may still wait in this socket's queue: nothing may overtake them.
-            // SAFETY: as above.
-            unsafe { (*side).passed = passed + len };
-            return ON_NOT_REDIRECTED;
-        }
-        // Userspace has carried every passed byte: redirect again.
+        // Sticky: bytes may wait in this socket's queue, and nothing may overtake them.
         // SAFETY: as above.
-        unsafe { (*side).passing = 0 };
-    } else if after > bounds.limit {
+        unsafe { (*side).passed = passed + len };
+        return ON_NOT_REDIRECTED;
+    }
+    if after > bounds.limit {
         start_passing(side, passed, len);
         post(cookie, before, EVENT_PASSING);
         return ON_NOT_REDIRECTED;

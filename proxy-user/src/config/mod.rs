@@ -71,9 +71,8 @@ pub struct Global {
     /// full; 0 leaves the kernel default.
     pub kernel_sndbuf: u32,
     /// Bytes that may wait in the kernel's redirect queue per direction; past it the proxy
-    /// carries that direction in userspace until it has caught up. Bounds memory under a slow
-    /// reader. The 16 MiB default absorbs the lag of the kernel's redirect worker behind a fast
-    /// sender (measured in docs/architecture.md). At least [`Global::MIN_KERNEL_WINDOW`].
+    /// carries the rest of that direction in userspace. Bounds memory under a slow
+    /// reader. At least [`Global::MIN_KERNEL_WINDOW`].
     pub kernel_window: u64,
 }
 
@@ -93,7 +92,7 @@ impl Default for Global {
             log_format: LogFormat::Text,
             nameservers: Vec::new(),
             kernel_sndbuf: 8 * 1024 * 1024,
-            kernel_window: 16 * 1024 * 1024,
+            kernel_window: 4 * 1024 * 1024,
         }
     }
 }

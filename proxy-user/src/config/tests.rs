@@ -114,7 +114,7 @@ servers = ["127.0.0.1:2"]
     assert_eq!(global.log_format, LogFormat::Text);
     assert!(global.nameservers.is_empty());
     assert_eq!(global.kernel_sndbuf, 8_388_608);
-    assert_eq!(global.kernel_window, 16_777_216);
+    assert_eq!(global.kernel_window, 4_194_304);
 
     let frontend = &config.frontends[0];
     assert_eq!(

@@ -48,7 +48,7 @@ impl Splice<'_> {
                 return Ok(());
             }
             self.sides[i].mark_recheck = false;
-            let bounds = self.bounds(now.redirected, backlog, u64::MAX);
+            let bounds = self.bounds(now.redirected, backlog);
             self.kernel
                 .registry
                 .set_limit(self.sides[i].cookie, bounds)
@@ -62,12 +62,11 @@ impl Splice<'_> {
     }
 
     /// Bounds in redirected-count space that allow `window - backlog` more bytes in flight.
-    fn bounds(&self, redirected: u64, backlog: u64, resume: u64) -> SpliceLimit {
+    fn bounds(&self, redirected: u64, backlog: u64) -> SpliceLimit {
         let room = self.window.saturating_sub(backlog);
         SpliceLimit {
             mark: redirected + room / 2,
             limit: redirected + room,
-            resume,
         }
     }
 
@@ -82,33 +81,19 @@ impl Splice<'_> {
         }
     }
 
-    /// Carries side `i`'s passed bytes to its peer, without blocking, once the redirect queue
-    /// has drained (so the copied bytes come after the redirected ones). When it has caught up,
-    /// it offers the verdict to redirect again; when the verdict has, the direction is back in
-    /// the kernel.
+    /// Carries side `i`'s bytes to its peer, without blocking, once the redirect queue has
+    /// drained (so the copied bytes come after the redirected ones), until end-of-stream.
     pub(super) fn copy_tail(&mut self, i: usize) -> Step {
         const CHUNK: usize = 64 * 1024;
         let p = 1 - i;
         if self.sides[i].carry.is_empty() && !self.sides[i].drained {
-            // Nothing is redirected while the verdict passes, so once drained stays drained
-            // until the direction goes back to the kernel.
+            // Nothing is redirected any more in this direction, so once the redirect queue is
+            // seen empty it stays empty, and the copied bytes come after every redirected one.
             let now = self.progress(i)?;
             if now.handed_over < now.forwarded {
                 return Ok(());
             }
             self.sides[i].drained = true;
-        }
-        let side = &self.sides[i];
-        if side.carry.is_empty() && side.joined && side.resume_offered == side.copied {
-            let counted = self.kernel.registry.side(side.cookie).map_err(internal)?;
-            if counted.passing == 0 {
-                // The verdict took the offer: back to the kernel path.
-                tracing::trace!(side = i, "direction back in the kernel");
-                let side = &mut self.sides[i];
-                side.tail = false;
-                side.drained = false;
-                return Ok(());
-            }
         }
         loop {
             if !self.sides[i].carry.is_empty() {
@@ -136,35 +121,11 @@ impl Splice<'_> {
                 Ok(n) => side.carry.truncate(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     side.carry.clear();
-                    return self.offer_resume(i);
+                    return Ok(());
                 }
                 Err(e) => return Err(reset_end(i, &e)),
             }
         }
-    }
-
-    /// Everything passed so far is written to the peer: let the verdict redirect again (it
-    /// checks that nothing was passed since, under the socket lock).
-    fn offer_resume(&mut self, i: usize) -> Step {
-        let side = &self.sides[i];
-        if !side.joined || side.resume_offered == side.copied {
-            return Ok(());
-        }
-        // Drained and written: nothing waits in the redirect queue, so the whole window is room.
-        let counted = self.kernel.registry.side(side.cookie).map_err(internal)?;
-        let bounds = self.bounds(counted.bytes, 0, self.sides[i].copied);
-        self.kernel
-            .registry
-            .set_limit(self.sides[i].cookie, bounds)
-            .map_err(internal)?;
-        self.sides[i].resume_offered = self.sides[i].copied;
-        tracing::trace!(
-            side = i,
-            copied = self.sides[i].copied,
-            passed = counted.passed,
-            "resume offered"
-        );
-        Ok(())
     }
 }
 

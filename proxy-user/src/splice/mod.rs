@@ -18,10 +18,11 @@
 //!   peer's send queue) and, while the peer keeps up, moves both forward. If the peer falls
 //!   behind, the verdict reaches the limit and from then on passes that direction's bytes to the
 //!   receiving socket's own queue - charged to its receive buffer, so TCP's window closes on the
-//!   sender - and the task carries that direction in userspace, after the redirect queue has
-//!   drained, until it has caught up; then it lets the verdict redirect again
-//!   (`SpliceLimit::resume`). No map entry changes while bytes flow: detaching a verdict from a
-//!   socket that is receiving can lose a buffer in the kernel.
+//!   sender - and the task carries the rest of that direction in userspace, after the redirect
+//!   queue has drained. No map entry changes while bytes flow: detaching a verdict from a socket
+//!   that is receiving can lose a buffer in the kernel. (Handing a direction back to the kernel
+//!   once userspace has caught up was tried; it reordered bytes in stress runs - see
+//!   docs/architecture.md - and is left out.)
 //! - **Resets** on either side reset the other; all map entries go before the fds are closed.
 mod flow;
 
@@ -82,17 +83,14 @@ struct Side {
     fin_forwarded: bool,
     /// The backlog was high at the last mark: look again on the next tick.
     mark_recheck: bool,
-    /// This direction is carried in userspace for now: the verdict passes its bytes (flow
+    /// This direction is carried in userspace from now on: the verdict passes its bytes (flow
     /// control), or the socket could not join `SPLICE_SOCKS` (it was no longer established).
-    /// The copy starts once the redirect queue has drained, so nothing is reordered; once it
-    /// has caught up, the verdict is told it may redirect again (`SpliceLimit::resume`).
+    /// The copy starts once the redirect queue has drained, so nothing is reordered.
     tail: bool,
     /// In `SPLICE_SOCKS`. A socket that could not join stays in userspace for good.
     joined: bool,
-    /// While carried: the redirect queue was seen empty (copying may start).
+    /// While carried: the redirect queue was seen empty, so copying may go on.
     drained: bool,
-    /// The `copied` value last offered to the verdict as `resume`.
-    resume_offered: u64,
     /// Bytes of this side copied to the peer in userspace (the tail).
     copied: u64,
     /// Times flow control handed this direction to userspace (0 or 1).
@@ -173,7 +171,6 @@ pub async fn splice(
         first_limit: SpliceLimit {
             mark: settings.window / 2,
             limit: settings.window,
-            resume: u64::MAX,
         },
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -267,7 +264,6 @@ fn new_side(stream: StdStream, sndbuf: u32) -> io::Result<Side> {
         tail: false,
         joined: true,
         drained: false,
-        resume_offered: u64::MAX,
         copied: 0,
         pauses: 0,
         carry: Vec::new(),
