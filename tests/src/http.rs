@@ -84,15 +84,22 @@ impl HttpUpstream {
         self.served.load(Ordering::Relaxed)
     }
 
-    /// Waits (at most 2 s) until `n` requests are answered, and returns the count then. The
-    /// server counts a request after its response is written, so a client can hold the last
-    /// response a moment before the server's count moves.
-    pub async fn served_reaches(&self, n: u64) -> u64 {
+    /// Checks that the server met no error and answered exactly `n` requests. It counts a
+    /// request after writing the response, so a client can hold the last response a moment
+    /// before the count moves: this waits (at most 2 s) for it.
+    pub async fn expect_served(&self, n: u64) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
         while self.served() < n && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        self.served()
+        let errors = self.errors();
+        ensure!(errors.is_empty(), "upstream errors: {errors:?}");
+        let served = self.served();
+        ensure!(
+            served == n,
+            "upstream served {served} requests, expected {n}"
+        );
+        Ok(())
     }
 
     /// Errors the server met (malformed requests, stalls), for the test to report.

@@ -100,13 +100,7 @@ fn http_new_connections_send_first(dp: Dataplane) -> anyhow::Result<()> {
             started.elapsed(),
             totals.slowest_us.load(Ordering::Relaxed)
         );
-        ensure!(
-            upstream.errors().is_empty(),
-            "upstream errors: {:?}",
-            upstream.errors()
-        );
-        let served = upstream.served_reaches(NEW_CONNECTIONS).await;
-        ensure!(served == NEW_CONNECTIONS, "served {served}");
+        upstream.expect_served(NEW_CONNECTIONS).await?;
 
         let (up, down) = (
             totals.up.load(Ordering::Relaxed),
@@ -192,13 +186,7 @@ fn http_keepalive_10k(dp: Dataplane) -> anyhow::Result<()> {
             started.elapsed(),
             totals.slowest_us.load(Ordering::Relaxed)
         );
-        ensure!(
-            upstream.errors().is_empty(),
-            "upstream errors: {:?}",
-            upstream.errors()
-        );
-        let served = upstream.served_reaches(KEEPALIVE_REQUESTS).await;
-        ensure!(served == KEEPALIVE_REQUESTS, "served {served}");
+        upstream.expect_served(KEEPALIVE_REQUESTS).await?;
         let (up, down) = (
             totals.up.load(Ordering::Relaxed),
             totals.down.load(Ordering::Relaxed),
