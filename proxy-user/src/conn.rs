@@ -77,7 +77,8 @@ pub struct Outcome {
     pub copied_up: u64,
     /// Of `bytes_down`, those copied through userspace.
     pub copied_down: u64,
-    /// Flow-control pauses on the kernel path.
+    /// Directions of a kernel-path connection handed to userspace (flow control, or a client
+    /// that closed before its socket could join the map): 0, 1 or 2.
     pub pauses: u32,
 }
 

@@ -24,7 +24,7 @@ pub struct ConnLog {
     /// Of the bytes, those copied through userspace (a kernel-path connection's tail).
     pub userspace_up: u64,
     pub userspace_down: u64,
-    /// Flow-control pauses of a kernel-path connection.
+    /// Directions of a kernel-path connection handed to userspace.
     pub pauses: u64,
 }
 

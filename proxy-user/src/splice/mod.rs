@@ -93,7 +93,8 @@ struct Side {
     drained: bool,
     /// Bytes of this side copied to the peer in userspace (the tail).
     copied: u64,
-    /// Times flow control handed this direction to userspace (0 or 1).
+    /// 1 once this direction was handed to userspace (flow control, or a socket that could not
+    /// join the map), else 0.
     pauses: u32,
     /// Tail bytes read but not yet written to the peer.
     carry: Vec<u8>,
@@ -206,6 +207,7 @@ pub async fn splice(
         tracing::debug!(error = %e, "client socket cannot join the kernel path; copying its side");
         splice.sides[0].tail = true;
         splice.sides[0].joined = false;
+        splice.sides[0].pauses = 1;
     }
     let span = tracing::trace_span!(
         "splice",
