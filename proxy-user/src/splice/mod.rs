@@ -371,7 +371,7 @@ impl Splice<'_> {
     fn has_pending(&self) -> bool {
         self.sides.iter().any(|s| {
             s.mark_recheck
-                || s.tail && !s.eof
+                || s.tail && !s.fin_forwarded
                 || s.stray_rechecks > 0
                 || (s.eof && !s.fin_forwarded)
         })
