@@ -26,6 +26,8 @@ use crate::{
 pub struct Server {
     /// The server as configured (`host:port`): the `server` label.
     pub name: String,
+    /// The host part as configured (a hostname, or an IP literal): the default TLS SNI.
+    pub host: String,
     pub addr: SocketAddr,
     /// Connections currently carried to it (for leastconn).
     active: AtomicUsize,
@@ -107,6 +109,7 @@ impl Pool {
             servers.extend(addrs.into_iter().map(|addr| {
                 Arc::new(Server {
                     name: name.clone(),
+                    host: server.host.to_string(),
                     addr,
                     active: AtomicUsize::new(0),
                 })
@@ -145,6 +148,22 @@ impl Pool {
 
     /// Dials a server, moving to the next one on failure.
     pub async fn connect(&self, metrics: &Metrics) -> Result<(TcpStream, Lease), ConnectError> {
+        self.connect_with(metrics, |stream, _server| std::future::ready(Ok(stream)))
+            .await
+    }
+
+    /// Dials a server and runs `establish` on the new TCP connection (a TLS handshake, say)
+    /// before it counts as connected. A failed `establish` counts as a failed connect to that
+    /// server - its message is the reason - and the next server is tried, within `retries`.
+    pub async fn connect_with<T, F, Fut>(
+        &self,
+        metrics: &Metrics,
+        establish: F,
+    ) -> Result<(T, Lease), ConnectError>
+    where
+        F: Fn(TcpStream, Arc<Server>) -> Fut,
+        Fut: Future<Output = Result<T, String>>,
+    {
         let n = self.servers.len();
         let first = self.first();
         let attempts = self.retries.saturating_add(1);
@@ -159,8 +178,13 @@ impl Pool {
                 server.name.as_str(),
                 &server.addr.to_string(),
             ];
+            let result = match result {
+                Ok(Ok(stream)) => establish(stream, Arc::clone(server)).await.map_err(Some),
+                Ok(Err(e)) => Err(Some(format!("{}: {e}", server.addr))),
+                Err(_) => Err(None),
+            };
             match result {
-                Ok(Ok(stream)) => {
+                Ok(stream) => {
                     metrics
                         .backend_connect_seconds
                         .with_label_values(&[self.name.as_str()])
@@ -169,8 +193,8 @@ impl Pool {
                     server.active.fetch_add(1, Ordering::Relaxed);
                     return Ok((stream, Lease(Arc::clone(server))));
                 }
-                Ok(Err(e)) => last = format!("{}: {e}", server.addr),
-                Err(_) => {
+                Err(Some(reason)) => last = reason,
+                Err(None) => {
                     last = format!(
                         "{}: connect timeout after {:?}",
                         server.addr, self.connect_timeout
