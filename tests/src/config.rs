@@ -56,6 +56,19 @@ pub struct DaemonConfig {
     pub frontend_max_connections: u32,
     pub kernel_window: Option<u64>,
     pub kernel_sndbuf: Option<u64>,
+    /// The frontend's `mode`.
+    pub mode: &'static str,
+    /// TOML lines appended to `[global]`, to the frontend and to the backend table (keys a
+    /// scenario needs that the fields above do not cover).
+    pub global_extra: String,
+    pub frontend_extra: String,
+    pub backend_extra: String,
+    /// Server entries as written in `servers = [...]` (hostnames, weights); when non-empty
+    /// they replace `servers`.
+    pub server_entries: Vec<String>,
+    /// The whole file, when a scenario needs a layout the fields cannot express (several
+    /// frontends, no backend). `listen` and `admin` must still be what it uses.
+    pub toml_override: Option<String>,
 }
 
 impl DaemonConfig {
@@ -73,10 +86,19 @@ impl DaemonConfig {
             frontend_max_connections: 4_096,
             kernel_window: None,
             kernel_sndbuf: None,
+            mode: "tcp",
+            global_extra: String::new(),
+            frontend_extra: String::new(),
+            backend_extra: String::new(),
+            server_entries: Vec::new(),
+            toml_override: None,
         }
     }
 
     pub fn to_toml(&self) -> String {
+        if let Some(text) = &self.toml_override {
+            return text.clone();
+        }
         let mut global = format!(
             "[global]\nmax_connections = {}\ndataplane = \"{}\"\nadmin = \"{}\"\n\
              drain_timeout = \"{}\"\nlog_format = \"json\"\n",
@@ -91,17 +113,25 @@ impl DaemonConfig {
         if let Some(b) = self.kernel_sndbuf {
             global += &format!("kernel_sndbuf = {b}\n");
         }
-        let servers: Vec<String> = self.servers.iter().map(|s| format!("\"{s}\"")).collect();
+        global += &self.global_extra;
+        let servers: Vec<String> = if self.server_entries.is_empty() {
+            self.servers.iter().map(|s| format!("\"{s}\"")).collect()
+        } else {
+            self.server_entries.clone()
+        };
         format!(
-            "{global}\n[[frontend]]\nname = \"{FRONTEND}\"\nlisten = \"{}\"\nmode = \"tcp\"\n\
-             backend = \"{BACKEND}\"\nmax_connections = {}\n\n[[backend]]\nname = \"{BACKEND}\"\n\
-             servers = [{}]\nbalance = \"{}\"\nconnect_timeout = \"{}\"\nretries = {}\n",
+            "{global}\n[[frontend]]\nname = \"{FRONTEND}\"\nlisten = \"{}\"\nmode = \"{}\"\n\
+             backend = \"{BACKEND}\"\nmax_connections = {}\n{}\n[[backend]]\nname = \"{BACKEND}\"\n\
+             servers = [{}]\nbalance = \"{}\"\nconnect_timeout = \"{}\"\nretries = {}\n{}",
             self.listen,
+            self.mode,
             self.frontend_max_connections,
+            self.frontend_extra,
             servers.join(", "),
             self.balance,
             humantime(self.connect_timeout),
             self.retries,
+            self.backend_extra,
         )
     }
 }
