@@ -14,10 +14,11 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     admin::{self, AdminState},
-    config::{Config, Dataplane, FrontendMode},
+    config::{Config, Dataplane, DnsTtl, FrontendMode},
+    dns::{Dns, DnsError},
     kernel::{Kernel, KernelError},
     metrics::Metrics,
-    pool::{Pool, PoolError},
+    pool::Pool,
     proxy::{self, Frontend, Shared},
 };
 
@@ -34,7 +35,7 @@ pub enum StartError {
     #[error("dataplane = \"kernel\" but the kernel path cannot be used")]
     Kernel(#[source] KernelError),
     #[error(transparent)]
-    Pool(#[from] PoolError),
+    Dns(#[from] DnsError),
     #[error("cannot listen on {addr} (frontend {frontend:?})")]
     Bind {
         frontend: String,
@@ -107,13 +108,37 @@ pub async fn run(
     }
     tracing::info!(dataplane = path, "data path selected");
 
-    let mut pools = HashMap::new();
-    for backend in &config.backends {
-        let pool = Arc::new(Pool::resolve(backend).await?);
-        for server in pool.servers() {
-            tracing::info!(backend = %backend.name, server = %server.name, address = %server.addr, "server");
+    // hickory's own cache must not outlive the shortest bounds any backend asks for.
+    let bounds = config.backends.iter().fold(DnsTtl::default(), |acc, b| DnsTtl {
+        min_ttl: acc.min_ttl.min(b.dns.min_ttl),
+        max_ttl: acc.max_ttl.min(b.dns.max_ttl),
+    });
+    let dns = Arc::new(Dns::new(
+        &config.global.nameservers,
+        bounds,
+        Arc::clone(&metrics),
+    )?);
+    // Stops DNS refreshes and health checks when the daemon stops.
+    let stop_background = CancellationToken::new();
+    let pools: HashMap<String, Arc<Pool>> = config
+        .backends
+        .iter()
+        .map(|b| (b.name.clone(), Pool::new(b, Arc::clone(&metrics))))
+        .collect();
+    let mut starting = tokio::task::JoinSet::new();
+    for pool in pools.values() {
+        let (pool, dns, stop) = (Arc::clone(pool), Arc::clone(&dns), stop_background.clone());
+        starting.spawn(async move { pool.start(dns, stop).await });
+    }
+    starting.join_all().await;
+    for pool in pools.values() {
+        let servers = pool.servers();
+        if servers.is_empty() {
+            tracing::warn!(backend = %pool.name, "no server address known yet; clients are refused until DNS answers");
         }
-        pools.insert(backend.name.clone(), pool);
+        for server in servers {
+            tracing::info!(backend = %pool.name, server = %server.name, address = %server.addr, weight = server.weight, "server");
+        }
     }
 
     let shared = Arc::new(Shared {
@@ -124,6 +149,7 @@ pub async fn run(
         tracker: TaskTracker::new(),
         kernel_window: config.global.kernel_window,
         kernel_sndbuf: config.global.kernel_sndbuf,
+        dns: Arc::clone(&dns),
     });
 
     let mut listeners = Vec::new();
@@ -156,12 +182,16 @@ pub async fn run(
             let mirror = KernelMirror::default();
             let refresh_metrics = Arc::clone(&metrics);
             let refresh_kernel = kernel.clone();
+            let refresh_pools: Vec<Arc<Pool>> = pools.values().cloned().collect();
             let state = Arc::new(AdminState {
                 metrics: Arc::clone(&metrics),
                 ready: Arc::clone(&ready),
                 refresh: Box::new(move || {
                     if let Some(kernel) = &refresh_kernel {
                         mirror.refresh(kernel, &refresh_metrics, &names);
+                    }
+                    for pool in &refresh_pools {
+                        pool.refresh_gauges();
                     }
                 }),
             });
@@ -207,6 +237,7 @@ pub async fn run(
         shared.abort.cancel();
         let _ = tokio::time::timeout(ABORT_GRACE, shared.tracker.wait()).await;
     }
+    stop_background.cancel();
     stop_admin.cancel();
     if let Some(task) = admin_task {
         let _ = task.await;

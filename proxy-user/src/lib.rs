@@ -9,6 +9,8 @@ pub mod admin;
 pub mod config;
 pub mod conn;
 pub mod daemon;
+pub mod dns;
+pub mod health;
 pub mod kernel;
 pub mod metrics;
 pub mod net;

@@ -67,6 +67,9 @@ pub struct Metrics {
     pub connection_duration_seconds: HistogramVec,
     /// `agent_proxy_connections_ended_total{frontend,path,end}` (extension): how connections ended.
     pub connections_ended_total: IntCounterVec,
+    /// `agent_proxy_dns_stale{host}` (extension): 1 while the last resolution of a host failed
+    /// and its last good answer is in use.
+    pub dns_stale: IntGaugeVec,
 }
 
 impl Metrics {
@@ -156,7 +159,8 @@ impl Metrics {
             dns_resolutions_total: counter(
                 r,
                 "agent_proxy_dns_resolutions_total",
-                "DNS resolutions of backend server hostnames, by host and result",
+                "DNS resolutions of server and destination hostnames, by host and result \
+                 (ok, empty, error)",
                 &["host", "result"],
             ),
             connect_requests_total: counter(
@@ -171,6 +175,12 @@ impl Metrics {
                 "Seconds from accept to close of finished client connections, by frontend",
                 &["frontend"],
                 DURATION_SECONDS_BUCKETS,
+            ),
+            dns_stale: gauge(
+                r,
+                "agent_proxy_dns_stale",
+                "1 while the last DNS resolution of a host failed and its last good answer is used",
+                &["host"],
             ),
             connections_ended_total: counter(
                 r,
@@ -284,6 +294,7 @@ mod tests {
         m.connections_ended_total
             .with_label_values(&["fe", "kernel", "client_close"])
             .inc();
+        m.dns_stale.with_label_values(&["a"]).set(1);
     }
 
     const FAMILIES: &[(&str, &str)] = &[
@@ -303,6 +314,7 @@ mod tests {
         ("agent_proxy_connect_requests_total", "counter"),
         ("agent_proxy_connection_duration_seconds", "histogram"),
         ("agent_proxy_connections_ended_total", "counter"),
+        ("agent_proxy_dns_stale", "gauge"),
     ];
 
     #[test]

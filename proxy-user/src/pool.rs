@@ -1,23 +1,38 @@
-//! Upstream pools: the servers of a backend, the choice among them, and dialing with retries.
+//! Upstream pools: the servers of a backend, their health, the choice among them, and dialing
+//! with retries.
 //!
-//! Server hostnames are resolved once, when the pool is built; every address they resolve to
-//! becomes a server. (Re-resolution that follows DNS TTLs is its own piece of work.) A failed
-//! connect is retried on the next server, up to `retries` more attempts, each bounded by
-//! `connect_timeout`.
+//! - **Addresses follow DNS.** Every configured server is a *group*: an IP literal is one
+//!   address; a hostname stands for every A and AAAA address it resolves to, re-resolved when the
+//!   answer's TTL (clamped to the backend's `dns` bounds) has passed ([`Pool::start`]). When DNS
+//!   fails or answers nothing, the last good addresses stay. Established connections hold their
+//!   [`Lease`] and are never touched by a change of addresses.
+//! - **Health.** Active checks ([`crate::health`]) bring an address down after `fall` failed
+//!   checks and up after `rise` good ones. Passive health: `passive.fall` consecutive failed
+//!   connects take an address out for `passive.backoff`, after which it gets a trial connection.
+//!   An address is *up* when both agree.
+//! - **Balance.** `roundrobin` walks a smooth weighted round-robin wheel; `leastconn` takes the
+//!   lowest connections-to-weight ratio (ties in wheel order, so idle servers share by weight);
+//!   `random` is the power of two choices: two weighted random picks, the less loaded wins.
+//! - **Retries.** A failed connect (or establish step, e.g. a TLS handshake) is retried on a
+//!   server not tried yet while one is up (redispatch), up to `retries` more attempts, each
+//!   bounded by `connect_timeout`. No server up refuses at once ([`ConnectError::NoServer`]).
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use rand::Rng as _;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{Backend, Balance, Host},
+    config::{Backend, Balance, DnsTtl, HealthCheck, Host, Passive, ServerSpec},
+    dns::Dns,
+    health,
     metrics::Metrics,
 };
 
@@ -29,8 +44,52 @@ pub struct Server {
     /// The host part as configured (a hostname, or an IP literal): the default TLS SNI.
     pub host: String,
     pub addr: SocketAddr,
+    /// Share of new connections relative to the other addresses of the pool.
+    pub weight: u32,
     /// Connections currently carried to it (for leastconn).
     active: AtomicUsize,
+    health: Mutex<Health>,
+}
+
+/// What is known of an address's health.
+#[derive(Debug, Default)]
+struct Health {
+    /// Taken down by active checks.
+    check_down: bool,
+    /// Consecutive active-check results of the kind that would change `check_down`.
+    check_streak: u32,
+    /// Consecutive failed connects.
+    connect_failures: u32,
+    /// Out of rotation until then (passive health).
+    out_until: Option<Instant>,
+}
+
+impl Server {
+    fn new(spec: &ServerSpec, name: &str, ip: IpAddr) -> Self {
+        Server {
+            name: name.to_owned(),
+            host: spec.addr.host.to_string(),
+            addr: SocketAddr::new(ip, spec.addr.port),
+            weight: spec.weight,
+            active: AtomicUsize::new(0),
+            health: Mutex::new(Health::default()),
+        }
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether it may take a new connection at `now`.
+    pub fn is_up(&self, now: Instant) -> bool {
+        let health = self.health();
+        !health.check_down && health.out_until.is_none_or(|until| now >= until)
+    }
+
+    /// Connections currently carried to it.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
 }
 
 /// Counts a connection against its server while alive.
@@ -49,104 +108,358 @@ impl Drop for Lease {
     }
 }
 
+/// One configured server and its current addresses.
+#[derive(Debug)]
+struct Group {
+    spec: ServerSpec,
+    /// `host:port` as configured.
+    name: String,
+    servers: Mutex<Vec<Arc<Server>>>,
+    /// The last resolution failed and the addresses are the last good answer.
+    stale: AtomicBool,
+}
+
+/// The addresses new connections choose from, rebuilt when DNS changes them.
+#[derive(Debug, Default)]
+struct View {
+    servers: Vec<Arc<Server>>,
+    /// Indexes into `servers`, each appearing `weight` times, smoothly interleaved.
+    wheel: Vec<u32>,
+}
+
 #[derive(Debug)]
 pub struct Pool {
     pub name: String,
-    servers: Vec<Arc<Server>>,
     balance: Balance,
     connect_timeout: Duration,
     retries: u32,
+    passive: Passive,
+    health_check: Option<HealthCheck>,
+    dns_ttl: DnsTtl,
+    groups: Vec<Group>,
+    view: RwLock<Arc<View>>,
     next: AtomicUsize,
+    metrics: Arc<Metrics>,
 }
 
+/// Why no connection was made.
 #[derive(Debug, thiserror::Error)]
-pub enum PoolError {
-    #[error("backend {backend:?}: server {server}: cannot resolve")]
-    Resolve {
+pub enum ConnectError {
+    /// Every address is down (or none is known): the client is refused at once.
+    #[error("backend {backend:?} has no server up")]
+    NoServer { backend: String },
+    /// Every attempt failed; `last` says how the last one did.
+    #[error(
+        "no server of backend {backend:?} accepted the connection after {attempts} attempts (last: {last})"
+    )]
+    Failed {
         backend: String,
-        server: String,
-        #[source]
-        source: std::io::Error,
+        attempts: u32,
+        last: String,
     },
-    #[error("backend {backend:?}: server {server} resolved to no address")]
-    NoAddress { backend: String, server: String },
-}
-
-/// Every attempt failed; `last` says how the last one did.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "no server of backend {backend:?} accepted the connection after {attempts} attempts (last: {last})"
-)]
-pub struct ConnectError {
-    pub backend: String,
-    pub attempts: u32,
-    pub last: String,
 }
 
 impl Pool {
-    /// Resolves every server of the backend.
-    pub async fn resolve(backend: &Backend) -> Result<Self, PoolError> {
-        let mut servers = Vec::new();
-        for server in &backend.servers {
-            let name = server.to_string();
-            let addrs: Vec<SocketAddr> = match &server.host {
-                Host::Ip(ip) => vec![SocketAddr::new(*ip, server.port)],
-                Host::Name(host) => tokio::net::lookup_host((host.as_str(), server.port))
-                    .await
-                    .map_err(|source| PoolError::Resolve {
-                        backend: backend.name.clone(),
-                        server: name.clone(),
-                        source,
-                    })?
-                    .collect(),
-            };
-            if addrs.is_empty() {
-                return Err(PoolError::NoAddress {
-                    backend: backend.name.clone(),
-                    server: name,
-                });
-            }
-            servers.extend(addrs.into_iter().map(|addr| {
-                Arc::new(Server {
-                    name: name.clone(),
-                    host: server.host.to_string(),
-                    addr,
-                    active: AtomicUsize::new(0),
-                })
-            }));
-        }
-        Ok(Self {
+    /// A pool with the backend's IP-literal servers; hostnames get their addresses from
+    /// [`Pool::start`].
+    pub fn new(backend: &Backend, metrics: Arc<Metrics>) -> Arc<Self> {
+        let groups = backend
+            .servers
+            .iter()
+            .map(|spec| {
+                let name = spec.to_string();
+                let servers = match spec.addr.host {
+                    Host::Ip(ip) => vec![Arc::new(Server::new(spec, &name, ip))],
+                    Host::Name(_) => Vec::new(),
+                };
+                Group {
+                    spec: spec.clone(),
+                    name,
+                    servers: Mutex::new(servers),
+                    stale: AtomicBool::new(false),
+                }
+            })
+            .collect();
+        let pool = Arc::new(Pool {
             name: backend.name.clone(),
-            servers,
             balance: backend.balance,
             connect_timeout: backend.connect_timeout,
             retries: backend.retries,
+            passive: backend.passive,
+            health_check: backend.health_check.clone(),
+            dns_ttl: backend.dns,
+            groups,
+            view: RwLock::new(Arc::new(View::default())),
             next: AtomicUsize::new(0),
-        })
+            metrics,
+        });
+        pool.rebuild_view();
+        pool.refresh_gauges();
+        pool
     }
 
-    pub fn servers(&self) -> &[Arc<Server>] {
-        &self.servers
+    /// Resolves the hostnames once (so that a pool is ready when the daemon says so), then keeps
+    /// them resolved and the addresses checked in background tasks until `stop`.
+    pub async fn start(self: &Arc<Self>, dns: Arc<Dns>, stop: CancellationToken) {
+        let mut first = tokio::task::JoinSet::new();
+        for index in 0..self.groups.len() {
+            let Host::Name(host) = &self.groups[index].spec.addr.host else {
+                continue;
+            };
+            let (pool, dns, host) = (Arc::clone(self), Arc::clone(&dns), host.clone());
+            first.spawn(async move {
+                let next = pool.resolve_group(index, &host, &dns).await;
+                (index, host, next)
+            });
+        }
+        while let Some(done) = first.join_next().await {
+            let Ok((index, host, next)) = done else {
+                continue;
+            };
+            let (pool, dns, stop) = (Arc::clone(self), Arc::clone(&dns), stop.clone());
+            tokio::spawn(async move {
+                let mut wait = next;
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = stop.cancelled() => return,
+                    }
+                    wait = pool.resolve_group(index, &host, &dns).await;
+                }
+            });
+        }
+        if let Some(check) = self.health_check.clone() {
+            tokio::spawn(health::run(Arc::clone(self), check, stop));
+        }
     }
 
-    /// Index of the first server to try.
-    fn first(&self) -> usize {
-        let n = self.servers.len();
-        match self.balance {
-            Balance::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % n,
-            Balance::Random => rand::rng().random_range(0..n),
-            Balance::LeastConn => {
-                // Ties go round robin so that equal servers share the load.
-                let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-                (0..n)
-                    .map(|k| (start + k) % n)
-                    .min_by_key(|&i| self.servers[i].active.load(Ordering::Relaxed))
-                    .unwrap_or(start)
+    /// Resolves one hostname group and applies the answer; returns when to resolve it again.
+    async fn resolve_group(&self, index: usize, host: &str, dns: &Dns) -> Duration {
+        let group = &self.groups[index];
+        match dns.lookup(host).await {
+            Ok(answer) => {
+                if group.stale.swap(false, Ordering::Relaxed) {
+                    tracing::info!(backend = %self.name, server = %group.name, "DNS answers again");
+                }
+                self.metrics.dns_stale.with_label_values(&[host]).set(0);
+                self.set_addresses(index, &answer.ips);
+                self.dns_ttl.clamp(answer.ttl)
+            }
+            Err(e) => {
+                let known = group
+                    .servers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .len();
+                if !group.stale.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(backend = %self.name, server = %group.name, error = %e,
+                        addresses = known, "DNS resolution failed; keeping the last good answer");
+                }
+                self.metrics.dns_stale.with_label_values(&[host]).set(1);
+                self.dns_ttl.min_ttl
             }
         }
     }
 
-    /// Dials a server, moving to the next one on failure.
+    /// Replaces the addresses of a group, keeping the state of those that remain.
+    fn set_addresses(&self, index: usize, ips: &[IpAddr]) {
+        let group = &self.groups[index];
+        let mut servers = group.servers.lock().unwrap_or_else(|e| e.into_inner());
+        let port = group.spec.addr.port;
+        let unchanged = servers.len() == ips.len()
+            && ips
+                .iter()
+                .all(|ip| servers.iter().any(|s| s.addr == SocketAddr::new(*ip, port)));
+        if unchanged {
+            return;
+        }
+        let next: Vec<Arc<Server>> = ips
+            .iter()
+            .map(|&ip| {
+                let addr = SocketAddr::new(ip, port);
+                servers
+                    .iter()
+                    .find(|s| s.addr == addr)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Server::new(&group.spec, &group.name, ip)))
+            })
+            .collect();
+        for gone in servers.iter().filter(|s| !next.iter().any(|n| n.addr == s.addr)) {
+            let _ = self.metrics.server_up.remove_label_values(&[
+                self.name.as_str(),
+                gone.name.as_str(),
+                &gone.addr.to_string(),
+            ]);
+        }
+        let addresses: Vec<String> = next.iter().map(|s| s.addr.to_string()).collect();
+        tracing::info!(backend = %self.name, server = %group.name,
+            addresses = %addresses.join(","), "server addresses");
+        *servers = next;
+        drop(servers);
+        self.rebuild_view();
+        self.refresh_gauges();
+    }
+
+    fn rebuild_view(&self) {
+        let servers: Vec<Arc<Server>> = self
+            .groups
+            .iter()
+            .flat_map(|g| g.servers.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect();
+        let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
+        let wheel = smooth_wheel(&weights);
+        *self.view.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(View { servers, wheel });
+    }
+
+    fn view(&self) -> Arc<View> {
+        Arc::clone(&self.view.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The current addresses.
+    pub fn servers(&self) -> Vec<Arc<Server>> {
+        self.view().servers.clone()
+    }
+
+    /// Sets `agent_proxy_server_up` of every address from its state now (a passive back-off
+    /// ends without an event, so this runs before each scrape too).
+    pub fn refresh_gauges(&self) {
+        let now = Instant::now();
+        for server in &self.view().servers {
+            self.set_gauge(server, server.is_up(now));
+        }
+    }
+
+    fn set_gauge(&self, server: &Server, up: bool) {
+        self.metrics
+            .server_up
+            .with_label_values(&[
+                self.name.as_str(),
+                server.name.as_str(),
+                &server.addr.to_string(),
+            ])
+            .set(i64::from(up));
+    }
+
+    /// Records an active check's result; logs and updates the gauge when the state flips.
+    pub(crate) fn check_result(&self, server: &Server, check: &HealthCheck, result: Result<(), String>) {
+        let flipped = {
+            let mut health = server.health();
+            let towards_change = result.is_ok() == health.check_down;
+            if towards_change {
+                health.check_streak += 1;
+            } else {
+                health.check_streak = 0;
+            }
+            let needed = if health.check_down { check.rise } else { check.fall };
+            if health.check_streak >= needed {
+                health.check_down = !health.check_down;
+                health.check_streak = 0;
+                if !health.check_down {
+                    // A server that passes its checks again gets a fresh start.
+                    health.connect_failures = 0;
+                    health.out_until = None;
+                }
+                true
+            } else {
+                false
+            }
+        };
+        if flipped {
+            self.log_transition(server, result.as_ref().err().map(String::as_str), "health check");
+        }
+    }
+
+    fn connected(&self, server: &Server) {
+        let was_out = {
+            let mut health = server.health();
+            health.connect_failures = 0;
+            health.out_until.take().is_some()
+        };
+        if was_out {
+            self.log_transition(server, None, "connect");
+        }
+    }
+
+    fn connect_failed(&self, server: &Server, reason: &str) {
+        if self.passive.fall == 0 {
+            return;
+        }
+        let taken_out = {
+            let mut health = server.health();
+            health.connect_failures = health.connect_failures.saturating_add(1);
+            if health.connect_failures >= self.passive.fall {
+                let was_in = health.out_until.is_none_or(|until| Instant::now() >= until);
+                health.out_until = Some(Instant::now() + self.passive.backoff);
+                was_in && !health.check_down
+            } else {
+                false
+            }
+        };
+        if taken_out {
+            self.log_transition(server, Some(reason), "connect");
+        }
+    }
+
+    fn log_transition(&self, server: &Server, reason: Option<&str>, by: &str) {
+        let up = server.is_up(Instant::now());
+        self.set_gauge(server, up);
+        if up {
+            tracing::info!(backend = %self.name, server = %server.name, address = %server.addr,
+                by, "server up");
+        } else {
+            tracing::warn!(backend = %self.name, server = %server.name, address = %server.addr,
+                by, reason = reason.unwrap_or("-"), "server down");
+        }
+    }
+
+    /// The next address for a new connection: up, and not in `tried` while an untried one is
+    /// up.
+    fn pick(&self, view: &View, tried: &[Arc<Server>]) -> Option<Arc<Server>> {
+        let now = Instant::now();
+        let up: Vec<bool> = view.servers.iter().map(|s| s.is_up(now)).collect();
+        let fresh = |i: usize| up[i] && !tried.iter().any(|t| Arc::ptr_eq(t, &view.servers[i]));
+        let any_fresh = (0..view.servers.len()).any(fresh);
+        let eligible = |i: usize| if any_fresh { fresh(i) } else { up[i] };
+        if view.wheel.is_empty() || !(0..view.servers.len()).any(eligible) {
+            return None;
+        }
+        let len = view.wheel.len();
+        let slot = |k: usize| view.wheel[k % len] as usize;
+        let chosen = match self.balance {
+            Balance::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..len).map(|k| slot(start + k)).find(|&i| eligible(i))
+            }
+            Balance::LeastConn => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..len)
+                    .map(|k| slot(start + k))
+                    .filter(|&i| eligible(i))
+                    .reduce(|best, i| {
+                        if lighter(&view.servers[i], &view.servers[best]) {
+                            i
+                        } else {
+                            best
+                        }
+                    })
+            }
+            Balance::Random => {
+                // Weighted picks: a random slot of the wheel, moved to the next eligible one.
+                let mut rng = rand::rng();
+                let mut sample = || {
+                    let start = rng.random_range(0..len);
+                    (0..len).map(|k| slot(start + k)).find(|&i| eligible(i))
+                };
+                match (sample(), sample()) {
+                    (Some(a), Some(b)) if lighter(&view.servers[b], &view.servers[a]) => Some(b),
+                    (a, _) => a,
+                }
+            }
+        };
+        chosen.map(|i| Arc::clone(&view.servers[i]))
+    }
+
+    /// Dials a server, moving to another one on failure.
     pub async fn connect(&self, metrics: &Metrics) -> Result<(TcpStream, Lease), ConnectError> {
         self.connect_with(metrics, |stream, _server| std::future::ready(Ok(stream)))
             .await
@@ -154,7 +467,7 @@ impl Pool {
 
     /// Dials a server and runs `establish` on the new TCP connection (a TLS handshake, say)
     /// before it counts as connected. A failed `establish` counts as a failed connect to that
-    /// server - its message is the reason - and the next server is tried, within `retries`.
+    /// server - its message is the reason - and another server is tried, within `retries`.
     pub async fn connect_with<T, F, Fut>(
         &self,
         metrics: &Metrics,
@@ -164,24 +477,29 @@ impl Pool {
         F: Fn(TcpStream, Arc<Server>) -> Fut,
         Fut: Future<Output = Result<T, String>>,
     {
-        let n = self.servers.len();
-        let first = self.first();
         let attempts = self.retries.saturating_add(1);
-        let mut last = String::from("no server");
+        let mut tried: Vec<Arc<Server>> = Vec::new();
+        let mut last = String::new();
         for attempt in 0..attempts {
-            let server = &self.servers[(first + attempt as usize) % n];
+            let view = self.view();
+            let Some(server) = self.pick(&view, &tried) else {
+                if attempt == 0 {
+                    return Err(ConnectError::NoServer {
+                        backend: self.name.clone(),
+                    });
+                }
+                break;
+            };
             let started = Instant::now();
             let result =
                 tokio::time::timeout(self.connect_timeout, TcpStream::connect(server.addr)).await;
-            let labels = [
-                self.name.as_str(),
-                server.name.as_str(),
-                &server.addr.to_string(),
-            ];
             let result = match result {
-                Ok(Ok(stream)) => establish(stream, Arc::clone(server)).await.map_err(Some),
-                Ok(Err(e)) => Err(Some(format!("{}: {e}", server.addr))),
-                Err(_) => Err(None),
+                Ok(Ok(stream)) => establish(stream, Arc::clone(&server)).await,
+                Ok(Err(e)) => Err(format!("{}: {e}", server.addr)),
+                Err(_) => Err(format!(
+                    "{}: connect timeout after {:?}",
+                    server.addr, self.connect_timeout
+                )),
             };
             match result {
                 Ok(stream) => {
@@ -189,29 +507,54 @@ impl Pool {
                         .backend_connect_seconds
                         .with_label_values(&[self.name.as_str()])
                         .observe(started.elapsed().as_secs_f64());
-                    metrics.server_up.with_label_values(&labels).set(1);
+                    self.connected(&server);
                     server.active.fetch_add(1, Ordering::Relaxed);
-                    return Ok((stream, Lease(Arc::clone(server))));
+                    return Ok((stream, Lease(server)));
                 }
-                Err(Some(reason)) => last = reason,
-                Err(None) => {
-                    last = format!(
-                        "{}: connect timeout after {:?}",
-                        server.addr, self.connect_timeout
-                    )
+                Err(reason) => {
+                    metrics
+                        .backend_connect_errors_total
+                        .with_label_values(&[self.name.as_str(), server.name.as_str()])
+                        .inc();
+                    self.connect_failed(&server, &reason);
+                    last = reason;
+                    tried.push(server);
                 }
             }
-            // Passive health: the gauge reflects the last connect to this address.
-            metrics.server_up.with_label_values(&labels).set(0);
-            metrics
-                .backend_connect_errors_total
-                .with_label_values(&[self.name.as_str(), server.name.as_str()])
-                .inc();
         }
-        Err(ConnectError {
+        Err(ConnectError::Failed {
             backend: self.name.clone(),
-            attempts,
+            attempts: tried.len() as u32,
             last,
         })
     }
 }
+
+/// Whether `a` carries less per unit of weight than `b`.
+fn lighter(a: &Server, b: &Server) -> bool {
+    (a.active() as u64) * u64::from(b.weight) < (b.active() as u64) * u64::from(a.weight)
+}
+
+/// Smooth weighted round robin (as nginx): every index appears `weight` times, spread out, so
+/// that a run of new connections never piles onto the heaviest server.
+fn smooth_wheel(weights: &[u32]) -> Vec<u32> {
+    let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut wheel = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        for (c, &w) in current.iter_mut().zip(weights) {
+            *c += i64::from(w);
+        }
+        let (best, _) = current
+            .iter()
+            .enumerate()
+            .max_by_key(|&(i, &c)| (c, std::cmp::Reverse(i)))
+            .expect("weights is not empty when total > 0");
+        current[best] -= total;
+        wheel.push(best as u32);
+    }
+    wheel
+}
+
+#[cfg(test)]
+mod tests;

@@ -13,7 +13,7 @@ use crate::{
     kernel::Kernel,
     metrics::Metrics,
     net,
-    pool::Pool,
+    pool::{ConnectError, Pool},
     relay::{self, RelayCounters},
     splice::{self, SpliceSettings},
 };
@@ -31,6 +31,8 @@ pub struct Shared {
     pub tracker: TaskTracker,
     pub kernel_window: u64,
     pub kernel_sndbuf: u32,
+    /// The resolver and its cache of destinations (CONNECT, transparent).
+    pub dns: Arc<crate::dns::Dns>,
 }
 
 /// A frontend ready to serve.
@@ -135,6 +137,12 @@ async fn handle(client: TcpStream, peer: SocketAddr, frontend: &Frontend, shared
     current.inc();
     let (upstream, lease) = match frontend.backend.connect(&shared.metrics).await {
         Ok(pair) => pair,
+        Err(ConnectError::NoServer { .. }) => {
+            // Nothing to try: refuse at once rather than leave the client waiting.
+            current.dec();
+            reject(frontend, shared, client, peer, "no_server");
+            return;
+        }
         Err(e) => {
             let outcome = Outcome::nothing(End::ConnectFailed, e.to_string());
             finish(frontend, shared, peer, "-", Path::None, &outcome, started);

@@ -13,7 +13,7 @@ use toml::Spanned;
 
 use super::raw::{Int, List, RawBackend, RawConfig, RawFrontend, RawGlobal};
 use super::{
-    Backend, Balance, Config, Dataplane, Frontend, FrontendMode, Global, LogFormat, value,
+    pool, Backend, Balance, Config, Dataplane, Frontend, FrontendMode, Global, LogFormat, value,
 };
 
 /// Connection limits above this are refused: no fd limit allows that many sockets, and the
@@ -27,9 +27,9 @@ pub(super) struct SpanError {
     pub message: String,
 }
 
-type Result<T> = std::result::Result<T, SpanError>;
+pub(super) type Result<T> = std::result::Result<T, SpanError>;
 
-fn error_at(span: Range<usize>, message: impl Into<String>) -> SpanError {
+pub(super) fn error_at(span: Range<usize>, message: impl Into<String>) -> SpanError {
     SpanError {
         offset: span.start,
         message: message.into(),
@@ -37,7 +37,7 @@ fn error_at(span: Range<usize>, message: impl Into<String>) -> SpanError {
 }
 
 /// Runs `parse` on a spanned value, positioning its error at the value.
-fn parse_at<V, T>(
+pub(super) fn parse_at<V, T>(
     spanned: &Spanned<V>,
     parse: impl FnOnce(&V) -> std::result::Result<T, String>,
 ) -> Result<T> {
@@ -45,7 +45,7 @@ fn parse_at<V, T>(
 }
 
 /// An integer key checked against `min..=max` and converted to the type the field stores.
-fn int<T: TryFrom<i64>>(key: &str, spanned: &Spanned<Int>, min: i64, max: i64) -> Result<T> {
+pub(super) fn int<T: TryFrom<i64>>(key: &str, spanned: &Spanned<Int>, min: i64, max: i64) -> Result<T> {
     parse_at(spanned, |&Int(value)| {
         if value < min {
             return Err(format!("invalid {key} {value}: expected at least {min}"));
@@ -288,7 +288,7 @@ fn backend(spanned: Spanned<RawBackend>, earlier: &[Backend]) -> Result<Backend>
             .get_ref()
             .0
             .iter()
-            .map(|entry| parse_at(entry, |text| value::server(text)))
+            .map(pool::server)
             .collect::<Result<_>>()?,
         None => return Err(error_at(header, no_servers)),
     };
@@ -322,8 +322,9 @@ fn backend(spanned: Spanned<RawBackend>, earlier: &[Backend]) -> Result<Backend>
     };
 
     unsupported("tls", raw.tls.as_ref())?;
-    unsupported("health_check", raw.health_check.as_ref())?;
-    unsupported("dns", raw.dns.as_ref())?;
+    let health_check = raw.health_check.as_ref().map(pool::health_check).transpose()?;
+    let passive = raw.passive.as_ref().map(pool::passive).transpose()?.unwrap_or_default();
+    let dns = raw.dns.as_ref().map(pool::dns).transpose()?.unwrap_or_default();
 
     Ok(Backend {
         name,
@@ -331,5 +332,8 @@ fn backend(spanned: Spanned<RawBackend>, earlier: &[Backend]) -> Result<Backend>
         balance,
         connect_timeout,
         retries,
+        health_check,
+        passive,
+        dns,
     })
 }

@@ -18,6 +18,7 @@
 
 mod convert;
 mod error;
+mod pool;
 mod raw;
 mod value;
 
@@ -165,13 +166,19 @@ pub struct Backend {
     /// Unique among backends; same charset as frontend names.
     pub name: String,
     /// The servers to balance over; never empty.
-    pub servers: Vec<ServerAddr>,
+    pub servers: Vec<ServerSpec>,
     /// How a server is picked for a new connection.
     pub balance: Balance,
     /// How long one connect attempt may take before the next server is tried.
     pub connect_timeout: Duration,
     /// Further connect attempts (on other servers where possible) after the first one fails.
     pub retries: u32,
+    /// Active health checks; `None` leaves the decision to passive health alone.
+    pub health_check: Option<HealthCheck>,
+    /// What consecutive connect failures do to a server.
+    pub passive: Passive,
+    /// Bounds on the DNS TTLs of the servers' hostnames.
+    pub dns: DnsTtl,
 }
 
 impl Backend {
@@ -179,6 +186,102 @@ impl Backend {
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     /// The default of [`Backend::retries`].
     pub const DEFAULT_RETRIES: u32 = 3;
+}
+
+/// A configured server and its share of the load.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServerSpec {
+    /// Where it is; a hostname stands for every address it resolves to.
+    pub addr: ServerAddr,
+    /// Relative share of new connections, 1..=[`ServerSpec::MAX_WEIGHT`]; every address of a
+    /// hostname gets this weight.
+    pub weight: u32,
+}
+
+impl ServerSpec {
+    /// The default weight.
+    pub const DEFAULT_WEIGHT: u32 = 1;
+    /// The largest weight (as HAProxy's).
+    pub const MAX_WEIGHT: u32 = 256;
+}
+
+impl fmt::Display for ServerSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+/// Active health checks of every address of a backend (`health_check = { ... }`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Time between two checks of one address.
+    pub interval: Duration,
+    /// How long one check may take.
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down server up.
+    pub rise: u32,
+    /// Consecutive failures that take an up server down.
+    pub fall: u32,
+    /// An HTTP GET instead of a bare connect.
+    pub http: Option<HttpCheck>,
+}
+
+impl HealthCheck {
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const DEFAULT_RISE: u32 = 2;
+    pub const DEFAULT_FALL: u32 = 3;
+}
+
+/// `http_path` / `expect_status` of a health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCheck {
+    /// The request target, starting with `/`.
+    pub path: String,
+    /// The status that means healthy; `None` accepts any 2xx or 3xx.
+    pub expect_status: Option<u16>,
+}
+
+/// Passive health (`passive = { fall, backoff }`): after `fall` consecutive failed connects a
+/// server takes no new connections for `backoff`, then gets one trial connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Passive {
+    /// 0 turns passive health off.
+    pub fall: u32,
+    pub backoff: Duration,
+}
+
+impl Default for Passive {
+    fn default() -> Self {
+        Passive {
+            fall: 3,
+            backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Bounds applied to DNS TTLs (`dns = { min_ttl, max_ttl }`): a hostname is re-resolved when
+/// its answer's TTL, clamped to these, has passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DnsTtl {
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+}
+
+impl Default for DnsTtl {
+    fn default() -> Self {
+        DnsTtl {
+            min_ttl: Duration::from_secs(5),
+            max_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+impl DnsTtl {
+    /// `ttl` within the bounds.
+    pub fn clamp(&self, ttl: Duration) -> Duration {
+        ttl.clamp(self.min_ttl, self.max_ttl)
+    }
 }
 
 /// A server of a backend: an IP address or a hostname (re-resolved at run time), and a port.

@@ -58,14 +58,82 @@ pub(super) struct RawFrontend {
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub(super) struct RawBackend {
     pub name: Spanned<String>,
-    pub servers: Option<Spanned<List<Spanned<String>>>>,
+    pub servers: Option<Spanned<List<Spanned<RawServer>>>>,
     pub balance: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub retries: Option<Spanned<Int>>,
     // Reserved by the file format, not implemented yet (see `RawFrontend`).
     pub tls: Option<Spanned<toml::Value>>,
-    pub health_check: Option<Spanned<toml::Value>>,
-    pub dns: Option<Spanned<toml::Value>>,
+    pub health_check: Option<Spanned<RawHealthCheck>>,
+    pub passive: Option<Spanned<RawPassive>>,
+    pub dns: Option<Spanned<RawDns>>,
+}
+
+/// A server entry: `"host:port"`, or `{ address = "host:port", weight = 3 }`.
+#[derive(Debug)]
+pub(super) enum RawServer {
+    Plain(String),
+    Table(RawServerTable),
+}
+
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawServerTable {
+    pub address: Spanned<String>,
+    pub weight: Option<Spanned<Int>>,
+}
+
+impl<'de> Deserialize<'de> for RawServer {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ServerVisitor;
+
+        impl<'de> Visitor<'de> for ServerVisitor {
+            type Value = RawServer;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"HOST:PORT\" or { address = \"HOST:PORT\", weight = N }")
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<RawServer, E> {
+                Ok(RawServer::Plain(value.to_owned()))
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<RawServer, A::Error> {
+                RawServerTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawServer::Table)
+            }
+        }
+
+        deserializer.deserialize_any(ServerVisitor)
+    }
+}
+
+/// `health_check = { interval, timeout, rise, fall, http_path, expect_status }`.
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawHealthCheck {
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub rise: Option<Spanned<Int>>,
+    pub fall: Option<Spanned<Int>>,
+    pub http_path: Option<Spanned<String>>,
+    pub expect_status: Option<Spanned<Int>>,
+}
+
+/// `passive = { fall, backoff }`.
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawPassive {
+    pub fall: Option<Spanned<Int>>,
+    pub backoff: Option<Spanned<String>>,
+}
+
+/// `dns = { min_ttl, max_ttl }`.
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawDns {
+    pub min_ttl: Option<Spanned<String>>,
+    pub max_ttl: Option<Spanned<String>>,
 }
 
 /// A TOML integer. Its own type only so a type error reads "expected an integer" instead of

@@ -18,7 +18,7 @@ fn net(text: &str) -> ipnet::IpNet {
 }
 
 /// The example of the interface contract, without the keys that are not supported yet
-/// (frontend `tls`, backend `tls`, `health_check`, `dns`).
+/// (frontend `tls`, backend `tls`).
 const CONTRACT_EXAMPLE: &str = r#"
 [global]
 max_connections = 10000          # over it: new connections are refused and counted
@@ -46,6 +46,8 @@ servers = ["metrics.agent.datadoghq.com:443"]   # host:port; hostnames are re-re
 balance = "roundrobin"           # roundrobin | leastconn | random
 connect_timeout = "5s"
 retries = 3                      # then try another server
+health_check = { interval = "5s", timeout = "2s", rise = 2, fall = 3 }
+dns = { min_ttl = "5s", max_ttl = "300s" }
 "#;
 
 #[test]
@@ -68,13 +70,25 @@ fn contract_example_parses_to_the_documented_values() {
         config.backends,
         vec![Backend {
             name: "datadog-metrics".into(),
-            servers: vec![ServerAddr {
-                host: Host::Name("metrics.agent.datadoghq.com".into()),
-                port: 443,
+            servers: vec![ServerSpec {
+                addr: ServerAddr {
+                    host: Host::Name("metrics.agent.datadoghq.com".into()),
+                    port: 443,
+                },
+                weight: 1,
             }],
             balance: Balance::RoundRobin,
             connect_timeout: Duration::from_secs(5),
             retries: 3,
+            health_check: Some(HealthCheck {
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(2),
+                rise: 2,
+                fall: 3,
+                http: None,
+            }),
+            passive: Passive::default(),
+            dns: DnsTtl::default(),
         }]
     );
     assert_eq!(config.backend("datadog-metrics"), Some(&config.backends[0]));
@@ -222,7 +236,7 @@ servers = ["[2001:db8::1]:443", "[::ffff:10.0.0.1]:80", "10.0.0.2:80"]
         ["[2001:db8::1]:443", "[::ffff:10.0.0.1]:80", "10.0.0.2:80"]
     );
     assert_eq!(
-        config.backends[0].servers[0].host,
+        config.backends[0].servers[0].addr.host,
         Host::Ip("2001:db8::1".parse().unwrap())
     );
 }
@@ -240,10 +254,10 @@ name = "b"
 servers = ["intake.example.com.:443", "localhost:8081"]
 "#);
     let servers = &config.backends[0].servers;
-    assert_eq!(servers[0].host, Host::Name("intake.example.com.".into()));
-    assert_eq!(servers[0].port, 443);
+    assert_eq!(servers[0].addr.host, Host::Name("intake.example.com.".into()));
+    assert_eq!(servers[0].addr.port, 443);
     assert_eq!(servers[0].to_string(), "intake.example.com.:443");
-    assert_eq!(servers[1].host, Host::Name("localhost".into()));
+    assert_eq!(servers[1].addr.host, Host::Name("localhost".into()));
 }
 
 #[test]
@@ -285,4 +299,89 @@ fn unreadable_file_names_the_path() {
             .starts_with("/nonexistent/agent-proxy.toml: cannot read: "),
         "{err}"
     );
+}
+
+#[test]
+fn pool_keys_parse() {
+    let config = ok(r#"
+[[frontend]]
+name = "a"
+listen = "127.0.0.1:1"
+backend = "b"
+
+[[backend]]
+name = "b"
+servers = ["10.0.0.1:443", { address = "intake.example.com:443", weight = 3 }]
+balance = "random"
+health_check = { interval = "1s", timeout = "500ms", rise = 1, fall = 2, http_path = "/health", expect_status = 204 }
+passive = { fall = 0, backoff = "1m" }
+dns = { min_ttl = "1s", max_ttl = "60s" }
+"#);
+    let backend = &config.backends[0];
+    let weights: Vec<(String, u32)> = backend
+        .servers
+        .iter()
+        .map(|s| (s.to_string(), s.weight))
+        .collect();
+    assert_eq!(
+        weights,
+        [("10.0.0.1:443".into(), 1), ("intake.example.com:443".into(), 3)]
+    );
+    assert_eq!(
+        backend.health_check,
+        Some(HealthCheck {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            rise: 1,
+            fall: 2,
+            http: Some(HttpCheck {
+                path: "/health".into(),
+                expect_status: Some(204),
+            }),
+        })
+    );
+    assert_eq!(
+        backend.passive,
+        Passive {
+            fall: 0,
+            backoff: Duration::from_secs(60)
+        }
+    );
+    assert_eq!(
+        backend.dns,
+        DnsTtl {
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(60)
+        }
+    );
+    assert_eq!(backend.dns.clamp(Duration::ZERO), Duration::from_secs(1));
+    assert_eq!(backend.dns.clamp(Duration::from_secs(3600)), Duration::from_secs(60));
+}
+
+#[test]
+fn pool_keys_default() {
+    let config = ok(r#"
+[[frontend]]
+name = "a"
+listen = "127.0.0.1:1"
+backend = "b"
+
+[[backend]]
+name = "b"
+servers = ["10.0.0.1:443"]
+health_check = {}
+"#);
+    let backend = &config.backends[0];
+    assert_eq!(
+        backend.health_check,
+        Some(HealthCheck {
+            interval: HealthCheck::DEFAULT_INTERVAL,
+            timeout: HealthCheck::DEFAULT_TIMEOUT,
+            rise: HealthCheck::DEFAULT_RISE,
+            fall: HealthCheck::DEFAULT_FALL,
+            http: None,
+        })
+    );
+    assert_eq!(backend.passive, Passive::default());
+    assert_eq!(backend.dns, DnsTtl::default());
 }

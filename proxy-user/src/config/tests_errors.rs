@@ -55,7 +55,7 @@ fn unknown_keys_point_at_the_key() {
     assert_eq!(
         err("[[backend]]\nname = \"b\"\nserver = []\n"),
         "t.toml:3:1: unknown field `server`, expected one of `name`, `servers`, `balance`, \
-         `connect_timeout`, `retries`, `tls`, `health_check`, `dns`"
+         `connect_timeout`, `retries`, `tls`, `health_check`, `passive`, `dns`"
     );
 }
 
@@ -333,12 +333,64 @@ fn bad_values_in_backends() {
             "t.toml:8:7: `tls` is not supported yet",
         ),
         (
-            "servers = [\"h:1\"]\nhealth_check = { interval = \"5s\" }",
-            "t.toml:8:16: `health_check` is not supported yet",
+            "servers = [{ address = \"h:1\", weight = 0 }]",
+            "t.toml:7:40: invalid weight 0: expected at least 1",
         ),
         (
-            "servers = [\"h:1\"]\ndns = { min_ttl = \"5s\" }",
-            "t.toml:8:7: `dns` is not supported yet",
+            "servers = [{ address = \"h:1\", weight = 257 }]",
+            "t.toml:7:40: invalid weight 257: expected at most 256",
+        ),
+        (
+            "servers = [{ address = \"h\" }]",
+            "t.toml:7:24: invalid server address \"h\": expected HOST:PORT (IPv6 as [ADDR]:PORT)",
+        ),
+        (
+            "servers = [{ addr = \"h:1\" }]",
+            "t.toml:7:14: unknown field `addr`, expected `address` or `weight`",
+        ),
+        (
+            "servers = [42]",
+            "t.toml:7:12: invalid type: integer `42`, expected \"HOST:PORT\" or { address = \"HOST:PORT\", weight = N }",
+        ),
+        (
+            "servers = [\"h:1\"]\nhealth_check = { interval = \"0s\" }",
+            "t.toml:8:29: invalid interval \"0s\": expected more than zero",
+        ),
+        (
+            "servers = [\"h:1\"]\nhealth_check = { interval = \"1s\", timeout = \"2s\" }",
+            "t.toml:8:45: health_check timeout (2s) must not exceed its interval (1s)",
+        ),
+        (
+            "servers = [\"h:1\"]\nhealth_check = { rise = 0 }",
+            "t.toml:8:25: invalid rise 0: expected at least 1",
+        ),
+        (
+            "servers = [\"h:1\"]\nhealth_check = { expect_status = 200 }",
+            "t.toml:8:34: expect_status needs http_path",
+        ),
+        (
+            "servers = [\"h:1\"]\nhealth_check = { http_path = \"health\" }",
+            "t.toml:8:30: invalid http_path \"health\": expected a path starting with '/', without spaces",
+        ),
+        (
+            "servers = [\"h:1\"]\nhealth_check = { http_path = \"/\", expect_status = 99 }",
+            "t.toml:8:51: invalid expect_status 99: expected at least 100",
+        ),
+        (
+            "servers = [\"h:1\"]\nhealth_check = { intervall = \"5s\" }",
+            "t.toml:8:18: unknown field `intervall`, expected one of `interval`, `timeout`, `rise`, `fall`, `http_path`, `expect_status`",
+        ),
+        (
+            "servers = [\"h:1\"]\npassive = { backoff = \"soon\" }",
+            "t.toml:8:23: invalid backoff \"soon\": expected a duration such as \"5s\" or \"500ms\"",
+        ),
+        (
+            "servers = [\"h:1\"]\ndns = { min_ttl = \"500ms\" }",
+            "t.toml:8:19: invalid min_ttl \"500ms\": expected at least 1s",
+        ),
+        (
+            "servers = [\"h:1\"]\ndns = { min_ttl = \"10m\", max_ttl = \"1m\" }",
+            "t.toml:8:38: dns min_ttl (10m) must not exceed max_ttl (1m)",
         ),
     ];
     for (body, expected) in cases {

@@ -1,0 +1,109 @@
+//! Active health checks: every `interval`, each address of a pool is probed - a TCP connect, or
+//! an HTTP GET whose status must match - within `timeout`, all addresses in parallel. The pool
+//! turns results into up/down with `rise`/`fall` ([`Pool::check_result`]).
+use std::{sync::Arc, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{HealthCheck, HttpCheck},
+    pool::{Pool, Server},
+};
+
+/// The most of a check's HTTP answer that is read looking for the status line and headers.
+const MAX_RESPONSE_HEAD: usize = 8192;
+
+/// Checks the pool's addresses until `stop`.
+pub async fn run(pool: Arc<Pool>, check: HealthCheck, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(check.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let mut probes = JoinSet::new();
+        for server in pool.servers() {
+            let http = check.http.clone();
+            let timeout = check.timeout;
+            probes.spawn(async move {
+                let result = probe(&server, http.as_ref(), timeout).await;
+                (server, result)
+            });
+        }
+        while let Some(done) = tokio::select! {
+            done = probes.join_next() => done,
+            () = stop.cancelled() => return,
+        } {
+            if let Ok((server, result)) = done {
+                pool.check_result(&server, &check, result);
+            }
+        }
+    }
+}
+
+/// One check of one address.
+pub async fn probe(server: &Server, http: Option<&HttpCheck>, timeout: Duration) -> Result<(), String> {
+    let attempt = async {
+        let mut stream = TcpStream::connect(server.addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        match http {
+            None => Ok(()),
+            Some(http) => http_get(&mut stream, &server.host, http).await,
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("timeout after {timeout:?}")),
+    }
+}
+
+/// Sends the check's GET and compares the answer's status.
+async fn http_get(stream: &mut TcpStream, host: &str, http: &HttpCheck) -> Result<(), String> {
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: agent-proxy-health-check\r\n\
+         Accept: */*\r\nConnection: close\r\n\r\n",
+        http.path
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let mut head = Vec::with_capacity(1024);
+    let status = loop {
+        let mut buf = [0u8; 2048];
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("receive: {e}"))?;
+        if n == 0 {
+            return Err("connection closed before a complete HTTP answer".into());
+        }
+        head.extend_from_slice(&buf[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut response = httparse::Response::new(&mut headers);
+        match response.parse(&head) {
+            Ok(httparse::Status::Complete(_)) => {
+                break response.code.ok_or("answer without a status")?;
+            }
+            Ok(httparse::Status::Partial) if head.len() < MAX_RESPONSE_HEAD => continue,
+            Ok(httparse::Status::Partial) => return Err("HTTP answer head too large".into()),
+            Err(e) => return Err(format!("not an HTTP answer: {e}")),
+        }
+    };
+    let good = match http.expect_status {
+        Some(expected) => status == expected,
+        None => (200..400).contains(&status),
+    };
+    if good {
+        Ok(())
+    } else {
+        Err(format!("HTTP status {status}"))
+    }
+}
