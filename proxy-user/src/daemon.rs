@@ -109,10 +109,13 @@ pub async fn run(
     tracing::info!(dataplane = path, "data path selected");
 
     // hickory's own cache must not outlive the shortest bounds any backend asks for.
-    let bounds = config.backends.iter().fold(DnsTtl::default(), |acc, b| DnsTtl {
-        min_ttl: acc.min_ttl.min(b.dns.min_ttl),
-        max_ttl: acc.max_ttl.min(b.dns.max_ttl),
-    });
+    let bounds = config
+        .backends
+        .iter()
+        .fold(DnsTtl::default(), |acc, b| DnsTtl {
+            min_ttl: acc.min_ttl.min(b.dns.min_ttl),
+            max_ttl: acc.max_ttl.min(b.dns.max_ttl),
+        });
     let dns = Arc::new(Dns::new(
         &config.global.nameservers,
         bounds,

@@ -20,9 +20,7 @@ use std::{
 
 use hickory_resolver::{
     TokioResolver,
-    config::{
-        ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts,
-    },
+    config::{ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts},
     net::runtime::TokioRuntimeProvider,
 };
 
@@ -88,7 +86,8 @@ impl Dns {
     ) -> Result<Self, DnsError> {
         let provider = TokioRuntimeProvider::default();
         let mut builder = if nameservers.is_empty() {
-            TokioResolver::builder(provider).map_err(|e| DnsError(format!("/etc/resolv.conf: {e}")))?
+            TokioResolver::builder(provider)
+                .map_err(|e| DnsError(format!("/etc/resolv.conf: {e}")))?
         } else {
             let servers = nameservers
                 .iter()
@@ -131,7 +130,9 @@ impl Dns {
                         ips.push(ip);
                     }
                 }
-                let ttl = lookup.valid_until().saturating_duration_since(Instant::now());
+                let ttl = lookup
+                    .valid_until()
+                    .saturating_duration_since(Instant::now());
                 if ips.is_empty() {
                     Err(LookupError::Empty)
                 } else {

@@ -48,7 +48,11 @@ pub async fn run(pool: Arc<Pool>, check: HealthCheck, stop: CancellationToken) {
 }
 
 /// One check of one address.
-pub async fn probe(server: &Server, http: Option<&HttpCheck>, timeout: Duration) -> Result<(), String> {
+pub async fn probe(
+    server: &Server,
+    http: Option<&HttpCheck>,
+    timeout: Duration,
+) -> Result<(), String> {
     let attempt = async {
         let mut stream = TcpStream::connect(server.addr)
             .await

@@ -284,7 +284,10 @@ impl Pool {
                     .unwrap_or_else(|| Arc::new(Server::new(&group.spec, &group.name, ip)))
             })
             .collect();
-        for gone in servers.iter().filter(|s| !next.iter().any(|n| n.addr == s.addr)) {
+        for gone in servers
+            .iter()
+            .filter(|s| !next.iter().any(|n| n.addr == s.addr))
+        {
             let _ = self.metrics.server_up.remove_label_values(&[
                 self.name.as_str(),
                 gone.name.as_str(),
@@ -341,7 +344,12 @@ impl Pool {
     }
 
     /// Records an active check's result; logs and updates the gauge when the state flips.
-    pub(crate) fn check_result(&self, server: &Server, check: &HealthCheck, result: Result<(), String>) {
+    pub(crate) fn check_result(
+        &self,
+        server: &Server,
+        check: &HealthCheck,
+        result: Result<(), String>,
+    ) {
         let flipped = {
             let mut health = server.health();
             let towards_change = result.is_ok() == health.check_down;
@@ -350,7 +358,11 @@ impl Pool {
             } else {
                 health.check_streak = 0;
             }
-            let needed = if health.check_down { check.rise } else { check.fall };
+            let needed = if health.check_down {
+                check.rise
+            } else {
+                check.fall
+            };
             if health.check_streak >= needed {
                 health.check_down = !health.check_down;
                 health.check_streak = 0;
@@ -365,7 +377,11 @@ impl Pool {
             }
         };
         if flipped {
-            self.log_transition(server, result.as_ref().err().map(String::as_str), "health check");
+            self.log_transition(
+                server,
+                result.as_ref().err().map(String::as_str),
+                "health check",
+            );
         }
     }
 

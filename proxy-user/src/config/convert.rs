@@ -13,7 +13,7 @@ use toml::Spanned;
 
 use super::raw::{Int, List, RawBackend, RawConfig, RawFrontend, RawGlobal};
 use super::{
-    pool, Backend, Balance, Config, Dataplane, Frontend, FrontendMode, Global, LogFormat, value,
+    Backend, Balance, Config, Dataplane, Frontend, FrontendMode, Global, LogFormat, pool, value,
 };
 
 /// Connection limits above this are refused: no fd limit allows that many sockets, and the
@@ -45,7 +45,12 @@ pub(super) fn parse_at<V, T>(
 }
 
 /// An integer key checked against `min..=max` and converted to the type the field stores.
-pub(super) fn int<T: TryFrom<i64>>(key: &str, spanned: &Spanned<Int>, min: i64, max: i64) -> Result<T> {
+pub(super) fn int<T: TryFrom<i64>>(
+    key: &str,
+    spanned: &Spanned<Int>,
+    min: i64,
+    max: i64,
+) -> Result<T> {
     parse_at(spanned, |&Int(value)| {
         if value < min {
             return Err(format!("invalid {key} {value}: expected at least {min}"));
@@ -322,9 +327,23 @@ fn backend(spanned: Spanned<RawBackend>, earlier: &[Backend]) -> Result<Backend>
     };
 
     unsupported("tls", raw.tls.as_ref())?;
-    let health_check = raw.health_check.as_ref().map(pool::health_check).transpose()?;
-    let passive = raw.passive.as_ref().map(pool::passive).transpose()?.unwrap_or_default();
-    let dns = raw.dns.as_ref().map(pool::dns).transpose()?.unwrap_or_default();
+    let health_check = raw
+        .health_check
+        .as_ref()
+        .map(pool::health_check)
+        .transpose()?;
+    let passive = raw
+        .passive
+        .as_ref()
+        .map(pool::passive)
+        .transpose()?
+        .unwrap_or_default();
+    let dns = raw
+        .dns
+        .as_ref()
+        .map(pool::dns)
+        .transpose()?
+        .unwrap_or_default();
 
     Ok(Backend {
         name,

@@ -19,12 +19,7 @@ pub(super) fn server(spanned: &Spanned<RawServer>) -> Result<ServerSpec> {
         RawServer::Table(table) => {
             let addr = parse_at(&table.address, |text| value::server(text))?;
             let weight = match &table.weight {
-                Some(weight) => int(
-                    "weight",
-                    weight,
-                    1,
-                    i64::from(ServerSpec::MAX_WEIGHT),
-                )?,
+                Some(weight) => int("weight", weight, 1, i64::from(ServerSpec::MAX_WEIGHT))?,
                 None => ServerSpec::DEFAULT_WEIGHT,
             };
             Ok(ServerSpec { addr, weight })
@@ -40,7 +35,11 @@ fn positive_duration(key: &str, spanned: &Spanned<String>) -> Result<Duration> {
     })
 }
 
-fn duration_or(key: &str, spanned: Option<&Spanned<String>>, default: Duration) -> Result<Duration> {
+fn duration_or(
+    key: &str,
+    spanned: Option<&Spanned<String>>,
+    default: Duration,
+) -> Result<Duration> {
     spanned.map_or(Ok(default), |spanned| positive_duration(key, spanned))
 }
 
@@ -51,7 +50,11 @@ pub(super) fn health_check(spanned: &Spanned<RawHealthCheck>) -> Result<HealthCh
         raw.interval.as_ref(),
         HealthCheck::DEFAULT_INTERVAL,
     )?;
-    let timeout = duration_or("timeout", raw.timeout.as_ref(), HealthCheck::DEFAULT_TIMEOUT)?;
+    let timeout = duration_or(
+        "timeout",
+        raw.timeout.as_ref(),
+        HealthCheck::DEFAULT_TIMEOUT,
+    )?;
     if timeout > interval {
         let at = raw.timeout.as_ref().map_or(spanned.span(), Spanned::span);
         return Err(error_at(
@@ -75,8 +78,7 @@ pub(super) fn health_check(spanned: &Spanned<RawHealthCheck>) -> Result<HealthCh
     let http = match (&raw.http_path, expect_status) {
         (Some(path), expect_status) => {
             let path = parse_at(path, |text| {
-                let valid = text.starts_with('/')
-                    && text.bytes().all(|b| b.is_ascii_graphic());
+                let valid = text.starts_with('/') && text.bytes().all(|b| b.is_ascii_graphic());
                 if valid {
                     Ok(text.clone())
                 } else {
@@ -91,7 +93,10 @@ pub(super) fn health_check(spanned: &Spanned<RawHealthCheck>) -> Result<HealthCh
             })
         }
         (None, Some(_)) => {
-            let at = raw.expect_status.as_ref().map_or(spanned.span(), Spanned::span);
+            let at = raw
+                .expect_status
+                .as_ref()
+                .map_or(spanned.span(), Spanned::span);
             return Err(error_at(at, "expect_status needs http_path"));
         }
         (None, None) => None,

@@ -254,7 +254,10 @@ name = "b"
 servers = ["intake.example.com.:443", "localhost:8081"]
 "#);
     let servers = &config.backends[0].servers;
-    assert_eq!(servers[0].addr.host, Host::Name("intake.example.com.".into()));
+    assert_eq!(
+        servers[0].addr.host,
+        Host::Name("intake.example.com.".into())
+    );
     assert_eq!(servers[0].addr.port, 443);
     assert_eq!(servers[0].to_string(), "intake.example.com.:443");
     assert_eq!(servers[1].addr.host, Host::Name("localhost".into()));
@@ -325,7 +328,10 @@ dns = { min_ttl = "1s", max_ttl = "60s" }
         .collect();
     assert_eq!(
         weights,
-        [("10.0.0.1:443".into(), 1), ("intake.example.com:443".into(), 3)]
+        [
+            ("10.0.0.1:443".into(), 1),
+            ("intake.example.com:443".into(), 3)
+        ]
     );
     assert_eq!(
         backend.health_check,
@@ -355,7 +361,10 @@ dns = { min_ttl = "1s", max_ttl = "60s" }
         }
     );
     assert_eq!(backend.dns.clamp(Duration::ZERO), Duration::from_secs(1));
-    assert_eq!(backend.dns.clamp(Duration::from_secs(3600)), Duration::from_secs(60));
+    assert_eq!(
+        backend.dns.clamp(Duration::from_secs(3600)),
+        Duration::from_secs(60)
+    );
 }
 
 #[test]

@@ -390,7 +390,7 @@ fn bad_values_in_backends() {
         ),
         (
             "servers = [\"h:1\"]\ndns = { min_ttl = \"10m\", max_ttl = \"1m\" }",
-            "t.toml:8:38: dns min_ttl (10m) must not exceed max_ttl (1m)",
+            "t.toml:8:36: dns min_ttl (10m) must not exceed max_ttl (1m)",
         ),
     ];
     for (body, expected) in cases {
