@@ -20,8 +20,10 @@ const CONNECT_ERRORS: &str = "agent_proxy_backend_connect_errors_total";
 const PROMPTLY: Duration = Duration::from_secs(3);
 
 /// The only server refuses: each client sees its connection closed within
-/// connect_timeout * retries + 2 s, connect errors are counted, and the log says
-/// end=connect_failed.
+/// connect_timeout * retries + 2 s and receives nothing, connect errors are counted. The first
+/// client's attempts take the server out (passive health, 3 failures), so its log says
+/// end=connect_failed and the later clients are refused at once: end=rejected, counted under
+/// reason="no_server".
 fn upstream_refuses(dp: Dataplane) -> anyhow::Result<()> {
     const ATTEMPTS: usize = 3;
     let netns = NetNs::new()?;
@@ -59,14 +61,24 @@ fn upstream_refuses(dp: Dataplane) -> anyhow::Result<()> {
             errors >= ATTEMPTS as u64,
             "{CONNECT_ERRORS}{{backend=\"{BACKEND}\"}} = {errors} after {ATTEMPTS} refused clients"
         );
+        let rejected = m.count(
+            "agent_proxy_frontend_rejected_total",
+            &[("reason", "no_server")],
+        );
+        ensure!(
+            rejected == ATTEMPTS as u64 - 1,
+            "{rejected} clients refused for no_server, expected {}",
+            ATTEMPTS - 1
+        );
         let logs = env
             .daemon
             .wait_conn_logs(ATTEMPTS, Duration::from_secs(5))?;
         ensure!(logs.len() == ATTEMPTS, "{} log lines: {logs:?}", logs.len());
-        for log in &logs {
+        for (i, log) in logs.iter().enumerate() {
+            let expected = if i == 0 { "connect_failed" } else { "rejected" };
             ensure!(
-                log.end == "connect_failed" && log.path == "none",
-                "log line says end={:?} path={:?}, expected connect_failed and none: {log:?}",
+                log.end == expected && log.path == "none",
+                "log line {i} says end={:?} path={:?}, expected {expected} and none: {log:?}",
                 log.end,
                 log.path
             );
