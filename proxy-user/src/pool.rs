@@ -56,8 +56,9 @@ pub struct Server {
 struct Health {
     /// Taken down by active checks.
     check_down: bool,
-    /// Consecutive active-check results of the kind that would change `check_down`.
-    check_streak: u32,
+    /// Consecutive good and failed active checks.
+    check_successes: u32,
+    check_failures: u32,
     /// Consecutive failed connects.
     connect_failures: u32,
     /// Out of rotation until then (passive health).
@@ -344,39 +345,36 @@ impl Pool {
     }
 
     /// Records an active check's result; logs and updates the gauge when the state flips.
+    /// `rise` good checks in a row bring a server back whatever took it out (checks or
+    /// passive health); `fall` failed checks in a row take it down.
     pub(crate) fn check_result(
         &self,
         server: &Server,
         check: &HealthCheck,
         result: Result<(), String>,
     ) {
-        let flipped = {
+        let now = Instant::now();
+        let was_up = server.is_up(now);
+        {
             let mut health = server.health();
-            let towards_change = result.is_ok() == health.check_down;
-            if towards_change {
-                health.check_streak += 1;
-            } else {
-                health.check_streak = 0;
-            }
-            let needed = if health.check_down {
-                check.rise
-            } else {
-                check.fall
-            };
-            if health.check_streak >= needed {
-                health.check_down = !health.check_down;
-                health.check_streak = 0;
-                if !health.check_down {
-                    // A server that passes its checks again gets a fresh start.
-                    health.connect_failures = 0;
+            if result.is_ok() {
+                health.check_failures = 0;
+                health.check_successes = health.check_successes.saturating_add(1);
+                let out = health.check_down || health.out_until.is_some();
+                if out && health.check_successes >= check.rise {
+                    health.check_down = false;
                     health.out_until = None;
+                    health.connect_failures = 0;
                 }
-                true
             } else {
-                false
+                health.check_successes = 0;
+                health.check_failures = health.check_failures.saturating_add(1);
+                if health.check_failures >= check.fall {
+                    health.check_down = true;
+                }
             }
-        };
-        if flipped {
+        }
+        if server.is_up(now) != was_up {
             self.log_transition(
                 server,
                 result.as_ref().err().map(String::as_str),

@@ -20,6 +20,7 @@ pub mod checks;
 pub mod clean;
 pub mod config;
 pub mod daemon;
+pub mod dnsmasq;
 pub mod env;
 pub mod heavy;
 pub mod http;

@@ -37,7 +37,13 @@ pub const BUILD_APT_PACKAGES: &[&str] = &[
 ///
 /// Benchmark peers (haproxy, iperf3, ...) belong in a separate list that only `bench` installs.
 pub const TEST_APT_PACKAGES: &[&str] = &[
-    "iproute2", "iptables", "bpftool", "curl", "python3", "procps",
+    "iproute2",
+    "iptables",
+    "bpftool",
+    "curl",
+    "python3",
+    "procps",
+    "dnsmasq-base",
 ];
 
 /// The toolchain aya-build runs (`rustup run EBPF_TOOLCHAIN ...`); `proxy-user/build.rs` must name
