@@ -404,6 +404,8 @@ impl Pool {
             if health.connect_failures >= self.passive.fall {
                 let was_in = health.out_until.is_none_or(|until| Instant::now() >= until);
                 health.out_until = Some(Instant::now() + self.passive.backoff);
+                // Checks passed before the failures do not count towards `rise`.
+                health.check_successes = 0;
                 was_in && !health.check_down
             } else {
                 false

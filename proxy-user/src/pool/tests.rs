@@ -182,6 +182,26 @@ fn active_checks_use_rise_and_fall() {
     assert!(!server.is_up(Instant::now()));
     pool.check_result(&server, &check, Ok(()));
     assert!(server.is_up(Instant::now()), "up after rise = 2 successes");
+
+    // Taken out by passive health: `rise` good checks after that bring it back, not the ones
+    // that came before.
+    for _ in 0..5 {
+        pool.check_result(&server, &check, Ok(()));
+    }
+    for _ in 0..Passive::default().fall {
+        pool.connect_failed(&server, "refused");
+    }
+    assert!(!server.is_up(Instant::now()));
+    pool.check_result(&server, &check, Ok(()));
+    assert!(
+        !server.is_up(Instant::now()),
+        "one good check is below rise"
+    );
+    pool.check_result(&server, &check, Ok(()));
+    assert!(
+        server.is_up(Instant::now()),
+        "rise good checks end the back-off"
+    );
 }
 
 #[tokio::test]
