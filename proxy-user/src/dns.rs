@@ -178,6 +178,7 @@ impl Dns {
         };
         match self.lookup(&key).await {
             Ok(answer) => {
+                self.metrics.dns_stale.with_label_values(&[&key]).set(0);
                 let addrs = with_port(&answer.ips, port);
                 self.store(key, answer.ips, self.ttl.clamp(answer.ttl));
                 Ok(addrs)
@@ -185,6 +186,7 @@ impl Dns {
             Err(e) => match stale {
                 Some(ips) => {
                     tracing::warn!(host, error = %e, "DNS refresh failed; using the last good answer");
+                    self.metrics.dns_stale.with_label_values(&[&key]).set(1);
                     // Keep serving it without asking again for a while.
                     self.store(key, ips.clone(), self.ttl.min_ttl);
                     Ok(with_port(&ips, port))
@@ -219,3 +221,6 @@ impl Dns {
 fn with_port(ips: &[IpAddr], port: u16) -> Vec<SocketAddr> {
     ips.iter().map(|&ip| SocketAddr::new(ip, port)).collect()
 }
+
+#[cfg(test)]
+mod tests;
