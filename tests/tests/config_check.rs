@@ -193,3 +193,46 @@ fn generated_configs_pass_check() {
         let _ = std::fs::remove_dir_all(path.parent().expect("temp dir"));
     }
 }
+
+/// Every ```toml block of the docs is a config a reader may copy: each must pass `check`
+/// (blocks that show a fragment start with `# fragment` and are skipped).
+#[test]
+fn docs_examples_pass_check() {
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&docs).expect("docs/") {
+        let path = entry.expect("docs entry").path();
+        if path.extension().is_none_or(|e| e != "md") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read doc");
+        let mut block: Option<String> = None;
+        for line in text.lines() {
+            match (&mut block, line.trim_start()) {
+                (None, l) if l.starts_with("```toml") => block = Some(String::new()),
+                (Some(body), l) if l.starts_with("```") => {
+                    let body = std::mem::take(body);
+                    block = None;
+                    if body.trim_start().starts_with("# fragment") {
+                        continue;
+                    }
+                    let (dir, out) = check(&body);
+                    assert!(
+                        out.status.success(),
+                        "a config in {} fails check: {}\n{body}",
+                        path.display(),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    let _ = std::fs::remove_dir_all(dir.parent().expect("temp dir"));
+                    checked += 1;
+                }
+                (Some(body), _) => {
+                    body.push_str(line);
+                    body.push('\n');
+                }
+                (None, _) => {}
+            }
+        }
+    }
+    assert!(checked >= 1, "no ```toml block found in docs/");
+}
