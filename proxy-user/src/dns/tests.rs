@@ -1,15 +1,19 @@
 //! The resolver against a nameserver played by the test: answers with chosen addresses and
 //! TTLs, SERVFAIL on demand, and counts the questions it gets.
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::{RData, Record, RecordType, rdata::A};
+use hickory_proto::rr::{
+    RData, Record, RecordType,
+    rdata::{A, AAAA},
+};
 use tokio::net::UdpSocket;
 
 use super::*;
 
-/// What the fake nameserver answers for A questions; AAAA always gets an empty NOERROR.
+/// What the fake nameserver answers for A questions; AAAA questions get `FakeNameserver::v6`
+/// (or an empty NOERROR).
 #[derive(Clone, Copy)]
 enum Script {
     Answer(Ipv4Addr, u32),
@@ -20,6 +24,7 @@ struct FakeNameserver {
     addr: SocketAddr,
     script: Arc<Mutex<Script>>,
     a_questions: Arc<AtomicU32>,
+    v6: Arc<Mutex<Option<Ipv6Addr>>>,
 }
 
 impl FakeNameserver {
@@ -28,7 +33,12 @@ impl FakeNameserver {
         let addr = socket.local_addr().unwrap();
         let script = Arc::new(Mutex::new(script));
         let a_questions = Arc::new(AtomicU32::new(0));
-        let (s, count) = (Arc::clone(&script), Arc::clone(&a_questions));
+        let v6 = Arc::new(Mutex::new(None));
+        let (s, count, aaaa) = (
+            Arc::clone(&script),
+            Arc::clone(&a_questions),
+            Arc::clone(&v6),
+        );
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             while let Ok((n, peer)) = socket.recv_from(&mut buf).await {
@@ -41,6 +51,13 @@ impl FakeNameserver {
                 reply.metadata.recursion_desired = query.metadata.recursion_desired;
                 for q in &query.queries {
                     reply.add_query(q.clone());
+                    if q.query_type() == RecordType::AAAA {
+                        if let Some(ip) = *aaaa.lock().unwrap() {
+                            let rdata = RData::AAAA(AAAA(ip));
+                            reply.add_answer(Record::from_rdata(q.name().clone(), 30, rdata));
+                        }
+                        continue;
+                    }
                     if q.query_type() != RecordType::A {
                         continue;
                     }
@@ -63,6 +80,7 @@ impl FakeNameserver {
             addr,
             script,
             a_questions,
+            v6,
         }
     }
 
@@ -166,4 +184,21 @@ async fn resolve_caches_for_the_ttl_then_asks_again_and_keeps_the_last_good_answ
         ["192.0.2.7:80".parse::<SocketAddr>().unwrap()]
     );
     assert_eq!(ns.questions(), before);
+}
+
+#[tokio::test]
+async fn a_and_aaaa_answers_are_all_addresses() {
+    let ns = FakeNameserver::start(Script::Answer(Ipv4Addr::new(10, 0, 0, 9), 30)).await;
+    *ns.v6.lock().unwrap() = Some("2001:db8::9".parse().unwrap());
+    let metrics = Arc::new(Metrics::new());
+    let answer = dns(&ns, &metrics).lookup("dual.example.").await.unwrap();
+    let mut ips = answer.ips.clone();
+    ips.sort();
+    assert_eq!(
+        ips,
+        [
+            "10.0.0.9".parse::<IpAddr>().unwrap(),
+            "2001:db8::9".parse().unwrap()
+        ]
+    );
 }
