@@ -264,9 +264,27 @@ pub fn stats(metrics: &Metrics) -> Value {
         .and_then(|m| label(m, "path"))
         .map(str::to_owned);
 
+    // backend -> its server addresses and whether each is up (health).
+    let mut backends = Map::new();
+    for m in &samples(&metrics.server_up) {
+        if let (Some(backend), Some(server), Some(address)) =
+            (label(m, "backend"), label(m, "server"), label(m, "address"))
+        {
+            let servers = backends.entry(backend).or_insert_with(|| json!([]));
+            if let Some(list) = servers.as_array_mut() {
+                list.push(json!({
+                    "server": server,
+                    "address": address,
+                    "up": m.get_gauge().get_value() > 0.0,
+                }));
+            }
+        }
+    }
+
     json!({
         "dataplane": dataplane,
         "frontends": frontends,
+        "backends": backends,
         "kernel_map_entries": maps,
     })
 }

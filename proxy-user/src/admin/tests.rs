@@ -227,6 +227,12 @@ async fn stats_summarizes_frontends_and_maps() {
     m.kernel_map_entries.with_label_values(&["sockmap"]).set(4);
     m.dataplane.with_label_values(&["kernel"]).set(1);
     m.dataplane.with_label_values(&["userspace"]).set(0);
+    m.server_up
+        .with_label_values(&["be", "intake.example:443", "10.0.0.1:443"])
+        .set(1);
+    m.server_up
+        .with_label_values(&["be", "intake.example:443", "10.0.0.2:443"])
+        .set(0);
 
     let answer = get(server.addr, "/stats").await;
     assert_eq!(answer.status, 200);
@@ -255,6 +261,12 @@ async fn stats_summarizes_frontends_and_maps() {
                     },
                 },
             },
+            "backends": {
+                "be": [
+                    { "server": "intake.example:443", "address": "10.0.0.1:443", "up": true },
+                    { "server": "intake.example:443", "address": "10.0.0.2:443", "up": false },
+                ],
+            },
             "kernel_map_entries": { "sockmap": 4 },
         })
     );
@@ -265,7 +277,7 @@ fn stats_of_fresh_metrics_is_empty() {
     let doc = stats(&Metrics::new());
     assert_eq!(
         doc,
-        json!({ "dataplane": null, "frontends": {}, "kernel_map_entries": {} })
+        json!({ "dataplane": null, "frontends": {}, "backends": {}, "kernel_map_entries": {} })
     );
 }
 
