@@ -84,7 +84,6 @@ impl Splice<'_> {
     /// Carries side `i`'s bytes to its peer, without blocking, once the redirect queue has
     /// drained (so the copied bytes come after the redirected ones), until end-of-stream.
     pub(super) fn copy_tail(&mut self, i: usize) -> Step {
-        const CHUNK: usize = 64 * 1024;
         let p = 1 - i;
         if self.sides[i].carry.is_empty() && !self.sides[i].drained {
             // Nothing is redirected any more in this direction, so once the redirect queue is
@@ -97,10 +96,10 @@ impl Splice<'_> {
         }
         loop {
             if !self.sides[i].carry.is_empty() {
-                match (&self.sides[p].stream).write(&self.sides[i].carry) {
+                match (&self.sides[p].stream).write(self.sides[i].carry.pending()) {
                     Ok(n) => {
                         let side = &mut self.sides[i];
-                        side.carry.drain(..n);
+                        side.carry.consume(n);
                         side.copied += n as u64;
                         self.copied_metric[i].inc_by(n as u64);
                         continue;
@@ -110,22 +109,60 @@ impl Splice<'_> {
                 }
             }
             let side = &mut self.sides[i];
-            side.carry.resize(CHUNK, 0);
-            match (&side.stream).read(&mut side.carry) {
+            match side.carry.fill_from(&side.stream) {
                 Ok(0) => {
-                    side.carry.clear();
                     side.eof = true;
                     self.first_eof.get_or_insert(i);
                     return self.forward_fin(i);
                 }
-                Ok(n) => side.carry.truncate(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    side.carry.clear();
-                    return Ok(());
-                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(reset_end(i, &e)),
             }
         }
+    }
+}
+
+/// The bytes of a carried direction between a read and the write that passes them on: one
+/// buffer, allocated when the direction is first carried (most connections never are), read
+/// into and written from in place - no zeroing, no shifting.
+#[derive(Default)]
+pub(super) struct Carry {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Carry {
+    /// Large enough that a bulk stream moves in few system calls.
+    const SIZE: usize = 256 * 1024;
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// One read into the empty buffer; `Ok(0)` is end-of-stream.
+    fn fill_from(&mut self, mut from: &std::net::TcpStream) -> io::Result<usize> {
+        debug_assert!(self.is_empty());
+        if self.buf.is_empty() {
+            self.buf = vec![0; Self::SIZE].into_boxed_slice();
+        }
+        let n = from.read(&mut self.buf)?;
+        self.start = 0;
+        self.end = n;
+        Ok(n)
     }
 }
 

@@ -97,7 +97,7 @@ struct Side {
     /// join the map), else 0.
     pauses: u32,
     /// Tail bytes read but not yet written to the peer.
-    carry: Vec<u8>,
+    carry: flow::Carry,
     /// Bytes seen in the socket's own queue while the kernel should be carrying it: look again on the next tick.
     stray_rechecks: u32,
 }
@@ -268,7 +268,7 @@ fn new_side(stream: StdStream, sndbuf: u32) -> io::Result<Side> {
         drained: false,
         copied: 0,
         pauses: 0,
-        carry: Vec::new(),
+        carry: flow::Carry::default(),
         stray_rechecks: 0,
     })
 }
