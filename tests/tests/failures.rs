@@ -36,7 +36,15 @@ fn upstream_refuses(dp: Dataplane) -> anyhow::Result<()> {
         let addr = env.daemon.config.listen;
         for attempt in 0..ATTEMPTS {
             let t0 = Instant::now();
-            let mut s = connect(addr).await?;
+            let mut s = match connect(addr).await {
+                Ok(s) => s,
+                // Refused at once (no server up): the reset can beat the end of connect().
+                Err(e) if attempt > 0 && is_reset(&e) => {
+                    eprintln!("refuses [{dp}]: attempt {attempt}: reset during connect");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             // An agent talks first; those bytes have nowhere to go.
             let _ = s.write_all(b"POST /intake HTTP/1.1\r\n").await;
             let (end, got) = drain_until_end(&mut s, bound).await.with_context(|| {
@@ -84,6 +92,13 @@ fn upstream_refuses(dp: Dataplane) -> anyhow::Result<()> {
             );
         }
         env.finish()
+    })
+}
+
+fn is_reset(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionReset)
     })
 }
 
