@@ -1,0 +1,141 @@
+//! The client side of the handshake (reading the head without taking more than the head) and
+//! the upstream side (resolving and dialing the destination).
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd as _;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, Interest};
+use tokio::net::TcpStream;
+
+use super::request::{self, MAX_HEAD, Request, RequestError, Target, TargetHost};
+
+/// How reading the head failed.
+#[derive(Debug)]
+pub enum HeadError {
+    /// A bad head: answered 400 or 431.
+    Request(RequestError),
+    /// Not complete within the request timeout: answered 408.
+    Timeout,
+    /// The client closed or failed before sending a whole head: nothing to answer.
+    Gone(String),
+}
+
+/// Reads one request head from `client` and consumes exactly its bytes: whatever the client
+/// sent behind it (a pipelined TLS ClientHello) stays in the socket's receive queue, in order,
+/// for the tunnel - the kernel path forwards bytes queued before the splice.
+///
+/// The head is read with `MSG_PEEK` until httparse reports it complete. A peek that finds no
+/// more bytes than the last one returns `WouldBlock` inside `try_io`, which clears tokio's
+/// readiness so that the next wait sleeps until the client sends more.
+pub async fn read_head(client: &mut TcpStream, within: Duration) -> Result<Request, HeadError> {
+    let mut buf = vec![0u8; MAX_HEAD];
+    let peeked = tokio::time::timeout(within, async {
+        let mut seen = 0;
+        loop {
+            client.readable().await.map_err(gone)?;
+            let got = match client.try_io(Interest::READABLE, || {
+                let n = peek(client, &mut buf)?;
+                if n == seen && n != 0 && n < buf.len() {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            }) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(gone(e)),
+            };
+            if got == 0 {
+                return Err(HeadError::Gone(if seen == 0 {
+                    "client closed without a request".into()
+                } else {
+                    "client closed in the middle of its request".into()
+                }));
+            }
+            seen = got;
+            match request::parse(&buf[..got]) {
+                Ok(Some(request)) => return Ok(request),
+                Ok(None) => {}
+                Err(e) => return Err(HeadError::Request(e)),
+            }
+        }
+    })
+    .await
+    .map_err(|_| HeadError::Timeout)??;
+    client
+        .read_exact(&mut buf[..peeked.head_len])
+        .await
+        .map_err(gone)?;
+    Ok(peeked)
+}
+
+fn gone(e: io::Error) -> HeadError {
+    HeadError::Gone(format!("client: {e}"))
+}
+
+/// `recv(MSG_PEEK)` on a non-blocking socket.
+fn peek(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for `buf.len()` bytes, the fd is open for the call.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// The addresses of a destination. Literals are used as they are; names are resolved here, the
+/// one place to swap in the shared DNS cache. A trailing dot is kept: it stops the resolver
+/// from trying search domains.
+pub async fn resolve(target: &Target) -> io::Result<Vec<SocketAddr>> {
+    match &target.host {
+        TargetHost::Ip(ip) => Ok(vec![SocketAddr::new(*ip, target.port)]),
+        TargetHost::Name { name, fqdn } => {
+            let dot = if *fqdn { "." } else { "" };
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host(format!("{name}{dot}:{}", target.port))
+                    .await?
+                    .collect();
+            if addrs.is_empty() {
+                return Err(io::Error::new(io::ErrorKind::NotFound, "no addresses"));
+            }
+            Ok(addrs)
+        }
+    }
+}
+
+/// How dialing every address failed.
+#[derive(Debug)]
+pub struct DialError {
+    /// Every attempt timed out (504); otherwise at least one was refused or unreachable (502).
+    pub timed_out: bool,
+    pub detail: String,
+}
+
+/// Dials `addrs` in order, each attempt bounded by `timeout`; the first that connects wins.
+pub async fn dial(
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> Result<(TcpStream, SocketAddr), DialError> {
+    let mut timed_out = true;
+    let mut detail = String::new();
+    for &addr in addrs {
+        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => return Ok((stream, addr)),
+            Ok(Err(e)) => {
+                timed_out = false;
+                detail = format!("{addr}: {e}");
+            }
+            Err(_) => detail = format!("{addr}: no answer within {timeout:?}"),
+        }
+    }
+    Err(DialError { timed_out, detail })
+}
