@@ -169,10 +169,7 @@ pub async fn run(
                         "connect frontend without users: any client allowed by `allow` may open \
                          tunnels to allow_destinations");
                 }
-                (
-                    FrontendRoute::Connect(connect::Settings::new(connect)),
-                    "-",
-                )
+                (FrontendRoute::Connect(connect::Settings::new(connect)), "-")
             }
         };
         let listener = proxy::bind(fe.listen).map_err(|source| StartError::Bind {

@@ -210,14 +210,22 @@ async fn handle_tcp(
         }
         Err(e) => {
             let outcome = Outcome::nothing(End::ConnectFailed, e.to_string());
-            finish(frontend, shared, peer, &Route::NONE, Path::None, &outcome, started);
+            finish(
+                frontend,
+                shared,
+                peer,
+                &Route::NONE,
+                Path::None,
+                &outcome,
+                started,
+            );
             return;
         }
     };
     for stream in [&client, &upstream] {
         let _ = net::set_nodelay(std::os::fd::AsRawFd::as_raw_fd(stream));
     }
-    let (path, outcome) = carry(client, upstream, frontend, shared).await;
+    let (path, outcome) = carry(client, upstream, 0, frontend, shared).await;
     let route = Route {
         server: &lease.server().name,
         ..Route::NONE
@@ -226,10 +234,12 @@ async fn handle_tcp(
     drop(lease);
 }
 
-/// Chooses the data path and runs it.
+/// Chooses the data path and runs it. `consumed`: bytes already read from the client (a
+/// CONNECT head), which the kernel path must not wait to see forwarded.
 pub(crate) async fn carry(
     client: TcpStream,
     upstream: TcpStream,
+    consumed: u64,
     frontend: &Frontend,
     shared: &Shared,
 ) -> (Path, Outcome) {
@@ -253,6 +263,7 @@ pub(crate) async fn carry(
                 frontend: frontend.id,
                 window: shared.kernel_window,
                 sndbuf: shared.kernel_sndbuf,
+                client_consumed: consumed,
             };
             match splice::splice(kernel, client, upstream, settings, &counters, &shared.abort).await
             {

@@ -260,9 +260,18 @@ fn frontend(
     } else {
         let connect_only = [
             ("users", raw.users.as_ref().map(Spanned::span)),
-            ("allow_destinations", raw.allow_destinations.as_ref().map(Spanned::span)),
-            ("connect_timeout", raw.connect_timeout.as_ref().map(Spanned::span)),
-            ("request_timeout", raw.request_timeout.as_ref().map(Spanned::span)),
+            (
+                "allow_destinations",
+                raw.allow_destinations.as_ref().map(Spanned::span),
+            ),
+            (
+                "connect_timeout",
+                raw.connect_timeout.as_ref().map(Spanned::span),
+            ),
+            (
+                "request_timeout",
+                raw.request_timeout.as_ref().map(Spanned::span),
+            ),
         ];
         if let Some((key, Some(span))) = connect_only.into_iter().find(|(_, s)| s.is_some()) {
             return Err(error_at(
@@ -348,7 +357,12 @@ fn connect_mode(raw: &RawFrontend) -> Result<ConnectMode> {
 
 fn rate_limit(spanned: &Spanned<RawRateLimit>) -> Result<RateLimit> {
     let raw = spanned.get_ref();
-    let connections = int("rate_limit connections", &raw.connections, 1, i64::from(u32::MAX))?;
+    let connections = int(
+        "rate_limit connections",
+        &raw.connections,
+        1,
+        i64::from(u32::MAX),
+    )?;
     let per = match &raw.per {
         Some(per) => positive_duration("rate_limit per", per)?,
         None => RateLimit::DEFAULT_PER,
@@ -360,9 +374,7 @@ fn rate_limit(spanned: &Spanned<RawRateLimit>) -> Result<RateLimit> {
 /// everything before it starts).
 fn positive_duration(key: &str, spanned: &Spanned<String>) -> Result<std::time::Duration> {
     parse_at(spanned, |text| match value::duration(key, text)? {
-        zero if zero.is_zero() => Err(format!(
-            "invalid {key} \"{text}\": expected more than zero"
-        )),
+        zero if zero.is_zero() => Err(format!("invalid {key} \"{text}\": expected more than zero")),
         duration => Ok(duration),
     })
 }

@@ -69,7 +69,11 @@ pub(super) struct RawUser {
 
 impl fmt::Debug for RawUser {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RawUser {{ name: {:?}, password: *** }}", self.name.get_ref())
+        write!(
+            f,
+            "RawUser {{ name: {:?}, password: *** }}",
+            self.name.get_ref()
+        )
     }
 }
 

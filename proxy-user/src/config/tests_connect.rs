@@ -15,7 +15,10 @@ fn connect_frontend(body: &str) -> Result<Frontend, String> {
 }
 
 fn connect_mode(body: &str) -> ConnectMode {
-    match connect_frontend(body).unwrap_or_else(|e| panic!("{e}")).mode {
+    match connect_frontend(body)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .mode
+    {
         FrontendMode::Connect(mode) => mode,
         other => panic!("expected connect mode, got {other:?}"),
     }
@@ -25,7 +28,10 @@ fn connect_mode(body: &str) -> ConnectMode {
 fn connect_frontends_parse_with_defaults() {
     let mode = connect_mode("");
     assert!(mode.users.is_empty());
-    assert!(mode.allow_destinations.is_empty(), "nothing allowed by default");
+    assert!(
+        mode.allow_destinations.is_empty(),
+        "nothing allowed by default"
+    );
     assert_eq!(mode.connect_timeout, Backend::DEFAULT_CONNECT_TIMEOUT);
     assert_eq!(mode.request_timeout, ConnectMode::DEFAULT_REQUEST_TIMEOUT);
 
@@ -139,7 +145,10 @@ fn bad_connect_settings_are_positioned() {
     for (body, expected) in cases {
         let got = connect_frontend(body).expect_err(body);
         assert_eq!(got, expected, "for {body}");
-        assert!(!got.contains("hunter2"), "a config error quoted a password: {got}");
+        assert!(
+            !got.contains("hunter2"),
+            "a config error quoted a password: {got}"
+        );
     }
 }
 
@@ -167,5 +176,8 @@ fn debug_output_of_a_config_hides_passwords() {
     let frontend =
         connect_frontend("users = [{ name = \"agent\", password = \"hunter2\" }]").unwrap();
     let text = format!("{frontend:?}");
-    assert!(text.contains("agent") && !text.contains("hunter2"), "{text}");
+    assert!(
+        text.contains("agent") && !text.contains("hunter2"),
+        "{text}"
+    );
 }

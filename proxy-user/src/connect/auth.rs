@@ -113,7 +113,14 @@ mod tests {
         assert!(users.check(Some(&header("agent:s3cret"))));
         assert!(users.check(Some(&header("other:x:y"))));
         assert!(users.check(Some(b"bAsIc   YWdlbnQ6czNjcmV0 ")));
-        for bad in ["agent:s3cre", "agent:s3cret2", "agent:", ":s3cret", "other:x", ""] {
+        for bad in [
+            "agent:s3cre",
+            "agent:s3cret2",
+            "agent:",
+            ":s3cret",
+            "other:x",
+            "",
+        ] {
             assert!(!users.check(Some(&header(bad))), "{bad:?} must be refused");
         }
         assert!(!users.check(None));

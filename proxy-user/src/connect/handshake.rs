@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd as _;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, Interest};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, Interest};
 use tokio::net::TcpStream;
 
 use super::request::{self, MAX_HEAD, Request, RequestError, Target, TargetHost};
@@ -68,6 +68,49 @@ pub async fn read_head(client: &mut TcpStream, within: Duration) -> Result<Reque
         .await
         .map_err(gone)?;
     Ok(peeked)
+}
+
+/// Copies what the client sent behind its head (a pipelined ClientHello) to the upstream,
+/// until the client socket's receive queue is empty; returns the byte count.
+///
+/// Why not leave those bytes queued for the kernel path: the head was consumed with
+/// `read_exact`, which can stop in the middle of a socket buffer (skb), and when a socket joins
+/// the sockmap the verdict runs over whole queued buffers, the consumed part included - the
+/// upstream then received the head twice (seen on 6.18 in the end-to-end test). After this,
+/// every buffer touched by userspace is fully read: a read shorter than the buffer means the
+/// queue was empty.
+pub async fn forward_early_bytes(
+    client: &TcpStream,
+    upstream: &mut TcpStream,
+) -> Result<usize, String> {
+    /// A client that keeps streaming before it has seen a byte from the destination is
+    /// not an agent; past this it is cut.
+    const MAX_EARLY: usize = 4 << 20;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut copied = 0;
+    loop {
+        let n = match client.try_read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(copied),
+            Err(e) => return Err(format!("client: {e}")),
+        };
+        if n == 0 {
+            return Ok(copied);
+        }
+        upstream
+            .write_all(&buf[..n])
+            .await
+            .map_err(|e| format!("upstream: {e}"))?;
+        copied += n;
+        if n < buf.len() {
+            return Ok(copied);
+        }
+        if copied > MAX_EARLY {
+            return Err(format!(
+                "client sent over {MAX_EARLY} bytes before the tunnel was up"
+            ));
+        }
+    }
 }
 
 fn gone(e: io::Error) -> HeadError {

@@ -4,7 +4,7 @@
 //! 1. admission as in every mode (client CIDRs, connection limits, per-IP rate limit);
 //! 2. the request head is read with `MSG_PEEK` and exactly its bytes are consumed, so bytes the
 //!    client pipelined behind it (a TLS ClientHello) stay queued in the socket, in order
-//!    ([`handshake::read_head`]);
+//!    ([`handshake::read_head`]), until the tunnel is up;
 //! 3. checks, each with its answer: a head that is not HTTP/1.x or a target that is not
 //!    `host:port` (400), too large (431) or too slow (408); a method other than CONNECT (405:
 //!    absolute-form plain HTTP is not forwarded, see docs/connect.md); credentials (407, when
@@ -12,9 +12,10 @@
 //! 4. the destination is resolved, internal addresses are dropped unless named by a rule (403
 //!    when none is left), and the rest are dialed in order (502 refused/unreachable/unresolvable,
 //!    504 every attempt timed out);
-//! 5. `200 Connection established` is written and the pair goes to the same data path as tcp
-//!    mode ([`crate::proxy::carry`]): the kernel splice when it is loaded, which also forwards
-//!    the pipelined bytes still queued on the client socket.
+//! 5. `200 Connection established` is written, the bytes queued behind the head are copied to
+//!    the upstream ([`handshake::forward_early_bytes`]: the sockmap would re-send the consumed
+//!    head with them), and the pair goes to the same data path as tcp mode
+//!    ([`crate::proxy::carry`]): the kernel splice when it is loaded.
 //!
 //! Every answer is counted in `agent_proxy_connect_requests_total{frontend,status}`, and every
 //! connection ends with the usual one log line, which carries `destination` and `status`.
@@ -34,8 +35,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::conn::{End, Outcome, Path};
 use crate::config::ConnectMode;
+use crate::conn::{End, Outcome, Path};
 use crate::proxy::{Frontend, Route, Shared, carry, finish};
 use handshake::HeadError;
 use request::RequestError;
@@ -127,6 +128,10 @@ pub const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
 /// An open tunnel, 200 already written.
 struct Tunnel {
     upstream: TcpStream,
+    /// Bytes read from the client: its request head and [`Tunnel::early`].
+    consumed: u64,
+    /// Bytes the client sent behind its head, already copied to the upstream.
+    early: u64,
     server: SocketAddr,
     destination: String,
 }
@@ -175,7 +180,16 @@ pub async fn run(
             for stream in [&client, &tunnel.upstream] {
                 let _ = stream.set_nodelay(true);
             }
-            let (path, outcome) = carry(client, tunnel.upstream, frontend, shared).await;
+            let (path, mut outcome) =
+                carry(client, tunnel.upstream, tunnel.consumed, frontend, shared).await;
+            // The early bytes were copied here, in userspace: count them so.
+            outcome.bytes_up += tunnel.early;
+            outcome.copied_up += tunnel.early;
+            shared
+                .metrics
+                .bytes_total
+                .with_label_values(&[frontend.name.as_str(), "upstream", "userspace"])
+                .inc_by(tunnel.early);
             let route = Route {
                 server: &tunnel.server.to_string(),
                 destination: &tunnel.destination,
@@ -189,8 +203,9 @@ pub async fn run(
                     let code = status.code().to_string();
                     count(&code);
                     let answer = status.response(&refusal.detail);
-                    let _ = tokio::time::timeout(ANSWER_TIMEOUT, client.write_all(answer.as_bytes()))
-                        .await;
+                    let _ =
+                        tokio::time::timeout(ANSWER_TIMEOUT, client.write_all(answer.as_bytes()))
+                            .await;
                     linger_close(client).await;
                     let end = match status {
                         Status::BadGateway | Status::GatewayTimeout => End::ConnectFailed,
@@ -206,7 +221,15 @@ pub async fn run(
                 status: &code,
             };
             let outcome = Outcome::nothing(end, refusal.detail);
-            finish(frontend, shared, peer, &route, Path::None, &outcome, started);
+            finish(
+                frontend,
+                shared,
+                peer,
+                &route,
+                Path::None,
+                &outcome,
+                started,
+            );
         }
     }
 }
@@ -313,13 +336,23 @@ async fn negotiate(client: &mut TcpStream, settings: &Settings) -> Result<Tunnel
                 format!("cannot connect to {destination}: {}", e.detail),
             )
         })?;
-    client.write_all(ESTABLISHED).await.map_err(|e| Refusal {
+    let gone = |detail: String| Refusal {
         status: None,
         destination: destination.clone(),
-        detail: format!("client: {e}"),
-    })?;
+        detail,
+    };
+    client
+        .write_all(ESTABLISHED)
+        .await
+        .map_err(|e| gone(format!("client: {e}")))?;
+    let mut upstream = upstream;
+    let early = handshake::forward_early_bytes(client, &mut upstream)
+        .await
+        .map_err(gone)?;
     Ok(Tunnel {
         upstream,
+        consumed: (request.head_len + early) as u64,
+        early: early as u64,
         server,
         destination,
     })

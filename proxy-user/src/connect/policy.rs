@@ -53,8 +53,8 @@ impl DestinationRule {
             digits => (Some(()), digits),
         };
         let suffix = host.strip_prefix('.');
-        let target =
-            Target::parse(&format!("{}:{probe}", suffix.unwrap_or(host))).map_err(|_| expected())?;
+        let target = Target::parse(&format!("{}:{probe}", suffix.unwrap_or(host)))
+            .map_err(|_| expected())?;
         let port = port.map(|()| target.port);
         let host = match (target.host, suffix) {
             (TargetHost::Ip(ip), None) => RuleHost::Ip(ip.to_canonical()),

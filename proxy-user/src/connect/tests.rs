@@ -25,10 +25,17 @@ fn connect_heads_parse_with_their_length() {
     bytes.extend_from_slice(b"\x16\x03\x01\x02\x00 pipelined ClientHello");
     let request = parse(&bytes).unwrap().unwrap();
     assert_eq!(request.method, "CONNECT");
-    assert_eq!(request.head_len, head.len(), "the pipelined bytes are not part of the head");
+    assert_eq!(
+        request.head_len,
+        head.len(),
+        "the pipelined bytes are not part of the head"
+    );
     assert_eq!(request.authorization.as_deref(), Some(&b"Basic YTpi"[..]));
     assert_eq!(request.target, Some(target("intake.example.com:443")));
-    assert_eq!(complete("CONNECT a:1 HTTP/1.0\r\n\r\n").target, Some(target("a:1")));
+    assert_eq!(
+        complete("CONNECT a:1 HTTP/1.0\r\n\r\n").target,
+        Some(target("a:1"))
+    );
 }
 
 #[test]
@@ -72,7 +79,8 @@ fn malformed_heads_are_refused() {
 
 #[test]
 fn other_methods_parse_without_a_target() {
-    let request = complete("POST http://intake.example.com/api/v1/series HTTP/1.1\r\nHost: x\r\n\r\n");
+    let request =
+        complete("POST http://intake.example.com/api/v1/series HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(request.method, "POST");
     assert_eq!(request.target, None);
     // CONNECT is case-sensitive.
@@ -142,8 +150,20 @@ fn rules_match_exact_names_suffixes_literals_and_ports() {
 
 #[test]
 fn rules_that_would_open_the_proxy_are_refused() {
-    for bad in ["*", "*:443", ".:443", ":443", "*:*", "example.com", ".1.2.3.4:443", "a:0"] {
-        assert!(DestinationRule::parse(bad).is_err(), "{bad:?} should be refused");
+    for bad in [
+        "*",
+        "*:443",
+        ".:443",
+        ":443",
+        "*:*",
+        "example.com",
+        ".1.2.3.4:443",
+        "a:0",
+    ] {
+        assert!(
+            DestinationRule::parse(bad).is_err(),
+            "{bad:?} should be refused"
+        );
     }
     assert!(
         DestinationRule::parse("*:443")
@@ -151,7 +171,9 @@ fn rules_that_would_open_the_proxy_are_refused() {
             .contains("open proxy")
     );
     assert_eq!(
-        DestinationRule::parse(".DataDogHQ.com:*").unwrap().to_string(),
+        DestinationRule::parse(".DataDogHQ.com:*")
+            .unwrap()
+            .to_string(),
         ".datadoghq.com:*"
     );
 }
@@ -211,5 +233,9 @@ fn answers_are_complete_http_responses() {
     );
     let body_len: usize = header("content-length").unwrap().parse().unwrap();
     assert_eq!(answer.len() - len, body_len);
-    assert!(Status::MethodNotAllowed.response("x").contains("\r\nAllow: CONNECT\r\n"));
+    assert!(
+        Status::MethodNotAllowed
+            .response("x")
+            .contains("\r\nAllow: CONNECT\r\n")
+    );
 }
