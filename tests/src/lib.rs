@@ -32,6 +32,7 @@ pub mod netns;
 pub mod pattern;
 pub mod peers;
 pub mod privileges;
+pub mod squid;
 
 pub use daemon::{Daemon, DaemonConfig, Dataplane};
 pub use env::{TestEnv, run_scenario};

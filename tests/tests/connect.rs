@@ -7,7 +7,8 @@ use std::time::Duration;
 use agent_proxy_tests::checks::{BYTES_TOTAL, assert_bytes, bytes, tail};
 use agent_proxy_tests::connect::{
     ANSWER_WITHIN, Answer, NetnsHosts, PASSWORD, USER, add_loopback_address, basic_auth,
-    closed_lines, connect_config, connect_head, field, open_tunnel, raw_request, read_answer, run,
+    closed_lines, connect_config, connect_head, field, open_tunnel, raw_request, read_answer,
+    read_answer_head, run,
 };
 use agent_proxy_tests::intake::{HttpsIntake, run_in_ns};
 use agent_proxy_tests::netns::NetNs;
@@ -15,6 +16,7 @@ use agent_proxy_tests::pattern::{Pattern, sha256};
 use agent_proxy_tests::peers::{
     V4, V6, accept, closed_port, connect, linger_zero, listen, recv_to_eof, send_pattern,
 };
+use agent_proxy_tests::squid::{Squid, SquidDestination};
 use agent_proxy_tests::{Dataplane, TestEnv, dataplane_tests, run_scenario};
 use anyhow::{Context as _, ensure};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -200,65 +202,7 @@ fn connect_answers(dp: Dataplane) -> anyhow::Result<()> {
         let proxy = env.daemon.config.listen;
         let auth = basic_auth(USER, PASSWORD);
         let allowed = format!("127.0.0.1:{reset_port}");
-        let big = connect_head(&allowed, &format!("{auth}X-Big: {}\r\n", "b".repeat(20_000)));
-        let mut pipelined_407 = connect_head(&allowed, "").into_bytes();
-        pipelined_407.extend_from_slice(&Pattern::bytes(5, 2_000));
-        let cases = vec![
-            Case { name: "no credentials", bytes: connect_head(&allowed, "").into(), status: 407 },
-            Case {
-                name: "wrong password",
-                bytes: connect_head(&allowed, &basic_auth(USER, "wrong")).into(),
-                status: 407,
-            },
-            Case { name: "no credentials, ClientHello pipelined", bytes: pipelined_407, status: 407 },
-            Case {
-                name: "destination not allowed",
-                bytes: connect_head("example.com:443", &auth).into(),
-                status: 403,
-            },
-            Case {
-                name: "IPv6 literal not allowed",
-                bytes: connect_head(&format!("[::1]:{reset_port}"), &auth).into(),
-                status: 403,
-            },
-            Case {
-                name: "name resolving to loopback",
-                bytes: connect_head(&format!("localhost:{internal_port}"), &auth).into(),
-                status: 403,
-            },
-            Case {
-                name: "absolute-form GET",
-                bytes: format!("GET http://{allowed}/ HTTP/1.1\r\nHost: {allowed}\r\n{auth}\r\n").into(),
-                status: 405,
-            },
-            Case {
-                name: "absolute-form POST",
-                bytes: format!(
-                    "POST http://intake.test/api/v1/series HTTP/1.1\r\nHost: intake.test\r\n\
-                     Content-Length: 2\r\n{auth}\r\n{{}}"
-                )
-                .into(),
-                status: 405,
-            },
-            Case { name: "lower-case connect", bytes: format!("connect {allowed} HTTP/1.1\r\n\r\n").into(), status: 405 },
-            Case { name: "not HTTP", bytes: b"\x16\x03\x01\x00\x10hello, not http\r\n\r\n".to_vec(), status: 400 },
-            Case {
-                name: "target without a port",
-                bytes: connect_head("127.0.0.1", &auth).into(),
-                status: 400,
-            },
-            Case { name: "oversized headers", bytes: big.into(), status: 431 },
-            Case {
-                name: "upstream refuses",
-                bytes: connect_head(&closed.to_string(), &auth).into(),
-                status: 502,
-            },
-            Case {
-                name: "upstream never answers",
-                bytes: connect_head(&format!("{BLACKHOLE}:443"), &auth).into(),
-                status: 504,
-            },
-        ];
+        let cases = answer_cases(&auth, &allowed, internal_port, closed);
         let mut table = Vec::new();
         for case in &cases {
             let answer = timeout(ANSWER_WITHIN, raw_request(proxy, &case.bytes, false))
@@ -330,6 +274,97 @@ fn connect_answers(dp: Dataplane) -> anyhow::Result<()> {
         drop(internal);
         env.finish()
     })
+}
+
+/// The raw cases: `allowed` is an allowed literal destination, `internal_port` is allowed by
+/// the name `localhost` only, `closed` is allowed and refuses connections, [`BLACKHOLE`]`:443`
+/// is allowed and drops SYNs.
+fn answer_cases(auth: &str, allowed: &str, internal_port: u16, closed: SocketAddr) -> Vec<Case> {
+    let auth = auth.to_owned();
+    let allowed = allowed.to_owned();
+    let big = connect_head(
+        &allowed,
+        &format!("{auth}X-Big: {}\r\n", "b".repeat(20_000)),
+    );
+    let mut pipelined_407 = connect_head(&allowed, "").into_bytes();
+    pipelined_407.extend_from_slice(&Pattern::bytes(5, 2_000));
+    vec![
+        Case {
+            name: "no credentials",
+            bytes: connect_head(&allowed, "").into(),
+            status: 407,
+        },
+        Case {
+            name: "wrong password",
+            bytes: connect_head(&allowed, &basic_auth(USER, "wrong")).into(),
+            status: 407,
+        },
+        Case {
+            name: "no credentials, ClientHello pipelined",
+            bytes: pipelined_407,
+            status: 407,
+        },
+        Case {
+            name: "destination not allowed",
+            bytes: connect_head("example.com:443", &auth).into(),
+            status: 403,
+        },
+        Case {
+            name: "IPv6 literal not allowed",
+            bytes: connect_head(&allowed.replace("127.0.0.1", "[::1]"), &auth).into(),
+            status: 403,
+        },
+        Case {
+            name: "name resolving to loopback",
+            bytes: connect_head(&format!("localhost:{internal_port}"), &auth).into(),
+            status: 403,
+        },
+        Case {
+            name: "absolute-form GET",
+            bytes: format!("GET http://{allowed}/ HTTP/1.1\r\nHost: {allowed}\r\n{auth}\r\n")
+                .into(),
+            status: 405,
+        },
+        Case {
+            name: "absolute-form POST",
+            bytes: format!(
+                "POST http://intake.test/api/v1/series HTTP/1.1\r\nHost: intake.test\r\n\
+                 Content-Length: 2\r\n{auth}\r\n{{}}"
+            )
+            .into(),
+            status: 405,
+        },
+        Case {
+            name: "lower-case connect",
+            bytes: format!("connect {allowed} HTTP/1.1\r\n\r\n").into(),
+            status: 405,
+        },
+        Case {
+            name: "not HTTP",
+            bytes: b"\x16\x03\x01\x00\x10hello, not http\r\n\r\n".to_vec(),
+            status: 400,
+        },
+        Case {
+            name: "target without a port",
+            bytes: connect_head("127.0.0.1", &auth).into(),
+            status: 400,
+        },
+        Case {
+            name: "oversized headers",
+            bytes: big.into(),
+            status: 431,
+        },
+        Case {
+            name: "upstream refuses",
+            bytes: connect_head(&closed.to_string(), &auth).into(),
+            status: 502,
+        },
+        Case {
+            name: "upstream never answers",
+            bytes: connect_head(&format!("{BLACKHOLE}:443"), &auth).into(),
+            status: 504,
+        },
+    ]
 }
 
 fn check_answer(case: &Case, answer: &Answer) -> anyhow::Result<()> {
@@ -542,3 +577,182 @@ fn connect_real_clients(dp: Dataplane) -> anyhow::Result<()> {
 }
 
 dataplane_tests!(connect_real_clients);
+
+/// How long the comparison waits for each answer: Squid's DNS lookups (no server in the
+/// namespace) take `dns_timeout` x its retries.
+const SUMMARY_WITHIN: Duration = Duration::from_secs(10);
+
+/// The answer's status and the headers that matter for a client, read from the head only
+/// (a tunnel would not end by itself), or what happened instead.
+async fn summarize(proxy: SocketAddr, bytes: &[u8]) -> String {
+    let one = async {
+        let mut stream = connect(proxy).await?;
+        stream.write_all(bytes).await?;
+        let mut r = tokio::io::BufReader::new(stream);
+        let (status_line, headers) = read_answer_head(&mut r).await?;
+        let mut summary = status_line.split(' ').nth(1).unwrap_or("?").to_owned();
+        for (name, value) in headers {
+            if ["proxy-authenticate", "allow", "x-squid-error"].contains(&name.as_str()) {
+                summary += &format!(", `{name}: {value}`");
+            }
+        }
+        anyhow::Ok(summary)
+    };
+    match timeout(SUMMARY_WITHIN, one).await {
+        Ok(Ok(summary)) => summary,
+        Ok(Err(e)) => format!("no answer ({})", e.root_cause()),
+        Err(_) => format!("no answer within {} s", SUMMARY_WITHIN.as_secs()),
+    }
+}
+
+const SQUID_MARK: &str =
+    "<!-- squid-table: generated by tests/tests/connect.rs connect_compared_with_squid -->";
+const SQUID_END: &str = "<!-- /squid-table -->";
+
+/// The same raw requests to agent-proxy and to Squid with an equivalent config. The table in
+/// docs/connect.md must be what this run produces (`AP_WRITE_DOCS=1` rewrites it).
+fn compare_with_squid(dp: Dataplane) -> anyhow::Result<()> {
+    if agent_proxy_tests::privileges::which("squid").is_none() {
+        ensure!(
+            !agent_proxy_tests::privileges::in_ci(),
+            "squid is not installed (cargo xtask test installs it)"
+        );
+        eprintln!(
+            "!! SKIPPED connect_compared_with_squid: squid is not installed (apt-get install squid)"
+        );
+        return Ok(());
+    }
+    let netns = NetNs::new()?;
+    let ns = &netns;
+    add_loopback_address(ns, &format!("{PUBLIC}/24"))?;
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        ns.name(),
+        "iptables",
+        "-A",
+        "OUTPUT",
+        "-d",
+        BLACKHOLE,
+        "-p",
+        "tcp",
+        "-j",
+        "DROP",
+    ])?;
+    let squid_addr: SocketAddr = "127.0.0.1:3128".parse()?;
+    let rows = ns.block_on(Duration::from_secs(120), move || async move {
+        let closed = closed_port(V4)?;
+        let resetting = listen(V4).await?;
+        let reset_port = resetting.local_addr()?.port();
+        let internal = listen(V4).await?;
+        let internal_port = internal.local_addr()?.port();
+        let destinations = [
+            format!("127.0.0.1:{}", closed.port()),
+            format!("127.0.0.1:{reset_port}"),
+            format!("localhost:{internal_port}"),
+            format!("{BLACKHOLE}:443"),
+        ];
+        let extra = "request_timeout = \"1s\"\n";
+        let env = TestEnv::start(ns, connect_config(dp, &destinations, true, extra))?;
+        let squid = Squid::start(
+            ns,
+            squid_addr,
+            USER,
+            PASSWORD,
+            &[
+                SquidDestination::Ip(closed),
+                SquidDestination::Ip(SocketAddr::new(V4, reset_port)),
+                SquidDestination::Name("localhost".into(), internal_port),
+                SquidDestination::Ip(SocketAddr::new(BLACKHOLE.parse()?, 443)),
+            ],
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )?;
+        let auth = basic_auth(USER, PASSWORD);
+        let allowed = format!("127.0.0.1:{reset_port}");
+        let mut cases: Vec<(&str, Vec<u8>)> = answer_cases(&auth, &allowed, internal_port, closed)
+            .into_iter()
+            .map(|c| (c.name, c.bytes))
+            .collect();
+        cases.push((
+            "slow request (half a request line)",
+            format!("CONNECT {allowed} HTTP/1.1\r\n").into(),
+        ));
+        cases.push(("allowed, reachable", connect_head(&allowed, &auth).into()));
+        // The accepting listener takes every tunnel of the last case and closes it.
+        let acceptor = tokio::spawn(async move {
+            while let Ok((s, _)) = resetting.accept().await {
+                drop(s);
+            }
+        });
+        let mut rows = Vec::new();
+        for (name, bytes) in &cases {
+            let ours = summarize(env.daemon.config.listen, bytes).await;
+            let theirs = summarize(squid.addr, bytes).await;
+            rows.push(format!("| {name} | {ours} | {theirs} |"));
+        }
+        acceptor.abort();
+        let header = format!(
+            "| case | agent-proxy | Squid {} |\n| --- | --- | --- |",
+            squid.version
+        );
+        drop(squid);
+        drop(internal);
+        env.finish()?;
+        anyhow::Ok(format!("{header}\n{}", rows.join("\n")))
+    })?;
+    let table = format!("{SQUID_MARK}\n{rows}\n{SQUID_END}");
+    let doc_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/connect.md");
+    let doc = std::fs::read_to_string(&doc_path)?;
+    let (before, rest) = doc
+        .split_once(SQUID_MARK)
+        .context("docs/connect.md has no squid-table mark")?;
+    let (_, after) = rest
+        .split_once(SQUID_END)
+        .context("docs/connect.md has no squid-table end")?;
+    let current = rest.split_once(SQUID_END).map_or("", |(t, _)| t);
+    if std::env::var_os("AP_WRITE_DOCS").is_some() {
+        std::fs::write(&doc_path, format!("{before}{table}{after}"))?;
+        eprintln!("docs/connect.md: squid table rewritten");
+        return Ok(());
+    }
+    // agent-proxy's column must be what the doc says; Squid's (timing-dependent: DNS and
+    // connect timeouts) is only reported when it moved.
+    let (documented, measured) = (columns(current), columns(&rows));
+    let ours = |rows: &[[String; 3]]| -> Vec<[String; 2]> {
+        rows.iter()
+            .map(|[c, a, _]| [c.clone(), a.clone()])
+            .collect()
+    };
+    ensure!(
+        ours(&documented) == ours(&measured),
+        "docs/connect.md's table of agent-proxy answers differs from this run \
+         (AP_WRITE_DOCS=1 rewrites it):\n{table}"
+    );
+    if documented != measured {
+        eprintln!("note: Squid answered differently from docs/connect.md this time:\n{table}");
+    }
+    Ok(())
+}
+
+/// The cells of a markdown table's body rows.
+fn columns(text: &str) -> Vec<[String; 3]> {
+    text.lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| case") && !l.starts_with("| ---"))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split(" | ").map(str::trim).collect();
+            let cell = |i: usize| cells.get(i).copied().unwrap_or_default().to_owned();
+            [cell(0), cell(1), cell(2)]
+        })
+        .collect()
+}
+
+#[test]
+fn connect_compared_with_squid() {
+    run_scenario(
+        "connect_compared_with_squid",
+        Dataplane::Userspace,
+        compare_with_squid,
+    );
+}

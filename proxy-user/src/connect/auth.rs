@@ -139,7 +139,7 @@ mod tests {
     #[test]
     fn debug_output_hides_passwords() {
         let user = User::new("agent".into(), "hunter2".into());
-        let text = format!("{user:?} {:?}", Users::new(&[user.clone()]));
+        let text = format!("{user:?} {:?}", Users::new(std::slice::from_ref(&user)));
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("agent"), "{text}");
     }
