@@ -204,7 +204,6 @@ async fn handle_tcp(
         Ok(pair) => pair,
         Err(ConnectError::NoServer { .. }) => {
             // Nothing to try: refuse at once rather than leave the client waiting.
-            current.dec();
             reject(frontend, shared, client, peer, "no_server");
             return;
         }

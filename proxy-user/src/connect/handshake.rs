@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, Interest};
 use tokio::net::TcpStream;
 
 use super::request::{self, MAX_HEAD, Request, RequestError, Target, TargetHost};
+use crate::dns::Dns;
 
 /// How reading the head failed.
 #[derive(Debug)]
@@ -135,22 +136,15 @@ fn peek(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// The addresses of a destination. Literals are used as they are; names are resolved here, the
-/// one place to swap in the shared DNS cache. A trailing dot is kept: it stops the resolver
-/// from trying search domains.
-pub async fn resolve(target: &Target) -> io::Result<Vec<SocketAddr>> {
+/// The addresses of a destination: literals as they are, names through the daemon's shared
+/// DNS cache ([`Dns::resolve`]). A trailing dot is kept: it stops the resolver from trying
+/// search domains.
+pub async fn resolve(dns: &Dns, target: &Target) -> io::Result<Vec<SocketAddr>> {
     match &target.host {
         TargetHost::Ip(ip) => Ok(vec![SocketAddr::new(*ip, target.port)]),
         TargetHost::Name { name, fqdn } => {
             let dot = if *fqdn { "." } else { "" };
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host(format!("{name}{dot}:{}", target.port))
-                    .await?
-                    .collect();
-            if addrs.is_empty() {
-                return Err(io::Error::new(io::ErrorKind::NotFound, "no addresses"));
-            }
-            Ok(addrs)
+            dns.resolve(&format!("{name}{dot}"), target.port).await
         }
     }
 }

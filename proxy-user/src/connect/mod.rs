@@ -9,7 +9,7 @@
 //!    `host:port` (400), too large (431) or too slow (408); a method other than CONNECT (405:
 //!    absolute-form plain HTTP is not forwarded, see docs/connect.md); credentials (407, when
 //!    `users` is set); the destination policy (403, [`policy`]);
-//! 4. the destination is resolved, internal addresses are dropped unless named by a rule (403
+//! 4. the destination is resolved (the daemon's shared DNS cache, [`crate::dns`]), internal addresses are dropped unless named by a rule (403
 //!    when none is left), and the rest are dialed in order (502 refused/unreachable/unresolvable,
 //!    504 every attempt timed out);
 //! 5. `200 Connection established` is written, the bytes queued behind the head are copied to
@@ -37,6 +37,7 @@ use tokio::net::TcpStream;
 
 use crate::config::ConnectMode;
 use crate::conn::{End, Outcome, Path};
+use crate::dns::Dns;
 use crate::proxy::{Frontend, Route, Shared, carry, finish};
 use handshake::HeadError;
 use request::RequestError;
@@ -174,7 +175,7 @@ pub async fn run(
             .with_label_values(&[frontend.name.as_str(), status])
             .inc();
     };
-    match negotiate(&mut client, settings).await {
+    match negotiate(&mut client, settings, &shared.dns).await {
         Ok(tunnel) => {
             count("200");
             for stream in [&client, &tunnel.upstream] {
@@ -235,7 +236,11 @@ pub async fn run(
 }
 
 /// Steps 2-5 of the module doc.
-async fn negotiate(client: &mut TcpStream, settings: &Settings) -> Result<Tunnel, Refusal> {
+async fn negotiate(
+    client: &mut TcpStream,
+    settings: &Settings,
+    dns: &Dns,
+) -> Result<Tunnel, Refusal> {
     let request = handshake::read_head(client, settings.request_timeout)
         .await
         .map_err(|e| match e {
@@ -295,7 +300,7 @@ async fn negotiate(client: &mut TcpStream, settings: &Settings) -> Result<Tunnel
             format!("destination {destination} is not allowed"),
         ));
     }
-    let addrs = handshake::resolve(&target).await.map_err(|e| {
+    let addrs = handshake::resolve(dns, &target).await.map_err(|e| {
         Refusal::new(
             Status::BadGateway,
             &destination,
