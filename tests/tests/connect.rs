@@ -165,40 +165,71 @@ struct Case {
     status: u16,
 }
 
-fn connect_answers(dp: Dataplane) -> anyhow::Result<()> {
-    let netns = NetNs::new()?;
-    let ns = &netns;
-    add_loopback_address(ns, &format!("{PUBLIC}/24"))?;
-    run(&[
-        "ip",
-        "netns",
-        "exec",
-        ns.name(),
-        "iptables",
-        "-A",
-        "OUTPUT",
-        "-d",
-        BLACKHOLE,
-        "-p",
-        "tcp",
-        "-j",
-        "DROP",
-    ])?;
-    ns.block_on(Duration::from_secs(90), move || async move {
+/// A namespace with [`PUBLIC`]/24 on `lo` and SYNs to [`BLACKHOLE`] dropped.
+fn blackhole_namespace() -> anyhow::Result<NetNs> {
+    let ns = NetNs::new()?;
+    add_loopback_address(&ns, &format!("{PUBLIC}/24"))?;
+    let drop_syns = ["-A", "OUTPUT", "-d", BLACKHOLE, "-p", "tcp", "-j", "DROP"];
+    let mut args = vec!["ip", "netns", "exec", ns.name(), "iptables"];
+    args.extend(drop_syns);
+    run(&args)?;
+    Ok(ns)
+}
+
+/// The destinations of the answer scenarios (create inside the namespace).
+struct AnswerPeers {
+    /// Allowed, nothing listens.
+    closed: SocketAddr,
+    /// Allowed; the scenario decides what it does with connections.
+    resetting: TcpListener,
+    /// Allowed by the name `localhost` only, which resolves to loopback, which no rule names.
+    internal: TcpListener,
+    /// The `allow_destinations` naming them, and [`BLACKHOLE`]`:443`.
+    destinations: [String; 4],
+}
+
+impl AnswerPeers {
+    async fn start() -> anyhow::Result<Self> {
         let closed = closed_port(V4)?;
         let resetting = listen(V4).await?;
-        let reset_port = resetting.local_addr()?.port();
         let internal = listen(V4).await?;
-        let internal_port = internal.local_addr()?.port();
         let destinations = [
             format!("127.0.0.1:{}", closed.port()),
-            format!("127.0.0.1:{reset_port}"),
-            // Allowed by name, but it resolves to loopback, which no rule names.
-            format!("localhost:{internal_port}"),
+            format!("127.0.0.1:{}", resetting.local_addr()?.port()),
+            format!("localhost:{}", internal.local_addr()?.port()),
             format!("{BLACKHOLE}:443"),
         ];
+        Ok(Self {
+            closed,
+            resetting,
+            internal,
+            destinations,
+        })
+    }
+
+    /// A connect frontend allowing [`Self::destinations`], with a 1 s request timeout.
+    fn config(&self, dp: Dataplane) -> agent_proxy_tests::DaemonConfig {
         let extra = "request_timeout = \"1s\"\n";
-        let env = TestEnv::start(ns, connect_config(dp, &destinations, true, extra))?;
+        connect_config(dp, &self.destinations, true, extra)
+    }
+}
+
+fn connect_answers(dp: Dataplane) -> anyhow::Result<()> {
+    let netns = blackhole_namespace()?;
+    let ns = &netns;
+    ns.block_on(Duration::from_secs(90), move || async move {
+        let peers = AnswerPeers::start().await?;
+        let env = TestEnv::start(ns, peers.config(dp))?;
+        let AnswerPeers {
+            closed,
+            resetting,
+            internal,
+            ..
+        } = peers;
+        let (reset_port, internal_port) = (
+            resetting.local_addr()?.port(),
+            internal.local_addr()?.port(),
+        );
         let proxy = env.daemon.config.listen;
         let auth = basic_auth(USER, PASSWORD);
         let allowed = format!("127.0.0.1:{reset_port}");
@@ -622,39 +653,22 @@ fn compare_with_squid(dp: Dataplane) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let netns = NetNs::new()?;
+    let netns = blackhole_namespace()?;
     let ns = &netns;
-    add_loopback_address(ns, &format!("{PUBLIC}/24"))?;
-    run(&[
-        "ip",
-        "netns",
-        "exec",
-        ns.name(),
-        "iptables",
-        "-A",
-        "OUTPUT",
-        "-d",
-        BLACKHOLE,
-        "-p",
-        "tcp",
-        "-j",
-        "DROP",
-    ])?;
     let squid_addr: SocketAddr = "127.0.0.1:3128".parse()?;
     let rows = ns.block_on(Duration::from_secs(120), move || async move {
-        let closed = closed_port(V4)?;
-        let resetting = listen(V4).await?;
-        let reset_port = resetting.local_addr()?.port();
-        let internal = listen(V4).await?;
-        let internal_port = internal.local_addr()?.port();
-        let destinations = [
-            format!("127.0.0.1:{}", closed.port()),
-            format!("127.0.0.1:{reset_port}"),
-            format!("localhost:{internal_port}"),
-            format!("{BLACKHOLE}:443"),
-        ];
-        let extra = "request_timeout = \"1s\"\n";
-        let env = TestEnv::start(ns, connect_config(dp, &destinations, true, extra))?;
+        let peers = AnswerPeers::start().await?;
+        let env = TestEnv::start(ns, peers.config(dp))?;
+        let AnswerPeers {
+            closed,
+            resetting,
+            internal,
+            ..
+        } = peers;
+        let (reset_port, internal_port) = (
+            resetting.local_addr()?.port(),
+            internal.local_addr()?.port(),
+        );
         let squid = Squid::start(
             ns,
             squid_addr,
