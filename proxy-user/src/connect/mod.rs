@@ -175,7 +175,17 @@ pub async fn run(
             .with_label_values(&[frontend.name.as_str(), status])
             .inc();
     };
-    match negotiate(&mut client, settings, &shared.dns).await {
+    // The drain's end cuts a handshake as it cuts a tunnel.
+    let negotiated = tokio::select! {
+        result = negotiate(&mut client, settings, &shared.dns) => result,
+        () = shared.abort.cancelled() => {
+            let outcome = Outcome::nothing(End::Shutdown, "cut during the CONNECT handshake");
+            finish(frontend, shared, peer, &Route { server: "-", destination: "-", status: "-" },
+                Path::None, &outcome, started);
+            return;
+        }
+    };
+    match negotiated {
         Ok(tunnel) => {
             count("200");
             for stream in [&client, &tunnel.upstream] {
