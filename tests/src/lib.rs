@@ -20,6 +20,7 @@ pub mod checks;
 pub mod clean;
 pub mod config;
 pub mod connect;
+pub mod connect_cases;
 pub mod daemon;
 pub mod dnsmasq;
 pub mod env;
