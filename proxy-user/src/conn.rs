@@ -16,6 +16,8 @@ pub enum End {
     ConnectFailed,
     /// Refused before any work: client address not allowed, or a connection limit.
     Rejected,
+    /// A CONNECT request answered with an error status (400, 403, 405, 407, 408, 431).
+    Refused,
     /// Cut when the drain timeout expired at shutdown.
     Shutdown,
     /// The proxy itself failed (see the error field).
@@ -31,6 +33,7 @@ impl End {
             End::UpstreamReset => "upstream_reset",
             End::ConnectFailed => "connect_failed",
             End::Rejected => "rejected",
+            End::Refused => "refused",
             End::Shutdown => "shutdown",
             End::Error => "error",
         }

@@ -15,11 +15,12 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     admin::{self, AdminState},
     config::{Config, Dataplane, DnsTtl, FrontendMode},
+    connect::{self, ratelimit::RateLimiter},
     dns::{Dns, DnsError},
     kernel::{Kernel, KernelError},
     metrics::Metrics,
     pool::Pool,
-    proxy::{self, Frontend, Shared},
+    proxy::{self, Frontend, FrontendRoute, Shared},
 };
 
 /// Names of the kernel's error kinds, by index (`proxy_common::KERNEL_ERROR_*`).
@@ -157,7 +158,20 @@ pub async fn run(
 
     let mut listeners = Vec::new();
     for (id, fe) in config.frontends.iter().enumerate() {
-        let FrontendMode::Tcp { backend } = &fe.mode;
+        let (route, backend) = match &fe.mode {
+            FrontendMode::Tcp { backend } => (
+                FrontendRoute::Backend(Arc::clone(&pools[backend])),
+                backend.as_str(),
+            ),
+            FrontendMode::Connect(connect) => {
+                if connect.users.is_empty() {
+                    tracing::warn!(frontend = %fe.name,
+                        "connect frontend without users: any client allowed by `allow` may open \
+                         tunnels to allow_destinations");
+                }
+                (FrontendRoute::Connect(connect::Settings::new(connect)), "-")
+            }
+        };
         let listener = proxy::bind(fe.listen).map_err(|source| StartError::Bind {
             frontend: fe.name.clone(),
             addr: fe.listen,
@@ -166,11 +180,12 @@ pub async fn run(
         let frontend = Frontend {
             id: id as u32,
             name: fe.name.clone(),
-            backend: Arc::clone(&pools[backend]),
+            route,
             allow: fe.allow.clone(),
             limit: Arc::new(Semaphore::new(fe.max_connections)),
+            rate_limit: fe.rate_limit.map(RateLimiter::new),
         };
-        tracing::info!(frontend = %fe.name, listen = %fe.listen, backend = %backend, "listening");
+        tracing::info!(frontend = %fe.name, listen = %fe.listen, backend, "listening");
         listeners.push((listener, Arc::new(frontend)));
     }
 

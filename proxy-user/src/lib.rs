@@ -3,11 +3,13 @@
 //! A connection is accepted by a [`proxy`] listener, checked (client CIDRs, connection limits),
 //! dialed to a server of its backend's [`pool`], and then carried either by the kernel
 //! ([`splice`]: an eBPF sockmap verdict moves the bytes, see [`kernel`]) or by the userspace
-//! [`relay`]. Both paths give the same semantics: nothing lost or reordered, half-close
+//! [`relay`]. A [`connect`] frontend learns each connection's destination from an HTTP CONNECT
+//! request first. Both paths give the same semantics: nothing lost or reordered, half-close
 //! propagated per direction, resets propagated, bounded memory under a slow reader.
 pub mod admin;
 pub mod config;
 pub mod conn;
+pub mod connect;
 pub mod daemon;
 pub mod dns;
 pub mod health;

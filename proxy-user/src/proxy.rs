@@ -10,6 +10,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     conn::{End, Outcome, Path},
+    connect::{self, ratelimit::RateLimiter},
     kernel::Kernel,
     metrics::Metrics,
     net,
@@ -40,9 +41,48 @@ pub struct Frontend {
     /// Index in the config; the kernel's route counters are keyed by it.
     pub id: u32,
     pub name: String,
-    pub backend: Arc<Pool>,
+    /// Where connections go.
+    pub route: FrontendRoute,
     pub allow: Vec<IpNet>,
     pub limit: Arc<Semaphore>,
+    /// The per-client-IP limit on new connections, when configured.
+    pub rate_limit: Option<RateLimiter>,
+}
+
+/// The mode-dependent part of a frontend.
+pub enum FrontendRoute {
+    /// tcp: every connection to this backend.
+    Backend(Arc<Pool>),
+    /// connect: each connection's CONNECT request names its destination.
+    Connect(connect::Settings),
+}
+
+impl Frontend {
+    /// The `backend` field of log lines: "-" when there is none.
+    fn backend_name(&self) -> &str {
+        match &self.route {
+            FrontendRoute::Backend(pool) => pool.name.as_str(),
+            FrontendRoute::Connect(_) => "-",
+        }
+    }
+}
+
+/// Where one connection went, for its log line.
+pub struct Route<'a> {
+    /// The server dialed ("-" when none).
+    pub server: &'a str,
+    /// The CONNECT destination as requested ("-" in tcp mode).
+    pub destination: &'a str,
+    /// The CONNECT answer's status code ("-" in tcp mode, or when nothing was answered).
+    pub status: &'a str,
+}
+
+impl Route<'_> {
+    const NONE: Route<'static> = Route {
+        server: "-",
+        destination: "-",
+        status: "-",
+    };
 }
 
 /// Accepts until `stop` fires, then drops the listener.
@@ -104,6 +144,11 @@ fn admit(
     let local = Arc::clone(&frontend.limit)
         .try_acquire_owned()
         .map_err(|_| "frontend_max_connections")?;
+    if let Some(limiter) = &frontend.rate_limit
+        && !limiter.admit(ip, Instant::now())
+    {
+        return Err("rate_limit");
+    }
     Ok((global, local))
 }
 
@@ -120,7 +165,7 @@ fn reject(frontend: &Frontend, shared: &Shared, client: TcpStream, peer: SocketA
         frontend,
         shared,
         peer,
-        "-",
+        &Route::NONE,
         Path::None,
         &outcome,
         Instant::now(),
@@ -135,35 +180,65 @@ async fn handle(client: TcpStream, peer: SocketAddr, frontend: &Frontend, shared
         .frontend_current_connections
         .with_label_values(&[name]);
     current.inc();
-    let (upstream, lease) = match frontend.backend.connect(&shared.metrics).await {
+    match &frontend.route {
+        FrontendRoute::Backend(pool) => {
+            handle_tcp(client, peer, pool, frontend, shared, started).await;
+        }
+        FrontendRoute::Connect(settings) => {
+            connect::run(client, peer, frontend, shared, settings, started).await;
+        }
+    }
+    current.dec();
+}
+
+/// tcp mode: dial the frontend's backend and carry.
+async fn handle_tcp(
+    client: TcpStream,
+    peer: SocketAddr,
+    pool: &Pool,
+    frontend: &Frontend,
+    shared: &Shared,
+    started: Instant,
+) {
+    let (upstream, lease) = match pool.connect(&shared.metrics).await {
         Ok(pair) => pair,
         Err(ConnectError::NoServer { .. }) => {
             // Nothing to try: refuse at once rather than leave the client waiting.
-            current.dec();
             reject(frontend, shared, client, peer, "no_server");
             return;
         }
         Err(e) => {
             let outcome = Outcome::nothing(End::ConnectFailed, e.to_string());
-            finish(frontend, shared, peer, "-", Path::None, &outcome, started);
-            current.dec();
+            finish(
+                frontend,
+                shared,
+                peer,
+                &Route::NONE,
+                Path::None,
+                &outcome,
+                started,
+            );
             return;
         }
     };
     for stream in [&client, &upstream] {
         let _ = net::set_nodelay(std::os::fd::AsRawFd::as_raw_fd(stream));
     }
-    let server = lease.server().name.clone();
-    let (path, outcome) = carry(client, upstream, frontend, shared).await;
+    let (path, outcome) = carry(client, upstream, 0, frontend, shared).await;
+    let route = Route {
+        server: &lease.server().name,
+        ..Route::NONE
+    };
+    finish(frontend, shared, peer, &route, path, &outcome, started);
     drop(lease);
-    finish(frontend, shared, peer, &server, path, &outcome, started);
-    current.dec();
 }
 
-/// Chooses the data path and runs it.
-async fn carry(
+/// Chooses the data path and runs it. `consumed`: bytes already read from the client (a
+/// CONNECT head), which the kernel path must not wait to see forwarded.
+pub(crate) async fn carry(
     client: TcpStream,
     upstream: TcpStream,
+    consumed: u64,
     frontend: &Frontend,
     shared: &Shared,
 ) -> (Path, Outcome) {
@@ -187,6 +262,7 @@ async fn carry(
                 frontend: frontend.id,
                 window: shared.kernel_window,
                 sndbuf: shared.kernel_sndbuf,
+                client_consumed: consumed,
             };
             match splice::splice(kernel, client, upstream, settings, &counters, &shared.abort).await
             {
@@ -212,11 +288,11 @@ async fn carry(
 }
 
 /// The one log line and the end-of-connection metrics.
-fn finish(
+pub(crate) fn finish(
     frontend: &Frontend,
     shared: &Shared,
     peer: SocketAddr,
-    server: &str,
+    route: &Route<'_>,
     path: Path,
     outcome: &Outcome,
     started: Instant,
@@ -236,8 +312,10 @@ fn finish(
         target: "agent_proxy::conn",
         frontend = name,
         client = %peer,
-        backend = frontend.backend.name.as_str(),
-        server,
+        backend = frontend.backend_name(),
+        server = route.server,
+        destination = route.destination,
+        status = route.status,
         path = path.as_str(),
         bytes_up = outcome.bytes_up,
         bytes_down = outcome.bytes_down,

@@ -158,6 +158,7 @@ fn queued_bytes_and_half_close() {
                 frontend: 3,
                 window: 4 << 20,
                 sndbuf: 0,
+                client_consumed: 0,
             };
             let client = tokio::net::TcpStream::from_std(r.proxy_client).unwrap();
             let upstream = tokio::net::TcpStream::from_std(r.proxy_upstream).unwrap();
@@ -235,6 +236,7 @@ fn slow_reader_is_bounded_then_complete() {
                 frontend: 0,
                 window: 256 << 10,
                 sndbuf: 0,
+                client_consumed: 0,
             };
             let client = tokio::net::TcpStream::from_std(r.proxy_client).unwrap();
             let upstream = tokio::net::TcpStream::from_std(r.proxy_upstream).unwrap();

@@ -5,6 +5,7 @@
 //! xtask holds no product logic: it calls apt-get, rustup, cargo and the `agent-proxy` binary.
 
 mod cmd;
+mod fuzz;
 mod setup;
 mod tasks;
 
@@ -46,6 +47,12 @@ enum Task {
         #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
         args: Vec<OsString>,
     },
+    /// Fuzz the parsers of untrusted input (`fuzz/`) for SECONDS per target (default 600);
+    /// `cargo xtask test` runs them for 20 s.
+    Fuzz {
+        #[arg(default_value_t = 600)]
+        seconds: u64,
+    },
     /// cargo fmt --check and clippy -D warnings (host crates, and the eBPF crate with the pinned
     /// nightly).
     Lint,
@@ -61,6 +68,7 @@ fn main() -> ExitCode {
             Ok(code) => return code,
             Err(err) => Err(err),
         },
+        Task::Fuzz { seconds } => fuzz::run(seconds),
         Task::Lint => tasks::lint(),
     };
     match result {

@@ -46,6 +46,13 @@ pub const TEST_APT_PACKAGES: &[&str] = &[
     "dnsmasq-base",
 ];
 
+/// What the CONNECT-mode tests add: `squid` (the reference forward proxy docs/connect.md
+/// compares against), `openssl` (a certificate for the local HTTPS intake).
+pub const CONNECT_TEST_APT_PACKAGES: &[&str] = &["squid", "openssl"];
+/// Python packages the CONNECT-mode tests drive as real agent clients: `requests` with
+/// `proxies=`, and `datadog` (the Datadog API client) sending metrics through the proxy.
+pub const CONNECT_TEST_PIP_PACKAGES: &[&str] = &["requests", "datadog"];
+
 /// The toolchain aya-build runs (`rustup run EBPF_TOOLCHAIN ...`); `proxy-user/build.rs` must name
 /// the same one. Pinned to rustc 1.97.0-nightly (e50aa6fba 2026-05-19), LLVM 22.1: the nightly the
 /// project was developed with, and verified to build proxy-ebpf with bpf-linker 0.13 for LLVM 22.
@@ -292,4 +299,65 @@ fn inspect_bpf_linker() -> Linker {
     } else {
         Linker::Wrong(format!("built against another LLVM: {llvm}"))
     }
+}
+
+/// The tools the CONNECT-mode tests use beyond [`TEST_APT_PACKAGES`]: see
+/// [`CONNECT_TEST_APT_PACKAGES`] and [`CONNECT_TEST_PIP_PACKAGES`].
+pub fn connect_test_tools() -> Result<()> {
+    apt_packages(&[CONNECT_TEST_APT_PACKAGES]).context("setup step `connect test packages`")?;
+    let missing: Vec<&str> = CONNECT_TEST_PIP_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Cmd::new("python3")
+                .args(["-c", &format!("import {p}")])
+                .probe()
+                .is_ok_and(|out| out.status.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        println!(
+            "setup: python packages already installed: {}",
+            CONNECT_TEST_PIP_PACKAGES.join(" ")
+        );
+        return Ok(());
+    }
+    println!("setup: installing python packages: {}", missing.join(" "));
+    Cmd::new("python3")
+        .args(["-m", "pip", "install", "--quiet"])
+        .args(&missing)
+        .run()
+        .context("setup step `python packages`")
+}
+
+/// cargo-fuzz, installed with the moving `nightly` toolchain's cargo (the fuzz targets build
+/// with it; sanitizers need nightly).
+pub fn cargo_fuzz() -> Result<()> {
+    use crate::fuzz::{TOOLCHAIN, cargo_fuzz_works};
+    if cargo_fuzz_works() {
+        println!("setup: cargo-fuzz on {TOOLCHAIN}: ok");
+        return Ok(());
+    }
+    let installed = Cmd::new("rustup")
+        .args(["run", TOOLCHAIN, "rustc", "--version"])
+        .probe()
+        .is_ok_and(|out| out.status.success());
+    if !installed {
+        println!("setup: installing the {TOOLCHAIN} toolchain (minimal profile) for cargo-fuzz");
+        Cmd::new("rustup")
+            .args(["toolchain", "install", TOOLCHAIN, "--profile", "minimal"])
+            .args(["--no-self-update"])
+            .run()?;
+    }
+    println!("setup: installing cargo-fuzz (compiles for a minute or two)");
+    Cmd::cargo()
+        .args(["install", "cargo-fuzz", "--locked"])
+        .run()
+        .context("setup step `cargo-fuzz`")?;
+    if !cargo_fuzz_works() {
+        bail!(
+            "cargo-fuzz is still not usable with `rustup run {TOOLCHAIN} cargo fuzz` after installing it"
+        );
+    }
+    Ok(())
 }

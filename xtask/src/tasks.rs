@@ -85,6 +85,7 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
 /// hide the results of the others. The exit code is cargo's.
 pub fn test(args: Vec<OsString>) -> Result<ExitCode> {
     let binary = build(false)?;
+    setup::connect_test_tools()?;
     if !is_root() {
         println!(
             "{KERNEL_NEEDS_ROOT}; kernel and end-to-end tests will skip (or fail with CI=true)"
@@ -111,10 +112,23 @@ pub fn test(args: Vec<OsString>) -> Result<ExitCode> {
         .iter()
         .filter_map(|line| tally(line))
         .fold((0, 0), |(p, f), (lp, lf)| (p + lp, f + lf));
+    // The bounded fuzz run counts as one more test in the closing line.
+    let fuzz = crate::fuzz::run(crate::fuzz::TEST_SECONDS);
+    if let Err(e) = &fuzz {
+        eprintln!("xtask: step `fuzz` failed: {e:#}");
+    }
+    let (passed, failed) = if fuzz.is_ok() {
+        (passed + 1, failed)
+    } else {
+        (passed, failed + 1)
+    };
     println!("xtask: {passed} passed, {failed} failed");
     let status = status.0;
-    if status.success() {
+    if status.success() && fuzz.is_ok() {
         return Ok(ExitCode::SUCCESS);
+    }
+    if status.success() {
+        return Ok(ExitCode::FAILURE);
     }
     eprintln!(
         "xtask: step `test` failed: cargo test: {}",

@@ -11,9 +11,10 @@ use std::ops::Range;
 
 use toml::Spanned;
 
-use super::raw::{Int, List, RawBackend, RawConfig, RawFrontend, RawGlobal};
+use super::raw::{Int, List, RawBackend, RawConfig, RawFrontend, RawGlobal, RawRateLimit};
 use super::{
-    Backend, Balance, Config, Dataplane, Frontend, FrontendMode, Global, LogFormat, pool, value,
+    Backend, Balance, Config, ConnectMode, Dataplane, DestinationRule, Frontend, FrontendMode,
+    Global, LogFormat, RateLimit, User, pool, value,
 };
 
 /// Connection limits above this are refused: no fd limit allows that many sockets, and the
@@ -108,7 +109,10 @@ pub(super) fn config(raw: RawConfig) -> Result<Config> {
     }
 
     for (frontend, backend_ref) in frontends.iter().zip(&backend_refs) {
-        let FrontendMode::Tcp { backend } = &frontend.mode;
+        let (FrontendMode::Tcp { backend }, Some(backend_ref)) = (&frontend.mode, backend_ref)
+        else {
+            continue;
+        };
         if !backends.iter().any(|b| &b.name == backend) {
             return Err(error_at(
                 backend_ref.clone(),
@@ -181,12 +185,12 @@ fn global(raw: RawGlobal) -> Result<Global> {
     Ok(global)
 }
 
-/// Converts one frontend; returns it with the span of its backend name, which is checked once
-/// all backends are known. `earlier` are the frontends before it, for uniqueness.
+/// Converts one frontend; returns it with the span of its backend name (tcp mode), which is
+/// checked once all backends are known. `earlier` are the frontends before it, for uniqueness.
 fn frontend(
     spanned: Spanned<RawFrontend>,
     earlier: &[Frontend],
-) -> Result<(Frontend, Range<usize>)> {
+) -> Result<(Frontend, Option<Range<usize>>)> {
     let header = spanned.span();
     let raw = spanned.into_inner();
 
@@ -215,23 +219,6 @@ fn frontend(
         return Err(error_at(raw.listen.span(), message));
     }
 
-    if let Some(mode) = &raw.mode {
-        parse_at(mode, |text| match text.as_str() {
-            "tcp" => Ok(()),
-            "connect" | "transparent" => Err(format!("mode \"{text}\" is not supported yet")),
-            other => Err(format!(
-                "invalid mode \"{other}\": expected tcp, connect or transparent"
-            )),
-        })?;
-    }
-    // Only tcp mode exists so far, and it needs a backend to send every connection to.
-    let Some(backend) = raw.backend else {
-        return Err(error_at(
-            header,
-            format!("frontend \"{name}\": missing `backend` (required in tcp mode)"),
-        ));
-    };
-
     let allow = match &raw.allow {
         Some(list) => list
             .get_ref()
@@ -245,22 +232,151 @@ fn frontend(
         Some(spanned) => int("max_connections", spanned, 1, MAX_CONNECTIONS_LIMIT)?,
         None => Frontend::DEFAULT_MAX_CONNECTIONS,
     };
-
+    let rate_limit = raw.rate_limit.as_ref().map(rate_limit).transpose()?;
     unsupported("tls", raw.tls.as_ref())?;
-    unsupported("users", raw.users.as_ref())?;
-    unsupported("allow_destinations", raw.allow_destinations.as_ref())?;
 
-    let backend_span = backend.span();
+    let connect = match &raw.mode {
+        Some(mode) => parse_at(mode, |text| match text.as_str() {
+            "tcp" => Ok(false),
+            "connect" => Ok(true),
+            "transparent" => Err(format!("mode \"{text}\" is not supported yet")),
+            other => Err(format!(
+                "invalid mode \"{other}\": expected tcp, connect or transparent"
+            )),
+        })?,
+        None => false,
+    };
+    let (mode, backend_span) = if connect {
+        if let Some(backend) = &raw.backend {
+            return Err(error_at(
+                backend.span(),
+                format!(
+                    "frontend \"{name}\": `backend` is not used in connect mode (each CONNECT \
+                     request names its destination; list them in allow_destinations)"
+                ),
+            ));
+        }
+        (FrontendMode::Connect(connect_mode(&raw)?), None)
+    } else {
+        let connect_only = [
+            ("users", raw.users.as_ref().map(Spanned::span)),
+            (
+                "allow_destinations",
+                raw.allow_destinations.as_ref().map(Spanned::span),
+            ),
+            (
+                "connect_timeout",
+                raw.connect_timeout.as_ref().map(Spanned::span),
+            ),
+            (
+                "request_timeout",
+                raw.request_timeout.as_ref().map(Spanned::span),
+            ),
+        ];
+        if let Some((key, Some(span))) = connect_only.into_iter().find(|(_, s)| s.is_some()) {
+            return Err(error_at(
+                span,
+                format!("frontend \"{name}\": `{key}` is only used in connect mode"),
+            ));
+        }
+        // tcp mode sends every connection to its backend.
+        let Some(backend) = raw.backend else {
+            return Err(error_at(
+                header,
+                format!("frontend \"{name}\": missing `backend` (required in tcp mode)"),
+            ));
+        };
+        let span = backend.span();
+        let mode = FrontendMode::Tcp {
+            backend: backend.into_inner(),
+        };
+        (mode, Some(span))
+    };
+
     let frontend = Frontend {
         name,
         listen,
-        mode: FrontendMode::Tcp {
-            backend: backend.into_inner(),
-        },
+        mode,
         allow,
         max_connections,
+        rate_limit,
     };
     Ok((frontend, backend_span))
+}
+
+/// The connect-mode keys of a frontend.
+fn connect_mode(raw: &RawFrontend) -> Result<ConnectMode> {
+    let mut users: Vec<User> = Vec::new();
+    for entry in raw.users.iter().flat_map(|list| &list.get_ref().0) {
+        let user = entry.get_ref();
+        let name = parse_at(&user.name, |name| {
+            if name.is_empty() || name.contains(':') || name.chars().any(char::is_control) {
+                return Err(format!(
+                    "invalid user name {name:?}: expected a non-empty name without ':'"
+                ));
+            }
+            if users.iter().any(|u| &u.name == name) {
+                return Err(format!("duplicate user name {name:?}"));
+            }
+            Ok(name.clone())
+        })?;
+        // The message must not quote the password.
+        if user.password.get_ref().is_empty() {
+            return Err(error_at(
+                user.password.span(),
+                format!("user {name:?}: the password must not be empty"),
+            ));
+        }
+        users.push(User::new(name, user.password.get_ref().clone()));
+    }
+    let allow_destinations = raw
+        .allow_destinations
+        .iter()
+        .flat_map(|list| &list.get_ref().0)
+        .map(|entry| parse_at(entry, |text| DestinationRule::parse(text)))
+        .collect::<Result<_>>()?;
+    let timeout = |key: &str, spanned: &Option<Spanned<String>>, default| match spanned {
+        Some(spanned) => positive_duration(key, spanned),
+        None => Ok(default),
+    };
+    Ok(ConnectMode {
+        users,
+        allow_destinations,
+        connect_timeout: timeout(
+            "connect_timeout",
+            &raw.connect_timeout,
+            Backend::DEFAULT_CONNECT_TIMEOUT,
+        )?,
+        request_timeout: timeout(
+            "request_timeout",
+            &raw.request_timeout,
+            ConnectMode::DEFAULT_REQUEST_TIMEOUT,
+        )?,
+    })
+}
+
+fn rate_limit(spanned: &Spanned<RawRateLimit>) -> Result<RateLimit> {
+    let raw = spanned.get_ref();
+    let connections = int(
+        "rate_limit connections",
+        &raw.connections,
+        1,
+        i64::from(u32::MAX),
+    )?;
+    let per = match &raw.per {
+        Some(per) => positive_duration("rate_limit per", per)?,
+        None => RateLimit::DEFAULT_PER,
+    };
+    Ok(RateLimit { connections, per })
+}
+
+/// A duration key that must be more than zero (a zero timeout or period would refuse
+/// everything before it starts).
+fn positive_duration(key: &str, spanned: &Spanned<String>) -> Result<std::time::Duration> {
+    parse_at(spanned, |text| match value::duration(key, text)? {
+        zero if zero.is_zero() => Err(format!("invalid {key} \"{text}\": expected more than zero")),
+        duration => Ok(duration),
+    })
 }
 
 /// Whether binding `b` would fail because `a` is bound: the same address, or a wildcard and an
@@ -310,15 +426,7 @@ fn backend(spanned: Spanned<RawBackend>, earlier: &[Backend]) -> Result<Backend>
         None => Balance::default(),
     };
     let connect_timeout = match &raw.connect_timeout {
-        Some(spanned) => parse_at(spanned, |text| {
-            match value::duration("connect_timeout", text)? {
-                // A zero timeout would fail every connect before it starts.
-                zero if zero.is_zero() => Err(format!(
-                    "invalid connect_timeout \"{text}\": expected more than zero"
-                )),
-                timeout => Ok(timeout),
-            }
-        })?,
+        Some(spanned) => positive_duration("connect_timeout", spanned)?,
         None => Backend::DEFAULT_CONNECT_TIMEOUT,
     };
     let retries = match &raw.retries {

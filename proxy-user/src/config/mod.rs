@@ -12,7 +12,7 @@
 //!    server.
 //!
 //! Keys that the documented file format reserves but the proxy does not implement yet (TLS,
-//! connect and transparent modes, health checks, DNS TTLs) are *known* keys: they are rejected
+//! transparent mode, health checks, DNS TTLs) are *known* keys: they are rejected
 //! with a positioned "not supported yet" error instead of "unknown field", so an operator knows
 //! the config is spelled right and the feature is what is missing.
 
@@ -25,6 +25,8 @@ mod value;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_connect;
+#[cfg(test)]
 mod tests_errors;
 
 use std::fmt;
@@ -32,6 +34,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+pub use crate::connect::{auth::User, policy::DestinationRule, ratelimit::RateLimit};
 pub use error::ConfigError;
 
 /// The whole configuration: process-wide settings plus the frontends and backends.
@@ -143,6 +146,8 @@ pub struct Frontend {
     pub allow: Vec<ipnet::IpNet>,
     /// Connections open at once on this frontend; over it new ones are refused and counted.
     pub max_connections: usize,
+    /// New connections admitted per client IP address and period; `None`: no limit.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Frontend {
@@ -158,6 +163,27 @@ pub enum FrontendMode {
         /// The name of the backend.
         backend: String,
     },
+    /// An HTTP CONNECT forward proxy: each connection names its destination (docs/connect.md).
+    Connect(ConnectMode),
+}
+
+/// The settings of a `mode = "connect"` frontend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectMode {
+    /// Accepted Basic credentials; empty: no authentication.
+    pub users: Vec<User>,
+    /// Destinations that may be opened; empty: none.
+    pub allow_destinations: Vec<DestinationRule>,
+    /// How long one connect attempt to the destination may take (504 after the last).
+    pub connect_timeout: Duration,
+    /// How long the client may take to send its whole request head (408 after it).
+    pub request_timeout: Duration,
+}
+
+impl ConnectMode {
+    /// The default of [`ConnectMode::request_timeout`]: an agent sends its CONNECT at once; a
+    /// client that trickles its head (slowloris) holds a connection slot no longer than this.
+    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
 /// A named group of servers (`[[backend]]`).

@@ -50,8 +50,39 @@ pub(super) struct RawFrontend {
     // Reserved by the file format, not implemented yet: any value is accepted here and refused
     // in `convert` with "not supported yet".
     pub tls: Option<Spanned<toml::Value>>,
-    pub users: Option<Spanned<toml::Value>>,
-    pub allow_destinations: Option<Spanned<toml::Value>>,
+    // Connect mode only.
+    pub users: Option<Spanned<List<Spanned<RawUser>>>>,
+    pub allow_destinations: Option<Spanned<List<Spanned<String>>>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub request_timeout: Option<Spanned<String>>,
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
+}
+
+/// A `users` entry. Its Debug output hides the password (serde errors never quote a string
+/// value, and convert's messages never mention it).
+#[derive(DeriveDeserialize)]
+#[serde(deny_unknown_fields, expecting = "a table { name, password }")]
+pub(super) struct RawUser {
+    pub name: Spanned<String>,
+    pub password: Spanned<String>,
+}
+
+impl fmt::Debug for RawUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "RawUser {{ name: {:?}, password: *** }}",
+            self.name.get_ref()
+        )
+    }
+}
+
+/// `rate_limit = { connections = 20, per = "1s" }`.
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields, expecting = "a table { connections, per }")]
+pub(super) struct RawRateLimit {
+    pub connections: Spanned<Int>,
+    pub per: Option<Spanned<String>>,
 }
 
 #[derive(Debug, DeriveDeserialize)]

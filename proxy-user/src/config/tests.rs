@@ -64,6 +64,7 @@ fn contract_example_parses_to_the_documented_values() {
             },
             allow: vec![net("10.0.0.0/8"), net("127.0.0.1/32")],
             max_connections: 4096,
+            rate_limit: None,
         }]
     );
     assert_eq!(

@@ -54,6 +54,9 @@ pub struct SpliceSettings {
     pub window: u64,
     /// Send buffer forced on both sockets; 0 leaves the kernel default.
     pub sndbuf: u32,
+    /// Bytes userspace read from the client socket before the splice (a CONNECT request
+    /// head); 0 in tcp mode. TCP counts them as received, the verdict never sees them.
+    pub client_consumed: u64,
 }
 
 /// The kernel would not take the pair; the streams come back untouched for the userspace relay.
@@ -73,7 +76,8 @@ struct Side {
     stream: StdStream,
     cookie: u64,
     /// Bytes userspace read from this socket before the splice: every received byte past them
-    /// goes through the verdict (0 for plain TCP frontends, which read nothing).
+    /// goes through the verdict (0 for plain TCP frontends, which read nothing; the request
+    /// head on a CONNECT client).
     rcv_base: u64,
     /// Bytes ever queued for sending on this socket when the splice started.
     snd_base: u64,
@@ -162,7 +166,8 @@ pub async fn splice(
         Ok(pair) => pair,
         Err(outcome) => return Ok(outcome),
     };
-    let sides = [client, upstream];
+    let mut sides = [client, upstream];
+    sides[0].rcv_base = settings.client_consumed;
     let pair = SplicePair {
         client_cookie: sides[0].cookie,
         client_fd: sides[0].fd(),

@@ -1,0 +1,178 @@
+//! The client side of the handshake (reading the head without taking more than the head) and
+//! the upstream side (resolving and dialing the destination).
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd as _;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, Interest};
+use tokio::net::TcpStream;
+
+use super::request::{self, MAX_HEAD, Request, RequestError, Target, TargetHost};
+use crate::dns::Dns;
+
+/// How reading the head failed.
+#[derive(Debug)]
+pub enum HeadError {
+    /// A bad head: answered 400 or 431.
+    Request(RequestError),
+    /// Not complete within the request timeout: answered 408.
+    Timeout,
+    /// The client closed or failed before sending a whole head: nothing to answer.
+    Gone(String),
+}
+
+/// Reads one request head from `client` and consumes exactly its bytes: whatever the client
+/// sent behind it (a pipelined TLS ClientHello) stays in the socket's receive queue, in order,
+/// for the tunnel - the kernel path forwards bytes queued before the splice.
+///
+/// The head is read with `MSG_PEEK` until httparse reports it complete. A peek that finds no
+/// more bytes than the last one returns `WouldBlock` inside `try_io`, which clears tokio's
+/// readiness so that the next wait sleeps until the client sends more.
+pub async fn read_head(client: &mut TcpStream, within: Duration) -> Result<Request, HeadError> {
+    let mut buf = vec![0u8; MAX_HEAD];
+    let peeked = tokio::time::timeout(within, async {
+        let mut seen = 0;
+        loop {
+            client.readable().await.map_err(gone)?;
+            let got = match client.try_io(Interest::READABLE, || {
+                let n = peek(client, &mut buf)?;
+                if n == seen && n != 0 && n < buf.len() {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            }) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(gone(e)),
+            };
+            if got == 0 {
+                return Err(HeadError::Gone(if seen == 0 {
+                    "client closed without a request".into()
+                } else {
+                    "client closed in the middle of its request".into()
+                }));
+            }
+            seen = got;
+            match request::parse(&buf[..got]) {
+                Ok(Some(request)) => return Ok(request),
+                Ok(None) => {}
+                Err(e) => return Err(HeadError::Request(e)),
+            }
+        }
+    })
+    .await
+    .map_err(|_| HeadError::Timeout)??;
+    client
+        .read_exact(&mut buf[..peeked.head_len])
+        .await
+        .map_err(gone)?;
+    Ok(peeked)
+}
+
+/// Copies what the client sent behind its head (a pipelined ClientHello) to the upstream,
+/// until the client socket's receive queue is empty; returns the byte count.
+///
+/// Why not leave those bytes queued for the kernel path: the head was consumed with
+/// `read_exact`, which can stop in the middle of a socket buffer (skb), and when a socket joins
+/// the sockmap the verdict runs over whole queued buffers, the consumed part included - the
+/// upstream then received the head twice (seen on 6.18 in the end-to-end test). After this,
+/// every buffer touched by userspace is fully read: a read shorter than the buffer means the
+/// queue was empty.
+pub async fn forward_early_bytes(
+    client: &TcpStream,
+    upstream: &mut TcpStream,
+) -> Result<usize, String> {
+    /// A client that keeps streaming before it has seen a byte from the destination is
+    /// not an agent; past this it is cut.
+    const MAX_EARLY: usize = 4 << 20;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut copied = 0;
+    loop {
+        let n = match client.try_read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(copied),
+            Err(e) => return Err(format!("client: {e}")),
+        };
+        if n == 0 {
+            return Ok(copied);
+        }
+        upstream
+            .write_all(&buf[..n])
+            .await
+            .map_err(|e| format!("upstream: {e}"))?;
+        copied += n;
+        if n < buf.len() {
+            return Ok(copied);
+        }
+        if copied > MAX_EARLY {
+            return Err(format!(
+                "client sent over {MAX_EARLY} bytes before the tunnel was up"
+            ));
+        }
+    }
+}
+
+fn gone(e: io::Error) -> HeadError {
+    HeadError::Gone(format!("client: {e}"))
+}
+
+/// `recv(MSG_PEEK)` on a non-blocking socket.
+fn peek(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for `buf.len()` bytes, the fd is open for the call.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// The addresses of a destination: literals as they are, names through the daemon's shared
+/// DNS cache ([`Dns::resolve`]). A trailing dot is kept: it stops the resolver from trying
+/// search domains.
+pub async fn resolve(dns: &Dns, target: &Target) -> io::Result<Vec<SocketAddr>> {
+    match &target.host {
+        TargetHost::Ip(ip) => Ok(vec![SocketAddr::new(*ip, target.port)]),
+        TargetHost::Name { name, fqdn } => {
+            let dot = if *fqdn { "." } else { "" };
+            dns.resolve(&format!("{name}{dot}"), target.port).await
+        }
+    }
+}
+
+/// How dialing every address failed.
+#[derive(Debug)]
+pub struct DialError {
+    /// Every attempt timed out (504); otherwise at least one was refused or unreachable (502).
+    pub timed_out: bool,
+    pub detail: String,
+}
+
+/// Dials `addrs` in order, each attempt bounded by `timeout`; the first that connects wins.
+pub async fn dial(
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> Result<(TcpStream, SocketAddr), DialError> {
+    let mut timed_out = true;
+    let mut detail = String::new();
+    for &addr in addrs {
+        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => return Ok((stream, addr)),
+            Ok(Err(e)) => {
+                timed_out = false;
+                detail = format!("{addr}: {e}");
+            }
+            Err(_) => detail = format!("{addr}: no answer within {timeout:?}"),
+        }
+    }
+    Err(DialError { timed_out, detail })
+}

@@ -1,0 +1,394 @@
+//! `mode = "connect"`: an HTTP CONNECT forward proxy whose tunnels run on the kernel path.
+//!
+//! A connection lives like this:
+//! 1. admission as in every mode (client CIDRs, connection limits, per-IP rate limit);
+//! 2. the request head is read with `MSG_PEEK` and exactly its bytes are consumed, so bytes the
+//!    client pipelined behind it (a TLS ClientHello) stay queued in the socket, in order
+//!    ([`handshake::read_head`]), until the tunnel is up;
+//! 3. checks, each with its answer: a head that is not HTTP/1.x or a target that is not
+//!    `host:port` (400), too large (431) or too slow (408); a method other than CONNECT (405:
+//!    absolute-form plain HTTP is not forwarded, see docs/connect.md); credentials (407, when
+//!    `users` is set); the destination policy (403, [`policy`]);
+//! 4. the destination is resolved (the daemon's shared DNS cache, [`crate::dns`]), internal addresses are dropped unless named by a rule (403
+//!    when none is left), and the rest are dialed in order (502 refused/unreachable/unresolvable,
+//!    504 every attempt timed out);
+//! 5. `200 Connection established` is written, the bytes queued behind the head are copied to
+//!    the upstream ([`handshake::forward_early_bytes`]: the sockmap would re-send the consumed
+//!    head with them), and the pair goes to the same data path as tcp mode
+//!    ([`crate::proxy::carry`]): the kernel splice when it is loaded.
+//!
+//! Every answer is counted in `agent_proxy_connect_requests_total{frontend,status}`, and every
+//! connection ends with the usual one log line, which carries `destination` and `status`.
+
+pub mod auth;
+pub mod handshake;
+pub mod policy;
+pub mod ratelimit;
+pub mod request;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use crate::config::ConnectMode;
+use crate::conn::{End, Outcome, Path};
+use crate::dns::Dns;
+use crate::proxy::{Frontend, Route, Shared, carry, finish};
+use handshake::HeadError;
+use request::RequestError;
+
+/// What a connect frontend needs at run time, built once from its config.
+#[derive(Debug)]
+pub struct Settings {
+    pub users: auth::Users,
+    pub policy: policy::Policy,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Settings {
+    pub fn new(config: &ConnectMode) -> Self {
+        Self {
+            users: auth::Users::new(&config.users),
+            policy: policy::Policy::new(config.allow_destinations.clone()),
+            connect_timeout: config.connect_timeout,
+            request_timeout: config.request_timeout,
+        }
+    }
+}
+
+/// The answers other than 200.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    BadRequest,
+    Forbidden,
+    MethodNotAllowed,
+    ProxyAuthenticationRequired,
+    RequestTimeout,
+    HeaderFieldsTooLarge,
+    BadGateway,
+    GatewayTimeout,
+}
+
+impl Status {
+    pub fn code(self) -> u16 {
+        match self {
+            Status::BadRequest => 400,
+            Status::Forbidden => 403,
+            Status::MethodNotAllowed => 405,
+            Status::ProxyAuthenticationRequired => 407,
+            Status::RequestTimeout => 408,
+            Status::HeaderFieldsTooLarge => 431,
+            Status::BadGateway => 502,
+            Status::GatewayTimeout => 504,
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Status::BadRequest => "Bad Request",
+            Status::Forbidden => "Forbidden",
+            Status::MethodNotAllowed => "Method Not Allowed",
+            Status::ProxyAuthenticationRequired => "Proxy Authentication Required",
+            Status::RequestTimeout => "Request Timeout",
+            Status::HeaderFieldsTooLarge => "Request Header Fields Too Large",
+            Status::BadGateway => "Bad Gateway",
+            Status::GatewayTimeout => "Gateway Timeout",
+        }
+    }
+
+    /// The whole answer: status line, headers, a one-line text body. Always `Connection:
+    /// close`: a refused client starts again on a new connection.
+    pub fn response(self, detail: &str) -> String {
+        let body = format!("agent-proxy: {}: {detail}\n", self.reason());
+        let extra = match self {
+            Status::ProxyAuthenticationRequired => {
+                format!("Proxy-Authenticate: Basic realm=\"{}\"\r\n", auth::REALM)
+            }
+            Status::MethodNotAllowed => "Allow: CONNECT\r\n".to_owned(),
+            _ => String::new(),
+        };
+        format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
+             Connection: close\r\n{extra}\r\n{body}",
+            self.code(),
+            self.reason(),
+            body.len()
+        )
+    }
+}
+
+/// The answer that opens a tunnel (Squid's wording).
+pub const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
+
+/// An open tunnel, 200 already written.
+struct Tunnel {
+    upstream: TcpStream,
+    /// Bytes read from the client: its request head and [`Tunnel::early`].
+    consumed: u64,
+    /// Bytes the client sent behind its head, already copied to the upstream.
+    early: u64,
+    server: SocketAddr,
+    destination: String,
+}
+
+/// A request that gets no tunnel.
+struct Refusal {
+    /// `None` when the client left before there was anything to answer.
+    status: Option<Status>,
+    destination: String,
+    detail: String,
+}
+
+impl Refusal {
+    fn new(status: Status, destination: &str, detail: impl Into<String>) -> Self {
+        Self {
+            status: Some(status),
+            destination: destination.to_owned(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// How long a refusal's answer may take to write, and how long the client then gets to read
+/// it and close (see [`linger_close`]).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves one admitted connection of a connect frontend to its end, log line included.
+pub async fn run(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    frontend: &Frontend,
+    shared: &Shared,
+    settings: &Settings,
+    started: Instant,
+) {
+    let count = |status: &str| {
+        shared
+            .metrics
+            .connect_requests_total
+            .with_label_values(&[frontend.name.as_str(), status])
+            .inc();
+    };
+    // The drain's end cuts a handshake as it cuts a tunnel.
+    let negotiated = tokio::select! {
+        result = negotiate(&mut client, settings, &shared.dns) => result,
+        () = shared.abort.cancelled() => {
+            let outcome = Outcome::nothing(End::Shutdown, "cut during the CONNECT handshake");
+            finish(frontend, shared, peer, &Route { server: "-", destination: "-", status: "-" },
+                Path::None, &outcome, started);
+            return;
+        }
+    };
+    match negotiated {
+        Ok(tunnel) => {
+            count("200");
+            for stream in [&client, &tunnel.upstream] {
+                let _ = stream.set_nodelay(true);
+            }
+            let (path, mut outcome) =
+                carry(client, tunnel.upstream, tunnel.consumed, frontend, shared).await;
+            // The early bytes were copied here, in userspace: count them so.
+            outcome.bytes_up += tunnel.early;
+            outcome.copied_up += tunnel.early;
+            shared
+                .metrics
+                .bytes_total
+                .with_label_values(&[frontend.name.as_str(), "upstream", "userspace"])
+                .inc_by(tunnel.early);
+            let route = Route {
+                server: &tunnel.server.to_string(),
+                destination: &tunnel.destination,
+                status: "200",
+            };
+            finish(frontend, shared, peer, &route, path, &outcome, started);
+        }
+        Err(refusal) => {
+            let (end, code) = match refusal.status {
+                Some(status) => {
+                    let code = status.code().to_string();
+                    count(&code);
+                    let answer = status.response(&refusal.detail);
+                    let _ =
+                        tokio::time::timeout(ANSWER_TIMEOUT, client.write_all(answer.as_bytes()))
+                            .await;
+                    linger_close(client).await;
+                    let end = match status {
+                        Status::BadGateway | Status::GatewayTimeout => End::ConnectFailed,
+                        _ => End::Refused,
+                    };
+                    (end, code)
+                }
+                None => (End::ClientClose, "-".to_owned()),
+            };
+            let route = Route {
+                server: "-",
+                destination: &refusal.destination,
+                status: &code,
+            };
+            let outcome = Outcome::nothing(end, refusal.detail);
+            finish(
+                frontend,
+                shared,
+                peer,
+                &route,
+                Path::None,
+                &outcome,
+                started,
+            );
+        }
+    }
+}
+
+/// Steps 2-5 of the module doc.
+async fn negotiate(
+    client: &mut TcpStream,
+    settings: &Settings,
+    dns: &Dns,
+) -> Result<Tunnel, Refusal> {
+    let request = handshake::read_head(client, settings.request_timeout)
+        .await
+        .map_err(|e| match e {
+            HeadError::Request(RequestError::Malformed(detail)) => {
+                Refusal::new(Status::BadRequest, "-", detail)
+            }
+            HeadError::Request(RequestError::TooLarge) => Refusal::new(
+                Status::HeaderFieldsTooLarge,
+                "-",
+                format!(
+                    "request head over {} bytes or {} header lines",
+                    request::MAX_HEAD,
+                    request::MAX_HEADERS
+                ),
+            ),
+            HeadError::Timeout => Refusal::new(
+                Status::RequestTimeout,
+                "-",
+                format!(
+                    "request head not complete within {:?}",
+                    settings.request_timeout
+                ),
+            ),
+            HeadError::Gone(detail) => Refusal {
+                status: None,
+                destination: "-".into(),
+                detail,
+            },
+        })?;
+    let Some(target) = request.target else {
+        return Err(Refusal::new(
+            Status::MethodNotAllowed,
+            "-",
+            format!(
+                "method {:?} is not supported: this proxy only opens CONNECT tunnels",
+                request.method.chars().take(32).collect::<String>()
+            ),
+        ));
+    };
+    let destination = target.to_string();
+    if !settings.users.check(request.authorization.as_deref()) {
+        let detail = if request.authorization.is_some() {
+            "wrong credentials"
+        } else {
+            "credentials required"
+        };
+        return Err(Refusal::new(
+            Status::ProxyAuthenticationRequired,
+            &destination,
+            detail,
+        ));
+    }
+    if !settings.policy.allows(&target) {
+        return Err(Refusal::new(
+            Status::Forbidden,
+            &destination,
+            format!("destination {destination} is not allowed"),
+        ));
+    }
+    let addrs = handshake::resolve(dns, &target).await.map_err(|e| {
+        Refusal::new(
+            Status::BadGateway,
+            &destination,
+            format!("cannot resolve {destination}: {e}"),
+        )
+    })?;
+    let admitted: Vec<SocketAddr> = addrs
+        .iter()
+        .copied()
+        .filter(|a| settings.policy.admits(*a))
+        .collect();
+    if admitted.is_empty() {
+        return Err(Refusal::new(
+            Status::Forbidden,
+            &destination,
+            format!(
+                "destination {destination} resolves to internal addresses only ({}); \
+                 name them in allow_destinations to allow them",
+                addrs
+                    .iter()
+                    .map(SocketAddr::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    let (upstream, server) = handshake::dial(&admitted, settings.connect_timeout)
+        .await
+        .map_err(|e| {
+            let status = if e.timed_out {
+                Status::GatewayTimeout
+            } else {
+                Status::BadGateway
+            };
+            Refusal::new(
+                status,
+                &destination,
+                format!("cannot connect to {destination}: {}", e.detail),
+            )
+        })?;
+    let gone = |detail: String| Refusal {
+        status: None,
+        destination: destination.clone(),
+        detail,
+    };
+    client
+        .write_all(ESTABLISHED)
+        .await
+        .map_err(|e| gone(format!("client: {e}")))?;
+    let mut upstream = upstream;
+    let early = handshake::forward_early_bytes(client, &mut upstream)
+        .await
+        .map_err(gone)?;
+    Ok(Tunnel {
+        upstream,
+        consumed: (request.head_len + early) as u64,
+        early: early as u64,
+        server,
+        destination,
+    })
+}
+
+/// Closes after an error answer without resetting it away: closing a socket with unread bytes
+/// (say, a pipelined ClientHello) sends a RST, and a RST can discard the answer before the
+/// client reads it. So: shut down the write side (FIN after the answer), discard what the client
+/// sends until it closes, at most [`ANSWER_TIMEOUT`] and 1 MiB, then close.
+async fn linger_close(mut client: TcpStream) {
+    const MAX_DISCARD: usize = 1 << 20;
+    let _ = client.shutdown().await;
+    let _ = tokio::time::timeout(ANSWER_TIMEOUT, async {
+        let mut buf = [0u8; 4096];
+        let mut discarded = 0;
+        while discarded < MAX_DISCARD {
+            match client.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => discarded += n,
+            }
+        }
+    })
+    .await;
+}
