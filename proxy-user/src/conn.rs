@@ -18,6 +18,8 @@ pub enum End {
     Rejected,
     /// A CONNECT request answered with an error status (400, 403, 405, 407, 408, 431).
     Refused,
+    /// The client's TLS handshake failed or timed out (the detail says why); nothing dialed.
+    TlsHandshakeFailed,
     /// Cut when the drain timeout expired at shutdown.
     Shutdown,
     /// The proxy itself failed (see the error field).
@@ -34,6 +36,7 @@ impl End {
             End::ConnectFailed => "connect_failed",
             End::Rejected => "rejected",
             End::Refused => "refused",
+            End::TlsHandshakeFailed => "tls_handshake_failed",
             End::Shutdown => "shutdown",
             End::Error => "error",
         }

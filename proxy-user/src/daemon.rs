@@ -21,6 +21,7 @@ use crate::{
     metrics::Metrics,
     pool::Pool,
     proxy::{self, Frontend, FrontendRoute, Shared},
+    tls::{ClientTls, ServerTls, TlsError},
 };
 
 /// Names of the kernel's error kinds, by index (`proxy_common::KERNEL_ERROR_*`).
@@ -52,6 +53,97 @@ pub enum StartError {
     },
     #[error("at most {} frontends are supported", proxy_common::MAX_FRONTENDS)]
     TooManyFrontends,
+    #[error("{section} {name:?}: tls")]
+    Tls {
+        section: &'static str,
+        name: String,
+        #[source]
+        source: Box<TlsError>,
+    },
+}
+
+/// The TLS state of every frontend and backend that has `tls`, built from the config's files.
+#[derive(Default)]
+pub struct TlsState {
+    pub frontends: HashMap<String, Arc<ServerTls>>,
+    pub backends: HashMap<String, Arc<ClientTls>>,
+}
+
+impl TlsState {
+    /// Reads every certificate, key and CA file the config names.
+    pub fn load(config: &Config) -> Result<Self, StartError> {
+        let mut state = Self::default();
+        for fe in &config.frontends {
+            if let Some(tls) = &fe.tls {
+                let loaded = ServerTls::load(tls).map_err(|source| StartError::Tls {
+                    section: "frontend",
+                    name: fe.name.clone(),
+                    source: Box::new(source),
+                })?;
+                state.frontends.insert(fe.name.clone(), Arc::new(loaded));
+            }
+        }
+        for be in &config.backends {
+            if let Some(tls) = &be.tls {
+                let loaded =
+                    ClientTls::load(tls, be.connect_timeout).map_err(|source| StartError::Tls {
+                        section: "backend",
+                        name: be.name.clone(),
+                        source: Box::new(source),
+                    })?;
+                state.backends.insert(be.name.clone(), Arc::new(loaded));
+            }
+        }
+        Ok(state)
+    }
+
+    /// Re-reads every file; a frontend or backend whose files fail keeps its current config,
+    /// and the log says why. Returns how many failed.
+    pub fn reload(&self) -> usize {
+        let mut failed = 0;
+        let results = self
+            .frontends
+            .iter()
+            .map(|(name, tls)| ("frontend", name, tls.reload()))
+            .chain(
+                self.backends
+                    .iter()
+                    .map(|(name, tls)| ("backend", name, tls.reload())),
+            );
+        for (section, name, result) in results {
+            match result {
+                Ok(()) => tracing::info!(section, name = %name, "tls: certificates reloaded"),
+                Err(e) => {
+                    failed += 1;
+                    tracing::error!(section, name = %name, error = %error_chain(&e),
+                        "tls: reload failed; the previous certificates stay in use");
+                }
+            }
+        }
+        failed
+    }
+}
+
+/// Reloads the TLS files on each SIGHUP until `stop` fires.
+async fn reload_on_sighup(
+    tls: Arc<TlsState>,
+    mut hup: tokio::signal::unix::Signal,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            received = hup.recv() => {
+                if received.is_none() {
+                    return;
+                }
+                tracing::info!("SIGHUP: re-reading the TLS certificates (the config file itself is not re-read yet)");
+                let tls = Arc::clone(&tls);
+                // File reads and key parsing block: keep them off the runtime's workers.
+                let _ = tokio::task::spawn_blocking(move || tls.reload()).await;
+            }
+            () = stop.cancelled() => return,
+        }
+    }
 }
 
 /// Loads the kernel path as `dataplane` asks. `auto` falls back to userspace and says why, once.
@@ -93,7 +185,16 @@ pub async fn run(
     if config.frontends.len() > proxy_common::MAX_FRONTENDS as usize {
         return Err(StartError::TooManyFrontends);
     }
+    // Installed first: from here on a SIGHUP reloads instead of killing the process.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     raise_fd_limit();
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let tls = Arc::new(TlsState::load(&config)?);
+    for (name, backend) in &tls.backends {
+        tracing::info!(backend = %name, trust = %backend.trust, "tls to the servers");
+    }
     let kernel = load_kernel(config.global.dataplane)?;
     let metrics = Arc::new(Metrics::new());
     let path = if kernel.is_some() {
@@ -184,6 +285,11 @@ pub async fn run(
             allow: fe.allow.clone(),
             limit: Arc::new(Semaphore::new(fe.max_connections)),
             rate_limit: fe.rate_limit.map(RateLimiter::new),
+            tls: tls.frontends.get(&fe.name).cloned(),
+            backend_tls: match &fe.mode {
+                FrontendMode::Tcp { backend } => tls.backends.get(backend).cloned(),
+                FrontendMode::Connect(_) => None,
+            },
         };
         tracing::info!(frontend = %fe.name, listen = %fe.listen, backend, "listening");
         listeners.push((listener, Arc::new(frontend)));
@@ -234,13 +340,20 @@ pub async fn run(
             ))
         })
         .collect();
+    let reload_task = hup.map(|hup| {
+        tokio::spawn(reload_on_sighup(
+            Arc::clone(&tls),
+            hup,
+            stop_accepting.clone(),
+        ))
+    });
     ready.store(true, Ordering::SeqCst);
 
     shutdown.await;
     tracing::info!(drain_timeout = ?config.global.drain_timeout, "stopping: no new connections, draining");
     ready.store(false, Ordering::SeqCst);
     stop_accepting.cancel();
-    for task in accept_tasks {
+    for task in accept_tasks.into_iter().chain(reload_task) {
         let _ = task.await;
     }
     shared.tracker.close();

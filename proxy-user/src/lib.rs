@@ -20,3 +20,4 @@ pub mod pool;
 pub mod proxy;
 pub mod relay;
 pub mod splice;
+pub mod tls;

@@ -33,8 +33,20 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match config::load(&config) {
-            Ok(_) => ExitCode::SUCCESS,
+        Command::Check { config: path } => match config::load(&path) {
+            Ok(config) => {
+                for warning in config.warnings() {
+                    eprintln!("{}: warning: {warning}", path.display());
+                }
+                // The files the config names must be usable too.
+                match daemon::TlsState::load(&config) {
+                    Ok(_) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("{}: {}", path.display(), daemon::error_chain(&e));
+                        ExitCode::FAILURE
+                    }
+                }
+            }
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::FAILURE
@@ -80,22 +92,18 @@ fn init_tracing(format: config::LogFormat) {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT. SIGHUP (reload) is acknowledged and ignored for now.
+/// Resolves on SIGTERM or SIGINT. SIGHUP (reload) is handled by `daemon::run`.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+    let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => tracing::warn!("SIGHUP: configuration reload is not implemented yet; ignoring"),
-        }
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
 }

@@ -17,6 +17,7 @@ use crate::{
     pool::{ConnectError, Pool},
     relay::{self, RelayCounters},
     splice::{self, SpliceSettings},
+    tls::{self, ClientTls, ServerTls},
 };
 
 /// What every connection task shares.
@@ -47,6 +48,10 @@ pub struct Frontend {
     pub limit: Arc<Semaphore>,
     /// The per-client-IP limit on new connections, when configured.
     pub rate_limit: Option<RateLimiter>,
+    /// TLS terminated here, when the frontend has `tls` (tcp mode).
+    pub tls: Option<Arc<ServerTls>>,
+    /// TLS originated to the servers, when the backend has `tls` (tcp mode).
+    pub backend_tls: Option<Arc<ClientTls>>,
 }
 
 /// The mode-dependent part of a frontend.
@@ -78,7 +83,7 @@ pub struct Route<'a> {
 }
 
 impl Route<'_> {
-    const NONE: Route<'static> = Route {
+    pub(crate) const NONE: Route<'static> = Route {
         server: "-",
         destination: "-",
         status: "-",
@@ -152,7 +157,13 @@ fn admit(
     Ok((global, local))
 }
 
-fn reject(frontend: &Frontend, shared: &Shared, client: TcpStream, peer: SocketAddr, reason: &str) {
+pub(crate) fn reject(
+    frontend: &Frontend,
+    shared: &Shared,
+    client: TcpStream,
+    peer: SocketAddr,
+    reason: &str,
+) {
     shared
         .metrics
         .frontend_rejected_total
@@ -200,6 +211,10 @@ async fn handle_tcp(
     shared: &Shared,
     started: Instant,
 ) {
+    if frontend.tls.is_some() || frontend.backend_tls.is_some() {
+        tls::carry::handle_tcp(client, peer, pool, frontend, shared, started).await;
+        return;
+    }
     let (upstream, lease) = match pool.connect(&shared.metrics).await {
         Ok(pair) => pair,
         Err(ConnectError::NoServer { .. }) => {
@@ -242,20 +257,7 @@ pub(crate) async fn carry(
     frontend: &Frontend,
     shared: &Shared,
 ) -> (Path, Outcome) {
-    // Bytes copied in userspace: the whole connection on the relay, or the tail of a direction
-    // that had to leave the kernel path.
-    let counters = RelayCounters {
-        up: shared.metrics.bytes_total.with_label_values(&[
-            frontend.name.as_str(),
-            "upstream",
-            "userspace",
-        ]),
-        down: shared.metrics.bytes_total.with_label_values(&[
-            frontend.name.as_str(),
-            "downstream",
-            "userspace",
-        ]),
-    };
+    let counters = relay_counters(frontend, shared);
     let (client, upstream) = match &shared.kernel {
         Some(kernel) => {
             let settings = SpliceSettings {
@@ -287,6 +289,32 @@ pub(crate) async fn carry(
     (Path::Userspace, outcome)
 }
 
+/// Bytes copied in userspace: the whole connection on the relay, or the tail of a direction
+/// that had to leave the kernel path.
+pub(crate) fn relay_counters(frontend: &Frontend, shared: &Shared) -> RelayCounters {
+    let bytes = |direction| {
+        shared.metrics.bytes_total.with_label_values(&[
+            frontend.name.as_str(),
+            direction,
+            "userspace",
+        ])
+    };
+    RelayCounters {
+        up: bytes("upstream"),
+        down: bytes("downstream"),
+    }
+}
+
+/// The `tls` field of the log line: which sides of the frontend's connections are TLS.
+fn tls_sides(frontend: &Frontend) -> &'static str {
+    match (frontend.tls.is_some(), frontend.backend_tls.is_some()) {
+        (false, false) => "none",
+        (true, false) => "client",
+        (false, true) => "upstream",
+        (true, true) => "both",
+    }
+}
+
 /// The one log line and the end-of-connection metrics.
 pub(crate) fn finish(
     frontend: &Frontend,
@@ -316,6 +344,7 @@ pub(crate) fn finish(
         server = route.server,
         destination = route.destination,
         status = route.status,
+        tls = tls_sides(frontend),
         path = path.as_str(),
         bytes_up = outcome.bytes_up,
         bytes_down = outcome.bytes_down,

@@ -1,5 +1,9 @@
 //! The userspace data path: copy both directions with tokio, with the kernel path's semantics.
 //!
+//! [`relay`] carries two plain TCP sockets; [`relay_streams`] carries any two byte streams,
+//! which is how a connection with TLS on either side travels (see its docs for what half-close
+//! and reset mean through TLS).
+//!
 //! - Each direction reads until EOF and then shuts the other socket's write side, while the other
 //!   direction keeps flowing (half-close).
 //! - A read or write error on one socket resets the other (close with `SO_LINGER` 0).
@@ -7,11 +11,16 @@
 //!   and frees the buffer once the socket has nothing more, so idle connections hold none. A
 //!   peer that stops reading stops its direction at one buffer (`write_all` waits), so memory
 //!   stays bounded by the socket buffers plus one buffer.
-use std::{io, os::fd::AsRawFd};
+use std::{
+    io,
+    os::fd::AsRawFd,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
 
 use prometheus::IntCounter;
 use tokio::{
-    io::AsyncWriteExt,
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
@@ -84,6 +93,41 @@ async fn pump(
     }
 }
 
+/// How a relayed connection ended: `result` is `Ok` when both directions finished (the side
+/// whose EOF came first, `first_eof`, names the end), else the failed direction, or `None` when
+/// cut by `cancel`. An abortive end resets both sockets (`fds`), so the survivor's peer learns
+/// at once.
+fn ending(
+    result: Result<(), Option<DirectionError>>,
+    first_eof: Option<Failed>,
+    fds: [std::os::fd::RawFd; 2],
+) -> (End, String) {
+    let failure = match result {
+        Ok(()) => {
+            let end = match first_eof {
+                Some(Failed::Upstream) => End::UpstreamClose,
+                _ => End::ClientClose,
+            };
+            return (end, String::new());
+        }
+        Err(failure) => failure,
+    };
+    for fd in fds {
+        let _ = net::set_linger_zero(fd);
+    }
+    match failure {
+        Some(DirectionError {
+            failed: Failed::Client,
+            error,
+        }) => (End::ClientReset, error.to_string()),
+        Some(DirectionError {
+            failed: Failed::Upstream,
+            error,
+        }) => (End::UpstreamReset, error.to_string()),
+        None => (End::Shutdown, "drain timeout".to_string()),
+    }
+}
+
 /// Relays until both directions finished, one side failed, or `cancel` fires.
 pub async fn relay(
     client: TcpStream,
@@ -131,32 +175,14 @@ pub async fn relay(
             }
         }
     };
-    let (end, detail) = match result {
-        Ok(()) => match first_eof {
-            Some(Failed::Upstream) => (End::UpstreamClose, String::new()),
-            _ => (End::ClientClose, String::new()),
-        },
-        Err(failure) => {
-            // Abortive end: reset both sockets so the survivor's peer learns at once.
-            for fd in [
-                client_read.as_ref().as_raw_fd(),
-                upstream_read.as_ref().as_raw_fd(),
-            ] {
-                let _ = net::set_linger_zero(fd);
-            }
-            match failure {
-                Some(DirectionError {
-                    failed: Failed::Client,
-                    error,
-                }) => (End::ClientReset, error.to_string()),
-                Some(DirectionError {
-                    failed: Failed::Upstream,
-                    error,
-                }) => (End::UpstreamReset, error.to_string()),
-                None => (End::Shutdown, "drain timeout".to_string()),
-            }
-        }
-    };
+    let (end, detail) = ending(
+        result,
+        first_eof,
+        [
+            client_read.as_ref().as_raw_fd(),
+            upstream_read.as_ref().as_raw_fd(),
+        ],
+    );
     Outcome {
         bytes_up: up,
         bytes_down: down,
@@ -164,6 +190,186 @@ pub async fn relay(
         detail,
         copied_up: up,
         copied_down: down,
+        pauses: 0,
+    }
+}
+
+/// Bytes read per call on [`relay_streams`]: 4 TLS records of plaintext (see docs/tls.md for
+/// the measurements behind the size).
+const STREAM_CHUNK: usize = 64 * 1024;
+
+/// One direction of [`relay_streams`].
+struct Flow {
+    /// Held while bytes flow; freed when the reader has nothing and nothing waits to be written.
+    buf: Option<Box<[u8]>>,
+    /// `buf[pos..len]` is read but not yet written.
+    pos: usize,
+    len: usize,
+    read_done: bool,
+    /// Bytes were written since the last flush (TLS buffers records until flushed).
+    unflushed: bool,
+    done: bool,
+    total: u64,
+    from: Failed,
+    to: Failed,
+}
+
+impl Flow {
+    fn new(from: Failed, to: Failed) -> Self {
+        Self {
+            buf: None,
+            pos: 0,
+            len: 0,
+            read_done: false,
+            unflushed: false,
+            done: false,
+            total: 0,
+            from,
+            to,
+        }
+    }
+
+    /// Moves bytes from `r` to `w` until both would block; `Ready(Ok)` once EOF was read and
+    /// passed on as a shutdown of `w` (a close_notify then a FIN, when `w` is TLS).
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut r: Pin<&mut R>,
+        mut w: Pin<&mut W>,
+        metric: &IntCounter,
+    ) -> Poll<Result<(), DirectionError>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        let (from, to) = (self.from, self.to);
+        let write_err = |error| DirectionError { failed: to, error };
+        loop {
+            if self.pos == self.len && !self.read_done {
+                let buf = self
+                    .buf
+                    .get_or_insert_with(|| vec![0; STREAM_CHUNK].into_boxed_slice());
+                let mut read = ReadBuf::new(buf);
+                match r.as_mut().poll_read(cx, &mut read) {
+                    Poll::Ready(Ok(())) if read.filled().is_empty() => self.read_done = true,
+                    Poll::Ready(Ok(())) => {
+                        self.len = read.filled().len();
+                        self.pos = 0;
+                    }
+                    // A TLS peer that closed TCP without close_notify: rustls reports it as
+                    // an unexpected EOF. Agents and intakes do it routinely; it is the end of
+                    // that direction, passed on as such.
+                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        self.read_done = true;
+                    }
+                    Poll::Ready(Err(error)) => {
+                        return Poll::Ready(Err(DirectionError {
+                            failed: from,
+                            error,
+                        }));
+                    }
+                    Poll::Pending => {
+                        if self.unflushed {
+                            ready!(w.as_mut().poll_flush(cx)).map_err(write_err)?;
+                            self.unflushed = false;
+                        }
+                        // Idle: give the buffer back until the reader wakes up.
+                        self.buf = None;
+                        return Poll::Pending;
+                    }
+                }
+            }
+            while self.pos < self.len {
+                let buf = self.buf.as_deref().unwrap_or_default();
+                let n = ready!(w.as_mut().poll_write(cx, &buf[self.pos..self.len]))
+                    .map_err(write_err)?;
+                if n == 0 {
+                    return Poll::Ready(Err(write_err(io::ErrorKind::WriteZero.into())));
+                }
+                self.pos += n;
+                self.total += n as u64;
+                metric.inc_by(n as u64);
+                self.unflushed = true;
+            }
+            if self.read_done {
+                ready!(w.as_mut().poll_shutdown(cx)).map_err(write_err)?;
+                self.buf = None;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+/// Relays between two byte streams (TLS or plain) until both directions finished, one side
+/// failed, or `cancel` fires; both directions run in this one task.
+///
+/// Through TLS, half-close works per direction as TLS allows: EOF read on one side (a
+/// close_notify, or a TCP FIN without one) becomes a close_notify followed by a FIN on the
+/// other side if that side is TLS, a FIN if it is plain, while the other direction keeps
+/// flowing (TLS 1.3 allows it; a TLS 1.2 peer may stop reading after its close_notify, which is
+/// its choice). A reset cannot be relayed inside TLS: a TCP reset, a fatal alert or a corrupt
+/// record on one side ends the connection, and the other side's socket is closed with
+/// `SO_LINGER` 0, so its peer sees a TCP reset - without a close_notify, so a TLS peer also
+/// knows the stream was cut.
+pub async fn relay_streams<C, U>(
+    mut client: C,
+    mut upstream: U,
+    counters: &RelayCounters,
+    cancel: &CancellationToken,
+) -> Outcome
+where
+    C: AsyncRead + AsyncWrite + AsRawFd + Unpin,
+    U: AsyncRead + AsyncWrite + AsRawFd + Unpin,
+{
+    let mut up = Flow::new(Failed::Client, Failed::Upstream);
+    let mut down = Flow::new(Failed::Upstream, Failed::Client);
+    let mut first_eof = None;
+    let both = std::future::poll_fn(|cx| {
+        if !up.done
+            && let Poll::Ready(r) = up.poll(
+                cx,
+                Pin::new(&mut client),
+                Pin::new(&mut upstream),
+                &counters.up,
+            )
+        {
+            r?;
+            first_eof.get_or_insert(Failed::Client);
+        }
+        if !down.done
+            && let Poll::Ready(r) = down.poll(
+                cx,
+                Pin::new(&mut upstream),
+                Pin::new(&mut client),
+                &counters.down,
+            )
+        {
+            r?;
+            first_eof.get_or_insert(Failed::Upstream);
+        }
+        if up.done && down.done {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    });
+    let result = tokio::select! {
+        r = both => r.map_err(Some),
+        () = cancel.cancelled() => Err(None),
+    };
+    let (end, detail) = ending(
+        result,
+        first_eof,
+        [client.as_raw_fd(), upstream.as_raw_fd()],
+    );
+    Outcome {
+        bytes_up: up.total,
+        bytes_down: down.total,
+        end,
+        detail,
+        copied_up: up.total,
+        copied_down: down.total,
         pauses: 0,
     }
 }

@@ -12,3 +12,12 @@ pub fn heavy() -> MutexGuard<'static, ()> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// Bytes each way of the 1 GiB scenarios: 1 GiB, or `AP_BULK_BYTES` for a quick run of an
+/// unoptimised build.
+pub fn bulk_len() -> u64 {
+    std::env::var("AP_BULK_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1 << 30)
+}

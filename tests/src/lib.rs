@@ -34,6 +34,7 @@ pub mod pattern;
 pub mod peers;
 pub mod privileges;
 pub mod squid;
+pub mod tls;
 
 pub use daemon::{Daemon, DaemonConfig, Dataplane};
 pub use env::{TestEnv, run_scenario};

@@ -202,7 +202,23 @@ pub async fn exchange_expecting(
     recv_limit: u64,
     expect_seed: Option<u64>,
 ) -> anyhow::Result<Exchanged> {
-    let (mut r, mut w) = stream.into_split();
+    let (r, w) = stream.into_split();
+    exchange_halves(r, w, seed, send_len, recv_limit, expect_seed).await
+}
+
+/// [`exchange_expecting`] over the two halves of any stream (a TCP socket, a TLS session).
+pub async fn exchange_halves<R, W>(
+    mut r: R,
+    mut w: W,
+    seed: u64,
+    send_len: u64,
+    recv_limit: u64,
+    expect_seed: Option<u64>,
+) -> anyhow::Result<Exchanged>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     // Two tasks, so that hashing both directions can use both cores.
     let writer = tokio::spawn(async move {
         let d = send_pattern(&mut w, seed, send_len).await?;

@@ -3,23 +3,14 @@
 use std::time::{Duration, Instant};
 
 use agent_proxy_tests::checks::{CLOSED, assert_bytes, check_conn_log, tail};
-use agent_proxy_tests::heavy::heavy;
+use agent_proxy_tests::heavy::{bulk_len, heavy};
 use agent_proxy_tests::netns::NetNs;
 use agent_proxy_tests::peers::{V4, accept, connect, exchange_expecting, listen};
 use agent_proxy_tests::{DaemonConfig, Dataplane, TestEnv, dataplane_tests};
 use anyhow::{Context as _, ensure};
 
-const GIB: u64 = 1 << 30;
 const SEED_UP: u64 = 0x5eed_0001;
 const SEED_DOWN: u64 = 0x5eed_0002;
-
-/// Bytes each way: 1 GiB, or `AP_BULK_BYTES` for a quick run of an unoptimised build.
-fn bulk_len() -> u64 {
-    std::env::var("AP_BULK_BYTES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(GIB)
-}
 
 fn bulk_1gib_each_way(dp: Dataplane) -> anyhow::Result<()> {
     let _heavy = heavy();

@@ -33,7 +33,8 @@ pub const BUILD_APT_PACKAGES: &[&str] = &[
 
 /// Debian packages the tests use: `iproute2` (`ip netns`, veth), `iptables` (transparent-mode
 /// redirect rules), `bpftool` (inspecting the loaded programs and maps), `curl` (the admin
-/// endpoints), `python3` (small test peers), `procps` (`sysctl`, `ps`).
+/// endpoints, and a TLS client of the TLS tests), `openssl` (`s_client` in the TLS tests),
+/// `python3` (small test peers), `procps` (`sysctl`, `ps`).
 ///
 /// Benchmark peers (haproxy, iperf3, ...) belong in a separate list that only `bench` installs.
 pub const TEST_APT_PACKAGES: &[&str] = &[
@@ -41,6 +42,7 @@ pub const TEST_APT_PACKAGES: &[&str] = &[
     "iptables",
     "bpftool",
     "curl",
+    "openssl",
     "python3",
     "procps",
     "dnsmasq-base",

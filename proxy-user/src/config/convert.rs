@@ -11,10 +11,13 @@ use std::ops::Range;
 
 use toml::Spanned;
 
-use super::raw::{Int, List, RawBackend, RawConfig, RawFrontend, RawGlobal, RawRateLimit};
+use super::raw::{
+    Int, List, RawBackend, RawBackendTls, RawCertFiles, RawConfig, RawFrontend, RawFrontendTls,
+    RawGlobal, RawRateLimit,
+};
 use super::{
-    Backend, Balance, Config, ConnectMode, Dataplane, DestinationRule, Frontend, FrontendMode,
-    Global, LogFormat, RateLimit, User, pool, value,
+    Backend, BackendTls, Balance, CertFiles, Config, ConnectMode, Dataplane, DestinationRule,
+    Frontend, FrontendMode, FrontendTls, Global, LogFormat, RateLimit, User, pool, value,
 };
 
 /// Connection limits above this are refused: no fd limit allows that many sockets, and the
@@ -61,17 +64,6 @@ pub(super) fn int<T: TryFrom<i64>>(
         }
         T::try_from(value).map_err(|_| format!("invalid {key} {value}: too large"))
     })
-}
-
-/// Refuses a key the file format reserves but the proxy does not implement yet.
-fn unsupported(key: &str, spanned: Option<&Spanned<toml::Value>>) -> Result<()> {
-    match spanned {
-        Some(spanned) => Err(error_at(
-            spanned.span(),
-            format!("`{key}` is not supported yet"),
-        )),
-        None => Ok(()),
-    }
 }
 
 pub(super) fn config(raw: RawConfig) -> Result<Config> {
@@ -233,7 +225,7 @@ fn frontend(
         None => Frontend::DEFAULT_MAX_CONNECTIONS,
     };
     let rate_limit = raw.rate_limit.as_ref().map(rate_limit).transpose()?;
-    unsupported("tls", raw.tls.as_ref())?;
+    let tls = raw.tls.as_ref().map(frontend_tls).transpose()?;
 
     let connect = match &raw.mode {
         Some(mode) => parse_at(mode, |text| match text.as_str() {
@@ -254,6 +246,12 @@ fn frontend(
                     "frontend \"{name}\": `backend` is not used in connect mode (each CONNECT \
                      request names its destination; list them in allow_destinations)"
                 ),
+            ));
+        }
+        if let Some(tls) = &raw.tls {
+            return Err(error_at(
+                tls.span(),
+                "`tls` is not supported in connect mode yet",
             ));
         }
         (FrontendMode::Connect(connect_mode(&raw)?), None)
@@ -300,6 +298,7 @@ fn frontend(
         allow,
         max_connections,
         rate_limit,
+        tls,
     };
     Ok((frontend, backend_span))
 }
@@ -426,6 +425,7 @@ fn backend(spanned: Spanned<RawBackend>, earlier: &[Backend]) -> Result<Backend>
         None => Balance::default(),
     };
     let connect_timeout = match &raw.connect_timeout {
+        // A zero timeout would fail every connect before it starts.
         Some(spanned) => positive_duration("connect_timeout", spanned)?,
         None => Backend::DEFAULT_CONNECT_TIMEOUT,
     };
@@ -434,7 +434,7 @@ fn backend(spanned: Spanned<RawBackend>, earlier: &[Backend]) -> Result<Backend>
         None => Backend::DEFAULT_RETRIES,
     };
 
-    unsupported("tls", raw.tls.as_ref())?;
+    let tls = raw.tls.map(backend_tls).transpose()?;
     let health_check = raw
         .health_check
         .as_ref()
@@ -459,8 +459,93 @@ fn backend(spanned: Spanned<RawBackend>, earlier: &[Backend]) -> Result<Backend>
         balance,
         connect_timeout,
         retries,
+        tls,
         health_check,
         passive,
         dns,
+    })
+}
+
+/// A file path: any non-empty string, used as written (relative to the working directory).
+fn path(key: &str, spanned: &Spanned<String>) -> Result<std::path::PathBuf> {
+    parse_at(spanned, |text| {
+        if text.is_empty() {
+            Err(format!(
+                "invalid {key}: expected a file path, got an empty string"
+            ))
+        } else {
+            Ok(text.into())
+        }
+    })
+}
+
+fn cert_files(cert: &Spanned<String>, key: Option<&Spanned<String>>) -> Result<CertFiles> {
+    Ok(CertFiles {
+        cert: path("cert", cert)?,
+        key: key.map(|key| path("key", key)).transpose()?,
+    })
+}
+
+/// `tls = { cert, key, certs, client_ca, handshake_timeout }` of a frontend.
+fn frontend_tls(spanned: &Spanned<RawFrontendTls>) -> Result<FrontendTls> {
+    let span = spanned.span();
+    let raw = spanned.get_ref();
+    let mut certs = Vec::new();
+    match (&raw.cert, &raw.key) {
+        (Some(cert), key) => certs.push(cert_files(cert, key.as_ref())?),
+        (None, Some(key)) => {
+            return Err(error_at(key.span(), "tls: `key` without `cert`"));
+        }
+        (None, None) => {}
+    }
+    if let Some(list) = &raw.certs {
+        for entry in &list.get_ref().0 {
+            let RawCertFiles { cert, key } = entry.get_ref();
+            certs.push(cert_files(cert, key.as_ref())?);
+        }
+    }
+    if certs.is_empty() {
+        return Err(error_at(
+            span,
+            "tls: a certificate is required: `cert` (and `key`, unless the cert file holds it) \
+             or `certs = [{ cert, key }]`",
+        ));
+    }
+    let handshake_timeout = match &raw.handshake_timeout {
+        Some(spanned) => positive_duration("handshake_timeout", spanned)?,
+        None => FrontendTls::DEFAULT_HANDSHAKE_TIMEOUT,
+    };
+    Ok(FrontendTls {
+        certs,
+        client_ca: raw
+            .client_ca
+            .as_ref()
+            .map(|p| path("client_ca", p))
+            .transpose()?,
+        handshake_timeout,
+    })
+}
+
+/// `tls = { sni, ca_file, verify }` of a backend; `tls = {}` is TLS with every default.
+fn backend_tls(spanned: Spanned<RawBackendTls>) -> Result<BackendTls> {
+    let raw = spanned.into_inner();
+    let sni = match &raw.sni {
+        Some(spanned) => Some(parse_at(spanned, |text| {
+            rustls_pki_types::ServerName::try_from(text.as_str())
+                .map(|_| text.clone())
+                .map_err(|_| {
+                    format!("invalid sni \"{text}\": expected a DNS name or an IP address")
+                })
+        })?),
+        None => None,
+    };
+    Ok(BackendTls {
+        sni,
+        ca_file: raw
+            .ca_file
+            .as_ref()
+            .map(|p| path("ca_file", p))
+            .transpose()?,
+        verify: raw.verify.as_ref().is_none_or(|v| *v.get_ref()),
     })
 }

@@ -11,8 +11,8 @@
 //!    the config: a [`FrontendMode::Tcp`] backend always exists, a [`Backend`] always has a
 //!    server.
 //!
-//! Keys that the documented file format reserves but the proxy does not implement yet (TLS,
-//! transparent mode, health checks, DNS TTLs) are *known* keys: they are rejected
+//! Keys that the documented file format reserves but the proxy does not implement yet
+//! (transparent mode, health checks, DNS TTLs) are *known* keys: they are rejected
 //! with a positioned "not supported yet" error instead of "unknown field", so an operator knows
 //! the config is spelled right and the feature is what is missing.
 
@@ -31,7 +31,7 @@ mod tests_errors;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::connect::{auth::User, policy::DestinationRule, ratelimit::RateLimit};
@@ -49,6 +49,22 @@ pub struct Config {
 }
 
 impl Config {
+    /// Settings that are valid but unsafe, one sentence each; `check` prints them and the
+    /// daemon logs them at start.
+    pub fn warnings(&self) -> Vec<String> {
+        self.backends
+            .iter()
+            .filter(|b| b.tls.as_ref().is_some_and(|tls| !tls.verify))
+            .map(|b| {
+                format!(
+                    "backend \"{}\": tls verify = false: the servers' certificates are not \
+                     checked, anyone on the path can impersonate them (use only in a lab)",
+                    b.name
+                )
+            })
+            .collect()
+    }
+
     /// The backend called `name`. Every [`FrontendMode::Tcp`] backend name resolves, because
     /// [`parse`] refuses configs where it would not.
     pub fn backend(&self, name: &str) -> Option<&Backend> {
@@ -148,6 +164,47 @@ pub struct Frontend {
     pub max_connections: usize,
     /// New connections admitted per client IP address and period; `None`: no limit.
     pub rate_limit: Option<RateLimit>,
+    /// TLS terminated on this frontend (`tls = { cert, key, ... }`); `None` is plaintext.
+    pub tls: Option<FrontendTls>,
+}
+
+/// TLS on a frontend: the certificates it presents, and optionally the CA its clients' must
+/// chain to. The files are read when the daemon starts and again on SIGHUP (see docs/tls.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrontendTls {
+    /// Certificates to present, never empty. The first is the default (no SNI, or an SNI that
+    /// no certificate names); the others are chosen by the SNI matching their SANs.
+    pub certs: Vec<CertFiles>,
+    /// PEM file of the CAs a client certificate must chain to; set, a client without a valid
+    /// certificate is refused (mTLS).
+    pub client_ca: Option<PathBuf>,
+    /// How long a client may take to complete its handshake before it is closed.
+    pub handshake_timeout: Duration,
+}
+
+impl FrontendTls {
+    /// The default of [`FrontendTls::handshake_timeout`].
+    pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+}
+
+/// A certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    /// The chain, leaf first; may also hold the key (HAProxy's `crt` style).
+    pub cert: PathBuf,
+    /// The private key; `None` when `cert` holds it.
+    pub key: Option<PathBuf>,
+}
+
+/// TLS originated by a backend towards its servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendTls {
+    /// The server name sent (SNI) and verified; `None` uses each server's configured host.
+    pub sni: Option<String>,
+    /// PEM file of trusted CAs; `None` uses the system bundle, else the bundled roots.
+    pub ca_file: Option<PathBuf>,
+    /// `false` accepts any certificate (labs only; warned at start and by `check`).
+    pub verify: bool,
 }
 
 impl Frontend {
@@ -199,6 +256,8 @@ pub struct Backend {
     pub connect_timeout: Duration,
     /// Further connect attempts (on other servers where possible) after the first one fails.
     pub retries: u32,
+    /// TLS to the servers (`tls = { sni, ca_file, verify }`); `None` is plaintext.
+    pub tls: Option<BackendTls>,
     /// Active health checks; `None` leaves the decision to passive health alone.
     pub health_check: Option<HealthCheck>,
     /// What consecutive connect failures do to a server.

@@ -47,9 +47,9 @@ pub(super) struct RawFrontend {
     pub backend: Option<Spanned<String>>,
     pub allow: Option<Spanned<List<Spanned<String>>>>,
     pub max_connections: Option<Spanned<Int>>,
+    pub tls: Option<Spanned<RawFrontendTls>>,
     // Reserved by the file format, not implemented yet: any value is accepted here and refused
     // in `convert` with "not supported yet".
-    pub tls: Option<Spanned<toml::Value>>,
     // Connect mode only.
     pub users: Option<Spanned<List<Spanned<RawUser>>>>,
     pub allow_destinations: Option<Spanned<List<Spanned<String>>>>,
@@ -93,8 +93,7 @@ pub(super) struct RawBackend {
     pub balance: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub retries: Option<Spanned<Int>>,
-    // Reserved by the file format, not implemented yet (see `RawFrontend`).
-    pub tls: Option<Spanned<toml::Value>>,
+    pub tls: Option<Spanned<RawBackendTls>>,
     pub health_check: Option<Spanned<RawHealthCheck>>,
     pub passive: Option<Spanned<RawPassive>>,
     pub dns: Option<Spanned<RawDns>>,
@@ -165,6 +164,35 @@ pub(super) struct RawPassive {
 pub(super) struct RawDns {
     pub min_ttl: Option<Spanned<String>>,
     pub max_ttl: Option<Spanned<String>>,
+}
+
+/// A frontend's `tls = { ... }`.
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawFrontendTls {
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    /// More certificates, chosen by SNI.
+    pub certs: Option<Spanned<List<Spanned<RawCertFiles>>>>,
+    pub client_ca: Option<Spanned<String>>,
+    pub handshake_timeout: Option<Spanned<String>>,
+}
+
+/// One entry of `certs = [{ cert = "...", key = "..." }]`.
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawCertFiles {
+    pub cert: Spanned<String>,
+    pub key: Option<Spanned<String>>,
+}
+
+/// A backend's `tls = { ... }`.
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawBackendTls {
+    pub sni: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub verify: Option<Spanned<bool>>,
 }
 
 /// A TOML integer. Its own type only so a type error reads "expected an integer" instead of

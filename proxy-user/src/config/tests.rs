@@ -18,7 +18,7 @@ fn net(text: &str) -> ipnet::IpNet {
 }
 
 /// The example of the interface contract, without the keys that are not supported yet
-/// (frontend `tls`, backend `tls`).
+/// (`tls`: `tls_keys_parse` parses the contract's two `tls` lines).
 const CONTRACT_EXAMPLE: &str = r#"
 [global]
 max_connections = 10000          # over it: new connections are refused and counted
@@ -65,6 +65,7 @@ fn contract_example_parses_to_the_documented_values() {
             allow: vec![net("10.0.0.0/8"), net("127.0.0.1/32")],
             max_connections: 4096,
             rate_limit: None,
+            tls: None,
         }]
     );
     assert_eq!(
@@ -90,6 +91,7 @@ fn contract_example_parses_to_the_documented_values() {
             }),
             passive: Passive::default(),
             dns: DnsTtl::default(),
+            tls: None,
         }]
     );
     assert_eq!(config.backend("datadog-metrics"), Some(&config.backends[0]));
@@ -394,4 +396,99 @@ health_check = {}
     );
     assert_eq!(backend.passive, Passive::default());
     assert_eq!(backend.dns, DnsTtl::default());
+}
+
+#[test]
+fn tls_keys_parse() {
+    let config = ok(r#"
+[[frontend]]
+name = "a"
+listen = "127.0.0.1:1"
+backend = "b"
+tls = { cert = "/etc/agent-proxy/proxy.pem", key = "/etc/agent-proxy/proxy.key" }
+
+[[frontend]]
+name = "c"
+listen = "127.0.0.1:2"
+backend = "b"
+tls = { cert = "both.pem", certs = [{ cert = "other.pem", key = "other.key" }, { cert = "third.pem" }], client_ca = "ca.pem", handshake_timeout = "3s" }
+
+[[backend]]
+name = "b"
+servers = ["intake.example.com:443"]
+tls = { sni = "metrics.agent.datadoghq.com", ca_file = "/etc/ssl/certs/ca-certificates.crt", verify = true }
+
+[[backend]]
+name = "d"
+servers = ["[::1]:443"]
+tls = {}
+"#);
+    let files = |cert: &str, key: Option<&str>| CertFiles {
+        cert: cert.into(),
+        key: key.map(Into::into),
+    };
+    assert_eq!(
+        config.frontends[0].tls,
+        Some(FrontendTls {
+            certs: vec![files(
+                "/etc/agent-proxy/proxy.pem",
+                Some("/etc/agent-proxy/proxy.key")
+            )],
+            client_ca: None,
+            handshake_timeout: Duration::from_secs(10),
+        })
+    );
+    assert_eq!(
+        config.frontends[1].tls,
+        Some(FrontendTls {
+            certs: vec![
+                files("both.pem", None),
+                files("other.pem", Some("other.key")),
+                files("third.pem", None)
+            ],
+            client_ca: Some("ca.pem".into()),
+            handshake_timeout: Duration::from_secs(3),
+        })
+    );
+    assert_eq!(
+        config.backends[0].tls,
+        Some(BackendTls {
+            sni: Some("metrics.agent.datadoghq.com".into()),
+            ca_file: Some("/etc/ssl/certs/ca-certificates.crt".into()),
+            verify: true,
+        })
+    );
+    assert_eq!(
+        config.backends[1].tls,
+        Some(BackendTls {
+            sni: None,
+            ca_file: None,
+            verify: true,
+        })
+    );
+    assert!(config.warnings().is_empty());
+}
+
+#[test]
+fn verify_false_is_accepted_with_a_warning() {
+    let config = ok(r#"
+[[frontend]]
+name = "a"
+listen = "127.0.0.1:1"
+backend = "lab"
+
+[[backend]]
+name = "lab"
+servers = ["10.0.0.1:443"]
+tls = { verify = false }
+"#);
+    assert!(!config.backends[0].tls.as_ref().unwrap().verify);
+    assert_eq!(
+        config.warnings(),
+        vec![
+            "backend \"lab\": tls verify = false: the servers' certificates are not checked, \
+             anyone on the path can impersonate them (use only in a lab)"
+                .to_owned()
+        ]
+    );
 }

@@ -197,16 +197,10 @@ fn bad_values_in_frontends() {
 #[test]
 fn not_yet_supported_frontend_features_are_known_but_refused() {
     let base = "name = \"a\"\nlisten = \"127.0.0.1:1\"\nbackend = \"b\"";
-    let cases = [
-        (
-            "mode = \"transparent\"",
-            "t.toml:5:8: mode \"transparent\" is not supported yet",
-        ),
-        (
-            "tls = { cert = \"/c.pem\", key = \"/k.pem\" }",
-            "t.toml:5:7: `tls` is not supported yet",
-        ),
-    ];
+    let cases = [(
+        "mode = \"transparent\"",
+        "t.toml:5:8: mode \"transparent\" is not supported yet",
+    )];
     for (extra, expected) in cases {
         assert_eq!(
             frontend_err(&format!("{base}\n{extra}")),
@@ -318,10 +312,6 @@ fn bad_values_in_backends() {
             "t.toml:8:11: invalid retries -1: expected at least 0",
         ),
         (
-            "servers = [\"h:1\"]\ntls = { sni = \"x\" }",
-            "t.toml:8:7: `tls` is not supported yet",
-        ),
-        (
             "servers = [{ address = \"h:1\", weight = 0 }]",
             "t.toml:7:40: invalid weight 0: expected at least 1",
         ),
@@ -389,9 +379,72 @@ fn bad_values_in_backends() {
 
 #[test]
 fn columns_count_characters_not_bytes() {
-    // "é" is two bytes: a byte count would say column 48.
+    // "é" is two bytes: a byte count would say column 52.
     assert_eq!(
-        err(r#"frontend = [{ tls = "é", name = "a", listen = "x" }]"#),
-        "t.toml:1:47: invalid listen address \"x\": expected IP:PORT"
+        err(r#"frontend = [{ backend = "é", name = "a", listen = "x" }]"#),
+        "t.toml:1:51: invalid listen address \"x\": expected IP:PORT"
     );
+}
+
+#[test]
+fn bad_tls_settings() {
+    let base = "name = \"a\"\nlisten = \"127.0.0.1:1\"\nbackend = \"b\"";
+    let frontend_cases = [
+        (
+            "tls = {}",
+            "t.toml:5:7: tls: a certificate is required: `cert` (and `key`, unless the cert file \
+             holds it) or `certs = [{ cert, key }]`",
+        ),
+        (
+            "tls = { key = \"k.pem\" }",
+            "t.toml:5:15: tls: `key` without `cert`",
+        ),
+        (
+            "tls = { cert = \"\" }",
+            "t.toml:5:16: invalid cert: expected a file path, got an empty string",
+        ),
+        (
+            "tls = { cert = \"c.pem\", handshake_timeout = \"0s\" }",
+            "t.toml:5:45: invalid handshake_timeout \"0s\": expected more than zero",
+        ),
+        (
+            "tls = { cert = \"c.pem\", crt = \"x\" }",
+            "t.toml:5:25: unknown field `crt`, expected one of `cert`, `key`, `certs`, \
+             `client_ca`, `handshake_timeout`",
+        ),
+        (
+            "tls = { certs = [{ key = \"k.pem\" }] }",
+            "t.toml:5:18: missing field `cert`",
+        ),
+    ];
+    let connect = "name = \"p\"\nlisten = \"127.0.0.1:1\"\nmode = \"connect\"\n\
+                   allow_destinations = [\".example.com:443\"]\ntls = { cert = \"c.pem\" }";
+    assert_eq!(
+        frontend_err(connect),
+        "t.toml:6:7: `tls` is not supported in connect mode yet"
+    );
+    for (extra, expected) in frontend_cases {
+        assert_eq!(
+            frontend_err(&format!("{base}\n{extra}")),
+            expected,
+            "for {extra}"
+        );
+    }
+    let backend_cases = [
+        (
+            "servers = [\"h:1\"]\ntls = { sni = \"not a name\" }",
+            "t.toml:8:15: invalid sni \"not a name\": expected a DNS name or an IP address",
+        ),
+        (
+            "servers = [\"h:1\"]\ntls = { verify = \"no\" }",
+            "t.toml:8:18: invalid type: string \"no\", expected a boolean",
+        ),
+        (
+            "servers = [\"h:1\"]\ntls = { ca = \"x\" }",
+            "t.toml:8:9: unknown field `ca`, expected one of `sni`, `ca_file`, `verify`",
+        ),
+    ];
+    for (body, expected) in backend_cases {
+        assert_eq!(backend_err(body), expected, "for {body}");
+    }
 }

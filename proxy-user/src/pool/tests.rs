@@ -28,6 +28,7 @@ fn backend(servers: &[(&str, u32)], balance: Balance) -> Backend {
         health_check: None,
         passive: Passive::default(),
         dns: DnsTtl::default(),
+        tls: None,
     }
 }
 

@@ -1,0 +1,146 @@
+//! One tcp-mode connection with TLS on at least one side: the client's handshake, the dial
+//! with the server's handshake as its last step, and the userspace relay.
+use std::{net::SocketAddr, os::fd::AsRawFd, time::Instant};
+
+use tokio::net::TcpStream;
+
+use super::ClientTls;
+use crate::{
+    conn::{End, Outcome, Path},
+    net,
+    pool::{ConnectError, Lease, Pool},
+    proxy::{self, Frontend, Route, Shared},
+    relay,
+};
+
+/// One end of a connection: the TCP socket, or the TLS session over it.
+enum Side<T> {
+    Plain(TcpStream),
+    Tls(Box<T>),
+}
+
+type ClientSide = Side<tokio_rustls::server::TlsStream<TcpStream>>;
+type UpstreamSide = Side<tokio_rustls::client::TlsStream<TcpStream>>;
+
+impl ClientSide {
+    /// The TCP socket, for a reset.
+    fn into_tcp(self) -> TcpStream {
+        match self {
+            Side::Plain(tcp) => tcp,
+            Side::Tls(tls) => tls.into_inner().0,
+        }
+    }
+}
+
+/// tcp mode with `tls` on the frontend, the backend, or both.
+pub async fn handle_tcp(
+    client: TcpStream,
+    peer: SocketAddr,
+    pool: &Pool,
+    frontend: &Frontend,
+    shared: &Shared,
+    started: Instant,
+) {
+    let _ = net::set_nodelay(client.as_raw_fd());
+    let failed = |end, detail: String| {
+        let outcome = Outcome::nothing(end, detail);
+        proxy::finish(
+            frontend,
+            shared,
+            peer,
+            &Route::NONE,
+            Path::None,
+            &outcome,
+            started,
+        );
+    };
+    // The client's handshake comes first: nothing is dialed for a client that cannot complete it
+    // (a plaintext or garbage client on a TLS port), and it runs here, in the connection's task,
+    // so a slow one never holds up the accept loop.
+    let client: ClientSide = match &frontend.tls {
+        Some(tls) => match tokio::select! {
+            r = tls.accept(client) => r,
+            // Cut at the end of the drain like a carried connection, with its log line.
+            () = shared.abort.cancelled() => Err("tls handshake: cut at shutdown".to_owned()),
+        } {
+            Ok(stream) => Side::Tls(Box::new(stream)),
+            Err(reason) => {
+                shared
+                    .metrics
+                    .tls_handshake_errors_total
+                    .with_label_values(&["frontend", frontend.name.as_str()])
+                    .inc();
+                failed(End::TlsHandshakeFailed, reason);
+                return;
+            }
+        },
+        None => Side::Plain(client),
+    };
+    let (upstream, lease) = match dial(pool, frontend.backend_tls.as_deref(), shared).await {
+        Ok(pair) => pair,
+        Err(ConnectError::NoServer { .. }) => {
+            // Nothing to try: refuse at once rather than leave the client waiting.
+            proxy::reject(frontend, shared, client.into_tcp(), peer, "no_server");
+            return;
+        }
+        Err(e) => {
+            failed(End::ConnectFailed, e.to_string());
+            return;
+        }
+    };
+    let counters = proxy::relay_counters(frontend, shared);
+    let abort = &shared.abort;
+    // TLS on either side: the bytes must be decrypted or encrypted here, so the relay.
+    let outcome = match (client, upstream) {
+        (Side::Tls(c), Side::Plain(u)) => relay::relay_streams(*c, u, &counters, abort).await,
+        (Side::Plain(c), Side::Tls(u)) => relay::relay_streams(c, *u, &counters, abort).await,
+        (Side::Tls(c), Side::Tls(u)) => relay::relay_streams(*c, *u, &counters, abort).await,
+        // Not reached (plaintext both sides stays in `proxy::carry`), but relaying is right.
+        (Side::Plain(c), Side::Plain(u)) => relay::relay_streams(c, u, &counters, abort).await,
+    };
+    let route = Route {
+        server: &lease.server().name,
+        ..Route::NONE
+    };
+    proxy::finish(
+        frontend,
+        shared,
+        peer,
+        &route,
+        Path::Userspace,
+        &outcome,
+        started,
+    );
+    drop(lease);
+}
+
+/// Dials a server of `pool`, with the TLS handshake as the last step of the connect when the
+/// backend has `tls`: a failed handshake is counted and the next server is tried.
+async fn dial(
+    pool: &Pool,
+    tls: Option<&ClientTls>,
+    shared: &Shared,
+) -> Result<(UpstreamSide, Lease), ConnectError> {
+    let Some(tls) = tls else {
+        let (tcp, lease) = pool.connect(&shared.metrics).await?;
+        let _ = net::set_nodelay(tcp.as_raw_fd());
+        return Ok((Side::Plain(tcp), lease));
+    };
+    let handshake_errors = shared
+        .metrics
+        .tls_handshake_errors_total
+        .with_label_values(&["backend", pool.name.as_str()]);
+    let (stream, lease) = pool
+        .connect_with(&shared.metrics, |tcp, server| {
+            let handshake_errors = &handshake_errors;
+            async move {
+                let _ = net::set_nodelay(tcp.as_raw_fd());
+                tls.connect(tcp, &server.host).await.map_err(|reason| {
+                    handshake_errors.inc();
+                    format!("{}: {reason}", server.addr)
+                })
+            }
+        })
+        .await?;
+    Ok((Side::Tls(Box::new(stream)), lease))
+}

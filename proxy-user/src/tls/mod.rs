@@ -1,0 +1,93 @@
+//! TLS on both sides of the proxy, with rustls (crypto provider: aws-lc-rs, see docs/tls.md).
+//!
+//! - [`ServerTls`] terminates the TLS of agents on a frontend: one or more certificates chosen
+//!   by SNI, TLS 1.2 and 1.3, optional client-certificate verification (mTLS).
+//! - [`ClientTls`] originates verified TLS from a backend to its servers: the chain against the
+//!   system CA bundle (or `ca_file`, or the bundled webpki roots), the name against the SNI.
+//!
+//! Both hold their rustls config behind a lock as an `Arc`: a handshake takes the current one,
+//! and [`ServerTls::reload`] / [`ClientTls::reload`] (on SIGHUP) swap in a config rebuilt from
+//! the files, or keep the old one and say why. A connection keeps the config it started with.
+//!
+//! A connection with TLS on either side is carried by the userspace relay
+//! ([`carry`], [`crate::relay::relay_streams`]); the kernel cannot splice bytes it would have to
+//! encrypt.
+pub mod carry;
+mod client;
+mod pem;
+mod server;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, RwLock},
+};
+
+pub use client::ClientTls;
+pub use server::ServerTls;
+
+/// Why TLS settings could not be loaded from their files.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{}: no PEM certificate in the file", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error(
+        "{}: no PEM private key in the file (set `key`, or put the key in the cert file)",
+        path.display()
+    )]
+    NoKey { path: PathBuf },
+    #[error("{}: the private key cannot be used with {}", key.display(), cert.display())]
+    Key {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("{}: the first certificate cannot be parsed", path.display())]
+    BadCertificate {
+        path: PathBuf,
+        #[source]
+        source: webpki::Error,
+    },
+    #[error("{}: none of the {found} certificates is a usable CA", path.display())]
+    NoCa { path: PathBuf, found: usize },
+    #[error("client_ca {}", path.display())]
+    ClientVerifier {
+        path: PathBuf,
+        #[source]
+        source: rustls::server::VerifierBuilderError,
+    },
+    #[error("cannot build the TLS configuration")]
+    Config(#[source] rustls::Error),
+}
+
+/// The crypto provider every config is built with.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// TLS 1.2 and 1.3: agents in the field still speak 1.2.
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// A value swapped whole on reload; readers clone the `Arc` and keep it for their connection.
+struct Swap<T>(RwLock<Arc<T>>);
+
+impl<T> Swap<T> {
+    fn new(value: T) -> Self {
+        Self(RwLock::new(Arc::new(value)))
+    }
+
+    fn get(&self) -> Arc<T> {
+        Arc::clone(&self.0.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn set(&self, value: T) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(value);
+    }
+}
