@@ -233,7 +233,9 @@ pub async fn run(
     let mut starting = tokio::task::JoinSet::new();
     for pool in pools.values() {
         let (pool, dns, stop) = (Arc::clone(pool), Arc::clone(&dns), stop_background.clone());
-        starting.spawn(async move { pool.start(dns, stop).await });
+        // Checks of a TLS backend complete a handshake, as a real connection would.
+        let check_tls = tls.backends.get(&pool.name).cloned();
+        starting.spawn(async move { pool.start(dns, check_tls, stop).await });
     }
     starting.join_all().await;
     for pool in pools.values() {

@@ -1,10 +1,11 @@
-//! Active health checks: every `interval`, each address of a pool is probed - a TCP connect, or
-//! an HTTP GET whose status must match - within `timeout`, all addresses in parallel. The pool
-//! turns results into up/down with `rise`/`fall` ([`Pool::check_result`]).
+//! Active health checks: every `interval`, each address of a pool is probed - a TCP connect (and,
+//! for a TLS backend, a verified TLS handshake), optionally followed by an HTTP GET whose status
+//! must match - within `timeout`, all addresses in parallel. The pool turns results into up/down
+//! with `rise`/`fall` ([`Pool::check_result`]).
 use std::{sync::Arc, time::Duration};
 
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::TcpStream,
     task::JoinSet,
 };
@@ -13,13 +14,19 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{HealthCheck, HttpCheck},
     pool::{Pool, Server},
+    tls::ClientTls,
 };
 
 /// The most of a check's HTTP answer that is read looking for the status line and headers.
 const MAX_RESPONSE_HEAD: usize = 8192;
 
 /// Checks the pool's addresses until `stop`.
-pub async fn run(pool: Arc<Pool>, check: HealthCheck, stop: CancellationToken) {
+pub async fn run(
+    pool: Arc<Pool>,
+    check: HealthCheck,
+    tls: Option<Arc<ClientTls>>,
+    stop: CancellationToken,
+) {
     let mut ticks = tokio::time::interval(check.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -31,8 +38,9 @@ pub async fn run(pool: Arc<Pool>, check: HealthCheck, stop: CancellationToken) {
         for server in pool.servers() {
             let http = check.http.clone();
             let timeout = check.timeout;
+            let tls = tls.clone();
             probes.spawn(async move {
-                let result = probe(&server, http.as_ref(), timeout).await;
+                let result = probe(&server, http.as_ref(), tls.as_deref(), timeout).await;
                 (server, result)
             });
         }
@@ -51,15 +59,23 @@ pub async fn run(pool: Arc<Pool>, check: HealthCheck, stop: CancellationToken) {
 pub async fn probe(
     server: &Server,
     http: Option<&HttpCheck>,
+    tls: Option<&ClientTls>,
     timeout: Duration,
 ) -> Result<(), String> {
     let attempt = async {
-        let mut stream = TcpStream::connect(server.addr)
+        let stream = TcpStream::connect(server.addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        match http {
-            None => Ok(()),
-            Some(http) => http_get(&mut stream, &server.host, http).await,
+        match (tls, http) {
+            (None, None) => Ok(()),
+            (None, Some(http)) => http_get(stream, &server.host, http).await,
+            (Some(tls), http) => {
+                let stream = tls.connect(stream, &server.host).await?;
+                match http {
+                    Some(http) => http_get(stream, &server.host, http).await,
+                    None => Ok(()),
+                }
+            }
         }
     };
     match tokio::time::timeout(timeout, attempt).await {
@@ -69,7 +85,11 @@ pub async fn probe(
 }
 
 /// Sends the check's GET and compares the answer's status.
-async fn http_get(stream: &mut TcpStream, host: &str, http: &HttpCheck) -> Result<(), String> {
+async fn http_get<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    host: &str,
+    http: &HttpCheck,
+) -> Result<(), String> {
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: agent-proxy-health-check\r\n\
          Accept: */*\r\nConnection: close\r\n\r\n",

@@ -34,6 +34,7 @@ use crate::{
     dns::Dns,
     health,
     metrics::Metrics,
+    tls::ClientTls,
 };
 
 /// One address of one configured server.
@@ -201,7 +202,13 @@ impl Pool {
 
     /// Resolves the hostnames once (so that a pool is ready when the daemon says so), then keeps
     /// them resolved and the addresses checked in background tasks until `stop`.
-    pub async fn start(self: &Arc<Self>, dns: Arc<Dns>, stop: CancellationToken) {
+    /// `tls`: the backend's TLS, which active checks then complete a handshake with.
+    pub async fn start(
+        self: &Arc<Self>,
+        dns: Arc<Dns>,
+        tls: Option<Arc<ClientTls>>,
+        stop: CancellationToken,
+    ) {
         let mut first = tokio::task::JoinSet::new();
         for index in 0..self.groups.len() {
             let Host::Name(host) = &self.groups[index].spec.addr.host else {
@@ -230,7 +237,7 @@ impl Pool {
             });
         }
         if let Some(check) = self.health_check.clone() {
-            tokio::spawn(health::run(Arc::clone(self), check, stop));
+            tokio::spawn(health::run(Arc::clone(self), check, tls, stop));
         }
     }
 

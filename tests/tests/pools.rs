@@ -398,3 +398,85 @@ fn balance(dp: Dataplane, how: &'static str) -> anyhow::Result<()> {
         env.finish()
     })
 }
+
+#[test]
+fn tls_health_checks_complete_a_handshake() {
+    run_scenario(
+        "tls_health_checks_complete_a_handshake",
+        Dataplane::Kernel,
+        tls_health,
+    );
+}
+
+/// A TLS backend with two servers that both accept TCP; one presents a certificate the proxy
+/// does not trust. The active checks alone (passive health off, no client) must take that one
+/// down - a bare connect would call it healthy - and keep the good one up, having completed
+/// real handshakes with it.
+fn tls_health(dp: Dataplane) -> anyhow::Result<()> {
+    use agent_proxy_tests::tls::{Ca, Validity, cert_dir, server_config};
+    let netns = NetNs::new()?;
+    let ns = &netns;
+    let dir = cert_dir(ns)?;
+    let ca = Ca::new("intake ca")?;
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem)?;
+    let good_leaf = ca.server(&["127.0.0.1"], Validity::Now)?;
+    let rogue_leaf = Ca::new("rogue ca")?.server(&["127.0.0.1"], Validity::Now)?;
+    ns.block_on(Duration::from_secs(60), move || async move {
+        let mut handshakes = Vec::new();
+        let mut addrs = Vec::new();
+        for leaf in [&good_leaf, &rogue_leaf] {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            addrs.push(listener.local_addr()?);
+            let acceptor = tokio_rustls::TlsAcceptor::from(server_config(leaf, None)?);
+            let done = Arc::new(AtomicU64::new(0));
+            handshakes.push(Arc::clone(&done));
+            tokio::spawn(async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let (acceptor, done) = (acceptor.clone(), Arc::clone(&done));
+                    tokio::spawn(async move {
+                        if acceptor.accept(tcp).await.is_ok() {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                    });
+                }
+            });
+        }
+        let (good, rogue) = (addrs[0], addrs[1]);
+        let mut config = DaemonConfig::new(dp, vec![good, rogue]);
+        config.backend_extra = format!(
+            "tls = {{ ca_file = \"{}\" }}\n\
+             health_check = {{ interval = \"200ms\", timeout = \"150ms\", rise = 2, fall = 2 }}\n\
+             passive = {{ fall = 0 }}\n",
+            ca_file.display()
+        );
+        let env = TestEnv::start(ns, config)?;
+        let up = |m: &agent_proxy_tests::metrics::Metrics, addr: SocketAddr| {
+            m.get(UP, &[("address", &addr.to_string())])
+        };
+        let m = env
+            .daemon
+            .settle(Duration::from_secs(3), |m| up(m, rogue) == Some(0.0))?;
+        ensure!(
+            up(&m, rogue) == Some(0.0),
+            "the untrusted server is not marked down"
+        );
+        ensure!(up(&m, good) == Some(1.0), "the good server is not up");
+        let good_handshakes = handshakes[0].load(Ordering::Relaxed);
+        ensure!(
+            good_handshakes >= 2,
+            "{good_handshakes} handshakes with the good server"
+        );
+        ensure!(
+            handshakes[1].load(Ordering::Relaxed) == 0,
+            "a handshake with the rogue server succeeded"
+        );
+        let log = env.daemon.stderr_text();
+        ensure!(
+            log.lines()
+                .any(|l| l.contains("server down") && l.contains("tls handshake")),
+            "the down transition does not give the TLS reason"
+        );
+        env.finish()
+    })
+}

@@ -12,7 +12,7 @@
 //!    server.
 //!
 //! Keys that the documented file format reserves but the proxy does not implement yet
-//! (transparent mode, health checks, DNS TTLs) are *known* keys: they are rejected
+//! (transparent mode) are *known* keys: they are rejected
 //! with a positioned "not supported yet" error instead of "unknown field", so an operator knows
 //! the config is spelled right and the feature is what is missing.
 
