@@ -43,13 +43,12 @@ pub fn generate(results: &Results, chart: Option<&str>) -> String {
     let mut out = String::new();
     out += &format!(
         "Measured {} with `{}` at commit `{}`.\n\n\
-         Machine: {} x {} ({} CPUs), {:.1} GiB, Linux {}, {}. {} run(s) per row{}, rows \
+         Machine: {}, {} CPUs, {:.1} GiB, Linux {}, {}. {} run(s) per row{}, rows \
          interleaved in rotating order{}. The machine was {:.0}% busy before the bench started \
          (other users of the machine); whole-machine CPU figures include their work.\n",
         results.date,
         results.command,
         results.commit,
-        m.cpus,
         m.cpu_model,
         m.cpus,
         m.memory_gib,
@@ -70,6 +69,13 @@ pub fn generate(results: &Results, chart: Option<&str>) -> String {
     );
     if let Some(note) = &results.note {
         out += &format!("\n**Note:** {note}\n");
+    }
+    if !results.failures.is_empty() {
+        out += "\n**Failed runs** (not in the medians):\n\n";
+        for f in &results.failures {
+            let first = f.lines().next().unwrap_or_default();
+            out += &format!("- {first}\n");
+        }
     }
     out += "\n### Targets for the kernel path\n\n";
     out += &targets_table(results).markdown();

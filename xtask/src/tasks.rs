@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    cmd::{Cmd, describe, is_root},
+    cmd::{Cmd, describe, is_root, quote},
     setup,
 };
 
@@ -172,7 +172,7 @@ pub fn bench(args: Vec<OsString>) -> Result<ExitCode> {
         );
     }
     let command = std::iter::once("cargo xtask bench".to_owned())
-        .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
+        .chain(args.iter().map(|a| quote(a)))
         .collect::<Vec<_>>()
         .join(" ");
     let bench = target_dir().join("release").join(BENCH_PACKAGE);
