@@ -200,7 +200,8 @@ pub fn describe(status: ExitStatus) -> String {
     }
 }
 
-fn quote(arg: &OsStr) -> String {
+/// `arg` as a shell would need it typed (single-quoted unless plain).
+pub fn quote(arg: &OsStr) -> String {
     let s = arg.to_string_lossy();
     let plain = !s.is_empty()
         && s.chars()

@@ -53,6 +53,19 @@ enum Task {
         #[arg(default_value_t = 600)]
         seconds: u64,
     },
+    /// Setup (with the benchmark peers: haproxy, nginx, hey, sockperf, iperf3), build the
+    /// release binaries, run the benchmark suite (needs root). Arguments go to the bench, e.g.
+    /// `--quick`, `--runs 3`, `--scenario ping-64`, `--only kernel`; `cargo xtask bench --help`
+    /// lists them.
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "BENCH_ARGS"
+        )]
+        args: Vec<OsString>,
+    },
     /// cargo fmt --check and clippy -D warnings (host crates, and the eBPF crate with the pinned
     /// nightly).
     Lint,
@@ -69,6 +82,10 @@ fn main() -> ExitCode {
             Err(err) => Err(err),
         },
         Task::Fuzz { seconds } => fuzz::run(seconds),
+        Task::Bench { args } => match tasks::bench(args) {
+            Ok(code) => return code,
+            Err(err) => Err(err),
+        },
         Task::Lint => tasks::lint(),
     };
     match result {

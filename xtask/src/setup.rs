@@ -36,7 +36,8 @@ pub const BUILD_APT_PACKAGES: &[&str] = &[
 /// endpoints, and a TLS client of the TLS tests), `openssl` (`s_client` in the TLS tests),
 /// `python3` (small test peers), `procps` (`sysctl`, `ps`).
 ///
-/// Benchmark peers (haproxy, iperf3, ...) belong in a separate list that only `bench` installs.
+/// Benchmark peers (haproxy, iperf3, ...) are in [`BENCH_APT_PACKAGES`], which only `bench`
+/// installs.
 pub const TEST_APT_PACKAGES: &[&str] = &[
     "iproute2",
     "iptables",
@@ -54,6 +55,10 @@ pub const CONNECT_TEST_APT_PACKAGES: &[&str] = &["squid", "openssl"];
 /// Python packages the CONNECT-mode tests drive as real agent clients: `requests` with
 /// `proxies=`, and `datadog` (the Datadog API client) sending metrics through the proxy.
 pub const CONNECT_TEST_PIP_PACKAGES: &[&str] = &["requests", "datadog"];
+/// Debian packages `cargo xtask bench` measures with: `haproxy` (2.6 on Debian 12, the peer to
+/// beat), `nginx` (the intake answering 200), `hey` (the DataKit workload's HTTP client),
+/// `sockperf` (ping-pong latency), `iperf3` (bulk throughput).
+pub const BENCH_APT_PACKAGES: &[&str] = &["haproxy", "nginx", "hey", "sockperf", "iperf3"];
 
 /// The toolchain aya-build runs (`rustup run EBPF_TOOLCHAIN ...`); `proxy-user/build.rs` must name
 /// the same one. Pinned to rustc 1.97.0-nightly (e50aa6fba 2026-05-19), LLVM 22.1: the nightly the

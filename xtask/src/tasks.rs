@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    cmd::{Cmd, describe, is_root},
+    cmd::{Cmd, describe, is_root, quote},
     setup,
 };
 
@@ -151,6 +151,45 @@ fn tally(line: &str) -> Option<(u64, u64)> {
             .and_then(|n| n.trim().parse::<u64>().ok())
     };
     Some((count(" passed")?, count(" failed")?))
+}
+
+/// The benchmark suite's package and binary (bench/).
+const BENCH_PACKAGE: &str = "agent-proxy-bench";
+
+/// Installs the benchmark peers, builds agent-proxy and the bench in release, and runs the bench
+/// with `args`; its exit code is ours. The bench measures; xtask only prepares.
+pub fn bench(args: Vec<OsString>) -> Result<ExitCode> {
+    let binary = build(false)?;
+    setup::apt_packages(&[setup::BENCH_APT_PACKAGES]).context("setup step `bench peers`")?;
+    Cmd::cargo()
+        .args(["build", "--release", "-p", BENCH_PACKAGE])
+        .current_dir(root())
+        .run()
+        .context("step `build bench`")?;
+    if !is_root() {
+        println!(
+            "xtask: note: not root; the bench needs root (network namespaces, the kernel path)"
+        );
+    }
+    let command = std::iter::once("cargo xtask bench".to_owned())
+        .chain(args.iter().map(|a| quote(a)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let bench = target_dir().join("release").join(BENCH_PACKAGE);
+    let status = Cmd::new(&bench.to_string_lossy())
+        .env("AGENT_PROXY_BIN", &binary)
+        .env("AP_BENCH_COMMAND", command)
+        .args(args)
+        .current_dir(root())
+        .status()
+        .context("step `bench`")?;
+    if status.success() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("xtask: step `bench` failed: {}", describe(status));
+    Ok(ExitCode::from(
+        u8::try_from(status.code().unwrap_or(1)).unwrap_or(1),
+    ))
 }
 
 /// `cargo fmt --check`, clippy over the host crates, and clippy over the eBPF crate with the eBPF

@@ -1,0 +1,229 @@
+//! The rows of every table: the client straight to the server, HAProxy 2.6 (`mode tcp`, plain
+//! and with `option splice-auto`) and agent-proxy on each data path. A proxy row starts its
+//! proxy afresh for each run, so that peak RSS and the byte counters belong to that run alone.
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use agent_proxy_tests::metrics::Metrics;
+use agent_proxy_tests::netns::NetNs;
+use agent_proxy_tests::{Daemon, DaemonConfig, Dataplane};
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::procs::Proc;
+
+/// Where every proxy listens inside the namespace (the daemon's admin is 127.0.0.1:9090).
+pub const PROXY_LISTEN: &str = "127.0.0.1:7000";
+pub const PROXY_PORT: u16 = 7000;
+/// Connections agent-proxy must admit: the 10,000-agent scenario plus headroom (HAProxy's
+/// maxconn is derived from the fd limit instead, see [`haproxy_maxconn`]).
+const MAX_CONNECTIONS: u32 = 30_000;
+/// HAProxy's `maxpipes` with splice-auto: it reserves two fds per pipe up front, so the default
+/// (maxconn / 4) would not fit 10,000 agents into a 20,000-fd limit; a few pipes serve the bulk
+/// scenarios' 1-8 connections.
+const HAPROXY_MAXPIPES: u64 = 64;
+
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Row {
+    /// Client to server, no proxy: the physical limit.
+    Direct,
+    /// HAProxy 2.6 `mode tcp`.
+    Haproxy,
+    /// HAProxy 2.6 `mode tcp` with `option splice-auto`.
+    HaproxySplice,
+    /// agent-proxy, `dataplane = "kernel"` (eBPF sockmap splice).
+    Kernel,
+    /// agent-proxy, `dataplane = "userspace"` (the relay).
+    Userspace,
+}
+
+impl Row {
+    pub const ALL: [Row; 5] = [
+        Row::Direct,
+        Row::Haproxy,
+        Row::HaproxySplice,
+        Row::Kernel,
+        Row::Userspace,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Row::Direct => "direct",
+            Row::Haproxy => "haproxy",
+            Row::HaproxySplice => "haproxy-splice",
+            Row::Kernel => "kernel",
+            Row::Userspace => "userspace",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Row::Direct => "direct (no proxy)",
+            Row::Haproxy => "HAProxy 2.6 tcp",
+            Row::HaproxySplice => "HAProxy 2.6 tcp splice-auto",
+            Row::Kernel => "agent-proxy kernel",
+            Row::Userspace => "agent-proxy userspace",
+        }
+    }
+}
+
+/// A running proxy of one row.
+pub enum Proxy {
+    Haproxy(Proc),
+    Agent(Box<Daemon>),
+}
+
+impl Proxy {
+    /// Starts the proxy of `row` in front of `backend`; `None` for the direct row.
+    pub fn start(
+        row: Row,
+        ns: &NetNs,
+        backend: SocketAddr,
+        dir: &Path,
+    ) -> anyhow::Result<Option<Self>> {
+        let proxy = match row {
+            Row::Direct => return Ok(None),
+            Row::Haproxy | Row::HaproxySplice => {
+                let cfg = dir.join(format!("{}.cfg", row.name()));
+                let maxconn = haproxy_maxconn(fd_limit()?);
+                let text = haproxy_config(backend, row == Row::HaproxySplice, cpus(), maxconn);
+                std::fs::write(&cfg, text)?;
+                let log = dir.join(format!("{}.log", row.name()));
+                // -db: foreground, no master process: the child's pid is the one worker process.
+                let mut p =
+                    Proc::spawn(ns, "haproxy", &["-db", "-f", &cfg.to_string_lossy()], &log)?;
+                p.wait_listening(PROXY_PORT, Duration::from_secs(10))?;
+                Proxy::Haproxy(p)
+            }
+            Row::Kernel | Row::Userspace => {
+                let dataplane = if row == Row::Kernel {
+                    Dataplane::Kernel
+                } else {
+                    Dataplane::Userspace
+                };
+                let mut config = DaemonConfig::new(dataplane, vec![backend]);
+                config.listen = PROXY_LISTEN.parse().expect("valid address");
+                config.max_connections = MAX_CONNECTIONS;
+                config.frontend_max_connections = MAX_CONNECTIONS;
+                config.connect_timeout = Duration::from_secs(5);
+                let daemon = Daemon::start(ns, config).context("start agent-proxy")?;
+                Proxy::Agent(Box::new(daemon))
+            }
+        };
+        Ok(Some(proxy))
+    }
+
+    pub fn pid(&self) -> u32 {
+        match self {
+            Proxy::Haproxy(p) => p.pid(),
+            Proxy::Agent(d) => d.pid(),
+        }
+    }
+
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        match self {
+            Proxy::Haproxy(p) => p.ensure_running(),
+            Proxy::Agent(d) => d.ensure_running(),
+        }
+    }
+
+    /// agent-proxy's /metrics (`None` for HAProxy).
+    pub fn metrics(&self) -> anyhow::Result<Option<Metrics>> {
+        match self {
+            Proxy::Haproxy(_) => Ok(None),
+            Proxy::Agent(d) => d.metrics().map(Some),
+        }
+    }
+
+    /// Stops the proxy; agent-proxy gets SIGTERM and must exit by itself.
+    pub fn stop(self) -> anyhow::Result<()> {
+        match self {
+            Proxy::Haproxy(p) => drop(p),
+            Proxy::Agent(mut d) => {
+                let status = d.stop()?;
+                d.passed();
+                anyhow::ensure!(
+                    status.success(),
+                    "agent-proxy exited with {status} on SIGTERM"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Online CPUs (for HAProxy's nbthread).
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The soft RLIMIT_NOFILE of this process, which its children inherit.
+pub fn fd_limit() -> anyhow::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid pointer to an rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// HAProxy refuses to start when maxconn needs more fds than the limit (2 per connection,
+/// 2 per pipe, a few for listeners and logs): the largest maxconn that fits.
+pub fn haproxy_maxconn(fd_limit: u64) -> u64 {
+    fd_limit.saturating_sub(2 * HAPROXY_MAXPIPES + 256) / 2
+}
+
+/// HAProxy 2.6 in `mode tcp` with one thread per CPU, long timeouts (the many-agents scenario
+/// keeps connections idle between requests), no logging (agent-proxy's own connection log
+/// goes to a file: the rows pay for their logging as shipped).
+pub fn haproxy_config(backend: SocketAddr, splice: bool, threads: usize, maxconn: u64) -> String {
+    let splice = if splice {
+        "    option splice-auto\n"
+    } else {
+        ""
+    };
+    format!(
+        "global\n    nbthread {threads}\n    maxconn {maxconn}\n    maxpipes {HAPROXY_MAXPIPES}\n\n\
+         defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 300s\n    timeout server 300s\n{splice}\n\
+         frontend fe\n    bind {PROXY_LISTEN}\n    default_backend be\n\n\
+         backend be\n    server s1 {backend}\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn haproxy_config_has_mode_tcp_threads_and_optional_splice() {
+        let plain = haproxy_config("127.0.0.1:8000".parse().unwrap(), false, 2, 9744);
+        assert!(plain.contains("maxconn 9744\n"));
+        assert!(plain.contains("nbthread 2\n"));
+        assert!(plain.contains("mode tcp\n"));
+        assert!(plain.contains("bind 127.0.0.1:7000\n"));
+        assert!(plain.contains("server s1 127.0.0.1:8000\n"));
+        assert!(!plain.contains("splice"));
+        let splice = haproxy_config("127.0.0.1:8000".parse().unwrap(), true, 2, 9744);
+        assert!(splice.contains("option splice-auto\n"));
+        // 2 x 9744 + 2 x 64 pipes + 17 internal fds fit in 20,000.
+        assert_eq!(haproxy_maxconn(20_000), 9_808);
+        assert!(2 * haproxy_maxconn(20_000) + 2 * HAPROXY_MAXPIPES + 17 <= 20_000);
+    }
+}

@@ -1,0 +1,386 @@
+//! The scenarios of shared/benchmarks.md and how one run of one row is measured.
+//!
+//! Scenario 5 (TLS) is not here yet. To add it once agent-proxy terminates and originates TLS:
+//! a variant (`datakit-tls-origination`, `datakit-tls-frontend`) whose `server` is an nginx
+//! intake with `listen ... ssl` (extend [`crate::servers::nginx_config`]), rows that put `ssl`
+//! on HAProxy's bind/server lines (extend [`crate::rows::haproxy_config`]) and `tls = {...}`
+//! on agent-proxy's frontend/backend (`DaemonConfig::frontend_extra` / `backend_extra`), and
+//! `hey` pointed at `https://`; [`measure`] needs no other change (the userspace path is the
+//! only one for TLS, so the kernel row is expected to equal the userspace row).
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use agent_proxy_tests::netns::NetNs;
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::agents;
+use crate::parse;
+use crate::procfs::{CpuTimes, Memory, process_ticks, ticks_per_second};
+use crate::procs::run_client;
+use crate::results::{Metric, Sample};
+use crate::rows::{PROXY_LISTEN, Proxy, Row};
+use crate::servers::ServerKind;
+
+/// The DataKit workload of seed 004: 16 clients x 100 POSTs of metric.data, whose size is
+/// DataKit's api_post_bytes_total / 1600 = 276,459,200 / 1600.
+pub const DATAKIT_CLIENTS: usize = 16;
+pub const DATAKIT_REQUESTS: usize = 1600;
+pub const DATAKIT_BODY: usize = 172_787;
+/// A many-agents POST: a few KiB of metrics, like an agent's periodic flush.
+pub const AGENT_BODY: usize = 2048;
+pub const AGENT_PERIOD: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+pub enum Scenario {
+    /// 16 clients x 100 POSTs of 170 KB to an intake answering 200 (hey -> nginx).
+    #[value(name = "datakit")]
+    #[serde(rename = "datakit")]
+    Datakit,
+    /// 1,000 keep-alive agents, one small POST per second each.
+    #[value(name = "agents-1000")]
+    #[serde(rename = "agents-1000")]
+    Agents1k,
+    /// 10,000 keep-alive agents, one small POST per second each; idle RSS per connection.
+    #[value(name = "agents-10000")]
+    #[serde(rename = "agents-10000")]
+    Agents10k,
+    /// sockperf ping-pong, 64 B messages.
+    #[value(name = "ping-64")]
+    #[serde(rename = "ping-64")]
+    Ping64,
+    /// sockperf ping-pong, 16 KiB messages.
+    #[value(name = "ping-16k")]
+    #[serde(rename = "ping-16k")]
+    Ping16k,
+    /// iperf3, one stream.
+    #[value(name = "bulk-1")]
+    #[serde(rename = "bulk-1")]
+    Bulk1,
+    /// iperf3, 8 parallel streams.
+    #[value(name = "bulk-8")]
+    #[serde(rename = "bulk-8")]
+    Bulk8,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 7] = [
+        Scenario::Datakit,
+        Scenario::Agents1k,
+        Scenario::Agents10k,
+        Scenario::Ping64,
+        Scenario::Ping16k,
+        Scenario::Bulk1,
+        Scenario::Bulk8,
+    ];
+    /// What `--quick` runs.
+    pub const QUICK: [Scenario; 4] = [
+        Scenario::Datakit,
+        Scenario::Agents1k,
+        Scenario::Ping64,
+        Scenario::Bulk1,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Datakit => "datakit",
+            Scenario::Agents1k => "agents-1000",
+            Scenario::Agents10k => "agents-10000",
+            Scenario::Ping64 => "ping-64",
+            Scenario::Ping16k => "ping-16k",
+            Scenario::Bulk1 => "bulk-1",
+            Scenario::Bulk8 => "bulk-8",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Scenario::Datakit => {
+                "DataKit workload: 16 clients x 100 POSTs of 172,787 B (hey -> nginx)"
+            }
+            Scenario::Agents1k => {
+                "Many agents: 1,000 keep-alive connections, a 2 KiB POST per second each"
+            }
+            Scenario::Agents10k => {
+                "Many agents: 10,000 keep-alive connections, a 2 KiB POST per second each"
+            }
+            Scenario::Ping64 => "Latency: TCP ping-pong, 64 B (sockperf), half round trip",
+            Scenario::Ping16k => "Latency: TCP ping-pong, 16 KiB (sockperf), half round trip",
+            Scenario::Bulk1 => "Bulk: iperf3, one stream",
+            Scenario::Bulk8 => "Bulk: iperf3, 8 streams",
+        }
+    }
+
+    /// The unit of [`Sample::throughput`].
+    pub fn unit(self) -> &'static str {
+        match self {
+            Scenario::Datakit | Scenario::Agents1k | Scenario::Agents10k => "req/s",
+            Scenario::Ping64 | Scenario::Ping16k => "round trips/s",
+            Scenario::Bulk1 | Scenario::Bulk8 => "GB/s",
+        }
+    }
+
+    pub fn server(self) -> ServerKind {
+        match self {
+            Scenario::Datakit | Scenario::Agents1k | Scenario::Agents10k => ServerKind::Intake,
+            Scenario::Ping64 | Scenario::Ping16k => ServerKind::Sockperf,
+            Scenario::Bulk1 | Scenario::Bulk8 => ServerKind::Iperf3,
+        }
+    }
+
+    /// The columns of this scenario's table.
+    pub fn metrics(self) -> &'static [Metric] {
+        use Metric::*;
+        match self {
+            Scenario::Datakit => &[
+                Throughput,
+                LatP50,
+                LatP90,
+                LatP99,
+                CpuPerGb,
+                ProxyCpuPerGb,
+                PeakRss,
+                Errors,
+                KernelShare,
+            ],
+            Scenario::Agents1k | Scenario::Agents10k => &[
+                Connections,
+                Throughput,
+                LatP50,
+                LatP99,
+                LatP999,
+                MachineBusy,
+                ProxyCpuPercent,
+                PeakRss,
+                RssIdle,
+                RssActive,
+                Errors,
+                KernelShare,
+            ],
+            Scenario::Ping64 | Scenario::Ping16k => &[
+                LatAvg,
+                LatP50,
+                LatP99,
+                LatP999,
+                Throughput,
+                CpuPerGb,
+                PeakRss,
+                KernelShare,
+            ],
+            Scenario::Bulk1 | Scenario::Bulk8 => {
+                &[Throughput, CpuPerGb, ProxyCpuPerGb, PeakRss, KernelShare]
+            }
+        }
+    }
+
+    /// The figure the ratio columns compare.
+    pub fn headline(self) -> Metric {
+        match self {
+            Scenario::Ping64 | Scenario::Ping16k => Metric::LatAvg,
+            Scenario::Agents1k | Scenario::Agents10k => Metric::LatP99,
+            _ => Metric::Throughput,
+        }
+    }
+}
+
+/// How long each kind of run lasts.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct Durations {
+    /// sockperf and iperf3 runs.
+    pub tool: Duration,
+    /// The active phase of the many-agents scenarios.
+    pub agents: Duration,
+}
+
+/// Everything a run needs besides the row.
+pub struct Context<'a> {
+    /// What the file-descriptor limit allows (two sockets per agent in the proxy).
+    pub max_agents: usize,
+    pub ns: &'a NetNs,
+    pub server: SocketAddr,
+    pub dir: &'a Path,
+    pub datakit_body: &'a Path,
+    pub durations: Durations,
+}
+
+/// One run of `row` in `scenario`: starts the row's proxy, drives the load, reads the figures,
+/// stops the proxy.
+pub fn measure(scenario: Scenario, row: Row, cx: &Context<'_>) -> anyhow::Result<Sample> {
+    let mut proxy = Proxy::start(row, cx.ns, cx.server, cx.dir)?;
+    let target: SocketAddr = match proxy {
+        Some(_) => PROXY_LISTEN.parse().expect("valid address"),
+        None => cx.server,
+    };
+    let pid = proxy.as_ref().map(Proxy::pid);
+    let mut sample = match scenario {
+        Scenario::Agents1k | Scenario::Agents10k => agents_run(scenario, target, pid, cx)?,
+        _ => tool_run(scenario, target, pid, cx)?,
+    };
+    if let Some(p) = proxy.as_mut() {
+        p.ensure_running()?;
+        sample.proxy_peak_rss_kib = Some(Memory::read(p.pid())?.hwm_kib);
+        if let Some(m) = p.metrics()? {
+            let path = |path: &str| m.count("agent_proxy_bytes_total", &[("path", path)]);
+            sample.kernel_bytes = Some(path("kernel"));
+            sample.userspace_bytes = Some(path("userspace"));
+        }
+    }
+    if let Some(p) = proxy {
+        p.stop()?;
+    }
+    Ok(sample)
+}
+
+/// DataKit, ping-pong and bulk: one external client process; CPU over its whole life.
+fn tool_run(
+    scenario: Scenario,
+    target: SocketAddr,
+    pid: Option<u32>,
+    cx: &Context<'_>,
+) -> anyhow::Result<Sample> {
+    let port = target.port().to_string();
+    let secs = cx.durations.tool.as_secs().max(1).to_string();
+    let (program, args): (&str, Vec<String>) = match scenario {
+        Scenario::Datakit => (
+            "hey",
+            vec![
+                "-n".into(),
+                DATAKIT_REQUESTS.to_string(),
+                "-c".into(),
+                DATAKIT_CLIENTS.to_string(),
+                "-m".into(),
+                "POST".into(),
+                "-T".into(),
+                "text/plain".into(),
+                "-D".into(),
+                cx.datakit_body.display().to_string(),
+                format!("http://{target}/v1/write/metric"),
+            ],
+        ),
+        Scenario::Ping64 | Scenario::Ping16k => {
+            let size = if scenario == Scenario::Ping64 {
+                64
+            } else {
+                16384
+            };
+            let a = [
+                "ping-pong",
+                "--tcp",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-m",
+                &size.to_string(),
+                "-t",
+                &secs,
+            ];
+            ("sockperf", a.map(str::to_owned).to_vec())
+        }
+        Scenario::Bulk1 | Scenario::Bulk8 => {
+            let mut a: Vec<String> = ["-c", "127.0.0.1", "-p", &port, "-t", &secs, "-J"]
+                .map(str::to_owned)
+                .to_vec();
+            if scenario == Scenario::Bulk8 {
+                a.extend(["-P".to_owned(), "8".to_owned()]);
+            }
+            ("iperf3", a)
+        }
+        Scenario::Agents1k | Scenario::Agents10k => unreachable!("agents_run"),
+    };
+    let limit = cx.durations.tool + Duration::from_secs(120);
+    let ticks_before = pid.map(process_ticks).transpose()?;
+    let cpu_before = CpuTimes::read()?;
+    let started = Instant::now();
+    let out = run_client(cx.ns, program, &args, limit)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_before.until(&CpuTimes::read()?);
+    let proxy_cpu_seconds = match (ticks_before, pid) {
+        (Some(before), Some(pid)) => Some(ticks(process_ticks(pid)?.saturating_sub(before))),
+        _ => None,
+    };
+    let mut sample = Sample {
+        seconds,
+        machine_cpu_seconds: cpu.busy_seconds(ticks_per_second()),
+        machine_busy_percent: cpu.busy_fraction() * 100.0,
+        proxy_cpu_seconds,
+        ..Sample::default()
+    };
+    match scenario {
+        Scenario::Datakit => {
+            let r = parse::hey(&out)?;
+            sample.throughput = r.requests_per_second;
+            sample.latency = Some(r.latency);
+            sample.bytes = r.ok * DATAKIT_BODY as u64;
+            // Requests hey never got an answer for at all count as errors too.
+            sample.errors = (DATAKIT_REQUESTS as u64).saturating_sub(r.ok).max(r.errors);
+        }
+        Scenario::Ping64 | Scenario::Ping16k => {
+            let size = if scenario == Scenario::Ping64 {
+                64
+            } else {
+                16384
+            };
+            let r = parse::sockperf(&out)?;
+            sample.throughput = r.round_trips_per_second;
+            sample.latency = Some(r.latency);
+            sample.bytes = r.total_messages * size * 2;
+        }
+        _ => {
+            let r = parse::iperf3(&out)?;
+            sample.throughput = r.gigabytes_per_second();
+            sample.bytes = r.bytes;
+        }
+    }
+    Ok(sample)
+}
+
+fn agents_run(
+    scenario: Scenario,
+    target: SocketAddr,
+    pid: Option<u32>,
+    cx: &Context<'_>,
+) -> anyhow::Result<Sample> {
+    let n = if scenario == Scenario::Agents1k {
+        1_000
+    } else {
+        10_000
+    };
+    let n = n.min(cx.max_agents);
+    let plan = agents::Plan {
+        target,
+        agents: n,
+        body_len: AGENT_BODY,
+        period: AGENT_PERIOD,
+        active: cx.durations.agents,
+        proxy_pid: pid,
+    };
+    let limit = cx.durations.agents + Duration::from_secs(180);
+    let o = cx
+        .ns
+        .block_on(limit, move || agents::run(plan))
+        .with_context(|| format!("{} agents", n))?;
+    let per_conn = |m: Option<Memory>| -> Option<f64> {
+        let (start, now) = (o.mem_start?, m?);
+        Some((now.rss_kib as f64 - start.rss_kib as f64) * 1024.0 / o.connected as f64)
+    };
+    Ok(Sample {
+        throughput: o.requests as f64 / o.active_seconds,
+        latency: o.latency,
+        bytes: o.requests * AGENT_BODY as u64,
+        seconds: o.active_seconds,
+        machine_cpu_seconds: o.cpu.busy_seconds(ticks_per_second()),
+        machine_busy_percent: o.cpu.busy_fraction() * 100.0,
+        proxy_cpu_seconds: o.proxy_ticks.map(ticks),
+        rss_per_idle_connection: per_conn(o.mem_idle),
+        rss_per_active_connection: per_conn(o.mem_active),
+        errors: o.errors,
+        connections: Some(o.connected),
+        ..Sample::default()
+    })
+}
+
+fn ticks(t: u64) -> f64 {
+    t as f64 / ticks_per_second() as f64
+}
