@@ -131,3 +131,68 @@ async fn http_get<S: AsyncRead + AsyncWrite + Unpin>(
         Err(format!("HTTP status {status}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::config::{Host, ServerAddr, ServerSpec};
+
+    /// A server answering every connection with `answer`, then closing.
+    async fn answering(answer: &'static str) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(answer.as_bytes()).await;
+            }
+        });
+        let spec = ServerSpec {
+            addr: ServerAddr {
+                host: Host::Ip(addr.ip()),
+                port: addr.port(),
+            },
+            weight: 1,
+        };
+        Server::for_test(&spec, addr)
+    }
+
+    fn http(expect_status: Option<u16>) -> HttpCheck {
+        HttpCheck {
+            path: "/health".into(),
+            expect_status,
+        }
+    }
+
+    #[tokio::test]
+    async fn http_checks_compare_the_status() {
+        const T: Duration = Duration::from_secs(2);
+        let ok = answering("HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n").await;
+        assert_eq!(probe(&ok, Some(&http(None)), None, T).await, Ok(()));
+        assert_eq!(probe(&ok, Some(&http(Some(204))), None, T).await, Ok(()));
+        assert_eq!(
+            probe(&ok, Some(&http(Some(200))), None, T).await,
+            Err("HTTP status 204".into())
+        );
+        let failing = answering("HTTP/1.1 503 Service Unavailable\r\n\r\n").await;
+        assert_eq!(
+            probe(&failing, Some(&http(None)), None, T).await,
+            Err("HTTP status 503".into())
+        );
+        assert_eq!(
+            probe(&failing, None, None, T).await,
+            Ok(()),
+            "a bare connect succeeds"
+        );
+        let garbage = answering("SSH-2.0-OpenSSH\r\n").await;
+        assert!(
+            probe(&garbage, Some(&http(None)), None, T)
+                .await
+                .unwrap_err()
+                .starts_with("not an HTTP answer"),
+        );
+    }
+}

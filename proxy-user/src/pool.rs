@@ -78,6 +78,12 @@ impl Server {
         }
     }
 
+    /// A server at `addr` outside any pool (health-check tests).
+    #[cfg(test)]
+    pub(crate) fn for_test(spec: &ServerSpec, addr: SocketAddr) -> Self {
+        Server::new(spec, &spec.to_string(), addr.ip())
+    }
+
     fn health(&self) -> std::sync::MutexGuard<'_, Health> {
         self.health.lock().unwrap_or_else(|e| e.into_inner())
     }

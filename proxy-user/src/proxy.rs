@@ -217,22 +217,8 @@ async fn handle_tcp(
     }
     let (upstream, lease) = match pool.connect(&shared.metrics).await {
         Ok(pair) => pair,
-        Err(ConnectError::NoServer { .. }) => {
-            // Nothing to try: refuse at once rather than leave the client waiting.
-            reject(frontend, shared, client, peer, "no_server");
-            return;
-        }
         Err(e) => {
-            let outcome = Outcome::nothing(End::ConnectFailed, e.to_string());
-            finish(
-                frontend,
-                shared,
-                peer,
-                &Route::NONE,
-                Path::None,
-                &outcome,
-                started,
-            );
+            unconnected(frontend, shared, client, peer, e, started);
             return;
         }
     };
@@ -246,6 +232,33 @@ async fn handle_tcp(
     };
     finish(frontend, shared, peer, &route, path, &outcome, started);
     drop(lease);
+}
+
+/// The end of a tcp-mode connection whose backend could not be dialed: with no server up the
+/// client is refused at once (reset, `no_server`); otherwise it is closed after the failed
+/// attempts, logged with `end=connect_failed`.
+pub(crate) fn unconnected(
+    frontend: &Frontend,
+    shared: &Shared,
+    client: TcpStream,
+    peer: SocketAddr,
+    error: ConnectError,
+    started: Instant,
+) {
+    if let ConnectError::NoServer { .. } = error {
+        reject(frontend, shared, client, peer, "no_server");
+        return;
+    }
+    let outcome = Outcome::nothing(End::ConnectFailed, error.to_string());
+    finish(
+        frontend,
+        shared,
+        peer,
+        &Route::NONE,
+        Path::None,
+        &outcome,
+        started,
+    );
 }
 
 /// Chooses the data path and runs it. `consumed`: bytes already read from the client (a

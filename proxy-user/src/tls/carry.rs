@@ -78,13 +78,8 @@ pub async fn handle_tcp(
     };
     let (upstream, lease) = match dial(pool, frontend.backend_tls.as_deref(), shared).await {
         Ok(pair) => pair,
-        Err(ConnectError::NoServer { .. }) => {
-            // Nothing to try: refuse at once rather than leave the client waiting.
-            proxy::reject(frontend, shared, client.into_tcp(), peer, "no_server");
-            return;
-        }
         Err(e) => {
-            failed(End::ConnectFailed, e.to_string());
+            proxy::unconnected(frontend, shared, client.into_tcp(), peer, e, started);
             return;
         }
     };
