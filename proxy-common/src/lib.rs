@@ -32,6 +32,39 @@ pub const KERNEL_ERRORS: &str = "KERNEL_ERRORS";
 /// RINGBUF of [`SpliceEvent`].
 pub const SPLICE_EVENTS: &str = "SPLICE_EVENTS";
 
+/// HASH: [`ListenKey`] -> frontend id. The listen addresses of frontends that may use the kernel
+/// path, in the daemon's network namespace; written by userspace at start. The `sock_ops`
+/// program only takes client sockets that connect to one of them.
+pub const LOCAL_LISTENERS: &str = "LOCAL_LISTENERS";
+
+/// SOCKHASH with the `sk_msg` program attached. Key: [`FlowKey`] of a same-host agent's socket
+/// (as that socket sees it); value: that socket. Filled by the `sock_ops` program when the agent
+/// connects to a [`LOCAL_LISTENERS`] address; a socket leaves it when it closes or when the daemon
+/// ends the connection.
+pub const LOCAL_SOCKS: &str = "LOCAL_SOCKS";
+
+/// SOCKHASH with no program. Key: an agent socket's [`FlowKey`]; value: the upstream socket the
+/// daemon dialed for it, where the `sk_msg` program sends the agent's bytes. Written by userspace.
+pub const LOCAL_TARGETS: &str = "LOCAL_TARGETS";
+
+/// LRU_HASH: agent socket [`FlowKey`] -> [`LocalSend`]: what the `sk_msg` program did with the
+/// socket's bytes. Created by `sock_ops` at connect, advanced by `sk_msg`, deleted by `sock_ops`
+/// when the socket closes (and by userspace when the connection ends).
+pub const LOCAL_STATE: &str = "LOCAL_STATE";
+
+/// HASH: agent socket [`FlowKey`] -> [`LocalGate`]: when the `sk_msg` program may send straight
+/// to the upstream socket. Written only by userspace (whole values).
+pub const LOCAL_GATES: &str = "LOCAL_GATES";
+
+/// PERCPU_ARRAY of [`RouteCounters`], index: frontend id. Bytes (and messages) that same-host
+/// agents sent straight into upstream sockets; also counted in [`ROUTE_COUNTERS`] upstream.
+pub const LOCAL_COUNTERS: &str = "LOCAL_COUNTERS";
+
+/// Capacity of the same-host agent maps (one entry per agent socket).
+pub const MAX_LOCAL_SOCKETS: u32 = 65_536;
+/// Listen addresses in [`LOCAL_LISTENERS`] (two per frontend at most).
+pub const MAX_LOCAL_LISTENERS: u32 = MAX_FRONTENDS * 2;
+
 /// Capacity of the connection maps (sockets, so two per connection).
 pub const MAX_SPLICED_SOCKETS: u32 = 131_072;
 /// Frontend ids are `0..MAX_FRONTENDS`.
@@ -56,8 +89,13 @@ pub const KERNEL_ERROR_EVENT_LOST: u32 = 2;
 pub const KERNEL_ERROR_BAD_ROUTE: u32 = 3;
 /// A socket in `SPLICE_SOCKS` had no `SPLICE_LIMITS` entry; it was forwarded without a bound.
 pub const KERNEL_ERROR_NO_LIMIT: u32 = 4;
+/// `sock_ops` could not put a same-host agent socket in `LOCAL_SOCKS` (map full?); its bytes
+/// take the loopback path.
+pub const KERNEL_ERROR_LOCAL_INSERT: u32 = 5;
+/// The `sk_msg` program found a gate but no target socket; the bytes took the loopback path.
+pub const KERNEL_ERROR_LOCAL_NO_TARGET: u32 = 6;
 /// Number of error kinds (size of `KERNEL_ERRORS`).
-pub const KERNEL_ERROR_KINDS: u32 = 5;
+pub const KERNEL_ERROR_KINDS: u32 = 7;
 
 /// [`SpliceEvent::kind`]: the redirected count crossed the mark; userspace should look at the
 /// backlog and raise the limit if the peer keeps up.
@@ -65,6 +103,17 @@ pub const EVENT_MARK: u32 = 0;
 /// [`SpliceEvent::kind`]: the direction reached its limit and passes from now on (see
 /// [`SpliceSide::passed`]); userspace carries the rest of it.
 pub const EVENT_PASSING: u32 = 1;
+/// [`SpliceEvent::kind`]: a same-host agent's sends crossed the gate's mark, or the gate was open
+/// and a message took the TCP path (it did not fit under the limit, or the target was missing),
+/// which closes the gate until userspace sees those bytes land; userspace should look at the
+/// gate. The cookie is [`LocalGate::cookie`].
+pub const EVENT_LOCAL: u32 = 2;
+
+/// `sk_msg` charges each message `len + len / LOCAL_CHARGE_DIV + LOCAL_CHARGE_MSG` against the
+/// gate, an upper bound of the upstream socket's send-queue memory that message takes (payload,
+/// plus socket-buffer overhead per message and per 64 KiB).
+pub const LOCAL_CHARGE_MSG: u64 = 1024;
+pub const LOCAL_CHARGE_DIV: u64 = 32;
 
 /// Index into `ROUTE_COUNTERS`.
 #[inline(always)]
@@ -130,8 +179,85 @@ pub struct SpliceEvent {
 }
 const _: () = assert!(core::mem::size_of::<SpliceEvent>() == 24);
 
+/// A TCP connection as one of its sockets sees it. IPv4 addresses are in `[0]` of the arrays,
+/// the rest zero; addresses in network byte order (as the kernel stores them), ports in host
+/// byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u32,
+    pub local_port: u32,
+    pub remote_port: u32,
+    pub _pad: u32,
+    pub local_ip: [u32; 4],
+    pub remote_ip: [u32; 4],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 48);
+
+/// A listen address in a network namespace; an unspecified address (all zero) stands for every
+/// address of that family.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    /// `SO_NETNS_COOKIE` of the namespace.
+    pub netns: u64,
+    pub family: u32,
+    pub port: u32,
+    pub ip: [u32; 4],
+}
+const _: () = assert!(core::mem::size_of::<ListenKey>() == 32);
+
+/// What `sk_msg` did with one agent socket's bytes; written only by the program (under the
+/// socket's lock), read by userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalSend {
+    /// Bytes left to the socket's own TCP path (to the proxy's accepted socket over loopback).
+    pub passed: u64,
+    /// Bytes sent straight into the upstream socket.
+    pub redirected: u64,
+    /// Sum of the charges of those messages (see [`LOCAL_CHARGE_MSG`]).
+    pub charged: u64,
+    /// Messages sent straight.
+    pub messages: u64,
+    /// Messages left to the TCP path.
+    pub tcp_messages: u64,
+}
+const _: () = assert!(core::mem::size_of::<LocalSend>() == 40);
+
+/// When an agent socket's messages may go straight to the upstream socket: only when every
+/// byte that took the TCP path has reached the upstream socket's send queue (nothing may
+/// overtake it), and while the upstream socket has room (a sender must never see `EAGAIN` from
+/// a socket it does not own: it would wait on its own socket for space that never frees).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalGate {
+    /// Open only while [`LocalSend::passed`] equals this: userspace saw that many TCP-path bytes
+    /// reach the upstream socket.
+    pub tcp_landed: u64,
+    /// Crossing it (in [`LocalSend::charged`]) posts an [`EVENT_LOCAL`].
+    pub mark: u64,
+    /// A message whose charge would take [`LocalSend::charged`] past it takes the TCP path.
+    pub limit: u64,
+    /// Cookie of the proxy's accepted socket (the daemon's event routing key).
+    pub cookie: u64,
+    /// Frontend id, for the counters.
+    pub frontend: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<LocalGate>() == 40);
+
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: as below.
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as below.
+    unsafe impl aya::Pod for super::ListenKey {}
+    // SAFETY: as below.
+    unsafe impl aya::Pod for super::LocalSend {}
+    // SAFETY: as below.
+    unsafe impl aya::Pod for super::LocalGate {}
     // SAFETY: plain #[repr(C)] integers with no padding holes.
     unsafe impl aya::Pod for super::SpliceSide {}
     // SAFETY: as above.

@@ -7,6 +7,8 @@
 //! per connection side (`SPLICE_CONNS`), per frontend and direction (`ROUTE_COUNTERS`, per CPU),
 //! and posts an event when a side crosses its flow-control mark (`SPLICE_LIMITS`).
 //!
+//! Same-host agents get a faster path still: see `local` (sock_ops + sk_msg).
+//!
 //! Map layouts and names live in `proxy-common`; the table of maps is in docs/architecture.md.
 //!
 //! Workspace-wide commands (`cargo clippy --workspace`) also compile this crate for the host;
@@ -15,6 +17,8 @@
 
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod local;
 #[cfg(target_arch = "bpf")]
 mod verdict;
 

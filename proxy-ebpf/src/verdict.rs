@@ -131,7 +131,7 @@ fn redirect_or_pass(ctx: &SkBuffContext, cookie: &mut u64) -> u32 {
 }
 
 #[inline(always)]
-fn count_route(frontend: u32, direction: u32, len: u64) {
+pub(crate) fn count_route(frontend: u32, direction: u32, len: u64) {
     if frontend >= MAX_FRONTENDS {
         count_error(KERNEL_ERROR_BAD_ROUTE);
         return;
@@ -146,7 +146,7 @@ fn count_route(frontend: u32, direction: u32, len: u64) {
 }
 
 #[inline(always)]
-fn post(cookie: u64, bytes: u64, kind: u32) {
+pub(crate) fn post(cookie: u64, bytes: u64, kind: u32) {
     let event = SpliceEvent {
         cookie,
         bytes,
@@ -159,7 +159,7 @@ fn post(cookie: u64, bytes: u64, kind: u32) {
 }
 
 #[inline(always)]
-fn count_error(kind: u32) {
+pub(crate) fn count_error(kind: u32) {
     if let Some(counter) = KERNEL_ERRORS.get_ptr_mut(kind) {
         // SAFETY: per-CPU value, this CPU is its only writer.
         unsafe { *counter += 1 };

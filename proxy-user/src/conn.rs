@@ -86,6 +86,9 @@ pub struct Outcome {
     /// Directions of a kernel-path connection handed to userspace (flow control, or a client
     /// that closed before its socket could join the map): 0, 1 or 2.
     pub pauses: u32,
+    /// Of `bytes_up`, those a same-host agent sent straight into the upstream socket
+    /// (sock_ops + sk_msg); the rest of the kernel path's bytes went through the splice.
+    pub direct_up: u64,
 }
 
 impl Outcome {
@@ -99,6 +102,7 @@ impl Outcome {
             copied_up: 0,
             copied_down: 0,
             pauses: 0,
+            direct_up: 0,
         }
     }
 }

@@ -2,6 +2,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
+    os::fd::AsRawFd as _,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -25,8 +26,15 @@ use crate::{
 };
 
 /// Names of the kernel's error kinds, by index (`proxy_common::KERNEL_ERROR_*`).
-const KERNEL_ERROR_NAMES: [&str; proxy_common::KERNEL_ERROR_KINDS as usize] =
-    ["no_conn", "no_peer", "event_lost", "bad_route", "no_limit"];
+const KERNEL_ERROR_NAMES: [&str; proxy_common::KERNEL_ERROR_KINDS as usize] = [
+    "no_conn",
+    "no_peer",
+    "event_lost",
+    "bad_route",
+    "no_limit",
+    "local_insert",
+    "local_no_target",
+];
 
 /// How long connection tasks get to clean up (map entries, fds) after being cut at the end of
 /// the drain.
@@ -147,14 +155,17 @@ async fn reload_on_sighup(
 }
 
 /// Loads the kernel path as `dataplane` asks. `auto` falls back to userspace and says why, once.
-pub fn load_kernel(dataplane: Dataplane) -> Result<Option<Arc<Kernel>>, StartError> {
+pub fn load_kernel(
+    dataplane: Dataplane,
+    local_agents: bool,
+) -> Result<Option<Arc<Kernel>>, StartError> {
     match dataplane {
         Dataplane::Userspace => Ok(None),
-        Dataplane::Kernel => Kernel::load()
+        Dataplane::Kernel => Kernel::load(local_agents)
             .map(Arc::new)
             .map(Some)
             .map_err(StartError::Kernel),
-        Dataplane::Auto => match Kernel::load() {
+        Dataplane::Auto => match Kernel::load(local_agents) {
             Ok(kernel) => Ok(Some(Arc::new(kernel))),
             Err(e) => {
                 tracing::warn!(error = %error_chain(&e),
@@ -195,7 +206,7 @@ pub async fn run(
     for (name, backend) in &tls.backends {
         tracing::info!(backend = %name, trust = %backend.trust, "tls to the servers");
     }
-    let kernel = load_kernel(config.global.dataplane)?;
+    let kernel = load_kernel(config.global.dataplane, config.global.local_agents)?;
     let metrics = Arc::new(Metrics::new());
     let path = if kernel.is_some() {
         "kernel"
@@ -294,6 +305,16 @@ pub async fn run(
             },
         };
         tracing::info!(frontend = %fe.name, listen = %fe.listen, backend, "listening");
+        // Agents on this host that connect here may send straight into the upstream socket,
+        // unless TLS on a side keeps the connection in userspace anyway.
+        if let Some(local) = kernel.as_ref().and_then(|k| k.local.as_ref())
+            && frontend.tls.is_none()
+            && frontend.backend_tls.is_none()
+            && let Err(e) = local.listen(listener.as_raw_fd(), fe.listen, frontend.id)
+        {
+            tracing::warn!(frontend = %fe.name, error = %error_chain(&e),
+                "same-host agents of this frontend use the splice like remote ones");
+        }
         listeners.push((listener, Arc::new(frontend)));
     }
 
@@ -410,6 +431,7 @@ struct KernelMirror {
 #[derive(Default)]
 struct MirrorState {
     routes: HashMap<(u32, u32), (u64, u64)>,
+    local: HashMap<u32, u64>,
     errors: Vec<u64>,
 }
 
@@ -445,6 +467,31 @@ impl KernelMirror {
                 .with_label_values(&[name])
                 .inc_by(now.saturating_sub(*seen));
             *seen = *now;
+        }
+        if let Some(local) = &kernel.local {
+            for (frontend, counters) in local.totals() {
+                let Some(name) = names.get(frontend as usize) else {
+                    continue;
+                };
+                let seen = last.local.entry(frontend).or_default();
+                metrics
+                    .local_agent_bytes_total
+                    .with_label_values(&[name.as_str()])
+                    .inc_by(counters.bytes.saturating_sub(*seen));
+                *seen = counters.bytes;
+            }
+            let entries = local.entries();
+            for (map, count) in [
+                (proxy_common::LOCAL_SOCKS, entries.socks),
+                (proxy_common::LOCAL_TARGETS, entries.targets),
+                (proxy_common::LOCAL_STATE, entries.state),
+                (proxy_common::LOCAL_GATES, entries.gates),
+            ] {
+                metrics
+                    .kernel_map_entries
+                    .with_label_values(&[map])
+                    .set(count as i64);
+            }
         }
         let entries = kernel.registry.entries();
         for (map, count) in [

@@ -45,6 +45,9 @@ pub struct Metrics {
     pub bytes_total: IntCounterVec,
     /// `agent_proxy_kernel_redirects_total{frontend,direction}`: sockmap redirects.
     pub kernel_redirects_total: IntCounterVec,
+    /// `agent_proxy_local_agent_bytes_total{frontend}` (extension): bytes same-host agents sent
+    /// straight into upstream sockets (sk_msg); also in `bytes_total{path="kernel"}`.
+    pub local_agent_bytes_total: IntCounterVec,
     /// `agent_proxy_kernel_errors_total{kind}`: errors counted by the eBPF programs.
     pub kernel_errors_total: IntCounterVec,
     /// `agent_proxy_kernel_map_entries{map}` (extension): entries in each eBPF map now.
@@ -110,6 +113,14 @@ impl Metrics {
                 "Messages the eBPF sockmap verdict redirected between sockets, by frontend and \
                  direction; read from the eBPF maps",
                 &["frontend", "direction"],
+            ),
+            local_agent_bytes_total: counter(
+                r,
+                "agent_proxy_local_agent_bytes_total",
+                "Bytes agents on this host sent straight into the upstream socket (sock_ops + \
+                 sk_msg, no loopback leg), by frontend; included in agent_proxy_bytes_total \
+                 path=\"kernel\"; read from the eBPF maps",
+                &["frontend"],
             ),
             kernel_errors_total: counter(
                 r,

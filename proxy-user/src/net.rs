@@ -206,6 +206,30 @@ pub fn tcp_bytes(fd: RawFd) -> io::Result<TcpBytes> {
     })
 }
 
+/// Memory the socket may still queue for sending: its send buffer minus what its write queue
+/// holds now, both in the kernel's own accounting (`SO_MEMINFO`: skb overhead included).
+pub fn send_room(fd: RawFd) -> io::Result<u64> {
+    const SK_MEMINFO_SNDBUF: usize = 3;
+    const SK_MEMINFO_WMEM_QUEUED: usize = 5;
+    const SK_MEMINFO_VARS: usize = 9;
+    let mut info = [0u32; SK_MEMINFO_VARS];
+    let mut len = size_of_val(&info) as libc::socklen_t;
+    // SAFETY: valid fd, output buffer of the advertised size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::from(info[SK_MEMINFO_SNDBUF]).saturating_sub(u64::from(info[SK_MEMINFO_WMEM_QUEUED])))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

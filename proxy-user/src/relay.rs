@@ -191,6 +191,7 @@ pub async fn relay(
         copied_up: up,
         copied_down: down,
         pauses: 0,
+        direct_up: 0,
     }
 }
 
@@ -371,5 +372,6 @@ where
         copied_up: up.total,
         copied_down: down.total,
         pauses: 0,
+        direct_up: 0,
     }
 }

@@ -11,6 +11,13 @@ use crate::metrics::Metrics;
 pub const BYTES_TOTAL: &str = "agent_proxy_bytes_total";
 
 /// `agent_proxy_bytes_total{frontend="fe",direction,path}`.
+/// Bytes same-host agents sent straight into upstream sockets (sock_ops + sk_msg).
+pub const LOCAL_BYTES: &str = "agent_proxy_local_agent_bytes_total";
+
+pub fn local_bytes(m: &Metrics) -> u64 {
+    m.count(LOCAL_BYTES, &[("frontend", FRONTEND)])
+}
+
 pub fn bytes(m: &Metrics, path: Dataplane, direction: &str) -> u64 {
     m.count(
         BYTES_TOTAL,
@@ -37,12 +44,24 @@ pub fn assert_bytes(
     tail: (u64, u64),
 ) -> anyhow::Result<()> {
     let (expect_up, expect_down, other_up_ok, other_down_ok) = match path {
-        Dataplane::Kernel => (up - tail.0, down - tail.1, tail.0, tail.1),
+        Dataplane::Kernel | Dataplane::KernelRemote => (up - tail.0, down - tail.1, tail.0, tail.1),
         _ => (up, down, 0, 0),
     };
     let m = daemon.settle(Duration::from_secs(3), |m| {
         bytes(m, path, "upstream") == expect_up && bytes(m, path, "downstream") == expect_down
     })?;
+    // The same-host path is part of the kernel's upstream bytes, and off in the remote variant.
+    let local = local_bytes(&m);
+    match path {
+        Dataplane::KernelRemote | Dataplane::Userspace => ensure!(
+            local == 0,
+            "{LOCAL_BYTES} = {local} with local_agents off / on the {path} path"
+        ),
+        Dataplane::Kernel => ensure!(
+            local <= expect_up,
+            "{LOCAL_BYTES} = {local}, more than the kernel's upstream bytes {expect_up}"
+        ),
+    }
     let samples: Vec<String> = m
         .matching(BYTES_TOTAL, &[])
         .map(|s| format!("{:?} {}", s.labels, s.value))
@@ -115,7 +134,7 @@ pub fn check_conn_log(
     // (flow control, or a client that closed before its socket could join the map), and the
     // log line counts those hand-overs.
     ensure!(
-        copied == 0 || path != Dataplane::Kernel || log.pauses > 0,
+        copied == 0 || !path.is_kernel() || log.pauses > 0,
         "kernel-path connection copied {copied} bytes in userspace without a hand-over: {log:?}"
     );
     ensure!(

@@ -6,8 +6,13 @@ use std::time::Duration;
 /// The data path a test asks the daemon for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dataplane {
-    /// eBPF sockmap splice; the daemon must fail to start if it cannot load.
+    /// eBPF sockmap splice; the daemon must fail to start if it cannot load. The test clients
+    /// run on the daemon's host, so with the daemon's defaults their sends go straight into
+    /// the upstream socket (sock_ops + sk_msg) once the gate opens.
     Kernel,
+    /// The kernel path as agents on other hosts get it: `local_agents = false`, so every byte
+    /// of the test clients goes through the splice verdict.
+    KernelRemote,
     /// The userspace relay.
     Userspace,
 }
@@ -16,15 +21,28 @@ impl Dataplane {
     /// The config value, which is also the `path` label of metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Kernel => "kernel",
+            Self::Kernel | Self::KernelRemote => "kernel",
             Self::Userspace => "userspace",
         }
+    }
+
+    /// `[global]` lines the variant needs beyond `dataplane`.
+    pub fn extra_global(self) -> &'static str {
+        match self {
+            Self::KernelRemote => "local_agents = false\n",
+            Self::Kernel | Self::Userspace => "",
+        }
+    }
+
+    /// Either kernel variant.
+    pub fn is_kernel(self) -> bool {
+        self != Self::Userspace
     }
 
     /// The other path (whose counters must stay at zero).
     pub fn other(self) -> Self {
         match self {
-            Self::Kernel => Self::Userspace,
+            Self::Kernel | Self::KernelRemote => Self::Userspace,
             Self::Userspace => Self::Kernel,
         }
     }
@@ -113,6 +131,7 @@ impl DaemonConfig {
         if let Some(b) = self.kernel_sndbuf {
             global += &format!("kernel_sndbuf = {b}\n");
         }
+        global += self.dataplane.extra_global();
         global += &self.global_extra;
         let servers: Vec<String> = if self.server_entries.is_empty() {
             self.servers.iter().map(|s| format!("\"{s}\"")).collect()

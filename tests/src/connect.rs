@@ -39,9 +39,10 @@ pub fn connect_config(
     let destinations: Vec<String> = destinations.iter().map(|d| format!("\"{d}\"")).collect();
     config.mode = "connect";
     config.toml_override = Some(format!(
-        "[global]\ndataplane = \"{dp}\"\nadmin = \"{}\"\ndrain_timeout = \"2s\"\nlog_format = \"json\"\n\n\
+        "[global]\ndataplane = \"{dp}\"\n{}admin = \"{}\"\ndrain_timeout = \"2s\"\nlog_format = \"json\"\n\n\
          [[frontend]]\nname = \"{FRONTEND}\"\nlisten = \"{}\"\nmode = \"connect\"\n{users}\
          allow_destinations = [{}]\nconnect_timeout = \"1s\"\n{extra}",
+        dp.extra_global(),
         config.admin,
         config.listen,
         destinations.join(", "),

@@ -56,6 +56,15 @@ macro_rules! dataplane_tests {
                 }
 
                 #[test]
+                fn kernel_remote() {
+                    $crate::run_scenario(
+                        stringify!($scenario),
+                        $crate::Dataplane::KernelRemote,
+                        super::$scenario,
+                    );
+                }
+
+                #[test]
                 fn userspace() {
                     $crate::run_scenario(
                         stringify!($scenario),

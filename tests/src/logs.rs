@@ -26,6 +26,8 @@ pub struct ConnLog {
     pub userspace_down: u64,
     /// Directions of a kernel-path connection handed to userspace.
     pub pauses: u64,
+    /// Of `bytes_up`, those a same-host agent sent straight into the upstream socket.
+    pub direct_up: u64,
 }
 
 /// Every line of `text` that parses as a JSON object.
@@ -86,6 +88,7 @@ pub fn conn_logs(text: &str) -> Vec<ConnLog> {
             userspace_up: number(f, "userspace_up").unwrap_or(u64::MAX),
             userspace_down: number(f, "userspace_down").unwrap_or(u64::MAX),
             pauses: number(f, "pauses").unwrap_or(u64::MAX),
+            direct_up: number(f, "direct_up").unwrap_or(u64::MAX),
             end: string(f, "end"),
         })
         .collect()

@@ -66,7 +66,7 @@ fn bulk_1gib_each_way(dp: Dataplane) -> anyhow::Result<()> {
             "log names server {:?}, the upstream is {upstream_addr}",
             logs[0].server
         );
-        if dp == Dataplane::Kernel {
+        if dp.is_kernel() {
             let m = env.daemon.metrics()?;
             for dir in ["upstream", "downstream"] {
                 let redirects = m.sum(

@@ -134,7 +134,7 @@ fn concurrent_1000(dp: Dataplane) -> anyhow::Result<()> {
             current == CONNECTIONS,
             "agent_proxy_frontend_current_connections = {current} with {CONNECTIONS} open"
         );
-        if dp == Dataplane::Kernel {
+        if dp.is_kernel() {
             let m = env.daemon.settle(Duration::from_secs(5), |m| {
                 m.count("agent_proxy_kernel_map_entries", &[("map", "SPLICE_SOCKS")])
                     == 2 * CONNECTIONS

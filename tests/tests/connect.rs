@@ -130,7 +130,7 @@ fn connect_tunnels(dp: Dataplane) -> anyhow::Result<()> {
         );
         // On the kernel path, the bytes are counted by the eBPF program's own counters.
         assert_bytes(&env.daemon, dp, up, down, tail(&logs))?;
-        if dp == Dataplane::Kernel {
+        if dp.is_kernel() {
             let m = env.daemon.metrics()?;
             let kernel_up = bytes(&m, Dataplane::Kernel, "upstream");
             ensure!(

@@ -168,7 +168,7 @@ fn upstream_refuses_retry_next_server(dp: Dataplane) -> anyhow::Result<()> {
             // (CLOSE_WAIT) cannot join a sockmap: the userspace relay is then the right path
             // even on the kernel data plane. Retry is what this test is about.
             let path = match (dp, log.path.as_str()) {
-                (Dataplane::Kernel, "userspace") => Dataplane::Userspace,
+                (Dataplane::Kernel | Dataplane::KernelRemote, "userspace") => Dataplane::Userspace,
                 _ => dp,
             };
             paths.push(log.path.clone());

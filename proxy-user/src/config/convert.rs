@@ -174,6 +174,9 @@ fn global(raw: RawGlobal) -> Result<Global> {
         let min = Global::MIN_KERNEL_WINDOW.cast_signed();
         global.kernel_window = int("kernel_window", spanned, min, i64::MAX)?;
     }
+    if let Some(spanned) = &raw.local_agents {
+        global.local_agents = *spanned.get_ref();
+    }
     Ok(global)
 }
 

@@ -94,6 +94,9 @@ pub struct Global {
     /// carries the rest of that direction in userspace. Bounds memory under a slow
     /// reader. At least [`Global::MIN_KERNEL_WINDOW`].
     pub kernel_window: u64,
+    /// Agents on this host that connect to a kernel-path frontend send straight into the
+    /// upstream socket (sock_ops + sk_msg on the cgroup v2 root), skipping the loopback leg.
+    pub local_agents: bool,
 }
 
 impl Global {
@@ -113,6 +116,7 @@ impl Default for Global {
             nameservers: Vec::new(),
             kernel_sndbuf: 8 * 1024 * 1024,
             kernel_window: 4 * 1024 * 1024,
+            local_agents: true,
         }
     }
 }

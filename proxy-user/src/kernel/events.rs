@@ -29,6 +29,8 @@ pub enum Wake {
     Mark(usize),
     /// That side reached its limit: the verdict passes its bytes from now on.
     Passing(usize),
+    /// The same-host agent's gate needs a look (the client side's cookie routes it).
+    Local,
 }
 
 type Routes = HashMap<u64, (mpsc::UnboundedSender<Wake>, usize)>;
@@ -201,10 +203,12 @@ async fn drive(hub: Arc<SpliceEvents>, epoll: AsyncFd<RawFd>, mut ring: AsyncFd<
                         // read_unaligned copes with the ring's 8-byte alignment.
                         let event: SpliceEvent =
                             unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                        if event.kind == proxy_common::EVENT_PASSING {
-                            hub.dispatch(event.cookie, Wake::Passing);
-                        } else {
-                            hub.dispatch(event.cookie, Wake::Mark);
+                        match event.kind {
+                            proxy_common::EVENT_PASSING => {
+                                hub.dispatch(event.cookie, Wake::Passing);
+                            }
+                            proxy_common::EVENT_LOCAL => hub.dispatch(event.cookie, |_| Wake::Local),
+                            _ => hub.dispatch(event.cookie, Wake::Mark),
                         }
                     }
                 }

@@ -7,6 +7,7 @@
 //!   a spliced socket (epoll, `EPOLLRDHUP` only - never woken per received buffer), and
 //!   flow-control marks crossed in the verdict (ring buffer).
 mod events;
+mod local;
 mod registry;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use aya::{
     programs::SkSkb,
 };
 pub use events::{SpliceEvents, Wake, WatchGuard};
+pub use local::{LocalAgents, LocalEntries, flow_key};
 pub use registry::{KernelTotals, MapEntries, SplicePair, SpliceRegistry};
 
 /// Why the kernel data path is not available.
@@ -34,7 +36,13 @@ pub enum KernelError {
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("eBPF program splice_verdict: {0}")]
+    #[error("eBPF program {what}")]
+    Attach {
+        what: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF program: {0}")]
     Program(#[source] aya::programs::ProgramError),
     #[error("eBPF map operation {op} failed")]
     Map {
@@ -55,14 +63,18 @@ static EBPF_OBJECT: &[u8] = &[];
 pub struct Kernel {
     pub registry: SpliceRegistry,
     pub events: Arc<SpliceEvents>,
+    /// Same-host agents' sends straight into upstream sockets; `None` when turned off or not
+    /// available (the splice carries their bytes as any client's).
+    pub local: Option<LocalAgents>,
     /// Holds the program and its attachment to `SPLICE_SOCKS`.
     _ebpf: Ebpf,
 }
 
 impl Kernel {
     /// Loads the object, attaches the verdict to `SPLICE_SOCKS` and starts the event hub (which
-    /// needs a tokio runtime).
-    pub fn load() -> Result<Self, KernelError> {
+    /// needs a tokio runtime). With `local`, also the same-host agent programs; if those cannot
+    /// be attached the kernel path still loads, without them, and the reason is logged.
+    pub fn load(local: bool) -> Result<Self, KernelError> {
         if EBPF_OBJECT.is_empty() {
             return Err(KernelError::NotBuilt);
         }
@@ -88,8 +100,22 @@ impl Kernel {
         program.load().map_err(KernelError::Program)?;
         program.attach(socks.fd()).map_err(KernelError::Program)?;
 
+        let local = if local {
+            match LocalAgents::load(&mut ebpf) {
+                Ok(agents) => Some(agents),
+                Err(e) => {
+                    tracing::warn!(error = %crate::daemon::error_chain(&e),
+                        "same-host agent path (sock_ops + sk_msg) unavailable; \
+                         local agents use the splice like remote ones");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let events = SpliceEvents::start(ring).map_err(KernelError::Socket)?;
         Ok(Self {
+            local,
             registry: SpliceRegistry::new(registry::Maps {
                 socks,
                 peers,

@@ -62,11 +62,11 @@ pub struct SpliceRegistry {
     maps: Mutex<Maps>,
 }
 
-fn map_err(op: &'static str) -> impl FnOnce(MapError) -> KernelError {
+pub(super) fn map_err(op: &'static str) -> impl FnOnce(MapError) -> KernelError {
     move |source| KernelError::Map { op, source }
 }
 
-fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
+pub(super) fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
         Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),

@@ -9,7 +9,7 @@ use crate::{conn::End, net};
 
 impl Splice<'_> {
     /// Where side `i`'s direction stands.
-    fn progress(&self, i: usize) -> Result<Progress, (End, String)> {
+    fn progress(&mut self, i: usize) -> Result<Progress, (End, String)> {
         let p = 1 - i;
         let side = self
             .kernel
@@ -20,10 +20,11 @@ impl Splice<'_> {
             Ok(bytes) => bytes,
             Err(err) => return Err(reset_end(p, &err)),
         };
+        let direct = if i == 0 { self.local_redirected() } else { 0 };
         Ok(Progress {
             redirected: side.bytes,
             passing: side.passing != 0,
-            forwarded: side.bytes + self.sides[i].copied,
+            forwarded: side.bytes + self.sides[i].copied + direct,
             handed_over: peer.queued_for_send - self.sides[p].snd_base,
         })
     }

@@ -23,8 +23,13 @@
 //!   that is receiving can lose a buffer in the kernel. (Handing a direction back to the kernel
 //!   once userspace has caught up was tried; it reordered bytes in stress runs - see
 //!   docs/architecture.md - and is left out.)
+//! - **Same-host agents** (`local`): when the client is an agent on this host whose socket the
+//!   `sock_ops` program took, its `sendmsg` can hand bytes straight to the upstream socket. The
+//!   task keeps that gate: open only once every byte the agent sent over TCP has reached the
+//!   upstream socket's send queue, and only for as much as that socket has room for.
 //! - **Resets** on either side reset the other; all map entries go before the fds are closed.
 mod flow;
+mod local;
 
 use std::{
     io,
@@ -37,7 +42,7 @@ use prometheus::IntCounter;
 use tokio::{net::TcpStream, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 
-use proxy_common::SpliceLimit;
+use proxy_common::{FlowKey, LocalGate, LocalSend, SpliceLimit};
 
 use crate::{
     conn::{End, Outcome},
@@ -123,6 +128,19 @@ struct Splice<'k> {
     watch: WatchGuard,
     /// (readable, writable) wake-ups currently asked for, per side.
     interest: [(bool, bool); 2],
+    /// The client is a same-host agent paired with the upstream socket.
+    local: Option<LocalPairing>,
+}
+
+/// A same-host agent socket paired with the upstream socket (see the `local` module).
+struct LocalPairing {
+    key: FlowKey,
+    /// The gate as last written.
+    gate: LocalGate,
+    /// The program's counters as last read (they outlive the agent socket's entry).
+    last: LocalSend,
+    /// Bytes that took the TCP path are not yet seen landed: look again on the next tick.
+    recheck: bool,
 }
 
 fn reset_end(side: usize, err: &io::Error) -> (End, String) {
@@ -207,6 +225,7 @@ pub async fn splice(
         first_eof: None,
         watch,
         interest: [(false, false); 2],
+        local: None,
     };
     if let Err(e) = client_joined {
         tracing::debug!(error = %e, "client socket cannot join the kernel path; copying its side");
@@ -219,7 +238,12 @@ pub async fn splice(
         client = pair.client_cookie,
         upstream = pair.upstream_cookie
     );
+    if splice.sides[0].joined {
+        splice.pair_local(&pair);
+    }
     let result = tracing::Instrument::instrument(splice.run(&mut rx, cancel), span).await;
+    // The agent's messages stop going to the upstream socket before anything else is undone.
+    let local_up = splice.unpair_local();
     drop(splice.watch);
     let (up, down) = kernel.registry.remove(&pair);
     let (end, detail) = match result {
@@ -234,13 +258,14 @@ pub async fn splice(
     };
     let [client, upstream] = &splice.sides;
     Ok(Outcome {
-        bytes_up: up.bytes + client.copied,
+        bytes_up: up.bytes + client.copied + local_up,
         bytes_down: down.bytes + upstream.copied,
         end,
         detail,
         copied_up: client.copied,
         copied_down: upstream.copied,
         pauses: client.pauses + upstream.pauses,
+        direct_up: local_up,
     })
 }
 
@@ -299,6 +324,7 @@ impl Splice<'_> {
         // Forward whatever arrived before the insert, and catch a FIN that came with it.
         self.on_socket(0)?;
         self.on_socket(1)?;
+        self.refresh_local()?;
         let mut tick = TICK_MIN;
         loop {
             if let Some(end) = self.finished() {
@@ -325,6 +351,7 @@ impl Splice<'_> {
                         }
                         Some(Wake::Mark(i)) => self.on_mark(i)?,
                         Some(Wake::Passing(i)) => self.on_passing(i),
+                        Some(Wake::Local) => self.refresh_local()?,
                         // The sender lives in the event hub for as long as the watch guard.
                         None => return Err(internal("kernel event hub stopped")),
                     }
@@ -374,12 +401,13 @@ impl Splice<'_> {
     }
 
     fn has_pending(&self) -> bool {
-        self.sides.iter().any(|s| {
-            s.mark_recheck
-                || s.tail && !s.fin_forwarded
-                || s.stray_rechecks > 0
-                || (s.eof && !s.fin_forwarded)
-        })
+        self.local.as_ref().is_some_and(|l| l.recheck)
+            || self.sides.iter().any(|s| {
+                s.mark_recheck
+                    || s.tail && !s.fin_forwarded
+                    || s.stray_rechecks > 0
+                    || (s.eof && !s.fin_forwarded)
+            })
     }
 
     /// A FIN, reset or error may have happened on side `i`.
@@ -440,9 +468,12 @@ impl Splice<'_> {
             Ok(bytes) => bytes,
             Err(err) => return Err(reset_end(p, &err)),
         };
-        let received = own.received - self.sides[i].rcv_base;
+        // Bytes the agent sent straight to the upstream socket reached its send queue within the
+        // agent's sendmsg, which returned before the agent's FIN was sent.
+        let direct = if i == 0 { self.local_redirected() } else { 0 };
+        let received = own.received - self.sides[i].rcv_base + direct;
         let handed_over = peer.queued_for_send - self.sides[p].snd_base;
-        let forwarded = counted.bytes + self.sides[i].copied;
+        let forwarded = counted.bytes + self.sides[i].copied + direct;
         if forwarded != received || handed_over != forwarded {
             if counted.passing != 0 {
                 // Passed bytes wait for us; normally the event said so already, but it may
@@ -469,6 +500,9 @@ impl Splice<'_> {
 
     /// Bytes side `i` forwarded that the peer's send queue has not taken yet.
     fn on_tick(&mut self) -> Step {
+        if self.local.as_ref().is_some_and(|l| l.recheck) {
+            self.refresh_local()?;
+        }
         for i in 0..2 {
             if self.sides[i].mark_recheck {
                 self.on_mark(i)?;

@@ -1,0 +1,262 @@
+//! Agents on the daemon's own host: their `sendmsg` goes straight into the upstream socket
+//! (sock_ops + sk_msg) once the gate opens, and back to their TCP path when the upstream socket
+//! has no room. Every byte must arrive once and in order across those switches, the counters
+//! must say which path carried what, and nothing of the pairing may outlive the connection.
+use std::time::Duration;
+
+use agent_proxy_tests::checks::{
+    CLOSED, LOCAL_BYTES, assert_bytes, check_conn_log, local_bytes, tail,
+};
+use agent_proxy_tests::heavy::heavy;
+use agent_proxy_tests::netns::NetNs;
+use agent_proxy_tests::pattern::{Pattern, hex};
+use agent_proxy_tests::peers::{IO_TIMEOUT, V4, accept, connect, listen, send_pattern};
+use agent_proxy_tests::{DaemonConfig, Dataplane, TestEnv, run_scenario};
+use anyhow::{Context as _, ensure};
+use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::time::timeout;
+
+const SEED_UP: u64 = 0x10ca_0001;
+const SEED_DOWN: u64 = 0x10ca_0002;
+const ROUNDS: usize = 400;
+
+/// Request and answer sizes of round `i`: deterministic, 1 B to 48 KiB up, 1 B to 16 KiB down.
+fn sizes(i: usize) -> (usize, usize) {
+    let x = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let up = 1 + (x % (48 * 1024)) as usize;
+    let down = 1 + ((x >> 20) % (16 * 1024)) as usize;
+    (up, down)
+}
+
+/// A hashed stream, written or read piece by piece.
+struct Stream {
+    pattern: Pattern,
+    hash: Sha256,
+    len: u64,
+}
+
+impl Stream {
+    fn new(seed: u64) -> Self {
+        Self {
+            pattern: Pattern::new(seed),
+            hash: Sha256::new(),
+            len: 0,
+        }
+    }
+
+    fn next(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        self.pattern.fill(&mut buf);
+        self.hash.update(&buf);
+        self.len += n as u64;
+        buf
+    }
+
+    fn digest(self) -> (u64, String) {
+        (self.len, hex(&self.hash.finalize()))
+    }
+}
+
+/// Request/response rounds, the first sent before the daemon has even dialed: that one takes
+/// the TCP path, the rest go straight, and the answers come back through the splice.
+fn request_response_goes_straight(dp: Dataplane) -> anyhow::Result<()> {
+    let netns = NetNs::new()?;
+    let ns = &netns;
+    ns.block_on(Duration::from_secs(60), move || async move {
+        let upstream = listen(V4).await?;
+        let env = TestEnv::start(ns, DaemonConfig::new(dp, vec![upstream.local_addr()?]))?;
+        let server = tokio::spawn(async move {
+            let mut s = accept(&upstream).await?;
+            let (mut got, mut sent) = (Stream::new(SEED_UP), Stream::new(SEED_DOWN));
+            for i in 0..ROUNDS {
+                let (up, down) = sizes(i);
+                let mut buf = vec![0; up];
+                timeout(IO_TIMEOUT, s.read_exact(&mut buf))
+                    .await
+                    .with_context(|| format!("round {i}: request stalled"))??;
+                let expected = got.next(up);
+                ensure!(
+                    buf == expected,
+                    "round {i}: the request differs from what was sent"
+                );
+                s.write_all(&sent.next(down)).await?;
+            }
+            let mut rest = Vec::new();
+            timeout(IO_TIMEOUT, s.read_to_end(&mut rest)).await??;
+            ensure!(
+                rest.is_empty(),
+                "{} bytes after the last request",
+                rest.len()
+            );
+            Ok((got.digest(), sent.digest()))
+        });
+        // The first request is sent while the daemon is stopped, so it certainly takes the TCP
+        // path (waiting in the accepted socket's queue), and the gate must then wait for it to
+        // land before letting the next ones go straight.
+        let pid = env.daemon.pid() as libc::pid_t;
+        let (mut sent, mut got) = (Stream::new(SEED_UP), Stream::new(SEED_DOWN));
+        // SAFETY: signalling our own child process.
+        ensure!(unsafe { libc::kill(pid, libc::SIGSTOP) } == 0, "SIGSTOP");
+        let first = async {
+            let mut c = connect(env.daemon.config.listen).await?;
+            c.write_all(&sent.next(sizes(0).0)).await?;
+            anyhow::Ok(c)
+        }
+        .await;
+        // SAFETY: as above.
+        ensure!(unsafe { libc::kill(pid, libc::SIGCONT) } == 0, "SIGCONT");
+        let mut c = first?;
+        for i in 0..ROUNDS {
+            let (up, down) = sizes(i);
+            if i > 0 {
+                c.write_all(&sent.next(up)).await?;
+            }
+            let mut buf = vec![0; down];
+            timeout(IO_TIMEOUT, c.read_exact(&mut buf))
+                .await
+                .with_context(|| format!("round {i}: answer stalled"))??;
+            ensure!(
+                buf == got.next(down),
+                "round {i}: the answer differs from what was sent"
+            );
+        }
+        c.shutdown().await?;
+        let mut rest = Vec::new();
+        timeout(IO_TIMEOUT, c.read_to_end(&mut rest)).await??;
+        ensure!(
+            rest.is_empty(),
+            "{} bytes after the last answer",
+            rest.len()
+        );
+        let (server_got, server_sent) = server.await?.context("upstream side")?;
+        let (sent, got) = (sent.digest(), got.digest());
+        ensure!(
+            server_got == sent,
+            "upstream received {server_got:?}, client sent {sent:?}"
+        );
+        ensure!(
+            got == server_sent,
+            "client received {got:?}, upstream sent {server_sent:?}"
+        );
+        drop(c);
+
+        let (up, down) = (sent.0, got.0);
+        let logs = env.daemon.wait_conn_logs(1, Duration::from_secs(5))?;
+        ensure!(logs.len() == 1, "{} log lines: {logs:?}", logs.len());
+        check_conn_log(&logs[0], dp, up, down, CLOSED)?;
+        assert_bytes(&env.daemon, dp, up, down, tail(&logs))?;
+        let local = local_bytes(&env.daemon.metrics()?);
+        eprintln!("request/response [{dp}]: {local} of {up} upstream bytes went straight");
+        ensure!(
+            logs[0].direct_up == local,
+            "the log line says direct_up={}, the kernel counted {local}",
+            logs[0].direct_up
+        );
+        let spliced = env.daemon.metrics()?.sum(
+            "agent_proxy_kernel_redirects_total",
+            &[("frontend", "fe"), ("direction", "upstream")],
+        );
+        ensure!(
+            local < up && spliced > 0.0,
+            "{LOCAL_BYTES} = {local} of {up}, {spliced} splice redirects upstream: the first \
+             request, sent while the daemon was stopped, did not take the TCP path"
+        );
+        ensure!(
+            local >= up * 9 / 10,
+            "{LOCAL_BYTES} = {local} of {up} upstream bytes: the same-host agent's requests \
+             did not go straight to the upstream socket"
+        );
+        env.finish()
+    })
+}
+
+#[test]
+fn request_response_goes_straight_to_the_upstream_socket() {
+    run_scenario(
+        "request_response_goes_straight",
+        Dataplane::Kernel,
+        request_response_goes_straight,
+    );
+}
+
+const MIB: u64 = 1 << 20;
+const STREAM_LEN: u64 = 160 * MIB;
+
+/// A sender that never pauses while the upstream stops reading for a while: the upstream
+/// socket fills, the gate stops letting messages through, the sender continues on its TCP
+/// path (and must be pushed back there, not get `EAGAIN` forever or hang), and every byte
+/// arrives in order.
+fn back_pressure_moves_sends_to_tcp(dp: Dataplane) -> anyhow::Result<()> {
+    let _heavy = heavy();
+    let netns = NetNs::new()?;
+    let ns = &netns;
+    ns.block_on(Duration::from_secs(90), move || async move {
+        let upstream = listen(V4).await?;
+        let env = TestEnv::start(ns, DaemonConfig::new(dp, vec![upstream.local_addr()?]))?;
+        let mut c = connect(env.daemon.config.listen).await?;
+        let mut s = accept(&upstream).await?;
+        let server = tokio::spawn(async move {
+            // Read normally, then stop for a while, then read the rest; one hash over it all.
+            let mut hash = Sha256::new();
+            let mut buf = vec![0; 256 * 1024];
+            let mut got = 0u64;
+            let mut paused = false;
+            loop {
+                if !paused && got >= 8 * MIB {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    paused = true;
+                }
+                let n = timeout(IO_TIMEOUT, s.read(&mut buf))
+                    .await
+                    .with_context(|| format!("read stalled after {got} bytes"))??;
+                if n == 0 {
+                    break;
+                }
+                hash.update(&buf[..n]);
+                got += n as u64;
+            }
+            anyhow::Ok((got, hex(&hash.finalize())))
+        });
+        let sent = send_pattern(&mut c, SEED_UP, STREAM_LEN).await?;
+        c.shutdown().await?;
+        let (got, got_hash) = server.await?.context("upstream side")?;
+        ensure!(
+            got == sent.len && got_hash == hex(&sent.hash),
+            "upstream received {got} bytes sha256={got_hash}, client sent {sent:?}"
+        );
+        drop(c);
+
+        let logs = env.daemon.wait_conn_logs(1, Duration::from_secs(5))?;
+        ensure!(logs.len() == 1, "{} log lines: {logs:?}", logs.len());
+        check_conn_log(&logs[0], dp, STREAM_LEN, 0, CLOSED)?;
+        assert_bytes(&env.daemon, dp, STREAM_LEN, 0, tail(&logs))?;
+        let m = env.daemon.metrics()?;
+        let local = local_bytes(&m);
+        eprintln!("back-pressure [{dp}]: {local} of {STREAM_LEN} bytes went straight");
+        ensure!(
+            logs[0].direct_up == local,
+            "the log line says direct_up={}, the kernel counted {local}",
+            logs[0].direct_up
+        );
+        ensure!(
+            local > 0,
+            "{LOCAL_BYTES} = 0: nothing went straight before the pause"
+        );
+        ensure!(
+            local < STREAM_LEN,
+            "{LOCAL_BYTES} = {local}: everything went straight although the upstream socket \
+             was full for 1.5 s (the gate did not stop at the room limit)"
+        );
+        env.finish()
+    })
+}
+
+#[test]
+fn back_pressure_moves_sends_to_the_tcp_path() {
+    run_scenario(
+        "back_pressure_moves_sends_to_tcp",
+        Dataplane::Kernel,
+        back_pressure_moves_sends_to_tcp,
+    );
+}
