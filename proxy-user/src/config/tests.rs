@@ -161,6 +161,7 @@ log_format = "json"
 nameservers = ["1.1.1.1:53", "[2606:4700:4700::1111]:53", "9.9.9.9"]
 kernel_sndbuf = 0
 kernel_window = 65536
+local_agents = false
 
 [[frontend]]
 name = "a"
@@ -189,6 +190,7 @@ retries = 0
             ],
             kernel_sndbuf: 0,
             kernel_window: 65536,
+            local_agents: false,
         }
     );
     assert_eq!(config.backends[0].balance, Balance::LeastConn);

@@ -33,7 +33,7 @@ fn syntax_errors() {
     assert_eq!(
         global_err("retries = 1"),
         "t.toml:2:1: unknown field `retries`, expected one of `max_connections`, `dataplane`, \
-         `admin`, `drain_timeout`, `log_format`, `nameservers`, `kernel_sndbuf`, `kernel_window`"
+         `admin`, `drain_timeout`, `log_format`, `nameservers`, `kernel_sndbuf`, `kernel_window`, `local_agents`"
     );
     assert_eq!(
         global_err("dataplane = \"auto\"\ndataplane = \"kernel\""),
@@ -141,6 +141,10 @@ fn bad_values_in_global() {
         (
             "kernel_window = 4096",
             "t.toml:2:17: invalid kernel_window 4096: expected at least 65536",
+        ),
+        (
+            "local_agents = \"yes\"",
+            "t.toml:2:16: invalid type: string \"yes\", expected a boolean",
         ),
     ];
     for (global, expected) in cases {

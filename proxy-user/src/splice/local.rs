@@ -128,7 +128,8 @@ impl Splice<'_> {
             .map_err(|e| reset_end(1, &e))?
             .saturating_sub(ROOM_MARGIN);
         gate.limit = charged + room;
-        gate.mark = charged + room / 2;
+        // Early enough that the limit moves on before a fast sender reaches it.
+        gate.mark = charged + room / 4;
         if let Some(pairing) = &mut self.local
             && gate != pairing.gate
         {
