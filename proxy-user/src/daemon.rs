@@ -291,7 +291,7 @@ pub async fn run(
             addr: fe.listen,
             source,
         })?;
-        let frontend = Frontend {
+        let mut frontend = Frontend {
             id: id as u32,
             name: fe.name.clone(),
             route,
@@ -303,6 +303,7 @@ pub async fn run(
                 FrontendMode::Tcp { backend } => tls.backends.get(backend).cloned(),
                 FrontendMode::Connect(_) => None,
             },
+            local_agents: false,
         };
         tracing::info!(frontend = %fe.name, listen = %fe.listen, backend, "listening");
         // Agents on this host that connect here may send straight into the upstream socket,
@@ -310,10 +311,12 @@ pub async fn run(
         if let Some(local) = kernel.as_ref().and_then(|k| k.local.as_ref())
             && frontend.tls.is_none()
             && frontend.backend_tls.is_none()
-            && let Err(e) = local.listen(listener.as_raw_fd(), fe.listen, frontend.id)
         {
-            tracing::warn!(frontend = %fe.name, error = %error_chain(&e),
-                "same-host agents of this frontend use the splice like remote ones");
+            match local.listen(listener.as_raw_fd(), fe.listen, frontend.id) {
+                Ok(()) => frontend.local_agents = true,
+                Err(e) => tracing::warn!(frontend = %fe.name, error = %error_chain(&e),
+                    "same-host agents of this frontend use the splice like remote ones"),
+            }
         }
         listeners.push((listener, Arc::new(frontend)));
     }

@@ -52,6 +52,9 @@ pub struct Frontend {
     pub tls: Option<Arc<ServerTls>>,
     /// TLS originated to the servers, when the backend has `tls` (tcp mode).
     pub backend_tls: Option<Arc<ClientTls>>,
+    /// Same-host agents connecting here are taken by the kernel's `sock_ops` program
+    /// (`local_agents`), so their entries must be dropped when their connection ends.
+    pub local_agents: bool,
 }
 
 /// The mode-dependent part of a frontend.
@@ -171,6 +174,7 @@ pub(crate) fn reject(
         .inc();
     // A reset tells the client at once that it was refused, and leaves no TIME_WAIT here.
     let _ = net::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&client));
+    forget_local_agent(frontend, shared, &client);
     let outcome = Outcome::nothing(End::Rejected, reason);
     finish(
         frontend,
@@ -183,7 +187,24 @@ pub(crate) fn reject(
     );
 }
 
+/// Drops what the kernel holds for a same-host agent's socket (it joined `LOCAL_SOCKS` when it
+/// connected), so that nothing of a connection outlives it even if the agent keeps its socket
+/// open after the proxy ended the connection. `accepted` is our side of the connection.
+fn forget_local_agent(frontend: &Frontend, shared: &Shared, accepted: &TcpStream) {
+    if !frontend.local_agents {
+        return;
+    }
+    let Some(local) = shared.kernel.as_ref().and_then(|k| k.local.as_ref()) else {
+        return;
+    };
+    if let (Ok(ours), Ok(peer)) = (accepted.local_addr(), accepted.peer_addr()) {
+        local.forget(peer, ours);
+    }
+}
+
 async fn handle(client: TcpStream, peer: SocketAddr, frontend: &Frontend, shared: &Shared) {
+    // The connection's addresses, read while the socket is still ours.
+    let addrs = (client.local_addr(), client.peer_addr());
     let started = Instant::now();
     let name = frontend.name.as_str();
     let current = shared
@@ -198,6 +219,12 @@ async fn handle(client: TcpStream, peer: SocketAddr, frontend: &Frontend, shared
         FrontendRoute::Connect(settings) => {
             connect::run(client, peer, frontend, shared, settings, started).await;
         }
+    }
+    if frontend.local_agents
+        && let Some(local) = shared.kernel.as_ref().and_then(|k| k.local.as_ref())
+        && let (Ok(ours), Ok(peer)) = addrs
+    {
+        local.forget(peer, ours);
     }
     current.dec();
 }

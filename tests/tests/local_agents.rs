@@ -260,3 +260,50 @@ fn back_pressure_moves_sends_to_the_tcp_path() {
         back_pressure_moves_sends_to_tcp,
     );
 }
+
+/// The proxy ends a connection (its backend refuses) while the agent keeps its socket open: the
+/// agent socket's entries must go with the connection, not wait for the agent to close it.
+fn ended_connection_leaves_no_entry(dp: Dataplane) -> anyhow::Result<()> {
+    let netns = NetNs::new()?;
+    let ns = &netns;
+    ns.block_on(Duration::from_secs(30), move || async move {
+        let refusing = agent_proxy_tests::peers::closed_port(V4)?;
+        let mut config = DaemonConfig::new(dp, vec![refusing]);
+        config.retries = 0;
+        let env = TestEnv::start(ns, config)?;
+        let mut c = connect(env.daemon.config.listen).await?;
+        c.write_all(b"hello").await?;
+        // The proxy closes its side; ours stays open (CLOSE_WAIT) until the end of the test.
+        let mut rest = Vec::new();
+        let _ = timeout(IO_TIMEOUT, c.read_to_end(&mut rest)).await?;
+        let entries = |m: &agent_proxy_tests::metrics::Metrics, map: &str| {
+            m.sum("agent_proxy_kernel_map_entries", &[("map", map)])
+        };
+        let m = env.daemon.settle(Duration::from_secs(3), |m| {
+            entries(m, "LOCAL_SOCKS") == 0.0 && entries(m, "LOCAL_STATE") == 0.0
+        })?;
+        ensure!(
+            entries(&m, "LOCAL_SOCKS") == 0.0 && entries(&m, "LOCAL_STATE") == 0.0,
+            "the connection ended but the agent's socket still has entries: LOCAL_SOCKS={} \
+             LOCAL_STATE={}",
+            entries(&m, "LOCAL_SOCKS"),
+            entries(&m, "LOCAL_STATE")
+        );
+        let logs = env.daemon.wait_conn_logs(1, Duration::from_secs(5))?;
+        ensure!(
+            logs.len() == 1 && logs[0].end == "connect_failed",
+            "log lines: {logs:?}"
+        );
+        drop(c);
+        env.finish()
+    })
+}
+
+#[test]
+fn ended_connection_leaves_no_entry_while_the_agent_socket_lives() {
+    run_scenario(
+        "ended_connection_leaves_no_entry",
+        Dataplane::Kernel,
+        ended_connection_leaves_no_entry,
+    );
+}

@@ -172,6 +172,17 @@ impl LocalAgents {
         last
     }
 
+    /// Drops the agent socket `agent` -> `listen` from the maps, paired or not (a no-op when
+    /// `sock_ops` never took it, or it closed): called when its connection ends.
+    pub fn forget(&self, agent: SocketAddr, listen: SocketAddr) {
+        let Some(key) = flow_key(agent, listen) else {
+            return;
+        };
+        let mut maps = self.lock();
+        let _ = ignore_missing(maps.state.remove(&key));
+        let _ = ignore_missing(maps.socks.remove(&key));
+    }
+
     /// Per-frontend totals of what went straight, summed over CPUs.
     pub fn totals(&self) -> Vec<(u32, RouteCounters)> {
         let maps = self.lock();
