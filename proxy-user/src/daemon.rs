@@ -18,7 +18,7 @@ use crate::{
     config::{Config, Dataplane, DnsTtl, FrontendMode},
     connect::{self, ratelimit::RateLimiter},
     dns::{Dns, DnsError},
-    kernel::{Kernel, KernelError},
+    kernel::{Kernel, KernelError, LocalAgents},
     metrics::Metrics,
     pool::Pool,
     proxy::{self, Frontend, FrontendRoute, Shared},
@@ -483,30 +483,14 @@ impl KernelMirror {
                     .inc_by(counters.bytes.saturating_sub(*seen));
                 *seen = counters.bytes;
             }
-            let entries = local.entries();
-            for (map, count) in [
-                (proxy_common::LOCAL_SOCKS, entries.socks),
-                (proxy_common::LOCAL_TARGETS, entries.targets),
-                (proxy_common::LOCAL_STATE, entries.state),
-                (proxy_common::LOCAL_GATES, entries.gates),
-            ] {
-                metrics
-                    .kernel_map_entries
-                    .with_label_values(&[map])
-                    .set(count as i64);
-            }
         }
+        let local_entries = kernel.local.as_ref().map(LocalAgents::entries);
         let entries = kernel.registry.entries();
-        for (map, count) in [
-            (proxy_common::SPLICE_SOCKS, entries.socks),
-            (proxy_common::SPLICE_PEERS, entries.peers),
-            (proxy_common::SPLICE_CONNS, entries.conns),
-            (proxy_common::SPLICE_LIMITS, entries.limits),
-        ] {
+        for (map, count) in entries.iter().chain(local_entries.iter().flatten()) {
             metrics
                 .kernel_map_entries
                 .with_label_values(&[map])
-                .set(count as i64);
+                .set(*count as i64);
         }
     }
 }

@@ -37,15 +37,6 @@ struct Maps {
     counters: PerCpuArray<MapData, RouteCounters>,
 }
 
-/// Entries in the same-host agent maps.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LocalEntries {
-    pub socks: u64,
-    pub targets: u64,
-    pub state: u64,
-    pub gates: u64,
-}
-
 pub struct LocalAgents {
     maps: Mutex<Maps>,
     /// The cgroup v2 directory the `sock_ops` program is attached to.
@@ -191,12 +182,7 @@ impl LocalAgents {
             let Ok(values) = maps.counters.get(&frontend, 0) else {
                 continue;
             };
-            let sum = values
-                .iter()
-                .fold(RouteCounters::default(), |acc, v| RouteCounters {
-                    bytes: acc.bytes + v.bytes,
-                    segments: acc.segments + v.segments,
-                });
+            let sum = super::sum_cpus(&values);
             if sum.segments > 0 {
                 out.push((frontend, sum));
             }
@@ -204,14 +190,18 @@ impl LocalAgents {
         out
     }
 
-    pub fn entries(&self) -> LocalEntries {
+    /// `(map name, entries)` of the per-socket maps (walks the keys).
+    pub fn entries(&self) -> [(&'static str, u64); 4] {
         let maps = self.lock();
-        LocalEntries {
-            socks: maps.socks.keys().count() as u64,
-            targets: maps.targets.keys().count() as u64,
-            state: maps.state.keys().count() as u64,
-            gates: maps.gates.keys().count() as u64,
-        }
+        [
+            (proxy_common::LOCAL_SOCKS, maps.socks.keys().count() as u64),
+            (
+                proxy_common::LOCAL_TARGETS,
+                maps.targets.keys().count() as u64,
+            ),
+            (proxy_common::LOCAL_STATE, maps.state.keys().count() as u64),
+            (proxy_common::LOCAL_GATES, maps.gates.keys().count() as u64),
+        ]
     }
 }
 

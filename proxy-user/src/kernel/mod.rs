@@ -18,8 +18,8 @@ use aya::{
     programs::SkSkb,
 };
 pub use events::{SpliceEvents, Wake, WatchGuard};
-pub use local::{LocalAgents, LocalEntries, flow_key};
-pub use registry::{KernelTotals, MapEntries, SplicePair, SpliceRegistry};
+pub use local::{LocalAgents, flow_key};
+pub use registry::{KernelTotals, SplicePair, SpliceRegistry};
 
 /// Why the kernel data path is not available.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +128,20 @@ impl Kernel {
             _ebpf: ebpf,
         })
     }
+}
+
+/// A per-CPU counter pair summed over CPUs.
+fn sum_cpus(
+    values: &aya::maps::PerCpuValues<proxy_common::RouteCounters>,
+) -> proxy_common::RouteCounters {
+    values
+        .iter()
+        .fold(proxy_common::RouteCounters::default(), |acc, v| {
+            proxy_common::RouteCounters {
+                bytes: acc.bytes + v.bytes,
+                segments: acc.segments + v.segments,
+            }
+        })
 }
 
 fn take<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, KernelError>

@@ -47,15 +47,6 @@ pub struct KernelTotals {
     pub errors: Vec<u64>,
 }
 
-/// Entries currently in each connection map.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MapEntries {
-    pub socks: u64,
-    pub peers: u64,
-    pub conns: u64,
-    pub limits: u64,
-}
-
 pub struct SpliceRegistry {
     // Map operations are single syscalls; one short lock keeps the insert/remove orders atomic
     // with respect to each other.
@@ -186,12 +177,7 @@ impl SpliceRegistry {
         let mut totals = KernelTotals::default();
         for (index, values) in maps.routes.iter().enumerate() {
             let Ok(values) = values else { continue };
-            let sum = values
-                .iter()
-                .fold(RouteCounters::default(), |acc, v| RouteCounters {
-                    bytes: acc.bytes + v.bytes,
-                    segments: acc.segments + v.segments,
-                });
+            let sum = super::sum_cpus(&values);
             if sum.segments > 0 {
                 let index = index as u32;
                 totals.routes.push((index / 2, index % 2, sum));
@@ -208,14 +194,17 @@ impl SpliceRegistry {
         totals
     }
 
-    /// Counts the entries of each connection map (walks the keys).
-    pub fn entries(&self) -> MapEntries {
+    /// `(map name, entries)` of each connection map (walks the keys).
+    pub fn entries(&self) -> [(&'static str, u64); 4] {
         let maps = self.lock();
-        MapEntries {
-            socks: maps.socks.keys().count() as u64,
-            peers: maps.peers.keys().count() as u64,
-            conns: maps.conns.keys().count() as u64,
-            limits: maps.limits.keys().count() as u64,
-        }
+        [
+            (proxy_common::SPLICE_SOCKS, maps.socks.keys().count() as u64),
+            (proxy_common::SPLICE_PEERS, maps.peers.keys().count() as u64),
+            (proxy_common::SPLICE_CONNS, maps.conns.keys().count() as u64),
+            (
+                proxy_common::SPLICE_LIMITS,
+                maps.limits.keys().count() as u64,
+            ),
+        ]
     }
 }

@@ -72,14 +72,17 @@ impl Splice<'_> {
     }
 
     /// The verdict reached side `i`'s limit: the rest of that direction goes through userspace.
-    pub(super) fn on_passing(&mut self, i: usize) {
+    pub(super) fn on_passing(&mut self, i: usize) -> Step {
         let side = &mut self.sides[i];
         if !side.tail {
             tracing::trace!(side = i, "direction handed to userspace");
             side.tail = true;
             side.pauses += 1;
             side.mark_recheck = false;
+            // Closes a same-host agent's gate for good.
+            self.refresh_local()?;
         }
+        Ok(())
     }
 
     /// Carries side `i`'s bytes to its peer, without blocking, once the redirect queue has

@@ -88,6 +88,25 @@ impl Splice<'_> {
         };
         let key = pairing.key;
         let mut gate = pairing.gate;
+        if self.sides.iter().any(|s| s.tail) {
+            // A direction is carried in userspace: the gate closes for good (see the module
+            // docs), so that nothing is queued on the upstream socket but by the splice and the
+            // copy from here on.
+            if gate.limit != 0 || gate.tcp_landed != u64::MAX {
+                gate = LocalGate {
+                    tcp_landed: u64::MAX,
+                    mark: u64::MAX,
+                    limit: 0,
+                    ..gate
+                };
+                local.set_gate(&key, gate).map_err(internal)?;
+                if let Some(pairing) = &mut self.local {
+                    pairing.gate = gate;
+                }
+            }
+            self.set_recheck(false);
+            return Ok(());
+        }
         let Some(before) = local.state(&key) else {
             // The agent socket closed: nothing more will come from it.
             self.set_recheck(false);

@@ -350,7 +350,7 @@ impl Splice<'_> {
                             }
                         }
                         Some(Wake::Mark(i)) => self.on_mark(i)?,
-                        Some(Wake::Passing(i)) => self.on_passing(i),
+                        Some(Wake::Passing(i)) => self.on_passing(i)?,
                         Some(Wake::Local) => self.refresh_local()?,
                         // The sender lives in the event hub for as long as the watch guard.
                         None => return Err(internal("kernel event hub stopped")),
@@ -435,7 +435,7 @@ impl Splice<'_> {
                     .side(self.sides[i].cookie)
                     .map_err(internal)?;
                 if counted.passing != 0 {
-                    self.on_passing(i);
+                    self.on_passing(i)?;
                     return Ok(());
                 }
                 let side = &mut self.sides[i];
@@ -478,7 +478,7 @@ impl Splice<'_> {
             if counted.passing != 0 {
                 // Passed bytes wait for us; normally the event said so already, but it may
                 // have been lost (ring buffer full).
-                self.on_passing(i);
+                self.on_passing(i)?;
             }
             tracing::trace!(
                 side = i,
