@@ -1,12 +1,12 @@
 //! The scenarios of shared/benchmarks.md and how one run of one row is measured.
 //!
-//! Scenario 5 (TLS) is not here yet. To add it once agent-proxy terminates and originates TLS:
-//! a variant (`datakit-tls-origination`, `datakit-tls-frontend`) whose `server` is an nginx
-//! intake with `listen ... ssl` (extend [`crate::servers::nginx_config`]), rows that put `ssl`
-//! on HAProxy's bind/server lines (extend [`crate::rows::haproxy_config`]) and `tls = {...}`
-//! on agent-proxy's frontend/backend (`DaemonConfig::frontend_extra` / `backend_extra`), and
-//! `hey` pointed at `https://`; [`measure`] needs no other change (the userspace path is the
-//! only one for TLS, so the kernel row is expected to equal the userspace row).
+//! Scenario 5 (TLS) is the DataKit workload with TLS on one side of the proxy
+//! (`datakit-tls-origination`, `datakit-tls-frontend`): its server is the nginx intake with a
+//! second, `ssl` listener ([`ServerKind::IntakeTls`]), its proxies get the TLS lines of
+//! [`crate::tls`], and hey speaks `https://` where the proxy (or, in the direct row, nginx)
+//! expects TLS. agent-proxy carries TLS in its userspace relay only, so its kernel row measures
+//! the same path as its userspace row (kept to show it); HAProxy's splice-auto row is left out
+//! ([`Scenario::has_row`]).
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -22,6 +22,7 @@ use crate::procs::run_client;
 use crate::results::{Metric, Sample};
 use crate::rows::{PROXY_LISTEN, Proxy, Row};
 use crate::servers::ServerKind;
+use crate::tls::{Pki, ProxyTls, Side};
 
 /// The DataKit workload of seed 004: 16 clients x 100 POSTs of metric.data, whose size is
 /// DataKit's api_post_bytes_total / 1600 = 276,459,200 / 1600.
@@ -62,10 +63,20 @@ pub enum Scenario {
     #[value(name = "bulk-8")]
     #[serde(rename = "bulk-8")]
     Bulk8,
+    /// The DataKit workload in plain HTTP to the proxy, which originates verified TLS to an
+    /// nginx intake listening with `ssl`.
+    #[value(name = "datakit-tls-origination")]
+    #[serde(rename = "datakit-tls-origination")]
+    DatakitTlsOrigination,
+    /// The DataKit workload over HTTPS to the proxy, which terminates TLS and forwards plain
+    /// HTTP to the intake.
+    #[value(name = "datakit-tls-frontend")]
+    #[serde(rename = "datakit-tls-frontend")]
+    DatakitTlsFrontend,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Datakit,
         Scenario::Agents1k,
         Scenario::Agents10k,
@@ -73,6 +84,8 @@ impl Scenario {
         Scenario::Ping16k,
         Scenario::Bulk1,
         Scenario::Bulk8,
+        Scenario::DatakitTlsOrigination,
+        Scenario::DatakitTlsFrontend,
     ];
     /// What `--quick` runs.
     pub const QUICK: [Scenario; 4] = [
@@ -91,6 +104,8 @@ impl Scenario {
             Scenario::Ping16k => "ping-16k",
             Scenario::Bulk1 => "bulk-1",
             Scenario::Bulk8 => "bulk-8",
+            Scenario::DatakitTlsOrigination => "datakit-tls-origination",
+            Scenario::DatakitTlsFrontend => "datakit-tls-frontend",
         }
     }
 
@@ -109,13 +124,52 @@ impl Scenario {
             Scenario::Ping16k => "Latency: TCP ping-pong, 16 KiB (sockperf), half round trip",
             Scenario::Bulk1 => "Bulk: iperf3, one stream",
             Scenario::Bulk8 => "Bulk: iperf3, 8 streams",
+            Scenario::DatakitTlsOrigination => {
+                "TLS origination: the DataKit workload, hey (HTTP) -> proxy -> nginx (HTTPS, \
+                 verified by the proxy)"
+            }
+            Scenario::DatakitTlsFrontend => {
+                "TLS frontend: the DataKit workload, hey (HTTPS) -> proxy (terminates) -> nginx \
+                 (HTTP)"
+            }
+        }
+    }
+
+    /// Which side of the proxy speaks TLS (`None`: plaintext scenarios).
+    pub fn tls_side(self) -> Option<Side> {
+        match self {
+            Scenario::DatakitTlsOrigination => Some(Side::Origination),
+            Scenario::DatakitTlsFrontend => Some(Side::Frontend),
+            _ => None,
+        }
+    }
+
+    /// Whether `row` is measured in this scenario. HAProxy's splice-auto is left out of the TLS
+    /// scenarios: HAProxy cannot splice what OpenSSL encrypts or decrypts, so the row would
+    /// repeat the plain HAProxy row.
+    pub fn has_row(self, row: Row) -> bool {
+        !(self.tls_side().is_some() && row == Row::HaproxySplice)
+    }
+
+    /// The row's name in this scenario's table: the TLS scenarios say what the rows do there.
+    pub fn row_title(self, row: Row) -> &'static str {
+        match (self.tls_side(), row) {
+            (None, _) => row.title(),
+            (Some(_), Row::Direct) => "direct (hey HTTPS to nginx)",
+            (Some(_), Row::Haproxy) => "HAProxy 2.6 tcp + ssl",
+            (Some(_), Row::Kernel) => "agent-proxy kernel (TLS: userspace relay)",
+            (Some(_), _) => row.title(),
         }
     }
 
     /// The unit of [`Sample::throughput`].
     pub fn unit(self) -> &'static str {
         match self {
-            Scenario::Datakit | Scenario::Agents1k | Scenario::Agents10k => "req/s",
+            Scenario::Datakit
+            | Scenario::Agents1k
+            | Scenario::Agents10k
+            | Scenario::DatakitTlsOrigination
+            | Scenario::DatakitTlsFrontend => "req/s",
             Scenario::Ping64 | Scenario::Ping16k => "round trips/s",
             Scenario::Bulk1 | Scenario::Bulk8 => "GB/s",
         }
@@ -126,6 +180,7 @@ impl Scenario {
             Scenario::Datakit | Scenario::Agents1k | Scenario::Agents10k => ServerKind::Intake,
             Scenario::Ping64 | Scenario::Ping16k => ServerKind::Sockperf,
             Scenario::Bulk1 | Scenario::Bulk8 => ServerKind::Iperf3,
+            Scenario::DatakitTlsOrigination | Scenario::DatakitTlsFrontend => ServerKind::IntakeTls,
         }
     }
 
@@ -133,17 +188,19 @@ impl Scenario {
     pub fn metrics(self) -> &'static [Metric] {
         use Metric::*;
         match self {
-            Scenario::Datakit => &[
-                Throughput,
-                LatP50,
-                LatP90,
-                LatP99,
-                CpuPerGb,
-                ProxyCpuPerGb,
-                PeakRss,
-                Errors,
-                KernelShare,
-            ],
+            Scenario::Datakit | Scenario::DatakitTlsOrigination | Scenario::DatakitTlsFrontend => {
+                &[
+                    Throughput,
+                    LatP50,
+                    LatP90,
+                    LatP99,
+                    CpuPerGb,
+                    ProxyCpuPerGb,
+                    PeakRss,
+                    Errors,
+                    KernelShare,
+                ]
+            }
             Scenario::Agents1k | Scenario::Agents10k => &[
                 Connections,
                 Throughput,
@@ -198,7 +255,11 @@ pub struct Context<'a> {
     /// What the file-descriptor limit allows (two sockets per agent in the proxy).
     pub max_agents: usize,
     pub ns: &'a NetNs,
+    /// The server's plaintext listener.
     pub server: SocketAddr,
+    /// The server's TLS listener and the certificates (TLS scenarios).
+    pub tls_server: Option<SocketAddr>,
+    pub pki: Option<&'a Pki>,
     pub dir: &'a Path,
     pub datakit_body: &'a Path,
     pub durations: Durations,
@@ -207,15 +268,33 @@ pub struct Context<'a> {
 /// One run of `row` in `scenario`: starts the row's proxy, drives the load, reads the figures,
 /// stops the proxy.
 pub fn measure(scenario: Scenario, row: Row, cx: &Context<'_>) -> anyhow::Result<Sample> {
-    let mut proxy = Proxy::start(row, cx.ns, cx.server, cx.dir)?;
-    let target: SocketAddr = match proxy {
-        Some(_) => PROXY_LISTEN.parse().expect("valid address"),
-        None => cx.server,
+    let side = scenario.tls_side();
+    let (backend, direct, tls) = match side {
+        None => (cx.server, cx.server, None),
+        Some(side) => {
+            let (Some(tls_server), Some(pki)) = (cx.tls_server, cx.pki) else {
+                anyhow::bail!("{} needs the TLS intake and certificates", scenario.name());
+            };
+            let backend = match side {
+                Side::Origination => tls_server,
+                Side::Frontend => cx.server,
+            };
+            (backend, tls_server, Some(ProxyTls { side, pki }))
+        }
+    };
+    let mut proxy = Proxy::start(row, cx.ns, backend, cx.dir, tls)?;
+    // hey speaks TLS to whoever expects it: nginx's TLS listener, or a TLS frontend.
+    let (target, https): (SocketAddr, bool) = match proxy {
+        Some(_) => (
+            PROXY_LISTEN.parse().expect("valid address"),
+            side == Some(Side::Frontend),
+        ),
+        None => (direct, side.is_some()),
     };
     let pid = proxy.as_ref().map(Proxy::pid);
     let mut sample = match scenario {
         Scenario::Agents1k | Scenario::Agents10k => agents_run(scenario, target, pid, cx)?,
-        _ => tool_run(scenario, target, pid, cx)?,
+        _ => tool_run(scenario, target, https, pid, cx)?,
     };
     if let Some(p) = proxy.as_mut() {
         p.ensure_running()?;
@@ -232,17 +311,19 @@ pub fn measure(scenario: Scenario, row: Row, cx: &Context<'_>) -> anyhow::Result
     Ok(sample)
 }
 
-/// DataKit, ping-pong and bulk: one external client process; CPU over its whole life.
+/// DataKit (plain or TLS), ping-pong and bulk: one external client process; CPU over its whole
+/// life. `https`: hey speaks TLS to `target`.
 fn tool_run(
     scenario: Scenario,
     target: SocketAddr,
+    https: bool,
     pid: Option<u32>,
     cx: &Context<'_>,
 ) -> anyhow::Result<Sample> {
     let port = target.port().to_string();
     let secs = cx.durations.tool.as_secs().max(1).to_string();
     let (program, args): (&str, Vec<String>) = match scenario {
-        Scenario::Datakit => (
+        Scenario::Datakit | Scenario::DatakitTlsOrigination | Scenario::DatakitTlsFrontend => (
             "hey",
             vec![
                 "-n".into(),
@@ -255,7 +336,10 @@ fn tool_run(
                 "text/plain".into(),
                 "-D".into(),
                 cx.datakit_body.display().to_string(),
-                format!("http://{target}/v1/write/metric"),
+                format!(
+                    "{}://{target}/v1/write/metric",
+                    if https { "https" } else { "http" }
+                ),
             ],
         ),
         Scenario::Ping64 | Scenario::Ping16k => {
@@ -308,7 +392,7 @@ fn tool_run(
         ..Sample::default()
     };
     match scenario {
-        Scenario::Datakit => {
+        Scenario::Datakit | Scenario::DatakitTlsOrigination | Scenario::DatakitTlsFrontend => {
             let r = parse::hey(&out)?;
             sample.throughput = r.requests_per_second;
             sample.latency = Some(r.latency);
@@ -383,4 +467,47 @@ fn agents_run(
 
 fn ticks(t: u64) -> f64 {
     t as f64 / ticks_per_second() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_the_cli_and_json_spellings() {
+        for s in Scenario::ALL {
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(json, format!("\"{}\"", s.name()));
+            let cli = clap::ValueEnum::to_possible_value(&s).unwrap();
+            assert_eq!(cli.get_name(), s.name());
+        }
+    }
+
+    #[test]
+    fn tls_scenarios_drop_splice_auto_and_say_what_the_rows_do() {
+        for s in [
+            Scenario::DatakitTlsOrigination,
+            Scenario::DatakitTlsFrontend,
+        ] {
+            assert!(s.tls_side().is_some());
+            assert_eq!(s.server(), ServerKind::IntakeTls);
+            assert_eq!(s.metrics(), Scenario::Datakit.metrics());
+            assert!(!s.has_row(Row::HaproxySplice));
+            assert!(s.has_row(Row::Kernel) && s.has_row(Row::Userspace));
+            assert_eq!(s.row_title(Row::Haproxy), "HAProxy 2.6 tcp + ssl");
+            assert!(s.row_title(Row::Kernel).contains("userspace relay"));
+        }
+        assert_eq!(
+            Scenario::DatakitTlsOrigination.tls_side(),
+            Some(Side::Origination)
+        );
+        assert_eq!(
+            Scenario::DatakitTlsFrontend.tls_side(),
+            Some(Side::Frontend)
+        );
+        for s in Scenario::ALL.into_iter().filter(|s| s.tls_side().is_none()) {
+            assert!(Row::ALL.into_iter().all(|r| s.has_row(r)));
+            assert!(Row::ALL.into_iter().all(|r| s.row_title(r) == r.title()));
+        }
+    }
 }
