@@ -22,7 +22,7 @@ use crate::procs::run_client;
 use crate::results::{Metric, Sample};
 use crate::rows::{PROXY_LISTEN, Proxy, Row};
 use crate::servers::ServerKind;
-use crate::tls::{Pki, ProxyTls, Side};
+use crate::tls::{INTAKE_NAME, PROXY_NAME, Pki, ProxyTls, Side};
 
 /// The DataKit workload of seed 004: 16 clients x 100 POSTs of metric.data, whose size is
 /// DataKit's api_post_bytes_total / 1600 = 276,459,200 / 1600.
@@ -283,18 +283,19 @@ pub fn measure(scenario: Scenario, row: Row, cx: &Context<'_>) -> anyhow::Result
         }
     };
     let mut proxy = Proxy::start(row, cx.ns, backend, cx.dir, tls)?;
-    // hey speaks TLS to whoever expects it: nginx's TLS listener, or a TLS frontend.
-    let (target, https): (SocketAddr, bool) = match proxy {
+    // hey speaks TLS to whoever expects it (nginx's TLS listener, a TLS frontend), naming the
+    // server its certificate is for.
+    let (target, tls_name): (SocketAddr, Option<&str>) = match proxy {
         Some(_) => (
             PROXY_LISTEN.parse().expect("valid address"),
-            side == Some(Side::Frontend),
+            (side == Some(Side::Frontend)).then_some(PROXY_NAME),
         ),
-        None => (direct, side.is_some()),
+        None => (direct, side.map(|_| INTAKE_NAME)),
     };
     let pid = proxy.as_ref().map(Proxy::pid);
     let mut sample = match scenario {
         Scenario::Agents1k | Scenario::Agents10k => agents_run(scenario, target, pid, cx)?,
-        _ => tool_run(scenario, target, https, pid, cx)?,
+        _ => tool_run(scenario, target, tls_name, pid, cx)?,
     };
     if let Some(p) = proxy.as_mut() {
         p.ensure_running()?;
@@ -312,36 +313,20 @@ pub fn measure(scenario: Scenario, row: Row, cx: &Context<'_>) -> anyhow::Result
 }
 
 /// DataKit (plain or TLS), ping-pong and bulk: one external client process; CPU over its whole
-/// life. `https`: hey speaks TLS to `target`.
+/// life. With `tls_name`, hey speaks HTTPS to `target`, see [`hey_args`].
 fn tool_run(
     scenario: Scenario,
     target: SocketAddr,
-    https: bool,
+    tls_name: Option<&str>,
     pid: Option<u32>,
     cx: &Context<'_>,
 ) -> anyhow::Result<Sample> {
     let port = target.port().to_string();
     let secs = cx.durations.tool.as_secs().max(1).to_string();
     let (program, args): (&str, Vec<String>) = match scenario {
-        Scenario::Datakit | Scenario::DatakitTlsOrigination | Scenario::DatakitTlsFrontend => (
-            "hey",
-            vec![
-                "-n".into(),
-                DATAKIT_REQUESTS.to_string(),
-                "-c".into(),
-                DATAKIT_CLIENTS.to_string(),
-                "-m".into(),
-                "POST".into(),
-                "-T".into(),
-                "text/plain".into(),
-                "-D".into(),
-                cx.datakit_body.display().to_string(),
-                format!(
-                    "{}://{target}/v1/write/metric",
-                    if https { "https" } else { "http" }
-                ),
-            ],
-        ),
+        Scenario::Datakit | Scenario::DatakitTlsOrigination | Scenario::DatakitTlsFrontend => {
+            ("hey", hey_args(target, tls_name, cx.datakit_body))
+        }
         Scenario::Ping64 | Scenario::Ping16k => {
             let size = if scenario == Scenario::Ping64 {
                 64
@@ -420,6 +405,34 @@ fn tool_run(
     Ok(sample)
 }
 
+/// hey's arguments for the DataKit workload to `target`. With `tls_name`, over HTTPS and with
+/// `-host NAME`: hey 0.1.4 sends its Host (by default `IP:port`) as the TLS SNI, which rustls
+/// refuses as not a host name (RFC 6066: `illegal_parameter`) where OpenSSL ignores it; a
+/// name fixes both. hey never verifies the certificate (no option to trust a CA).
+fn hey_args(target: SocketAddr, tls_name: Option<&str>, body: &Path) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "-n".into(),
+        DATAKIT_REQUESTS.to_string(),
+        "-c".into(),
+        DATAKIT_CLIENTS.to_string(),
+        "-m".into(),
+        "POST".into(),
+        "-T".into(),
+        "text/plain".into(),
+        "-D".into(),
+        body.display().to_string(),
+    ];
+    let scheme = match tls_name {
+        Some(name) => {
+            args.extend(["-host".to_owned(), name.to_owned()]);
+            "https"
+        }
+        None => "http",
+    };
+    args.push(format!("{scheme}://{target}/v1/write/metric"));
+    args
+}
+
 fn agents_run(
     scenario: Scenario,
     target: SocketAddr,
@@ -481,6 +494,24 @@ mod tests {
             let cli = clap::ValueEnum::to_possible_value(&s).unwrap();
             assert_eq!(cli.get_name(), s.name());
         }
+    }
+
+    #[test]
+    fn hey_speaks_https_with_a_host_name_only_when_asked() {
+        let target = "127.0.0.1:7000".parse().unwrap();
+        let body = Path::new("/w/metric.data");
+        let plain = hey_args(target, None, body);
+        assert_eq!(
+            plain.join(" "),
+            "-n 1600 -c 16 -m POST -T text/plain -D /w/metric.data \
+             http://127.0.0.1:7000/v1/write/metric"
+        );
+        let tls = hey_args(target, Some("proxy.test"), body);
+        assert_eq!(
+            tls.join(" "),
+            "-n 1600 -c 16 -m POST -T text/plain -D /w/metric.data -host proxy.test \
+             https://127.0.0.1:7000/v1/write/metric"
+        );
     }
 
     #[test]
