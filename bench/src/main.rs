@@ -43,8 +43,8 @@ use crate::tls::Pki;
     about = "Benchmarks agent-proxy against direct and HAProxy 2.6"
 )]
 struct Cli {
-    /// A sanity check in under a minute: one short run of datakit, agents-1000, ping-64 and
-    /// bulk-1, no warm-up. Its figures are not for quoting.
+    /// A sanity check in under a minute: one short run of datakit, agents-1000, ping-64,
+    /// bulk-1 and the two TLS scenarios, no warm-up. Its figures are not for quoting.
     #[arg(long)]
     quick: bool,
     /// Measured runs per row (default 5; 1 with --quick).

@@ -284,7 +284,7 @@ mod tests {
             tls(Side::Frontend),
         );
         assert!(
-            front.contains("bind 127.0.0.1:7000 ssl crt /t/proxy.pem\n"),
+            front.contains("bind 127.0.0.1:7000 ssl crt /t/proxy.pem prefer-client-ciphers\n"),
             "{front}"
         );
         assert!(front.contains("server s1 127.0.0.1:8000\n"), "{front}");

@@ -116,10 +116,16 @@ impl ProxyTls<'_> {
         }
     }
 
-    /// Words appended to HAProxy's `bind` line.
+    /// Words appended to HAProxy's `bind` line. `prefer-client-ciphers`: rustls follows the
+    /// client's order of cipher suites and HAProxy by default its own, so hey (Go: AES-128-GCM
+    /// first) would get AES-128-GCM from agent-proxy and AES-256-GCM from HAProxy; with it both
+    /// proxies decrypt the same cipher, as nginx does in the direct row.
     pub fn haproxy_bind(&self) -> String {
         match self.side {
-            Side::Frontend => format!(" ssl crt {}", self.pki.proxy_pem.display()),
+            Side::Frontend => format!(
+                " ssl crt {} prefer-client-ciphers",
+                self.pki.proxy_pem.display()
+            ),
             Side::Origination => String::new(),
         }
     }
@@ -198,7 +204,10 @@ mod tests {
             t.agent_frontend(),
             "tls = { cert = \"/b/tls/proxy.crt\", key = \"/b/tls/proxy.key\" }\n"
         );
-        assert_eq!(t.haproxy_bind(), " ssl crt /b/tls/proxy.pem");
+        assert_eq!(
+            t.haproxy_bind(),
+            " ssl crt /b/tls/proxy.pem prefer-client-ciphers"
+        );
         assert_eq!(t.agent_backend(), "");
         assert_eq!(t.haproxy_server(), "");
     }
