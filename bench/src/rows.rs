@@ -252,14 +252,7 @@ mod tests {
     #[test]
     fn haproxy_config_puts_ssl_on_the_side_that_speaks_tls() {
         use crate::tls::{Pki, Side};
-        let pki = Pki {
-            ca: "/t/ca.crt".into(),
-            intake_cert: "/t/intake.crt".into(),
-            intake_key: "/t/intake.key".into(),
-            proxy_cert: "/t/proxy.crt".into(),
-            proxy_key: "/t/proxy.key".into(),
-            proxy_pem: "/t/proxy.pem".into(),
-        };
+        let pki = Pki::names_in("/t");
         let tls = |side| Some(ProxyTls { side, pki: &pki });
         let orig = haproxy_config(
             "127.0.0.1:8443".parse().unwrap(),

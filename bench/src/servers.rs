@@ -138,14 +138,7 @@ mod tests {
         );
         assert!(!plain.contains("ssl"), "{plain}");
         assert!(plain.ends_with("  }\n}\n"), "{plain}");
-        let pki = Pki {
-            ca: "/w/ca.crt".into(),
-            intake_cert: "/w/intake.crt".into(),
-            intake_key: "/w/intake.key".into(),
-            proxy_cert: "/w/proxy.crt".into(),
-            proxy_key: "/w/proxy.key".into(),
-            proxy_pem: "/w/proxy.pem".into(),
-        };
+        let pki = Pki::names_in("/w");
         let addr = SocketAddr::from(([127, 0, 0, 1], INTAKE_TLS_PORT));
         let both = nginx_config(dir, INTAKE_PORT, Some((addr, &pki)));
         assert!(both.starts_with(&plain[..plain.len() - 2]), "{both}");

@@ -92,28 +92,29 @@ pub struct ProxyTls<'a> {
 }
 
 impl ProxyTls<'_> {
+    /// `text()` when TLS is on `side`, nothing otherwise.
+    fn on(&self, side: Side, text: impl FnOnce(&Pki) -> String) -> String {
+        if self.side == side {
+            text(self.pki)
+        } else {
+            String::new()
+        }
+    }
+
     /// Lines appended to agent-proxy's frontend table.
     pub fn agent_frontend(&self) -> String {
-        match self.side {
-            Side::Frontend => format!(
-                "tls = {{ cert = {}, key = {} }}\n",
-                toml_str(&self.pki.proxy_cert),
-                toml_str(&self.pki.proxy_key)
-            ),
-            Side::Origination => String::new(),
-        }
+        self.on(Side::Frontend, |pki| {
+            let (cert, key) = (toml_str(&pki.proxy_cert), toml_str(&pki.proxy_key));
+            format!("tls = {{ cert = {cert}, key = {key} }}\n")
+        })
     }
 
     /// Lines appended to agent-proxy's backend table.
     pub fn agent_backend(&self) -> String {
-        match self.side {
-            Side::Origination => format!(
-                "tls = {{ ca_file = {}, sni = {} }}\n",
-                toml_str(&self.pki.ca),
-                toml_str(Path::new(INTAKE_NAME))
-            ),
-            Side::Frontend => String::new(),
-        }
+        self.on(Side::Origination, |pki| {
+            let (ca, sni) = (toml_str(&pki.ca), toml_str(Path::new(INTAKE_NAME)));
+            format!("tls = {{ ca_file = {ca}, sni = {sni} }}\n")
+        })
     }
 
     /// Words appended to HAProxy's `bind` line. `prefer-client-ciphers`: rustls follows the
@@ -121,24 +122,17 @@ impl ProxyTls<'_> {
     /// first) would get AES-128-GCM from agent-proxy and AES-256-GCM from HAProxy; with it both
     /// proxies decrypt the same cipher, as nginx does in the direct row.
     pub fn haproxy_bind(&self) -> String {
-        match self.side {
-            Side::Frontend => format!(
-                " ssl crt {} prefer-client-ciphers",
-                self.pki.proxy_pem.display()
-            ),
-            Side::Origination => String::new(),
-        }
+        self.on(Side::Frontend, |pki| {
+            format!(" ssl crt {} prefer-client-ciphers", pki.proxy_pem.display())
+        })
     }
 
     /// Words appended to HAProxy's `server` line: verified TLS, as agent-proxy's backend.
     pub fn haproxy_server(&self) -> String {
-        match self.side {
-            Side::Origination => format!(
-                " ssl verify required ca-file {} sni str({INTAKE_NAME})",
-                self.pki.ca.display()
-            ),
-            Side::Frontend => String::new(),
-        }
+        self.on(Side::Origination, |pki| {
+            let ca = pki.ca.display();
+            format!(" ssl verify required ca-file {ca} sni str({INTAKE_NAME})")
+        })
     }
 }
 
@@ -159,11 +153,10 @@ fn toml_str(path: &Path) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pki() -> Pki {
-        let d = Path::new("/b/tls");
+impl Pki {
+    /// The file names [`Pki::generate`] writes, in `dir`, without writing anything.
+    pub fn names_in(dir: &str) -> Self {
+        let d = Path::new(dir);
         Pki {
             ca: d.join("ca.crt"),
             intake_cert: d.join("intake.crt"),
@@ -173,43 +166,43 @@ mod tests {
             proxy_pem: d.join("proxy.pem"),
         }
     }
+}
 
-    #[test]
-    fn origination_verifies_the_intake_in_both_proxies() {
-        let pki = pki();
-        let t = ProxyTls {
-            side: Side::Origination,
-            pki: &pki,
-        };
-        assert_eq!(
-            t.agent_backend(),
-            "tls = { ca_file = \"/b/tls/ca.crt\", sni = \"intake.test\" }\n"
-        );
-        assert_eq!(
-            t.haproxy_server(),
-            " ssl verify required ca-file /b/tls/ca.crt sni str(intake.test)"
-        );
-        assert_eq!(t.agent_frontend(), "");
-        assert_eq!(t.haproxy_bind(), "");
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pki() -> Pki {
+        Pki::names_in("/b/tls")
     }
 
     #[test]
-    fn frontend_terminates_with_the_proxy_certificate() {
+    fn each_side_gets_tls_lines_in_both_proxies_and_the_other_none() {
         let pki = pki();
-        let t = ProxyTls {
-            side: Side::Frontend,
-            pki: &pki,
-        };
-        assert_eq!(
-            t.agent_frontend(),
-            "tls = { cert = \"/b/tls/proxy.crt\", key = \"/b/tls/proxy.key\" }\n"
-        );
-        assert_eq!(
-            t.haproxy_bind(),
-            " ssl crt /b/tls/proxy.pem prefer-client-ciphers"
-        );
-        assert_eq!(t.agent_backend(), "");
-        assert_eq!(t.haproxy_server(), "");
+        // side, agent-proxy frontend, agent-proxy backend, HAProxy bind, HAProxy server.
+        let cases = [
+            (
+                Side::Origination,
+                "",
+                "tls = { ca_file = \"/b/tls/ca.crt\", sni = \"intake.test\" }\n",
+                "",
+                " ssl verify required ca-file /b/tls/ca.crt sni str(intake.test)",
+            ),
+            (
+                Side::Frontend,
+                "tls = { cert = \"/b/tls/proxy.crt\", key = \"/b/tls/proxy.key\" }\n",
+                "",
+                " ssl crt /b/tls/proxy.pem prefer-client-ciphers",
+                "",
+            ),
+        ];
+        for (side, frontend, backend, bind, server) in cases {
+            let t = ProxyTls { side, pki: &pki };
+            assert_eq!(t.agent_frontend(), frontend, "{side:?}");
+            assert_eq!(t.agent_backend(), backend, "{side:?}");
+            assert_eq!(t.haproxy_bind(), bind, "{side:?}");
+            assert_eq!(t.haproxy_server(), server, "{side:?}");
+        }
     }
 
     #[test]
@@ -239,6 +232,11 @@ mod tests {
     fn generated_files_are_pem_and_plain_paths_only() {
         let dir = std::env::temp_dir().join(format!("ap-bench-pki-{}", std::process::id()));
         let pki = Pki::generate(&dir).unwrap();
+        let names = Pki::names_in(&dir.to_string_lossy());
+        assert_eq!(
+            (&pki.ca, &pki.intake_key, &pki.proxy_pem),
+            (&names.ca, &names.intake_key, &names.proxy_pem)
+        );
         for p in [
             &pki.ca,
             &pki.intake_cert,
