@@ -18,6 +18,17 @@ const ITEMS: &[(&str, Scenario, Metric)] = &[
     ("bulk 8 streams", Scenario::Bulk8, Metric::Throughput),
     ("CPU/GB DataKit", Scenario::Datakit, Metric::CpuPerGb),
     ("CPU/GB bulk 1", Scenario::Bulk1, Metric::CpuPerGb),
+    // HAProxy with `ssl` there; agent-proxy's rows both use its userspace relay.
+    (
+        "TLS orig. req/s",
+        Scenario::DatakitTlsOrigination,
+        Metric::Throughput,
+    ),
+    (
+        "TLS front req/s",
+        Scenario::DatakitTlsFrontend,
+        Metric::Throughput,
+    ),
 ];
 
 const COLORS: [RGBColor; 5] = [
@@ -65,7 +76,7 @@ pub fn svg(results: &Results) -> anyhow::Result<Option<String>> {
         * 1.15;
     let mut text = String::new();
     {
-        let root = SVGBackend::with_string(&mut text, (1100, 520)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut text, (1300, 520)).into_drawing_area();
         root.fill(&WHITE).map_err(draw_error)?;
         let mut chart = ChartBuilder::on(&root)
             .caption(

@@ -5,7 +5,8 @@
 //!
 //! Everything runs in a network namespace the bench creates and deletes, over its loopback.
 //! Peers are Debian's tools (nginx as the intake, hey, sockperf, iperf3) plus the many-agents
-//! generator of [`agents`]. Method and scenarios: shared/benchmarks.md and docs/benchmarks.md.
+//! generator of [`agents`]; the TLS scenarios' certificates are made at start ([`tls`]).
+//! Method and scenarios: shared/benchmarks.md and docs/benchmarks.md.
 mod agents;
 mod chart;
 mod docs;
@@ -20,6 +21,7 @@ mod scenarios;
 mod servers;
 mod stats;
 mod targets;
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -33,6 +35,7 @@ use crate::results::{Metric, Results, RowResult, Sample, ScenarioResult};
 use crate::rows::Row;
 use crate::scenarios::{Context, DATAKIT_BODY, Durations, Scenario};
 use crate::servers::Server;
+use crate::tls::Pki;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -40,8 +43,8 @@ use crate::servers::Server;
     about = "Benchmarks agent-proxy against direct and HAProxy 2.6"
 )]
 struct Cli {
-    /// A sanity check in under a minute: one short run of datakit, agents-1000, ping-64 and
-    /// bulk-1, no warm-up. Its figures are not for quoting.
+    /// A sanity check in under a minute: one short run of datakit, agents-1000, ping-64,
+    /// bulk-1 and the two TLS scenarios, no warm-up. Its figures are not for quoting.
     #[arg(long)]
     quick: bool,
     /// Measured runs per row (default 5; 1 with --quick).
@@ -174,6 +177,11 @@ fn measure_all(cli: &Cli, out_dir: &Path) -> anyhow::Result<Results> {
     std::fs::create_dir_all(&work)?;
     let body = work.join("metric.data");
     std::fs::write(&body, agents::body(DATAKIT_BODY))?;
+    let pki = if scenarios.iter().any(|s| s.tls_side().is_some()) {
+        Some(Pki::generate(&work.join("tls")).context("make the TLS scenarios' certificates")?)
+    } else {
+        None
+    };
 
     let ns = NetNs::new().context("create the bench's network namespace")?;
     machine::tune_namespace(&ns)?;
@@ -187,12 +195,26 @@ fn measure_all(cli: &Cli, out_dir: &Path) -> anyhow::Result<Results> {
     let mut failures = Vec::new();
     let mut done = Vec::new();
     for &scenario in &scenarios {
-        let mut server = Server::start(scenario.server(), &ns, &work)
+        let rows: Vec<Row> = rows
+            .iter()
+            .copied()
+            .filter(|&r| scenario.has_row(r))
+            .collect();
+        if rows.is_empty() {
+            println!(
+                "bench: {}: none of the rows asked for applies",
+                scenario.name()
+            );
+            continue;
+        }
+        let mut server = Server::start(scenario.server(), &ns, &work, pki.as_ref())
             .with_context(|| format!("start the server of {}", scenario.name()))?;
         let cx = |durations| Context {
             max_agents,
             ns: &ns,
             server: server.addr,
+            tls_server: server.tls_addr,
+            pki: pki.as_ref(),
             dir: &work,
             datakit_body: &body,
             durations,

@@ -49,7 +49,7 @@ pub fn scenario_table(sc: &ScenarioResult) -> Table {
         .iter()
         .filter(|r| !r.samples.is_empty())
         .map(|r| {
-            let mut cells = vec![r.row.title().to_owned(), r.samples.len().to_string()];
+            let mut cells = vec![s.row_title(r.row).to_owned(), r.samples.len().to_string()];
             cells.extend(s.metrics().iter().map(|m| cell(r.stat(*m))));
             for base in [Row::Haproxy, Row::Direct] {
                 cells.push(

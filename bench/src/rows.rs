@@ -1,6 +1,10 @@
 //! The rows of every table: the client straight to the server, HAProxy 2.6 (`mode tcp`, plain
 //! and with `option splice-auto`) and agent-proxy on each data path. A proxy row starts its
 //! proxy afresh for each run, so that peak RSS and the byte counters belong to that run alone.
+//! In the TLS scenarios the proxies get TLS on one side ([`ProxyTls`]); agent-proxy then carries
+//! every connection in its userspace relay whatever its `dataplane` (the kernel cannot splice
+//! bytes it must encrypt), and HAProxy's splice-auto row is left out (OpenSSL's records cannot
+//! be spliced either, so it would be the plain HAProxy row again).
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -12,6 +16,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use crate::procs::Proc;
+use crate::tls::ProxyTls;
 
 /// Where every proxy listens inside the namespace (the daemon's admin is 127.0.0.1:9090).
 pub const PROXY_LISTEN: &str = "127.0.0.1:7000";
@@ -88,19 +93,22 @@ pub enum Proxy {
 }
 
 impl Proxy {
-    /// Starts the proxy of `row` in front of `backend`; `None` for the direct row.
+    /// Starts the proxy of `row` in front of `backend`, with `tls` on one side; `None` for the
+    /// direct row.
     pub fn start(
         row: Row,
         ns: &NetNs,
         backend: SocketAddr,
         dir: &Path,
+        tls: Option<ProxyTls<'_>>,
     ) -> anyhow::Result<Option<Self>> {
         let proxy = match row {
             Row::Direct => return Ok(None),
             Row::Haproxy | Row::HaproxySplice => {
                 let cfg = dir.join(format!("{}.cfg", row.name()));
                 let maxconn = haproxy_maxconn(fd_limit()?);
-                let text = haproxy_config(backend, row == Row::HaproxySplice, cpus(), maxconn);
+                let splice = row == Row::HaproxySplice;
+                let text = haproxy_config(backend, splice, cpus(), maxconn, tls);
                 std::fs::write(&cfg, text)?;
                 let log = dir.join(format!("{}.log", row.name()));
                 // -db: foreground, no master process: the child's pid is the one worker process.
@@ -120,6 +128,10 @@ impl Proxy {
                 config.max_connections = MAX_CONNECTIONS;
                 config.frontend_max_connections = MAX_CONNECTIONS;
                 config.connect_timeout = Duration::from_secs(5);
+                if let Some(tls) = tls {
+                    config.frontend_extra = tls.agent_frontend();
+                    config.backend_extra = tls.agent_backend();
+                }
                 let daemon = Daemon::start(ns, config).context("start agent-proxy")?;
                 Proxy::Agent(Box::new(daemon))
             }
@@ -192,18 +204,28 @@ pub fn haproxy_maxconn(fd_limit: u64) -> u64 {
 
 /// HAProxy 2.6 in `mode tcp` with one thread per CPU, long timeouts (the many-agents scenario
 /// keeps connections idle between requests), no logging (agent-proxy's own connection log
-/// goes to a file: the rows pay for their logging as shipped).
-pub fn haproxy_config(backend: SocketAddr, splice: bool, threads: usize, maxconn: u64) -> String {
+/// goes to a file: the rows pay for their logging as shipped); with `tls`, `ssl` on the bind or
+/// the server line.
+pub fn haproxy_config(
+    backend: SocketAddr,
+    splice: bool,
+    threads: usize,
+    maxconn: u64,
+    tls: Option<ProxyTls<'_>>,
+) -> String {
     let splice = if splice {
         "    option splice-auto\n"
     } else {
         ""
     };
+    let (bind, server) = tls.map_or((String::new(), String::new()), |t| {
+        (t.haproxy_bind(), t.haproxy_server())
+    });
     format!(
         "global\n    nbthread {threads}\n    maxconn {maxconn}\n    maxpipes {HAPROXY_MAXPIPES}\n\n\
          defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 300s\n    timeout server 300s\n{splice}\n\
-         frontend fe\n    bind {PROXY_LISTEN}\n    default_backend be\n\n\
-         backend be\n    server s1 {backend}\n"
+         frontend fe\n    bind {PROXY_LISTEN}{bind}\n    default_backend be\n\n\
+         backend be\n    server s1 {backend}{server}\n"
     )
 }
 
@@ -213,17 +235,51 @@ mod tests {
 
     #[test]
     fn haproxy_config_has_mode_tcp_threads_and_optional_splice() {
-        let plain = haproxy_config("127.0.0.1:8000".parse().unwrap(), false, 2, 9744);
+        let plain = haproxy_config("127.0.0.1:8000".parse().unwrap(), false, 2, 9744, None);
         assert!(plain.contains("maxconn 9744\n"));
         assert!(plain.contains("nbthread 2\n"));
         assert!(plain.contains("mode tcp\n"));
         assert!(plain.contains("bind 127.0.0.1:7000\n"));
         assert!(plain.contains("server s1 127.0.0.1:8000\n"));
         assert!(!plain.contains("splice"));
-        let splice = haproxy_config("127.0.0.1:8000".parse().unwrap(), true, 2, 9744);
+        let splice = haproxy_config("127.0.0.1:8000".parse().unwrap(), true, 2, 9744, None);
         assert!(splice.contains("option splice-auto\n"));
         // 2 x 9744 + 2 x 64 pipes + 17 internal fds fit in 20,000.
         assert_eq!(haproxy_maxconn(20_000), 9_808);
         assert!(2 * haproxy_maxconn(20_000) + 2 * HAPROXY_MAXPIPES + 17 <= 20_000);
+    }
+
+    #[test]
+    fn haproxy_config_puts_ssl_on_the_side_that_speaks_tls() {
+        use crate::tls::{Pki, Side};
+        let pki = Pki::names_in("/t");
+        let tls = |side| Some(ProxyTls { side, pki: &pki });
+        let orig = haproxy_config(
+            "127.0.0.1:8443".parse().unwrap(),
+            false,
+            2,
+            100,
+            tls(Side::Origination),
+        );
+        assert!(orig.contains("bind 127.0.0.1:7000\n"), "{orig}");
+        assert!(
+            orig.contains(
+                "server s1 127.0.0.1:8443 ssl verify required ca-file /t/ca.crt \
+                 sni str(intake.test)\n"
+            ),
+            "{orig}"
+        );
+        let front = haproxy_config(
+            "127.0.0.1:8000".parse().unwrap(),
+            false,
+            2,
+            100,
+            tls(Side::Frontend),
+        );
+        assert!(
+            front.contains("bind 127.0.0.1:7000 ssl crt /t/proxy.pem prefer-client-ciphers\n"),
+            "{front}"
+        );
+        assert!(front.contains("server s1 127.0.0.1:8000\n"), "{front}");
     }
 }

@@ -1,12 +1,12 @@
 //! The scenarios of shared/benchmarks.md and how one run of one row is measured.
 //!
-//! Scenario 5 (TLS) is not here yet. To add it once agent-proxy terminates and originates TLS:
-//! a variant (`datakit-tls-origination`, `datakit-tls-frontend`) whose `server` is an nginx
-//! intake with `listen ... ssl` (extend [`crate::servers::nginx_config`]), rows that put `ssl`
-//! on HAProxy's bind/server lines (extend [`crate::rows::haproxy_config`]) and `tls = {...}`
-//! on agent-proxy's frontend/backend (`DaemonConfig::frontend_extra` / `backend_extra`), and
-//! `hey` pointed at `https://`; [`measure`] needs no other change (the userspace path is the
-//! only one for TLS, so the kernel row is expected to equal the userspace row).
+//! Scenario 5 (TLS) is the DataKit workload with TLS on one side of the proxy
+//! (`datakit-tls-origination`, `datakit-tls-frontend`): its server is the nginx intake with a
+//! second, `ssl` listener ([`ServerKind::IntakeTls`]), its proxies get the TLS lines of
+//! [`crate::tls`], and hey speaks `https://` where the proxy (or, in the direct row, nginx)
+//! expects TLS. agent-proxy carries TLS in its userspace relay only, so its kernel row measures
+//! the same path as its userspace row (kept to show it); HAProxy's splice-auto row is left out
+//! ([`Scenario::has_row`]).
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -22,6 +22,7 @@ use crate::procs::run_client;
 use crate::results::{Metric, Sample};
 use crate::rows::{PROXY_LISTEN, Proxy, Row};
 use crate::servers::ServerKind;
+use crate::tls::{INTAKE_NAME, PROXY_NAME, Pki, ProxyTls, Side};
 
 /// The DataKit workload of seed 004: 16 clients x 100 POSTs of metric.data, whose size is
 /// DataKit's api_post_bytes_total / 1600 = 276,459,200 / 1600.
@@ -62,10 +63,20 @@ pub enum Scenario {
     #[value(name = "bulk-8")]
     #[serde(rename = "bulk-8")]
     Bulk8,
+    /// The DataKit workload in plain HTTP to the proxy, which originates verified TLS to an
+    /// nginx intake listening with `ssl`.
+    #[value(name = "datakit-tls-origination")]
+    #[serde(rename = "datakit-tls-origination")]
+    DatakitTlsOrigination,
+    /// The DataKit workload over HTTPS to the proxy, which terminates TLS and forwards plain
+    /// HTTP to the intake.
+    #[value(name = "datakit-tls-frontend")]
+    #[serde(rename = "datakit-tls-frontend")]
+    DatakitTlsFrontend,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Datakit,
         Scenario::Agents1k,
         Scenario::Agents10k,
@@ -73,13 +84,18 @@ impl Scenario {
         Scenario::Ping16k,
         Scenario::Bulk1,
         Scenario::Bulk8,
+        Scenario::DatakitTlsOrigination,
+        Scenario::DatakitTlsFrontend,
     ];
-    /// What `--quick` runs.
-    pub const QUICK: [Scenario; 4] = [
+    /// What `--quick` runs: the TLS scenarios add 2-3 s to it (1,600 requests per row, no
+    /// warm-up) and are the only check of the TLS lines of every peer's config.
+    pub const QUICK: [Scenario; 6] = [
         Scenario::Datakit,
         Scenario::Agents1k,
         Scenario::Ping64,
         Scenario::Bulk1,
+        Scenario::DatakitTlsOrigination,
+        Scenario::DatakitTlsFrontend,
     ];
 
     pub fn name(self) -> &'static str {
@@ -91,6 +107,8 @@ impl Scenario {
             Scenario::Ping16k => "ping-16k",
             Scenario::Bulk1 => "bulk-1",
             Scenario::Bulk8 => "bulk-8",
+            Scenario::DatakitTlsOrigination => "datakit-tls-origination",
+            Scenario::DatakitTlsFrontend => "datakit-tls-frontend",
         }
     }
 
@@ -109,13 +127,52 @@ impl Scenario {
             Scenario::Ping16k => "Latency: TCP ping-pong, 16 KiB (sockperf), half round trip",
             Scenario::Bulk1 => "Bulk: iperf3, one stream",
             Scenario::Bulk8 => "Bulk: iperf3, 8 streams",
+            Scenario::DatakitTlsOrigination => {
+                "TLS origination: the DataKit workload, hey (HTTP) -> proxy -> nginx (HTTPS, \
+                 verified by the proxy)"
+            }
+            Scenario::DatakitTlsFrontend => {
+                "TLS frontend: the DataKit workload, hey (HTTPS) -> proxy (terminates) -> nginx \
+                 (HTTP)"
+            }
+        }
+    }
+
+    /// Which side of the proxy speaks TLS (`None`: plaintext scenarios).
+    pub fn tls_side(self) -> Option<Side> {
+        match self {
+            Scenario::DatakitTlsOrigination => Some(Side::Origination),
+            Scenario::DatakitTlsFrontend => Some(Side::Frontend),
+            _ => None,
+        }
+    }
+
+    /// Whether `row` is measured in this scenario. HAProxy's splice-auto is left out of the TLS
+    /// scenarios: HAProxy cannot splice what OpenSSL encrypts or decrypts, so the row would
+    /// repeat the plain HAProxy row.
+    pub fn has_row(self, row: Row) -> bool {
+        !(self.tls_side().is_some() && row == Row::HaproxySplice)
+    }
+
+    /// The row's name in this scenario's table: the TLS scenarios say what the rows do there.
+    pub fn row_title(self, row: Row) -> &'static str {
+        match (self.tls_side(), row) {
+            (None, _) => row.title(),
+            (Some(_), Row::Direct) => "direct (hey HTTPS to nginx)",
+            (Some(_), Row::Haproxy) => "HAProxy 2.6 tcp + ssl",
+            (Some(_), Row::Kernel) => "agent-proxy kernel (TLS: userspace relay)",
+            (Some(_), _) => row.title(),
         }
     }
 
     /// The unit of [`Sample::throughput`].
     pub fn unit(self) -> &'static str {
         match self {
-            Scenario::Datakit | Scenario::Agents1k | Scenario::Agents10k => "req/s",
+            Scenario::Datakit
+            | Scenario::Agents1k
+            | Scenario::Agents10k
+            | Scenario::DatakitTlsOrigination
+            | Scenario::DatakitTlsFrontend => "req/s",
             Scenario::Ping64 | Scenario::Ping16k => "round trips/s",
             Scenario::Bulk1 | Scenario::Bulk8 => "GB/s",
         }
@@ -126,6 +183,7 @@ impl Scenario {
             Scenario::Datakit | Scenario::Agents1k | Scenario::Agents10k => ServerKind::Intake,
             Scenario::Ping64 | Scenario::Ping16k => ServerKind::Sockperf,
             Scenario::Bulk1 | Scenario::Bulk8 => ServerKind::Iperf3,
+            Scenario::DatakitTlsOrigination | Scenario::DatakitTlsFrontend => ServerKind::IntakeTls,
         }
     }
 
@@ -133,17 +191,19 @@ impl Scenario {
     pub fn metrics(self) -> &'static [Metric] {
         use Metric::*;
         match self {
-            Scenario::Datakit => &[
-                Throughput,
-                LatP50,
-                LatP90,
-                LatP99,
-                CpuPerGb,
-                ProxyCpuPerGb,
-                PeakRss,
-                Errors,
-                KernelShare,
-            ],
+            Scenario::Datakit | Scenario::DatakitTlsOrigination | Scenario::DatakitTlsFrontend => {
+                &[
+                    Throughput,
+                    LatP50,
+                    LatP90,
+                    LatP99,
+                    CpuPerGb,
+                    ProxyCpuPerGb,
+                    PeakRss,
+                    Errors,
+                    KernelShare,
+                ]
+            }
             Scenario::Agents1k | Scenario::Agents10k => &[
                 Connections,
                 Throughput,
@@ -198,7 +258,11 @@ pub struct Context<'a> {
     /// What the file-descriptor limit allows (two sockets per agent in the proxy).
     pub max_agents: usize,
     pub ns: &'a NetNs,
+    /// The server's plaintext listener.
     pub server: SocketAddr,
+    /// The server's TLS listener and the certificates (TLS scenarios).
+    pub tls_server: Option<SocketAddr>,
+    pub pki: Option<&'a Pki>,
     pub dir: &'a Path,
     pub datakit_body: &'a Path,
     pub durations: Durations,
@@ -207,15 +271,34 @@ pub struct Context<'a> {
 /// One run of `row` in `scenario`: starts the row's proxy, drives the load, reads the figures,
 /// stops the proxy.
 pub fn measure(scenario: Scenario, row: Row, cx: &Context<'_>) -> anyhow::Result<Sample> {
-    let mut proxy = Proxy::start(row, cx.ns, cx.server, cx.dir)?;
-    let target: SocketAddr = match proxy {
-        Some(_) => PROXY_LISTEN.parse().expect("valid address"),
-        None => cx.server,
+    let side = scenario.tls_side();
+    let (backend, direct, tls) = match side {
+        None => (cx.server, cx.server, None),
+        Some(side) => {
+            let (Some(tls_server), Some(pki)) = (cx.tls_server, cx.pki) else {
+                anyhow::bail!("{} needs the TLS intake and certificates", scenario.name());
+            };
+            let backend = match side {
+                Side::Origination => tls_server,
+                Side::Frontend => cx.server,
+            };
+            (backend, tls_server, Some(ProxyTls { side, pki }))
+        }
+    };
+    let mut proxy = Proxy::start(row, cx.ns, backend, cx.dir, tls)?;
+    // hey speaks TLS to whoever expects it (nginx's TLS listener, a TLS frontend), naming the
+    // server its certificate is for.
+    let (target, tls_name): (SocketAddr, Option<&str>) = match proxy {
+        Some(_) => (
+            PROXY_LISTEN.parse().expect("valid address"),
+            (side == Some(Side::Frontend)).then_some(PROXY_NAME),
+        ),
+        None => (direct, side.map(|_| INTAKE_NAME)),
     };
     let pid = proxy.as_ref().map(Proxy::pid);
     let mut sample = match scenario {
         Scenario::Agents1k | Scenario::Agents10k => agents_run(scenario, target, pid, cx)?,
-        _ => tool_run(scenario, target, pid, cx)?,
+        _ => tool_run(scenario, target, tls_name, pid, cx)?,
     };
     if let Some(p) = proxy.as_mut() {
         p.ensure_running()?;
@@ -232,32 +315,21 @@ pub fn measure(scenario: Scenario, row: Row, cx: &Context<'_>) -> anyhow::Result
     Ok(sample)
 }
 
-/// DataKit, ping-pong and bulk: one external client process; CPU over its whole life.
+/// DataKit (plain or TLS), ping-pong and bulk: one external client process; CPU over its whole
+/// life. With `tls_name`, hey speaks HTTPS to `target`, see [`hey_args`].
 fn tool_run(
     scenario: Scenario,
     target: SocketAddr,
+    tls_name: Option<&str>,
     pid: Option<u32>,
     cx: &Context<'_>,
 ) -> anyhow::Result<Sample> {
     let port = target.port().to_string();
     let secs = cx.durations.tool.as_secs().max(1).to_string();
     let (program, args): (&str, Vec<String>) = match scenario {
-        Scenario::Datakit => (
-            "hey",
-            vec![
-                "-n".into(),
-                DATAKIT_REQUESTS.to_string(),
-                "-c".into(),
-                DATAKIT_CLIENTS.to_string(),
-                "-m".into(),
-                "POST".into(),
-                "-T".into(),
-                "text/plain".into(),
-                "-D".into(),
-                cx.datakit_body.display().to_string(),
-                format!("http://{target}/v1/write/metric"),
-            ],
-        ),
+        Scenario::Datakit | Scenario::DatakitTlsOrigination | Scenario::DatakitTlsFrontend => {
+            ("hey", hey_args(target, tls_name, cx.datakit_body))
+        }
         Scenario::Ping64 | Scenario::Ping16k => {
             let size = if scenario == Scenario::Ping64 {
                 64
@@ -308,7 +380,7 @@ fn tool_run(
         ..Sample::default()
     };
     match scenario {
-        Scenario::Datakit => {
+        Scenario::Datakit | Scenario::DatakitTlsOrigination | Scenario::DatakitTlsFrontend => {
             let r = parse::hey(&out)?;
             sample.throughput = r.requests_per_second;
             sample.latency = Some(r.latency);
@@ -334,6 +406,34 @@ fn tool_run(
         }
     }
     Ok(sample)
+}
+
+/// hey's arguments for the DataKit workload to `target`. With `tls_name`, over HTTPS and with
+/// `-host NAME`: hey 0.1.4 sends its Host (by default `IP:port`) as the TLS SNI, which rustls
+/// refuses as not a host name (RFC 6066: `illegal_parameter`) where OpenSSL ignores it; a
+/// name fixes both. hey never verifies the certificate (no option to trust a CA).
+fn hey_args(target: SocketAddr, tls_name: Option<&str>, body: &Path) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "-n".into(),
+        DATAKIT_REQUESTS.to_string(),
+        "-c".into(),
+        DATAKIT_CLIENTS.to_string(),
+        "-m".into(),
+        "POST".into(),
+        "-T".into(),
+        "text/plain".into(),
+        "-D".into(),
+        body.display().to_string(),
+    ];
+    let scheme = match tls_name {
+        Some(name) => {
+            args.extend(["-host".to_owned(), name.to_owned()]);
+            "https"
+        }
+        None => "http",
+    };
+    args.push(format!("{scheme}://{target}/v1/write/metric"));
+    args
 }
 
 fn agents_run(
@@ -383,4 +483,65 @@ fn agents_run(
 
 fn ticks(t: u64) -> f64 {
     t as f64 / ticks_per_second() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_the_cli_and_json_spellings() {
+        for s in Scenario::ALL {
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(json, format!("\"{}\"", s.name()));
+            let cli = clap::ValueEnum::to_possible_value(&s).unwrap();
+            assert_eq!(cli.get_name(), s.name());
+        }
+    }
+
+    #[test]
+    fn hey_speaks_https_with_a_host_name_only_when_asked() {
+        let target = "127.0.0.1:7000".parse().unwrap();
+        let body = Path::new("/w/metric.data");
+        let plain = hey_args(target, None, body);
+        assert_eq!(
+            plain.join(" "),
+            "-n 1600 -c 16 -m POST -T text/plain -D /w/metric.data \
+             http://127.0.0.1:7000/v1/write/metric"
+        );
+        let tls = hey_args(target, Some("proxy.test"), body);
+        assert_eq!(
+            tls.join(" "),
+            "-n 1600 -c 16 -m POST -T text/plain -D /w/metric.data -host proxy.test \
+             https://127.0.0.1:7000/v1/write/metric"
+        );
+    }
+
+    #[test]
+    fn tls_scenarios_drop_splice_auto_and_say_what_the_rows_do() {
+        for s in [
+            Scenario::DatakitTlsOrigination,
+            Scenario::DatakitTlsFrontend,
+        ] {
+            assert!(s.tls_side().is_some());
+            assert_eq!(s.server(), ServerKind::IntakeTls);
+            assert_eq!(s.metrics(), Scenario::Datakit.metrics());
+            assert!(!s.has_row(Row::HaproxySplice));
+            assert!(s.has_row(Row::Kernel) && s.has_row(Row::Userspace));
+            assert_eq!(s.row_title(Row::Haproxy), "HAProxy 2.6 tcp + ssl");
+            assert!(s.row_title(Row::Kernel).contains("userspace relay"));
+        }
+        assert_eq!(
+            Scenario::DatakitTlsOrigination.tls_side(),
+            Some(Side::Origination)
+        );
+        assert_eq!(
+            Scenario::DatakitTlsFrontend.tls_side(),
+            Some(Side::Frontend)
+        );
+        for s in Scenario::ALL.into_iter().filter(|s| s.tls_side().is_none()) {
+            assert!(Row::ALL.into_iter().all(|r| s.has_row(r)));
+            assert!(Row::ALL.into_iter().all(|r| s.row_title(r) == r.title()));
+        }
+    }
 }

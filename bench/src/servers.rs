@@ -5,7 +5,8 @@
 //! and discards the body in C with epoll, so on this machine it serves the DataKit workload
 //! direct at about 1.5-2x the rate of any proxy row (the intake must not be the bottleneck of
 //! the direct row), it is what the reference figures of shared/benchmarks.md were taken with, and
-//! it holds 10,000 keep-alive connections with a few MiB.
+//! it holds 10,000 keep-alive connections with a few MiB. For the TLS scenarios the same nginx
+//! also listens with `ssl` (OpenSSL) on [`INTAKE_TLS_PORT`].
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -13,11 +14,17 @@ use std::time::Duration;
 use agent_proxy_tests::netns::NetNs;
 
 use crate::procs::Proc;
+use crate::tls::{INTAKE_TLS_PORT, Pki};
+
+/// nginx's plain HTTP listener.
+pub const INTAKE_PORT: u16 = 8000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServerKind {
     /// nginx, `return 200` for any request (HTTP scenarios).
     Intake,
+    /// The same nginx with a second, TLS listener (TLS scenarios).
+    IntakeTls,
     /// `sockperf server` over TCP (ping-pong).
     Sockperf,
     /// `iperf3 -s` (bulk).
@@ -26,17 +33,32 @@ pub enum ServerKind {
 
 pub struct Server {
     proc: Proc,
+    /// The plaintext listener.
     pub addr: SocketAddr,
+    /// The TLS listener of [`ServerKind::IntakeTls`].
+    pub tls_addr: Option<SocketAddr>,
 }
 
 impl Server {
-    pub fn start(kind: ServerKind, ns: &NetNs, dir: &Path) -> anyhow::Result<Self> {
+    /// Starts the server of `kind`; [`ServerKind::IntakeTls`] needs `pki`.
+    pub fn start(
+        kind: ServerKind,
+        ns: &NetNs,
+        dir: &Path,
+        pki: Option<&Pki>,
+    ) -> anyhow::Result<Self> {
+        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let tls_addr = match (kind, pki) {
+            (ServerKind::IntakeTls, Some(pki)) => Some((local(INTAKE_TLS_PORT), pki)),
+            (ServerKind::IntakeTls, None) => anyhow::bail!("the TLS intake needs certificates"),
+            _ => None,
+        };
         let (port, proc) = match kind {
-            ServerKind::Intake => {
-                let port = 8000;
+            ServerKind::Intake | ServerKind::IntakeTls => {
+                let port = INTAKE_PORT;
                 let conf = dir.join("nginx.conf");
                 std::fs::create_dir_all(dir.join("nginx"))?;
-                std::fs::write(&conf, nginx_config(dir, port))?;
+                std::fs::write(&conf, nginx_config(dir, port, tls_addr))?;
                 let log = dir.join("nginx.log");
                 let args = ["-c", &*conf.to_string_lossy(), "-g", "daemon off;"].map(str::to_owned);
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -64,9 +86,15 @@ impl Server {
         };
         let mut server = Self {
             proc,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: local(port),
+            tls_addr: tls_addr.map(|(addr, _)| addr),
         };
         server.proc.wait_listening(port, Duration::from_secs(10))?;
+        if let Some(addr) = server.tls_addr {
+            server
+                .proc
+                .wait_listening(addr.port(), Duration::from_secs(10))?;
+        }
         Ok(server)
     }
 
@@ -76,10 +104,14 @@ impl Server {
 }
 
 /// nginx as the intake: 200 at once, keep-alive without a request limit, no access log, enough
-/// connections and file descriptors for 10,000 agents.
-fn nginx_config(dir: &Path, port: u16) -> String {
+/// connections and file descriptors for 10,000 agents; with `tls`, a second server block
+/// listening with `ssl`.
+fn nginx_config(dir: &Path, port: u16, tls: Option<(SocketAddr, &Pki)>) -> String {
     let d = dir.join("nginx");
     let d = d.display();
+    let tls = tls.map_or(String::new(), |(addr, pki)| {
+        crate::tls::nginx_server(pki, addr)
+    });
     format!(
         "worker_processes auto;\nworker_rlimit_nofile 100000;\npid {d}/nginx.pid;\n\
          error_log {d}/error.log warn;\n\
@@ -88,6 +120,32 @@ fn nginx_config(dir: &Path, port: u16) -> String {
            fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
            keepalive_requests 100000000;\n  keepalive_timeout 600s;\n  client_max_body_size 16m;\n\
            client_body_buffer_size 256k;\n\
-           server {{\n    listen 127.0.0.1:{port} backlog=16384;\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
+           server {{\n    listen 127.0.0.1:{port} backlog=16384;\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n{tls}}}\n"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nginx_adds_the_tls_listener_only_when_asked() {
+        let dir = Path::new("/w");
+        let plain = nginx_config(dir, INTAKE_PORT, None);
+        assert!(
+            plain.contains("listen 127.0.0.1:8000 backlog=16384;\n"),
+            "{plain}"
+        );
+        assert!(!plain.contains("ssl"), "{plain}");
+        assert!(plain.ends_with("  }\n}\n"), "{plain}");
+        let pki = Pki::names_in("/w");
+        let addr = SocketAddr::from(([127, 0, 0, 1], INTAKE_TLS_PORT));
+        let both = nginx_config(dir, INTAKE_PORT, Some((addr, &pki)));
+        assert!(both.starts_with(&plain[..plain.len() - 2]), "{both}");
+        assert!(
+            both.contains("listen 127.0.0.1:8443 ssl backlog=16384;\n"),
+            "{both}"
+        );
+        assert!(both.ends_with("  }\n}\n"), "{both}");
+    }
 }
