@@ -102,6 +102,9 @@ impl TlsState {
                 state.backends.insert(be.name.clone(), Arc::new(loaded));
             }
         }
+        if !state.frontends.is_empty() || !state.backends.is_empty() {
+            crate::tls::warm_up_rng();
+        }
         Ok(state)
     }
 
