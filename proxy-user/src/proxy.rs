@@ -212,12 +212,27 @@ async fn handle(client: TcpStream, peer: SocketAddr, frontend: &Frontend, shared
         .frontend_current_connections
         .with_label_values(&[name]);
     current.inc();
+    // A task's future is allocated at the size of its largest state, for the connection's whole
+    // life: the TLS and CONNECT paths (handshakes, ~5 KiB) are boxed so that a plain tcp-mode
+    // connection, idle most of its life, does not carry their size (docs/benchmarks.md,
+    // "Idle connection memory").
     match &frontend.route {
+        FrontendRoute::Backend(pool)
+            if frontend.tls.is_some() || frontend.backend_tls.is_some() =>
+        {
+            Box::pin(tls::carry::handle_tcp(
+                client, peer, pool, frontend, shared, started,
+            ))
+            .await;
+        }
         FrontendRoute::Backend(pool) => {
             handle_tcp(client, peer, pool, frontend, shared, started).await;
         }
         FrontendRoute::Connect(settings) => {
-            connect::run(client, peer, frontend, shared, settings, started).await;
+            Box::pin(connect::run(
+                client, peer, frontend, shared, settings, started,
+            ))
+            .await;
         }
     }
     if frontend.local_agents
@@ -238,10 +253,6 @@ async fn handle_tcp(
     shared: &Shared,
     started: Instant,
 ) {
-    if frontend.tls.is_some() || frontend.backend_tls.is_some() {
-        tls::carry::handle_tcp(client, peer, pool, frontend, shared, started).await;
-        return;
-    }
     let (upstream, lease) = match pool.connect(&shared.metrics).await {
         Ok(pair) => pair,
         Err(e) => {

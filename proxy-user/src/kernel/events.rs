@@ -15,10 +15,9 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use proxy_common::SpliceEvent;
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    sync::mpsc,
-};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use super::wakes::Wakes;
 
 /// What woke a connection; the index is the side (0 = client socket, 1 = upstream socket).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,7 +32,7 @@ pub enum Wake {
     Local,
 }
 
-type Routes = HashMap<u64, (mpsc::UnboundedSender<Wake>, usize)>;
+type Routes = HashMap<u64, (Arc<Wakes>, usize)>;
 
 pub struct SpliceEvents {
     epoll: OwnedFd,
@@ -70,17 +69,17 @@ impl SpliceEvents {
         self.routes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Delivers wake-ups for these sockets (`[(cookie, fd); 2]`, client first) to `tx` until the
-    /// guard is dropped. Drop the guard before closing the sockets.
+    /// Delivers wake-ups for these sockets (`[(cookie, fd); 2]`, client first) to `wakes` until
+    /// the guard is dropped. Drop the guard before closing the sockets.
     pub fn watch(
         self: &Arc<Self>,
         sockets: [(u64, RawFd); 2],
-        tx: mpsc::UnboundedSender<Wake>,
+        wakes: &Arc<Wakes>,
     ) -> io::Result<WatchGuard> {
         {
             let mut routes = self.routes();
             for (side, (cookie, _)) in sockets.iter().enumerate() {
-                routes.insert(*cookie, (tx.clone(), side));
+                routes.insert(*cookie, (Arc::clone(wakes), side));
             }
         }
         let guard = WatchGuard {
@@ -105,9 +104,8 @@ impl SpliceEvents {
     }
 
     fn dispatch(&self, cookie: u64, wake: impl FnOnce(usize) -> Wake) {
-        if let Some((tx, side)) = self.routes().get(&cookie) {
-            // A closed receiver means the connection is ending; nothing to tell it.
-            let _ = tx.send(wake(*side));
+        if let Some((wakes, side)) = self.routes().get(&cookie) {
+            wakes.post(wake(*side));
         }
     }
 }

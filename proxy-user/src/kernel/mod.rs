@@ -9,6 +9,7 @@
 mod events;
 mod local;
 mod registry;
+mod wakes;
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use aya::{
 pub use events::{SpliceEvents, Wake, WatchGuard};
 pub use local::{LocalAgents, flow_key};
 pub use registry::{KernelTotals, SplicePair, SpliceRegistry};
+pub use wakes::Wakes;
 
 /// Why the kernel data path is not available.
 #[derive(Debug, thiserror::Error)]

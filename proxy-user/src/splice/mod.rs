@@ -35,18 +35,19 @@ use std::{
     io,
     net::TcpStream as StdStream,
     os::fd::{AsRawFd, RawFd},
+    sync::Arc,
     time::Duration,
 };
 
 use prometheus::IntCounter;
-use tokio::{net::TcpStream, sync::mpsc};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use proxy_common::{FlowKey, LocalGate, LocalSend, SpliceLimit};
 
 use crate::{
     conn::{End, Outcome},
-    kernel::{Kernel, KernelError, SplicePair, Wake, WatchGuard},
+    kernel::{Kernel, KernelError, SplicePair, Wake, Wakes, WatchGuard},
     net::{self, Peek},
     relay::RelayCounters,
 };
@@ -197,13 +198,13 @@ pub async fn splice(
             limit: settings.window,
         },
     };
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let wakes = Arc::new(Wakes::default());
     let watch = match kernel.events.watch(
         [
             (pair.client_cookie, pair.client_fd),
             (pair.upstream_cookie, pair.upstream_fd),
         ],
-        tx.clone(),
+        &wakes,
     ) {
         Ok(watch) => watch,
         Err(e) => return Err(decline(sides, KernelError::Socket(e))),
@@ -241,7 +242,7 @@ pub async fn splice(
     if splice.sides[0].joined {
         splice.pair_local(&pair);
     }
-    let result = tracing::Instrument::instrument(splice.run(&mut rx, cancel), span).await;
+    let result = tracing::Instrument::instrument(splice.run(&wakes, cancel), span).await;
     // The agent's messages stop going to the upstream socket before anything else is undone.
     let local_up = splice.unpair_local();
     drop(splice.watch);
@@ -318,7 +319,7 @@ fn decline(sides: [Side; 2], error: KernelError) -> Declined {
 impl Splice<'_> {
     async fn run(
         &mut self,
-        rx: &mut mpsc::UnboundedReceiver<Wake>,
+        wakes: &Wakes,
         cancel: &CancellationToken,
     ) -> Result<End, (End, String)> {
         // Forward whatever arrived before the insert, and catch a FIN that came with it.
@@ -333,9 +334,9 @@ impl Splice<'_> {
             self.sync_interest()?;
             let pending = self.has_pending();
             tokio::select! {
-                wake = rx.recv() => {
+                wake = wakes.next() => {
                     match wake {
-                        Some(Wake::Socket(i)) => {
+                        Wake::Socket(i) => {
                             tracing::trace!(side = i, "socket event");
                             if self.sides[i].tail {
                                 // Readable (or FIN, reset): the read in copy_tail tells.
@@ -349,11 +350,9 @@ impl Splice<'_> {
                                 self.copy_tail(o)?;
                             }
                         }
-                        Some(Wake::Mark(i)) => self.on_mark(i)?,
-                        Some(Wake::Passing(i)) => self.on_passing(i)?,
-                        Some(Wake::Local) => self.refresh_local()?,
-                        // The sender lives in the event hub for as long as the watch guard.
-                        None => return Err(internal("kernel event hub stopped")),
+                        Wake::Mark(i) => self.on_mark(i)?,
+                        Wake::Passing(i) => self.on_passing(i)?,
+                        Wake::Local => self.refresh_local()?,
                     }
                     tick = TICK_MIN;
                 }
