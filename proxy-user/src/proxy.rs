@@ -127,12 +127,14 @@ pub async fn serve(
                 continue;
             }
         };
-        let frontend = Arc::clone(&frontend);
-        let task_shared = Arc::clone(&shared);
-        shared.tracker.spawn(async move {
-            handle(client, peer, &frontend, &task_shared).await;
-            drop(permits);
-        });
+        let task = handle(
+            client,
+            peer,
+            Arc::clone(&frontend),
+            Arc::clone(&shared),
+            permits,
+        );
+        shared.tracker.spawn(task);
     }
 }
 
@@ -202,20 +204,30 @@ fn forget_local_agent(frontend: &Frontend, shared: &Shared, accepted: &TcpStream
     }
 }
 
-async fn handle(client: TcpStream, peer: SocketAddr, frontend: &Frontend, shared: &Shared) {
-    // The connection's addresses, read while the socket is still ours.
-    let addrs = (client.local_addr(), client.peer_addr());
+/// One admitted connection, to its end; its permits are given back last.
+///
+/// Written for the memory of idle connections (docs/benchmarks.md, "Idle connection memory"):
+/// a task's future is allocated once, at the size of its largest state, and kept for the
+/// connection's life, and each nested `async fn` keeps its own copies of its arguments. So the
+/// steps that end before the bytes flow (dial, TLS and CONNECT handshakes: the latter ~5 KiB)
+/// are boxed, and the plain tcp path is written out here rather than one level down.
+async fn handle(
+    client: TcpStream,
+    peer: SocketAddr,
+    frontend: Arc<Frontend>,
+    shared: Arc<Shared>,
+    permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+) {
     let started = Instant::now();
-    let name = frontend.name.as_str();
+    let (frontend, shared) = (&*frontend, &*shared);
+    // Our side's address, read while the socket is still ours, for `forget_local_agent`'s work
+    // at the end (by value: see `nodelay`).
+    let (client, ours) = own_address(client, frontend.local_agents);
     let current = shared
         .metrics
         .frontend_current_connections
-        .with_label_values(&[name]);
+        .with_label_values(&[frontend.name.as_str()]);
     current.inc();
-    // A task's future is allocated at the size of its largest state, for the connection's whole
-    // life: the TLS and CONNECT paths (handshakes, ~5 KiB) are boxed so that a plain tcp-mode
-    // connection, idle most of its life, does not carry their size (docs/benchmarks.md,
-    // "Idle connection memory").
     match &frontend.route {
         FrontendRoute::Backend(pool)
             if frontend.tls.is_some() || frontend.backend_tls.is_some() =>
@@ -225,8 +237,23 @@ async fn handle(client: TcpStream, peer: SocketAddr, frontend: &Frontend, shared
             ))
             .await;
         }
-        FrontendRoute::Backend(pool) => {
-            handle_tcp(client, peer, pool, frontend, shared, started).await;
+        // tcp mode without TLS: dial the backend and carry.
+        FrontendRoute::Backend(pool) => 'tcp: {
+            let (upstream, lease) = match Box::pin(pool.connect(&shared.metrics)).await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    unconnected(frontend, shared, client, peer, e, started);
+                    break 'tcp;
+                }
+            };
+            let (client, upstream) = (nodelay(client), nodelay(upstream));
+            let (path, outcome) = carry(client, upstream, 0, frontend, shared).await;
+            let route = Route {
+                server: &lease.server().name,
+                ..Route::NONE
+            };
+            finish(frontend, shared, peer, &route, path, &outcome, started);
+            drop(lease);
         }
         FrontendRoute::Connect(settings) => {
             Box::pin(connect::run(
@@ -235,41 +262,26 @@ async fn handle(client: TcpStream, peer: SocketAddr, frontend: &Frontend, shared
             .await;
         }
     }
-    if frontend.local_agents
+    if let Some(ours) = ours
         && let Some(local) = shared.kernel.as_ref().and_then(|k| k.local.as_ref())
-        && let (Ok(ours), Ok(peer)) = addrs
     {
         local.forget(peer, ours);
     }
     current.dec();
+    drop(permits);
 }
 
-/// tcp mode: dial the frontend's backend and carry.
-async fn handle_tcp(
-    client: TcpStream,
-    peer: SocketAddr,
-    pool: &Pool,
-    frontend: &Frontend,
-    shared: &Shared,
-    started: Instant,
-) {
-    let (upstream, lease) = match pool.connect(&shared.metrics).await {
-        Ok(pair) => pair,
-        Err(e) => {
-            unconnected(frontend, shared, client, peer, e, started);
-            return;
-        }
-    };
-    for stream in [&client, &upstream] {
-        let _ = net::set_nodelay(std::os::fd::AsRawFd::as_raw_fd(stream));
-    }
-    let (path, outcome) = carry(client, upstream, 0, frontend, shared).await;
-    let route = Route {
-        server: &lease.server().name,
-        ..Route::NONE
-    };
-    finish(frontend, shared, peer, &route, path, &outcome, started);
-    drop(lease);
+/// `client`, and its local address when `wanted` (same-host agents).
+fn own_address(client: TcpStream, wanted: bool) -> (TcpStream, Option<SocketAddr>) {
+    let ours = wanted.then(|| client.local_addr().ok()).flatten();
+    (client, ours)
+}
+
+/// Sets TCP_NODELAY (best effort). Takes the stream by value: a borrow of a local in an
+/// `async fn` keeps the local's storage in the future even after it is moved away.
+fn nodelay(stream: TcpStream) -> TcpStream {
+    let _ = net::set_nodelay(std::os::fd::AsRawFd::as_raw_fd(&stream));
+    stream
 }
 
 /// The end of a tcp-mode connection whose backend could not be dialed: with no server up the
@@ -317,8 +329,9 @@ pub(crate) async fn carry(
                 sndbuf: shared.kernel_sndbuf,
                 client_consumed: consumed,
             };
-            match splice::splice(kernel, client, upstream, settings, &counters, &shared.abort).await
-            {
+            let spliced =
+                splice::splice(kernel, client, upstream, settings, &counters, &shared.abort);
+            match Box::pin(spliced).await {
                 Ok(outcome) => return (Path::Kernel, outcome),
                 Err(declined) => {
                     // Typically a client that already closed (the kernel takes only established
@@ -336,7 +349,7 @@ pub(crate) async fn carry(
         }
         None => (client, upstream),
     };
-    let outcome = relay::relay(client, upstream, &counters, &shared.abort).await;
+    let outcome = Box::pin(relay::relay(client, upstream, &counters, &shared.abort)).await;
     (Path::Userspace, outcome)
 }
 

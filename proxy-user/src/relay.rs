@@ -20,11 +20,8 @@ use std::{
 
 use prometheus::IntCounter;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
-    net::{
-        TcpStream,
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
-    },
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -54,40 +51,90 @@ struct DirectionError {
     error: io::Error,
 }
 
-/// Copies `from` into `to` until EOF (then shuts `to`'s write side), counting into `total`.
-async fn pump(
-    from: &OwnedReadHalf,
-    to: &mut OwnedWriteHalf,
-    from_side: Failed,
-    to_side: Failed,
-    total: &mut u64,
-    metric: &IntCounter,
-) -> Result<(), DirectionError> {
-    let read_err = |error| DirectionError {
-        failed: from_side,
-        error,
-    };
-    let write_err = |error| DirectionError {
-        failed: to_side,
-        error,
-    };
-    loop {
-        from.readable().await.map_err(read_err)?;
-        let mut buf = Vec::with_capacity(CHUNK);
+/// One direction of [`relay`]: reads `from` into a buffer and writes it to `to`, until EOF.
+///
+/// Driven by polling rather than as an `async fn` so that an idle connection's task holds
+/// two of these (a few dozen bytes each) instead of two suspended copy loops with their
+/// readiness and write futures (docs/benchmarks.md, "Idle connection memory").
+struct Pump {
+    /// Held while bytes flow: allocated (not zeroed) when the socket turns readable, freed
+    /// when it has nothing more and everything read was written.
+    buf: Vec<u8>,
+    /// `buf[written..]` is read but not yet written.
+    written: usize,
+    /// EOF read: once `buf` is written, shut `to`'s write side.
+    read_done: bool,
+    done: bool,
+    total: u64,
+    from: Failed,
+    to: Failed,
+}
+
+impl Pump {
+    fn new(from: Failed, to: Failed) -> Self {
+        Self {
+            buf: Vec::new(),
+            written: 0,
+            read_done: false,
+            done: false,
+            total: 0,
+            from,
+            to,
+        }
+    }
+
+    /// Moves bytes from `from` to `to` until both would block; `Ready(Ok)` once EOF was read
+    /// and passed on as a shutdown of `to`'s write side.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        to: &TcpStream,
+        metric: &IntCounter,
+    ) -> Poll<Result<(), DirectionError>> {
+        let (from_side, to_side) = (self.from, self.to);
+        let read_err = |error| DirectionError {
+            failed: from_side,
+            error,
+        };
+        let write_err = |error| DirectionError {
+            failed: to_side,
+            error,
+        };
         loop {
-            buf.clear();
-            match from.try_read_buf(&mut buf) {
-                Ok(0) => {
-                    to.shutdown().await.map_err(write_err)?;
-                    return Ok(());
+            while self.written < self.buf.len() {
+                ready!(to.poll_write_ready(cx)).map_err(write_err)?;
+                match to.try_write(&self.buf[self.written..]) {
+                    Ok(0) => return Poll::Ready(Err(write_err(io::ErrorKind::WriteZero.into()))),
+                    Ok(n) => {
+                        self.written += n;
+                        self.total += n as u64;
+                        metric.inc_by(n as u64);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(write_err(e))),
                 }
-                Ok(n) => {
-                    to.write_all(&buf).await.map_err(write_err)?;
-                    *total += n as u64;
-                    metric.inc_by(n as u64);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(read_err(e)),
+            }
+            if self.read_done {
+                net::shutdown_write(to.as_raw_fd()).map_err(write_err)?;
+                self.buf = Vec::new();
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            if let Poll::Pending = from.poll_read_ready(cx).map_err(read_err)? {
+                // Idle: give the buffer back until the socket turns readable.
+                self.buf = Vec::new();
+                return Poll::Pending;
+            }
+            self.buf.clear();
+            self.written = 0;
+            self.buf.reserve_exact(CHUNK);
+            match from.try_read_buf(&mut self.buf) {
+                Ok(0) => self.read_done = true,
+                Ok(_) => {}
+                // Readiness was stale: poll_read_ready registers for the next wake-up.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(read_err(e))),
             }
         }
     }
@@ -128,68 +175,52 @@ fn ending(
     }
 }
 
-/// Relays until both directions finished, one side failed, or `cancel` fires.
+/// Relays until both directions finished, one side failed, or `cancel` fires; both directions
+/// run in this one task.
 pub async fn relay(
     client: TcpStream,
     upstream: TcpStream,
     counters: &RelayCounters,
     cancel: &CancellationToken,
 ) -> Outcome {
-    let (client_read, mut client_write) = client.into_split();
-    let (upstream_read, mut upstream_write) = upstream.into_split();
-    let (mut up, mut down) = (0u64, 0u64);
+    let mut up = Pump::new(Failed::Client, Failed::Upstream);
+    let mut down = Pump::new(Failed::Upstream, Failed::Client);
     let mut first_eof = None;
-    let result = {
-        let up_fut = pump(
-            &client_read,
-            &mut upstream_write,
-            Failed::Client,
-            Failed::Upstream,
-            &mut up,
-            &counters.up,
-        );
-        let down_fut = pump(
-            &upstream_read,
-            &mut client_write,
-            Failed::Upstream,
-            Failed::Client,
-            &mut down,
-            &counters.down,
-        );
-        tokio::pin!(up_fut, down_fut);
-        let (mut up_done, mut down_done) = (false, false);
-        loop {
-            if up_done && down_done {
-                break Ok(());
-            }
-            tokio::select! {
-                r = &mut up_fut, if !up_done => match r {
-                    Ok(()) => { up_done = true; first_eof.get_or_insert(Failed::Client); }
-                    Err(e) => break Err(Some(e)),
-                },
-                r = &mut down_fut, if !down_done => match r {
-                    Ok(()) => { down_done = true; first_eof.get_or_insert(Failed::Upstream); }
-                    Err(e) => break Err(Some(e)),
-                },
-                () = cancel.cancelled() => break Err(None),
-            }
+    let both = std::future::poll_fn(|cx| {
+        if !up.done
+            && let Poll::Ready(r) = up.poll(cx, &client, &upstream, &counters.up)
+        {
+            r?;
+            first_eof.get_or_insert(Failed::Client);
         }
+        if !down.done
+            && let Poll::Ready(r) = down.poll(cx, &upstream, &client, &counters.down)
+        {
+            r?;
+            first_eof.get_or_insert(Failed::Upstream);
+        }
+        if up.done && down.done {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    });
+    let result = tokio::select! {
+        r = both => r.map_err(Some),
+        () = cancel.cancelled() => Err(None),
     };
     let (end, detail) = ending(
         result,
         first_eof,
-        [
-            client_read.as_ref().as_raw_fd(),
-            upstream_read.as_ref().as_raw_fd(),
-        ],
+        [client.as_raw_fd(), upstream.as_raw_fd()],
     );
     Outcome {
-        bytes_up: up,
-        bytes_down: down,
+        bytes_up: up.total,
+        bytes_down: down.total,
         end,
         detail,
-        copied_up: up,
-        copied_down: down,
+        copied_up: up.total,
+        copied_down: down.total,
         pauses: 0,
         direct_up: 0,
     }
