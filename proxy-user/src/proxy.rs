@@ -435,3 +435,39 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.bind(addr)?;
     socket.listen(BACKLOG)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future that `f` returns, without calling `f`.
+    fn future_size<A, F: Future>(_: impl FnOnce(A) -> F) -> usize {
+        size_of::<F>()
+    }
+
+    /// An idle connection keeps its task's future for its whole life, allocated at the size of
+    /// the future's largest state. These bounds keep a large state (a handshake, a buffer, an
+    /// argument copied down the call chain) from creeping back into the carried path; see
+    /// docs/benchmarks.md, "Idle connection memory", before raising one. Sizes when set (debug;
+    /// release): task 448; 416, relay 416; 384, splice 824; 808 bytes (the task was 5.6 KiB).
+    #[test]
+    fn idle_connection_futures_stay_small() {
+        let task = future_size(|(c, p, f, s, permits)| handle(c, p, f, s, permits));
+        let relay = future_size(|(c, u, counters, cancel): (_, _, &RelayCounters, _)| {
+            relay::relay(c, u, counters, cancel)
+        });
+        let splice = future_size(
+            |(kernel, c, u, settings, counters, cancel): (&Kernel, _, _, _, &RelayCounters, _)| {
+                splice::splice(kernel, c, u, settings, counters, cancel)
+            },
+        );
+        eprintln!("connection task {task} B, relay {relay} B, splice {splice} B");
+        for (what, size, bound) in [
+            ("connection task", task, 512),
+            ("relay", relay, 512),
+            ("splice", splice, 1024),
+        ] {
+            assert!(size <= bound, "{what} future is {size} bytes, over {bound}");
+        }
+    }
+}

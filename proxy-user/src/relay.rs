@@ -121,7 +121,7 @@ impl Pump {
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
-            if let Poll::Pending = from.poll_read_ready(cx).map_err(read_err)? {
+            if from.poll_read_ready(cx).map_err(read_err)?.is_pending() {
                 // Idle: give the buffer back until the socket turns readable.
                 self.buf = Vec::new();
                 return Poll::Pending;
