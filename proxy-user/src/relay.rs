@@ -140,10 +140,38 @@ impl Pump {
     }
 }
 
-/// How a relayed connection ended: `result` is `Ok` when both directions finished (the side
+/// `Ready` once both directions are done.
+fn both_done(up: bool, down: bool) -> Poll<Result<(), DirectionError>> {
+    if up && down {
+        Poll::Ready(Ok(()))
+    } else {
+        Poll::Pending
+    }
+}
+
+/// The outcome of a relayed connection: `result` is `Ok` when both directions finished (the side
 /// whose EOF came first, `first_eof`, names the end), else the failed direction, or `None` when
 /// cut by `cancel`. An abortive end resets both sockets (`fds`), so the survivor's peer learns
-/// at once.
+/// at once. `totals`: bytes relayed up and down.
+fn outcome(
+    result: Result<(), Option<DirectionError>>,
+    first_eof: Option<Failed>,
+    fds: [std::os::fd::RawFd; 2],
+    [up, down]: [u64; 2],
+) -> Outcome {
+    let (end, detail) = ending(result, first_eof, fds);
+    Outcome {
+        bytes_up: up,
+        bytes_down: down,
+        end,
+        detail,
+        copied_up: up,
+        copied_down: down,
+        pauses: 0,
+        direct_up: 0,
+    }
+}
+
 fn ending(
     result: Result<(), Option<DirectionError>>,
     first_eof: Option<Failed>,
@@ -199,31 +227,14 @@ pub async fn relay(
             r?;
             first_eof.get_or_insert(Failed::Upstream);
         }
-        if up.done && down.done {
-            Poll::Ready(Ok(()))
-        } else {
-            Poll::Pending
-        }
+        both_done(up.done, down.done)
     });
     let result = tokio::select! {
         r = both => r.map_err(Some),
         () = cancel.cancelled() => Err(None),
     };
-    let (end, detail) = ending(
-        result,
-        first_eof,
-        [client.as_raw_fd(), upstream.as_raw_fd()],
-    );
-    Outcome {
-        bytes_up: up.total,
-        bytes_down: down.total,
-        end,
-        detail,
-        copied_up: up.total,
-        copied_down: down.total,
-        pauses: 0,
-        direct_up: 0,
-    }
+    let fds = [client.as_raw_fd(), upstream.as_raw_fd()];
+    outcome(result, first_eof, fds, [up.total, down.total])
 }
 
 /// Bytes read per call on [`relay_streams`]: 4 TLS records of plaintext (see docs/tls.md for
@@ -380,29 +391,12 @@ where
             r?;
             first_eof.get_or_insert(Failed::Upstream);
         }
-        if up.done && down.done {
-            Poll::Ready(Ok(()))
-        } else {
-            Poll::Pending
-        }
+        both_done(up.done, down.done)
     });
     let result = tokio::select! {
         r = both => r.map_err(Some),
         () = cancel.cancelled() => Err(None),
     };
-    let (end, detail) = ending(
-        result,
-        first_eof,
-        [client.as_raw_fd(), upstream.as_raw_fd()],
-    );
-    Outcome {
-        bytes_up: up.total,
-        bytes_down: down.total,
-        end,
-        detail,
-        copied_up: up.total,
-        copied_down: down.total,
-        pauses: 0,
-        direct_up: 0,
-    }
+    let fds = [client.as_raw_fd(), upstream.as_raw_fd()];
+    outcome(result, first_eof, fds, [up.total, down.total])
 }
