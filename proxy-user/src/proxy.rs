@@ -448,8 +448,9 @@ mod tests {
     /// An idle connection keeps its task's future for its whole life, allocated at the size of
     /// the future's largest state. These bounds keep a large state (a handshake, a buffer, an
     /// argument copied down the call chain) from creeping back into the carried path; see
-    /// docs/benchmarks.md, "Idle connection memory", before raising one. Sizes when set (debug;
-    /// release): task 448; 416, relay 416; 384, splice 824; 808 bytes (the task was 5.6 KiB).
+    /// docs/benchmarks.md, "Idle connection memory", before raising one. Sizes when last set
+    /// (debug build; release is a little smaller): task 480, relay 416, splice 960 bytes; the
+    /// task was 5.6 KiB before that work. The bounds leave room for small additions.
     #[test]
     fn idle_connection_futures_stay_small() {
         let task = future_size(|(c, p, f, s, permits)| handle(c, p, f, s, permits));
@@ -463,9 +464,9 @@ mod tests {
         );
         eprintln!("connection task {task} B, relay {relay} B, splice {splice} B");
         for (what, size, bound) in [
-            ("connection task", task, 512),
+            ("connection task", task, 640),
             ("relay", relay, 512),
-            ("splice", splice, 1024),
+            ("splice", splice, 1280),
         ] {
             assert!(size <= bound, "{what} future is {size} bytes, over {bound}");
         }
