@@ -120,7 +120,7 @@ impl LocalAgents {
             return Ok(None);
         };
         let mut maps = self.lock();
-        if !matches!(maps.state.get(&key, 0), Ok(_)) {
+        if maps.state.get(&key, 0).is_err() {
             return Ok(None);
         }
         let gate = LocalGate {
