@@ -4,7 +4,7 @@ use std::io::{self, Read as _, Write as _};
 
 use proxy_common::SpliceLimit;
 
-use super::{Splice, Step, internal, reset_end};
+use super::{Splice, Step, internal, reset_end, reset_end_at};
 use crate::{conn::End, net};
 
 impl Splice<'_> {
@@ -39,17 +39,25 @@ impl Splice<'_> {
         loop {
             let now = self.progress(i)?;
             let backlog = now.backlog();
+            // The redirect queue may also not hold more than half of what the peer's send
+            // buffer has room for: the kernel's redirect worker must never find that buffer
+            // full in the middle of a buffer. When it did (a slow reader on both sides of a
+            // bulk exchange), the worker's resumed partial send failed with EFAULT, which it
+            // reports as the peer socket's error, and the connection was reset (see
+            // docs/architecture.md, "Flow control").
+            let room = net::send_room(self.sides[1 - i].fd()).map_err(|e| reset_end(1 - i, &e))?;
+            let window = self.window.min(room / 2 + backlog);
             // The new limit leaves `window - backlog` of room, so the redirect queue never holds
             // more than `window` whatever the peer does. With little room left, moving the
             // bounds would only bring the next event closer: leave them, and either the peer
             // catches up (the tick looks again) or the verdict reaches the limit and hands the
             // direction to userspace.
-            if backlog > self.window - self.window / 8 {
+            if backlog > window - window / 8 {
                 self.sides[i].mark_recheck = true;
                 return Ok(());
             }
             self.sides[i].mark_recheck = false;
-            let bounds = self.bounds(now.redirected, backlog);
+            let bounds = Self::bounds(window, now.redirected, backlog);
             self.kernel
                 .registry
                 .set_limit(self.sides[i].cookie, bounds)
@@ -63,8 +71,8 @@ impl Splice<'_> {
     }
 
     /// Bounds in redirected-count space that allow `window - backlog` more bytes in flight.
-    fn bounds(&self, redirected: u64, backlog: u64) -> SpliceLimit {
-        let room = self.window.saturating_sub(backlog);
+    fn bounds(window: u64, redirected: u64, backlog: u64) -> SpliceLimit {
+        let room = window.saturating_sub(backlog);
         SpliceLimit {
             mark: redirected + room / 2,
             limit: redirected + room,
@@ -109,7 +117,7 @@ impl Splice<'_> {
                         continue;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                    Err(e) => return Err(reset_end(p, &e)),
+                    Err(e) => return Err(reset_end_at(p, "write", &e)),
                 }
             }
             let side = &mut self.sides[i];
@@ -121,7 +129,7 @@ impl Splice<'_> {
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => return Err(reset_end(i, &e)),
+                Err(e) => return Err(reset_end_at(i, "read", &e)),
             }
         }
     }

@@ -144,6 +144,14 @@ struct LocalPairing {
     recheck: bool,
 }
 
+/// [`reset_end`] with what failed in the detail ("socket error", "read", "write"), so that the
+/// log line tells a pending socket error (set by the kernel, e.g. its redirect worker) from a
+/// failed call of ours.
+fn reset_end_at(side: usize, what: &str, err: &io::Error) -> (End, String) {
+    let (end, detail) = reset_end(side, err);
+    (end, format!("{what}: {detail}"))
+}
+
 fn reset_end(side: usize, err: &io::Error) -> (End, String) {
     let end = if side == 0 {
         End::ClientReset
@@ -415,7 +423,7 @@ impl Splice<'_> {
     fn on_socket(&mut self, i: usize) -> Step {
         let fd = self.sides[i].fd();
         if let Some(err) = net::take_error(fd).map_err(internal)? {
-            return Err(reset_end(i, &err));
+            return Err(reset_end_at(i, "socket error", &err));
         }
         if self.sides[i].eof {
             return Ok(());
