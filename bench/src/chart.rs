@@ -31,11 +31,13 @@ const ITEMS: &[(&str, Scenario, Metric)] = &[
     ),
 ];
 
-const COLORS: [RGBColor; 5] = [
+/// One per row of [`Row::ALL`], in that order.
+const COLORS: [RGBColor; Row::ALL.len()] = [
     RGBColor(120, 120, 120),
     RGBColor(31, 119, 180),
     RGBColor(140, 190, 230),
     RGBColor(214, 39, 40),
+    RGBColor(240, 120, 170),
     RGBColor(255, 152, 80),
 ];
 

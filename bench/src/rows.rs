@@ -50,18 +50,24 @@ pub enum Row {
     Haproxy,
     /// HAProxy 2.6 `mode tcp` with `option splice-auto`.
     HaproxySplice,
-    /// agent-proxy, `dataplane = "kernel"` (eBPF sockmap splice).
+    /// agent-proxy, `dataplane = "kernel"` (eBPF sockmap splice). The bench's clients run on
+    /// the proxy's host, so with the default `local_agents` their sends go straight into the
+    /// upstream socket (sock_ops + sk_msg).
     Kernel,
+    /// agent-proxy, `dataplane = "kernel"` with `local_agents = false`: the path of agents on
+    /// other hosts (every byte through the splice verdict).
+    KernelRemote,
     /// agent-proxy, `dataplane = "userspace"` (the relay).
     Userspace,
 }
 
 impl Row {
-    pub const ALL: [Row; 5] = [
+    pub const ALL: [Row; 6] = [
         Row::Direct,
         Row::Haproxy,
         Row::HaproxySplice,
         Row::Kernel,
+        Row::KernelRemote,
         Row::Userspace,
     ];
 
@@ -71,6 +77,7 @@ impl Row {
             Row::Haproxy => "haproxy",
             Row::HaproxySplice => "haproxy-splice",
             Row::Kernel => "kernel",
+            Row::KernelRemote => "kernel-remote",
             Row::Userspace => "userspace",
         }
     }
@@ -81,6 +88,7 @@ impl Row {
             Row::Haproxy => "HAProxy 2.6 tcp",
             Row::HaproxySplice => "HAProxy 2.6 tcp splice-auto",
             Row::Kernel => "agent-proxy kernel",
+            Row::KernelRemote => "agent-proxy kernel, remote agents",
             Row::Userspace => "agent-proxy userspace",
         }
     }
@@ -117,11 +125,11 @@ impl Proxy {
                 p.wait_listening(PROXY_PORT, Duration::from_secs(10))?;
                 Proxy::Haproxy(p)
             }
-            Row::Kernel | Row::Userspace => {
-                let dataplane = if row == Row::Kernel {
-                    Dataplane::Kernel
-                } else {
-                    Dataplane::Userspace
+            Row::Kernel | Row::KernelRemote | Row::Userspace => {
+                let dataplane = match row {
+                    Row::Kernel => Dataplane::Kernel,
+                    Row::KernelRemote => Dataplane::KernelRemote,
+                    _ => Dataplane::Userspace,
                 };
                 let mut config = DaemonConfig::new(dataplane, vec![backend]);
                 config.listen = PROXY_LISTEN.parse().expect("valid address");

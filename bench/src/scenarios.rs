@@ -149,9 +149,10 @@ impl Scenario {
 
     /// Whether `row` is measured in this scenario. HAProxy's splice-auto is left out of the TLS
     /// scenarios: HAProxy cannot splice what OpenSSL encrypts or decrypts, so the row would
-    /// repeat the plain HAProxy row.
+    /// repeat the plain HAProxy row; so is agent-proxy's remote-agents row (TLS always takes the
+    /// userspace relay, local agents or not).
     pub fn has_row(self, row: Row) -> bool {
-        !(self.tls_side().is_some() && row == Row::HaproxySplice)
+        !(self.tls_side().is_some() && matches!(row, Row::HaproxySplice | Row::KernelRemote))
     }
 
     /// The row's name in this scenario's table: the TLS scenarios say what the rows do there.

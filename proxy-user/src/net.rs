@@ -206,6 +206,12 @@ pub fn tcp_bytes(fd: RawFd) -> io::Result<TcpBytes> {
     })
 }
 
+/// The socket's TCP state is `TCP_CLOSE`: reset, or both directions closed and acknowledged.
+pub fn is_closed(fd: RawFd) -> io::Result<bool> {
+    const TCP_CLOSE: u8 = 7;
+    Ok(tcp_info(fd)?.tcpi_state == TCP_CLOSE)
+}
+
 /// Memory the socket may still queue for sending: its send buffer minus what its write queue
 /// holds now, both in the kernel's own accounting (`SO_MEMINFO`: skb overhead included).
 pub fn send_room(fd: RawFd) -> io::Result<u64> {

@@ -454,7 +454,16 @@ impl Splice<'_> {
                 }
                 return Ok(());
             }
-            Ok(Peek::Eof) => {}
+            Ok(Peek::Eof) => {
+                // A reset also reads as end-of-stream once its error has been taken - and a
+                // same-host agent's send straight into the upstream socket takes it (the agent
+                // gets the reset). A socket we have not shut down ourselves is closed only by a
+                // reset: end the connection as one.
+                if !self.sides[1 - i].fin_forwarded && net::is_closed(fd).map_err(internal)? {
+                    let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+                    return Err(reset_end_at(i, "closed without FIN", &reset));
+                }
+            }
         }
         tracing::trace!(side = i, "fin");
         let side = &mut self.sides[i];
