@@ -176,8 +176,29 @@ pub(crate) fn reject(
         .inc();
     // A reset tells the client at once that it was refused, and leaves no TIME_WAIT here.
     let _ = net::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&client));
-    forget_local_agent(frontend, shared, &client);
-    let outcome = Outcome::nothing(End::Rejected, reason);
+    let (client, ours) = own_address(client, frontend.local_agents);
+    drop(client);
+    forget_local_agent(shared, peer, ours);
+    finish_nothing(
+        frontend,
+        shared,
+        peer,
+        End::Rejected,
+        reason.into(),
+        Instant::now(),
+    );
+}
+
+/// Logs and counts a connection that ended before any byte moved (refused, nothing dialed).
+pub(crate) fn finish_nothing(
+    frontend: &Frontend,
+    shared: &Shared,
+    peer: SocketAddr,
+    end: End,
+    detail: String,
+    started: Instant,
+) {
+    let outcome = Outcome::nothing(end, detail);
     finish(
         frontend,
         shared,
@@ -185,21 +206,18 @@ pub(crate) fn reject(
         &Route::NONE,
         Path::None,
         &outcome,
-        Instant::now(),
+        started,
     );
 }
 
 /// Drops what the kernel holds for a same-host agent's socket (it joined `LOCAL_SOCKS` when it
 /// connected), so that nothing of a connection outlives it even if the agent keeps its socket
-/// open after the proxy ended the connection. `accepted` is our side of the connection.
-fn forget_local_agent(frontend: &Frontend, shared: &Shared, accepted: &TcpStream) {
-    if !frontend.local_agents {
-        return;
-    }
-    let Some(local) = shared.kernel.as_ref().and_then(|k| k.local.as_ref()) else {
-        return;
-    };
-    if let (Ok(ours), Ok(peer)) = (accepted.local_addr(), accepted.peer_addr()) {
+/// open after the proxy ended the connection. `ours`: our side's address, from [`own_address`]
+/// (`None` when the frontend's agents are not taken).
+fn forget_local_agent(shared: &Shared, peer: SocketAddr, ours: Option<SocketAddr>) {
+    if let Some(ours) = ours
+        && let Some(local) = shared.kernel.as_ref().and_then(|k| k.local.as_ref())
+    {
         local.forget(peer, ours);
     }
 }
@@ -262,11 +280,7 @@ async fn handle(
             .await;
         }
     }
-    if let Some(ours) = ours
-        && let Some(local) = shared.kernel.as_ref().and_then(|k| k.local.as_ref())
-    {
-        local.forget(peer, ours);
-    }
+    forget_local_agent(shared, peer, ours);
     current.dec();
     drop(permits);
 }
@@ -299,14 +313,12 @@ pub(crate) fn unconnected(
         reject(frontend, shared, client, peer, "no_server");
         return;
     }
-    let outcome = Outcome::nothing(End::ConnectFailed, error.to_string());
-    finish(
+    finish_nothing(
         frontend,
         shared,
         peer,
-        &Route::NONE,
-        Path::None,
-        &outcome,
+        End::ConnectFailed,
+        error.to_string(),
         started,
     );
 }

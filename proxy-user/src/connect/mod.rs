@@ -38,7 +38,7 @@ use tokio::net::TcpStream;
 use crate::config::ConnectMode;
 use crate::conn::{End, Outcome, Path};
 use crate::dns::Dns;
-use crate::proxy::{Frontend, Route, Shared, carry, finish};
+use crate::proxy::{Frontend, Route, Shared, carry, finish, finish_nothing};
 use handshake::HeadError;
 use request::RequestError;
 
@@ -179,9 +179,8 @@ pub async fn run(
     let negotiated = tokio::select! {
         result = negotiate(&mut client, settings, &shared.dns) => result,
         () = shared.abort.cancelled() => {
-            let outcome = Outcome::nothing(End::Shutdown, "cut during the CONNECT handshake");
-            finish(frontend, shared, peer, &Route { server: "-", destination: "-", status: "-" },
-                Path::None, &outcome, started);
+            finish_nothing(frontend, shared, peer, End::Shutdown,
+                "cut during the CONNECT handshake".into(), started);
             return;
         }
     };

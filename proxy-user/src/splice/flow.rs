@@ -20,7 +20,7 @@ impl Splice<'_> {
             Ok(bytes) => bytes,
             Err(err) => return Err(reset_end(p, &err)),
         };
-        let direct = if i == 0 { self.local_redirected() } else { 0 };
+        let direct = self.straight(i);
         Ok(Progress {
             redirected: side.bytes,
             passing: side.passing != 0,

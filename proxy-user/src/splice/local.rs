@@ -69,8 +69,14 @@ impl Splice<'_> {
         last.redirected.max(pairing.last.redirected)
     }
 
+    /// Bytes side `i`'s direction carried straight, outside the splice: what a same-host agent
+    /// sent into the upstream socket (client side only; 0 when not paired).
+    pub(super) fn straight(&mut self, i: usize) -> u64 {
+        if i == 0 { self.local_redirected() } else { 0 }
+    }
+
     /// Bytes the agent sent straight to the upstream socket so far (0 when not paired).
-    pub(super) fn local_redirected(&mut self) -> u64 {
+    fn local_redirected(&mut self) -> u64 {
         let (Some(local), Some(pairing)) = (&self.kernel.local, self.local.as_mut()) else {
             return 0;
         };

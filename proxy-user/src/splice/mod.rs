@@ -488,7 +488,7 @@ impl Splice<'_> {
         };
         // Bytes the agent sent straight to the upstream socket reached its send queue within the
         // agent's sendmsg, which returned before the agent's FIN was sent.
-        let direct = if i == 0 { self.local_redirected() } else { 0 };
+        let direct = self.straight(i);
         let received = own.received - self.sides[i].rcv_base + direct;
         let handed_over = peer.queued_for_send - self.sides[p].snd_base;
         let forwarded = counted.bytes + self.sides[i].copied + direct;

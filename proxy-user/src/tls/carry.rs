@@ -6,7 +6,7 @@ use tokio::net::TcpStream;
 
 use super::ClientTls;
 use crate::{
-    conn::{End, Outcome, Path},
+    conn::{End, Path},
     net,
     pool::{ConnectError, Lease, Pool},
     proxy::{self, Frontend, Route, Shared},
@@ -42,18 +42,8 @@ pub async fn handle_tcp(
     started: Instant,
 ) {
     let _ = net::set_nodelay(client.as_raw_fd());
-    let failed = |end, detail: String| {
-        let outcome = Outcome::nothing(end, detail);
-        proxy::finish(
-            frontend,
-            shared,
-            peer,
-            &Route::NONE,
-            Path::None,
-            &outcome,
-            started,
-        );
-    };
+    let failed =
+        |end, detail: String| proxy::finish_nothing(frontend, shared, peer, end, detail, started);
     // The client's handshake comes first: nothing is dialed for a client that cannot complete it
     // (a plaintext or garbage client on a TLS port), and it runs here, in the connection's task,
     // so a slow one never holds up the accept loop.
