@@ -101,7 +101,9 @@ pub fn generate(results: &Results, chart: Option<&str>) -> String {
         bytes; proxy CPU s/GB = the proxy process's own utime+stime; proxy peak RSS = VmHWM; \
         RSS/conn = VmRSS growth over the fresh proxy, per connection, with every connection idle \
         after one request, then after the active phase; kernel bytes % = share of \
-        `agent_proxy_bytes_total` with `path=\"kernel\"` (the rest was carried in userspace).\n";
+        `agent_proxy_bytes_total` with `path=\"kernel\"` (the rest was carried in userspace); \
+        straight % = share of those bytes a same-host agent's `sendmsg` put straight into the \
+        upstream socket (`agent_proxy_local_agent_bytes_total`, sk_msg), without the splice.\n";
     out
 }
 

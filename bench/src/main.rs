@@ -320,6 +320,9 @@ fn brief(scenario: Scenario, s: &Sample) -> String {
     if let Some(v) = Metric::KernelShare.value(s) {
         parts.push(format!("kernel bytes {v:.0}%"));
     }
+    if let Some(v) = Metric::StraightShare.value(s) {
+        parts.push(format!("straight {v:.0}%"));
+    }
     if s.errors > 0 {
         parts.push(format!("{} ERRORS", s.errors));
     }

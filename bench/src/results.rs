@@ -38,6 +38,10 @@ pub struct Sample {
     /// agent-proxy's `agent_proxy_bytes_total` by path, both directions.
     pub kernel_bytes: Option<u64>,
     pub userspace_bytes: Option<u64>,
+    /// `agent_proxy_local_agent_bytes_total`: what same-host agents sent straight into the
+    /// upstream socket (part of the kernel bytes). Absent in results of older runs.
+    #[serde(default)]
+    pub straight_bytes: Option<u64>,
 }
 
 /// A figure of a row, as the tables show it.
@@ -56,6 +60,7 @@ pub enum Metric {
     RssActive,
     Errors,
     KernelShare,
+    StraightShare,
     Connections,
     MachineBusy,
     ProxyCpuPercent,
@@ -87,6 +92,10 @@ impl Metric {
                 let (k, u) = (s.kernel_bytes?, s.userspace_bytes?);
                 (k + u > 0).then(|| 100.0 * k as f64 / (k + u) as f64)
             }
+            Metric::StraightShare => {
+                let (k, u, d) = (s.kernel_bytes?, s.userspace_bytes?, s.straight_bytes?);
+                (k + u > 0).then(|| 100.0 * d as f64 / (k + u) as f64)
+            }
         }
     }
 
@@ -109,13 +118,17 @@ impl Metric {
             Metric::MachineBusy => "machine busy %".into(),
             Metric::ProxyCpuPercent => "proxy CPU % of a core".into(),
             Metric::KernelShare => "kernel bytes %".into(),
+            Metric::StraightShare => "straight %".into(),
         }
     }
 
     pub fn higher_is_better(self) -> bool {
         matches!(
             self,
-            Metric::Throughput | Metric::KernelShare | Metric::Connections
+            Metric::Throughput
+                | Metric::KernelShare
+                | Metric::StraightShare
+                | Metric::Connections
         )
     }
 }
@@ -228,6 +241,7 @@ mod tests {
             rss_per_idle_connection: Some(3072.0),
             kernel_bytes: Some(3),
             userspace_bytes: Some(1),
+            straight_bytes: Some(2),
             ..Sample::default()
         };
         assert_eq!(Metric::CpuPerGb.value(&s), Some(1.5));
@@ -236,6 +250,7 @@ mod tests {
         assert_eq!(Metric::RssIdle.value(&s), Some(3.0));
         assert_eq!(Metric::RssActive.value(&s), None);
         assert_eq!(Metric::KernelShare.value(&s), Some(75.0));
+        assert_eq!(Metric::StraightShare.value(&s), Some(50.0));
         assert_eq!(Metric::LatP99.value(&s), None);
         let none_moved = Sample::default();
         assert_eq!(Metric::CpuPerGb.value(&none_moved), None);

@@ -203,6 +203,7 @@ impl Scenario {
                     PeakRss,
                     Errors,
                     KernelShare,
+                    StraightShare,
                 ]
             }
             Scenario::Agents1k | Scenario::Agents10k => &[
@@ -218,6 +219,7 @@ impl Scenario {
                 RssActive,
                 Errors,
                 KernelShare,
+                StraightShare,
             ],
             Scenario::Ping64 | Scenario::Ping16k => &[
                 LatAvg,
@@ -228,9 +230,17 @@ impl Scenario {
                 CpuPerGb,
                 PeakRss,
                 KernelShare,
+                StraightShare,
             ],
             Scenario::Bulk1 | Scenario::Bulk8 => {
-                &[Throughput, CpuPerGb, ProxyCpuPerGb, PeakRss, KernelShare]
+                &[
+                    Throughput,
+                    CpuPerGb,
+                    ProxyCpuPerGb,
+                    PeakRss,
+                    KernelShare,
+                    StraightShare,
+                ]
             }
         }
     }
@@ -308,6 +318,7 @@ pub fn measure(scenario: Scenario, row: Row, cx: &Context<'_>) -> anyhow::Result
             let path = |path: &str| m.count("agent_proxy_bytes_total", &[("path", path)]);
             sample.kernel_bytes = Some(path("kernel"));
             sample.userspace_bytes = Some(path("userspace"));
+            sample.straight_bytes = Some(m.count("agent_proxy_local_agent_bytes_total", &[]));
         }
     }
     if let Some(p) = proxy {
@@ -416,7 +427,7 @@ fn tool_run(
 fn hey_args(target: SocketAddr, tls_name: Option<&str>, body: &Path) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "-n".into(),
-        DATAKIT_REQUESTS.to_string(),
+        std::env::var("BENCH_DK_N").unwrap_or_else(|_| DATAKIT_REQUESTS.to_string()),
         "-c".into(),
         DATAKIT_CLIENTS.to_string(),
         "-m".into(),

@@ -223,8 +223,36 @@ pub struct LocalSend {
     pub messages: u64,
     /// Messages left to the TCP path.
     pub tcp_messages: u64,
+    /// Of the messages sent straight, those sent past the room limit because the sender
+    /// blocks: it waits in the upstream socket for room, as it would in its own (see
+    /// [`KernelOffsets`]).
+    pub waited: u64,
 }
-const _: () = assert!(core::mem::size_of::<LocalSend>() == 40);
+const _: () = assert!(core::mem::size_of::<LocalSend>() == 48);
+
+/// Byte offsets of the kernel-structure fields `local_msg` reads to tell whether the sending
+/// socket blocks (its file has no `O_NONBLOCK` and the socket no send timeout). The daemon
+/// reads them from the running kernel's BTF (/sys/kernel/btf/vmlinux) and sets them as the
+/// program's read-only globals before loading; the verifier checks every such read against
+/// the same BTF. 0 (the compiled default) turns the check off: every sender is then treated
+/// as non-blocking.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `struct sock`, `sk_socket`.
+    pub sock_socket: u32,
+    /// `struct sock`, `sk_sndtimeo`.
+    pub sock_sndtimeo: u32,
+    /// `struct socket`, `file`.
+    pub socket_file: u32,
+    /// `struct file`, `f_flags`.
+    pub file_flags: u32,
+}
+
+/// Names of the program globals that hold [`KernelOffsets`].
+pub const GLOBAL_SOCK_SOCKET: &str = "OFF_SOCK_SOCKET";
+pub const GLOBAL_SOCK_SNDTIMEO: &str = "OFF_SOCK_SNDTIMEO";
+pub const GLOBAL_SOCKET_FILE: &str = "OFF_SOCKET_FILE";
+pub const GLOBAL_FILE_FLAGS: &str = "OFF_FILE_FLAGS";
 
 /// When an agent socket's messages may go straight to the upstream socket: only when every
 /// byte that took the TCP path has reached the upstream socket's send queue (nothing may

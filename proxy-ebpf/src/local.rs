@@ -15,7 +15,7 @@ use aya_ebpf::{
         BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
         BPF_SOCK_OPS_STATE_CB_FLAG, sk_action::SK_PASS,
     },
-    helpers::generated::bpf_get_netns_cookie,
+    helpers::generated::{bpf_get_netns_cookie, bpf_map_delete_elem, bpf_skc_to_tcp_sock},
     macros::{map, sk_msg, sock_ops},
     maps::{HashMap, LruHashMap, PerCpuArray, SockHash},
     programs::{SkMsgContext, SockOpsContext},
@@ -47,9 +47,27 @@ static LOCAL_GATES: HashMap<FlowKey, LocalGate> = HashMap::with_max_entries(MAX_
 #[map(name = "LOCAL_COUNTERS")]
 static LOCAL_COUNTERS: PerCpuArray<RouteCounters> = PerCpuArray::with_max_entries(MAX_FRONTENDS, 0);
 
+// Offsets of kernel-structure fields (see `proxy_common::KernelOffsets`), set by the daemon
+// from the kernel's BTF before loading; read with `read_volatile` so that the compiler keeps
+// the loads (the verifier knows their values: the globals are in a frozen read-only map).
+#[unsafe(no_mangle)]
+static OFF_SOCK_SOCKET: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SOCK_SNDTIMEO: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SOCKET_FILE: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_FILE_FLAGS: u32 = 0;
+
+const O_NONBLOCK: u32 = 0o4000;
+/// `MAX_SCHEDULE_TIMEOUT`: a socket without a send timeout.
+const NO_TIMEOUT: i64 = i64::MAX;
+
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
+const TCP_FIN_WAIT1: u32 = 4;
 const TCP_CLOSE: u32 = 7;
+const TCP_LAST_ACK: u32 = 9;
 
 /// Ports as the context gives them: the local one in host byte order, the remote one as the
 /// network-order 16 bits in the upper half of the word (so `from_be` yields host order).
@@ -119,10 +137,25 @@ pub fn local_sock_ops(ctx: SockOpsContext) -> u32 {
         _ => return 0,
     };
     if op == BPF_SOCK_OPS_STATE_CB {
+        let new_state = ctx.arg(1);
+        if new_state == TCP_FIN_WAIT1 || new_state == TCP_LAST_ACK {
+            // The agent shut its sending side: no `sendmsg` will come, so the socket leaves
+            // LOCAL_SOCKS now (its state stays for the daemon). That also gives its reads back
+            // to plain TCP: while in the map they go through the sockmap's receive path, which
+            // returns EAGAIN to a *blocking* reader woken without data - as the ACK of this very
+            // FIN does, so a blocking agent's read right after shutdown(SHUT_WR) would fail.
+            // SAFETY: deleting this socket's own key; the map is repr(transparent) over its def.
+            unsafe {
+                bpf_map_delete_elem(
+                    (&raw const LOCAL_SOCKS).cast_mut().cast(),
+                    (&raw const key).cast(),
+                );
+            }
+        }
         // args: old state, new state. The socket is going away: so does its state - unless
         // the daemon paired it (a gate exists), which reads the final counters and deletes it.
         // SAFETY: plain read of a map value.
-        if ctx.arg(1) == TCP_CLOSE && unsafe { LOCAL_GATES.get(&key) }.is_none() {
+        if new_state == TCP_CLOSE && unsafe { LOCAL_GATES.get(&key) }.is_none() {
             let _ = LOCAL_STATE.remove(&key);
         }
         return 0;
@@ -207,7 +240,15 @@ pub fn local_msg(ctx: SkMsgContext) -> u32 {
     };
     let charge = len + len / LOCAL_CHARGE_DIV + LOCAL_CHARGE_MSG;
     let before = state.charged;
-    if state.passed != gate.tcp_landed || before + charge > gate.limit {
+    if state.passed != gate.tcp_landed {
+        return take_tcp_path(state, &gate, len);
+    }
+    // Past the room limit only a sender that blocks may go straight: it then waits in the
+    // upstream socket's send path until that socket has room (the agent's own send timeout
+    // would not apply there, hence none allowed). A non-blocking one would get EAGAIN from a
+    // socket it does not own and wait on its own, whose space never changes.
+    let waits = before + charge > gate.limit;
+    if waits && !sender_blocks(md) {
         return take_tcp_path(state, &gate, len);
     }
     if LOCAL_TARGETS.redirect_msg(&ctx, key, 0) != i64::from(SK_PASS) {
@@ -217,6 +258,9 @@ pub fn local_msg(ctx: SkMsgContext) -> u32 {
     state.redirected += len;
     state.charged = before + charge;
     state.messages += 1;
+    if waits {
+        state.waited += 1;
+    }
     count_route(gate.frontend, DIRECTION_UPSTREAM, len);
     if gate.frontend < MAX_FRONTENDS {
         if let Some(counters) = LOCAL_COUNTERS.get_ptr_mut(gate.frontend) {
@@ -231,6 +275,48 @@ pub fn local_msg(ctx: SkMsgContext) -> u32 {
         post(gate.cookie, state.charged, EVENT_LOCAL);
     }
     SK_PASS
+}
+
+/// True when the socket sending `md` blocks in `sendmsg`: its file has no `O_NONBLOCK` and the
+/// socket no send timeout. False when the daemon did not find the offsets (see
+/// `proxy_common::KernelOffsets`) or any read fails. A per-call `MSG_DONTWAIT` on a blocking
+/// socket cannot be seen here; such a caller gets `EAGAIN` and finds its own socket writable,
+/// so it retries at once until the upstream socket has room - a busy wait, never a hang.
+#[inline(always)]
+fn sender_blocks(md: *mut aya_ebpf::bindings::sk_msg_md) -> bool {
+    // SAFETY: the globals are plain u32 statics; see their declaration.
+    let (sock_socket, sock_sndtimeo, socket_file, file_flags) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const OFF_SOCK_SOCKET),
+            core::ptr::read_volatile(&raw const OFF_SOCK_SNDTIMEO),
+            core::ptr::read_volatile(&raw const OFF_SOCKET_FILE),
+            core::ptr::read_volatile(&raw const OFF_FILE_FLAGS),
+        )
+    };
+    if sock_socket == 0 || sock_sndtimeo == 0 || socket_file == 0 || file_flags == 0 {
+        return false;
+    }
+    // SAFETY: `sk` is the context's socket pointer; the helper returns a BTF-typed pointer (or
+    // null), and every load through it and the pointers read from it is checked by the
+    // verifier against the kernel's BTF and guarded against faults.
+    unsafe {
+        let sk = core::ptr::read_volatile(&raw const (*md).__bindgen_anon_3.sk);
+        let tp = bpf_skc_to_tcp_sock(sk.cast()).cast::<u8>();
+        if tp.is_null() {
+            return false;
+        }
+        let timeout = core::ptr::read_volatile(tp.add(sock_sndtimeo as usize).cast::<i64>());
+        let socket = core::ptr::read_volatile(tp.add(sock_socket as usize).cast::<*const u8>());
+        if timeout != NO_TIMEOUT || socket.is_null() {
+            return false;
+        }
+        let file = core::ptr::read_volatile(socket.add(socket_file as usize).cast::<*const u8>());
+        if file.is_null() {
+            return false;
+        }
+        let flags = core::ptr::read_volatile(file.add(file_flags as usize).cast::<u32>());
+        flags & O_NONBLOCK == 0
+    }
 }
 
 /// Leaves the message to the socket's own TCP path. If the gate was open, this closes it (the

@@ -307,3 +307,102 @@ fn ended_connection_leaves_no_entry_while_the_agent_socket_lives() {
         ended_connection_leaves_no_entry,
     );
 }
+
+/// A sender that blocks in `sendmsg` (a plain blocking socket without a send timeout, as
+/// iperf3 and many C, Java or Python agents use) keeps going straight past the upstream
+/// socket's room: it waits inside the upstream socket's send path until that socket has room,
+/// as it would in its own, so a stalled upstream pushes back on it and nothing of the stream
+/// takes the TCP path.
+fn blocking_sender_waits_for_the_upstream(dp: Dataplane) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let _heavy = heavy();
+    let netns = NetNs::new()?;
+    let ns = &netns;
+    ns.block_on(Duration::from_secs(90), move || async move {
+        let upstream = listen(V4).await?;
+        let env = TestEnv::start(ns, DaemonConfig::new(dp, vec![upstream.local_addr()?]))?;
+        let addr = env.daemon.config.listen;
+        // A thread of this one inherits its network namespace.
+        let client = std::thread::spawn(move || -> anyhow::Result<(u64, String, Duration)> {
+            let mut c = std::net::TcpStream::connect(addr)?;
+            c.set_read_timeout(Some(IO_TIMEOUT))?;
+            // One exchange first, so that the daemon has dialed and paired the sockets, and a
+            // moment for the gate to open once that first byte (TCP path) has landed.
+            c.write_all(b"h")?;
+            let mut ack = [0u8; 1];
+            c.read_exact(&mut ack)?;
+            std::thread::sleep(Duration::from_millis(300));
+            let started = std::time::Instant::now();
+            let (mut pattern, mut hash) = (Pattern::new(SEED_UP), Sha256::new());
+            let mut buf = vec![0u8; 128 * 1024];
+            let mut sent = 0u64;
+            while sent < STREAM_LEN {
+                pattern.fill(&mut buf);
+                c.write_all(&buf)?;
+                hash.update(&buf);
+                sent += buf.len() as u64;
+            }
+            let elapsed = started.elapsed();
+            c.shutdown(std::net::Shutdown::Write)?;
+            let mut rest = Vec::new();
+            c.read_to_end(&mut rest)?;
+            ensure!(rest.is_empty(), "{} unexpected bytes back", rest.len());
+            Ok((sent, hex(&hash.finalize()), elapsed))
+        });
+        let mut s = accept(&upstream).await?;
+        let mut first = [0u8; 1];
+        timeout(IO_TIMEOUT, s.read_exact(&mut first)).await??;
+        s.write_all(b"k").await?;
+        let (mut hash, mut buf, mut got, mut paused) =
+            (Sha256::new(), vec![0; 256 * 1024], 0u64, false);
+        loop {
+            if !paused && got >= 8 * MIB {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                paused = true;
+            }
+            let n = timeout(IO_TIMEOUT, s.read(&mut buf))
+                .await
+                .with_context(|| format!("read stalled after {got} bytes"))??;
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            got += n as u64;
+        }
+        drop(s);
+        let (sent, sent_hash, elapsed) = tokio::task::spawn_blocking(move || client.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+        let got_hash = hex(&hash.finalize());
+        ensure!(
+            got == sent && got_hash == sent_hash,
+            "upstream received {got} bytes sha256={got_hash}, client sent {sent} \
+             sha256={sent_hash}"
+        );
+        ensure!(
+            elapsed >= Duration::from_millis(1400),
+            "the sender finished in {elapsed:?}, within the upstream's 1.5 s pause: it was \
+             not pushed back"
+        );
+        let logs = env.daemon.wait_conn_logs(1, Duration::from_secs(5))?;
+        ensure!(logs.len() == 1, "{} log lines: {logs:?}", logs.len());
+        check_conn_log(&logs[0], dp, STREAM_LEN + 1, 1, CLOSED)?;
+        let local = local_bytes(&env.daemon.metrics()?);
+        eprintln!("blocking sender [{dp}]: {local} of {STREAM_LEN} bytes went straight");
+        ensure!(
+            local == STREAM_LEN,
+            "{LOCAL_BYTES} = {local} of the {STREAM_LEN}-byte stream: a blocking sender took \
+             the TCP path when the upstream socket was full"
+        );
+        env.finish()
+    })
+}
+
+#[test]
+fn blocking_sender_waits_in_the_upstream_socket() {
+    run_scenario(
+        "blocking_sender_waits_for_the_upstream",
+        Dataplane::Kernel,
+        blocking_sender_waits_for_the_upstream,
+    );
+}

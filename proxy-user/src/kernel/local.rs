@@ -56,7 +56,7 @@ impl LocalAgents {
             counters: take(ebpf, proxy_common::LOCAL_COUNTERS)?,
         };
         let msg: &mut SkMsg = program(ebpf, "local_msg")?;
-        msg.load().map_err(attach("local_msg: load"))?;
+        msg.load().map_err(attach(MSG_LOAD))?;
         msg.attach(maps.socks.fd())
             .map_err(attach("local_msg: attach to LOCAL_SOCKS"))?;
 
@@ -204,6 +204,9 @@ impl LocalAgents {
         ]
     }
 }
+
+/// What a failed load of `local_msg` is reported as.
+pub(super) const MSG_LOAD: &str = "local_msg: load";
 
 fn attach(what: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> KernelError {
     move |source| KernelError::Attach { what, source }

@@ -6,6 +6,7 @@
 //! - [`SpliceEvents`] turns kernel signals into per-connection wake-ups: a FIN, reset or error on
 //!   a spliced socket (epoll, `EPOLLRDHUP` only - never woken per received buffer), and
 //!   flow-control marks crossed in the verdict (ring buffer).
+mod btf;
 mod events;
 mod local;
 mod registry;
@@ -14,7 +15,7 @@ mod wakes;
 use std::sync::Arc;
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf, SockHash},
     programs::SkSkb,
 };
@@ -22,6 +23,7 @@ pub use events::{SpliceEvents, Wake, WatchGuard};
 pub use local::{LocalAgents, flow_key};
 pub use registry::{KernelTotals, SplicePair, SpliceRegistry};
 pub use wakes::Wakes;
+use proxy_common::KernelOffsets;
 
 /// Why the kernel data path is not available.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +56,8 @@ pub enum KernelError {
     },
     #[error("socket operation failed")]
     Socket(#[source] std::io::Error),
+    #[error("loading with the kernel's BTF offsets failed")]
+    Offsets(#[source] Box<KernelError>),
 }
 
 #[cfg(not(ebpf_skipped))]
@@ -80,7 +84,35 @@ impl Kernel {
         if EBPF_OBJECT.is_empty() {
             return Err(KernelError::NotBuilt);
         }
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(KernelError::Load)?;
+        let offsets = if local {
+            btf::kernel_offsets().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "kernel BTF offsets not found; same-host agents \
+                    that block in sendmsg take the TCP path when the upstream socket is full");
+                KernelOffsets::default()
+            })
+        } else {
+            KernelOffsets::default()
+        };
+        match Self::load_with(local, offsets) {
+            Err(KernelError::Offsets(e)) => {
+                tracing::warn!(error = %crate::daemon::error_chain(&e),
+                    "sk_msg program rejected with the kernel's BTF offsets; loading it without \
+                     them (same-host agents that block in sendmsg take the TCP path when the \
+                     upstream socket is full)");
+                Self::load_with(local, KernelOffsets::default())
+            }
+            other => other,
+        }
+    }
+
+    fn load_with(local: bool, offsets: KernelOffsets) -> Result<Self, KernelError> {
+        let mut ebpf = EbpfLoader::new()
+            .override_global(proxy_common::GLOBAL_SOCK_SOCKET, &offsets.sock_socket, true)
+            .override_global(proxy_common::GLOBAL_SOCK_SNDTIMEO, &offsets.sock_sndtimeo, true)
+            .override_global(proxy_common::GLOBAL_SOCKET_FILE, &offsets.socket_file, true)
+            .override_global(proxy_common::GLOBAL_FILE_FLAGS, &offsets.file_flags, true)
+            .load(EBPF_OBJECT)
+            .map_err(KernelError::Load)?;
         let socks: SockHash<MapData, u64> = take(&mut ebpf, proxy_common::SPLICE_SOCKS)?;
         let peers: SockHash<MapData, u64> = take(&mut ebpf, proxy_common::SPLICE_PEERS)?;
         let conns: HashMap<MapData, u64, proxy_common::SpliceSide> =
@@ -105,6 +137,12 @@ impl Kernel {
         let local = if local {
             match LocalAgents::load(&mut ebpf) {
                 Ok(agents) => Some(agents),
+                Err(e @ KernelError::Attach {
+                    what: local::MSG_LOAD,
+                    ..
+                }) if offsets != KernelOffsets::default() => {
+                    return Err(KernelError::Offsets(Box::new(e)));
+                }
                 Err(e) => {
                     tracing::warn!(error = %crate::daemon::error_chain(&e),
                         "same-host agent path (sock_ops + sk_msg) unavailable; \
