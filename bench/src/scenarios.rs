@@ -427,7 +427,7 @@ fn tool_run(
 fn hey_args(target: SocketAddr, tls_name: Option<&str>, body: &Path) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "-n".into(),
-        std::env::var("BENCH_DK_N").unwrap_or_else(|_| DATAKIT_REQUESTS.to_string()),
+        DATAKIT_REQUESTS.to_string(),
         "-c".into(),
         DATAKIT_CLIENTS.to_string(),
         "-m".into(),
