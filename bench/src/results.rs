@@ -125,10 +125,7 @@ impl Metric {
     pub fn higher_is_better(self) -> bool {
         matches!(
             self,
-            Metric::Throughput
-                | Metric::KernelShare
-                | Metric::StraightShare
-                | Metric::Connections
+            Metric::Throughput | Metric::KernelShare | Metric::StraightShare | Metric::Connections
         )
     }
 }

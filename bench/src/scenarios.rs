@@ -232,16 +232,14 @@ impl Scenario {
                 KernelShare,
                 StraightShare,
             ],
-            Scenario::Bulk1 | Scenario::Bulk8 => {
-                &[
-                    Throughput,
-                    CpuPerGb,
-                    ProxyCpuPerGb,
-                    PeakRss,
-                    KernelShare,
-                    StraightShare,
-                ]
-            }
+            Scenario::Bulk1 | Scenario::Bulk8 => &[
+                Throughput,
+                CpuPerGb,
+                ProxyCpuPerGb,
+                PeakRss,
+                KernelShare,
+                StraightShare,
+            ],
         }
     }
 

@@ -101,7 +101,8 @@ impl Btf {
                 KIND_ARRAY => at += 12,
                 KIND_STRUCT | KIND_UNION => {
                     for _ in 0..vlen {
-                        let (m_name, m_type, m_off) = (u32_at(at)?, u32_at(at + 4)?, u32_at(at + 8)?);
+                        let (m_name, m_type, m_off) =
+                            (u32_at(at)?, u32_at(at + 4)?, u32_at(at + 8)?);
                         let bits = if kflag { m_off & 0xff_ffff } else { m_off };
                         ty.members.push((name(m_name), m_type, bits));
                         at += 12;
@@ -144,7 +145,8 @@ impl Btf {
             if name == member {
                 Some(*bits)
             } else if name.is_empty() {
-                self.find(*m_type, member, depth + 1).map(|inner| bits + inner)
+                self.find(*m_type, member, depth + 1)
+                    .map(|inner| bits + inner)
             } else {
                 None
             }
@@ -233,7 +235,10 @@ mod tests {
         assert_eq!(btf.offset("outer", "y"), Ok(8));
         assert_eq!(btf.offset("outer", "w"), Ok(16));
         assert_eq!(btf.offset("inner", "b"), Ok(4));
-        assert!(btf.offset("outer", "a").is_err(), "not through named members");
+        assert!(
+            btf.offset("outer", "a").is_err(),
+            "not through named members"
+        );
         assert!(btf.offset("nothing", "x").is_err());
     }
 

@@ -21,9 +21,9 @@ use aya::{
 };
 pub use events::{SpliceEvents, Wake, WatchGuard};
 pub use local::{LocalAgents, flow_key};
+use proxy_common::KernelOffsets;
 pub use registry::{KernelTotals, SplicePair, SpliceRegistry};
 pub use wakes::Wakes;
-use proxy_common::KernelOffsets;
 
 /// Why the kernel data path is not available.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +108,11 @@ impl Kernel {
     fn load_with(local: bool, offsets: KernelOffsets) -> Result<Self, KernelError> {
         let mut ebpf = EbpfLoader::new()
             .override_global(proxy_common::GLOBAL_SOCK_SOCKET, &offsets.sock_socket, true)
-            .override_global(proxy_common::GLOBAL_SOCK_SNDTIMEO, &offsets.sock_sndtimeo, true)
+            .override_global(
+                proxy_common::GLOBAL_SOCK_SNDTIMEO,
+                &offsets.sock_sndtimeo,
+                true,
+            )
             .override_global(proxy_common::GLOBAL_SOCKET_FILE, &offsets.socket_file, true)
             .override_global(proxy_common::GLOBAL_FILE_FLAGS, &offsets.file_flags, true)
             .load(EBPF_OBJECT)
@@ -137,10 +141,12 @@ impl Kernel {
         let local = if local {
             match LocalAgents::load(&mut ebpf) {
                 Ok(agents) => Some(agents),
-                Err(e @ KernelError::Attach {
-                    what: local::MSG_LOAD,
-                    ..
-                }) if offsets != KernelOffsets::default() => {
+                Err(
+                    e @ KernelError::Attach {
+                        what: local::MSG_LOAD,
+                        ..
+                    },
+                ) if offsets != KernelOffsets::default() => {
                     return Err(KernelError::Offsets(Box::new(e)));
                 }
                 Err(e) => {
