@@ -10,7 +10,9 @@ use agent_proxy_tests::checks::{
 use agent_proxy_tests::heavy::heavy;
 use agent_proxy_tests::netns::NetNs;
 use agent_proxy_tests::pattern::{Pattern, hex};
-use agent_proxy_tests::peers::{IO_TIMEOUT, V4, accept, connect, listen, send_pattern};
+use agent_proxy_tests::peers::{
+    IO_TIMEOUT, V4, accept, connect, linger_zero, listen, send_pattern,
+};
 use agent_proxy_tests::{DaemonConfig, Dataplane, TestEnv, run_scenario};
 use anyhow::{Context as _, ensure};
 use sha2::{Digest as _, Sha256};
@@ -359,26 +361,7 @@ fn blocking_sender_waits_for_the_upstream(dp: Dataplane) -> anyhow::Result<()> {
         let client = std::thread::spawn(move || -> anyhow::Result<Sent> {
             let mut c = std::net::TcpStream::connect(addr)?;
             c.set_read_timeout(Some(IO_TIMEOUT))?;
-            // Probe bytes first, each echoed, until one went straight: the daemon has then
-            // dialed, paired the sockets and opened the gate (usually the first probe takes the
-            // TCP path, before any of that). Then `g`, and the stream.
-            let (mut probes, deadline) = (0u64, std::time::Instant::now() + IO_TIMEOUT);
-            loop {
-                c.write_all(b"h")?;
-                probes += 1;
-                let mut echo = [0u8; 1];
-                c.read_exact(&mut echo)?;
-                let (_, body) = agent_proxy_tests::admin::http_get(admin, "/metrics")?;
-                if local_bytes(&agent_proxy_tests::metrics::Metrics::parse(&body)?) > 0 {
-                    break;
-                }
-                ensure!(
-                    std::time::Instant::now() < deadline,
-                    "no probe went straight in {IO_TIMEOUT:?}: the gate never opened"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            c.write_all(b"g")?;
+            let probes = open_the_gate(&mut c, admin)?;
             let started = std::time::Instant::now();
             let (mut pattern, mut hash) = (Pattern::new(SEED_UP), Sha256::new());
             let mut buf = vec![0u8; 128 * 1024];
@@ -402,15 +385,7 @@ fn blocking_sender_waits_for_the_upstream(dp: Dataplane) -> anyhow::Result<()> {
             })
         });
         let mut s = accept(&upstream).await?;
-        loop {
-            let mut byte = [0u8; 1];
-            timeout(IO_TIMEOUT, s.read_exact(&mut byte)).await??;
-            match &byte {
-                b"h" => s.write_all(b"k").await?,
-                b"g" => break,
-                other => anyhow::bail!("unexpected probe byte {other:?}"),
-            }
-        }
+        answer_the_probes(&mut s).await?;
         let (got, got_hash) = read_with_a_pause(&mut s).await?;
         drop(s);
         let Sent {
@@ -464,5 +439,133 @@ fn blocking_sender_waits_in_the_upstream_socket() {
         "blocking_sender_waits_for_the_upstream",
         Dataplane::Kernel,
         blocking_sender_waits_for_the_upstream,
+    );
+}
+
+/// The client side of the probes before a blocking sender's stream: one byte `h` at a time,
+/// each echoed, until one went straight (the daemon has then dialed, paired the sockets and
+/// opened the gate; usually the first probe takes the TCP path, before any of that), then `g`.
+/// Returns the number of probes.
+fn open_the_gate(c: &mut std::net::TcpStream, admin: std::net::SocketAddr) -> anyhow::Result<u64> {
+    use std::io::{Read as _, Write as _};
+    let (mut probes, deadline) = (0u64, std::time::Instant::now() + IO_TIMEOUT);
+    loop {
+        c.write_all(b"h")?;
+        probes += 1;
+        let mut echo = [0u8; 1];
+        c.read_exact(&mut echo)?;
+        let (_, body) = agent_proxy_tests::admin::http_get(admin, "/metrics")?;
+        if local_bytes(&agent_proxy_tests::metrics::Metrics::parse(&body)?) > 0 {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no probe went straight in {IO_TIMEOUT:?}: the gate never opened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.write_all(b"g")?;
+    Ok(probes)
+}
+
+/// The upstream side of [`open_the_gate`].
+async fn answer_the_probes(s: &mut tokio::net::TcpStream) -> anyhow::Result<()> {
+    loop {
+        let mut byte = [0u8; 1];
+        timeout(IO_TIMEOUT, s.read_exact(&mut byte)).await??;
+        match &byte {
+            b"h" => s.write_all(b"k").await?,
+            b"g" => return Ok(()),
+            other => anyhow::bail!("unexpected probe byte {other:?}"),
+        }
+    }
+}
+
+/// A blocking sender asleep in the upstream socket's send path (the intake stopped reading)
+/// must wake with an error when the intake resets, not sleep on: its connection ends promptly,
+/// the log says `upstream_reset`, and nothing of it stays in the maps.
+fn blocked_sender_sees_the_upstream_reset(dp: Dataplane) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let _heavy = heavy();
+    let netns = NetNs::new()?;
+    let ns = &netns;
+    ns.block_on(Duration::from_secs(60), move || async move {
+        let upstream = listen(V4).await?;
+        let env = TestEnv::start(ns, DaemonConfig::new(dp, vec![upstream.local_addr()?]))?;
+        let (addr, admin) = (env.daemon.config.listen, env.daemon.config.admin);
+        let client = std::thread::spawn(
+            move || -> anyhow::Result<(u64, std::io::Error, std::time::Instant)> {
+                let mut c = std::net::TcpStream::connect(addr)?;
+                c.set_read_timeout(Some(IO_TIMEOUT))?;
+                open_the_gate(&mut c, admin)?;
+                let mut pattern = Pattern::new(SEED_UP);
+                let mut buf = vec![0u8; 128 * 1024];
+                let mut sent = 0u64;
+                loop {
+                    pattern.fill(&mut buf);
+                    match c.write_all(&buf) {
+                        Ok(()) => sent += buf.len() as u64,
+                        Err(e) => return Ok((sent, e, std::time::Instant::now())),
+                    }
+                    ensure!(
+                        sent < 1 << 30,
+                        "1 GiB sent to an upstream that stopped reading"
+                    );
+                }
+            },
+        );
+        let mut s = accept(&upstream).await?;
+        answer_the_probes(&mut s).await?;
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..4 {
+            timeout(IO_TIMEOUT, s.read_exact(&mut buf)).await??;
+        }
+        // The intake stops reading; the sender fills the upstream socket and sleeps in it.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        linger_zero(&s)?;
+        // Taken before the reset: the sender may wake before this thread runs again.
+        let reset_at = std::time::Instant::now();
+        drop(s);
+        let (sent, error, failed_at) = tokio::task::spawn_blocking(move || client.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+        eprintln!(
+            "blocked sender [{dp}]: {sent} bytes, then {error} ({:?}) {:.2?} after the reset",
+            error.kind(),
+            failed_at.saturating_duration_since(reset_at)
+        );
+        ensure!(
+            failed_at >= reset_at,
+            "the sender failed before the upstream reset ({error}): it was not waiting"
+        );
+        ensure!(
+            failed_at - reset_at < Duration::from_secs(5),
+            "the sender was still asleep {:.2?} after the upstream reset",
+            failed_at - reset_at
+        );
+        let local = local_bytes(&env.daemon.metrics()?);
+        ensure!(
+            local > sent / 2,
+            "{LOCAL_BYTES} = {local} of {sent} bytes: the sender was not waiting in the \
+             upstream socket but on its TCP path"
+        );
+        let logs = env.daemon.wait_conn_logs(1, Duration::from_secs(5))?;
+        ensure!(logs.len() == 1, "{} log lines: {logs:?}", logs.len());
+        ensure!(
+            logs[0].end == "upstream_reset",
+            "log line says end={:?}, expected upstream_reset: {:?}",
+            logs[0].end,
+            logs[0]
+        );
+        env.finish()
+    })
+}
+
+#[test]
+fn blocked_sender_wakes_when_the_upstream_resets() {
+    run_scenario(
+        "blocked_sender_sees_the_upstream_reset",
+        Dataplane::Kernel,
+        blocked_sender_sees_the_upstream_reset,
     );
 }
