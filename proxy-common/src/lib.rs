@@ -223,12 +223,8 @@ pub struct LocalSend {
     pub messages: u64,
     /// Messages left to the TCP path.
     pub tcp_messages: u64,
-    /// Of the messages sent straight, those sent past the room limit because the sender
-    /// blocks: it waits in the upstream socket for room, as it would in its own (see
-    /// [`KernelOffsets`]).
-    pub waited: u64,
 }
-const _: () = assert!(core::mem::size_of::<LocalSend>() == 48);
+const _: () = assert!(core::mem::size_of::<LocalSend>() == 40);
 
 /// Byte offsets of the kernel-structure fields `local_msg` reads to tell whether the sending
 /// socket blocks (its file has no `O_NONBLOCK` and the socket no send timeout). The daemon

@@ -247,8 +247,7 @@ pub fn local_msg(ctx: SkMsgContext) -> u32 {
     // upstream socket's send path until that socket has room (the agent's own send timeout
     // would not apply there, hence none allowed). A non-blocking one would get EAGAIN from a
     // socket it does not own and wait on its own, whose space never changes.
-    let waits = before + charge > gate.limit;
-    if waits && !sender_blocks(md) {
+    if before + charge > gate.limit && !sender_blocks(md) {
         return take_tcp_path(state, &gate, len);
     }
     if LOCAL_TARGETS.redirect_msg(&ctx, key, 0) != i64::from(SK_PASS) {
@@ -258,9 +257,6 @@ pub fn local_msg(ctx: SkMsgContext) -> u32 {
     state.redirected += len;
     state.charged = before + charge;
     state.messages += 1;
-    if waits {
-        state.waited += 1;
-    }
     count_route(gate.frontend, DIRECTION_UPSTREAM, len);
     if gate.frontend < MAX_FRONTENDS {
         if let Some(counters) = LOCAL_COUNTERS.get_ptr_mut(gate.frontend) {

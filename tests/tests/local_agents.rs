@@ -356,12 +356,7 @@ fn blocking_sender_waits_for_the_upstream(dp: Dataplane) -> anyhow::Result<()> {
     ns.block_on(Duration::from_secs(90), move || async move {
         let upstream = listen(V4).await?;
         let env = TestEnv::start(ns, DaemonConfig::new(dp, vec![upstream.local_addr()?]))?;
-        let (addr, admin) = (env.daemon.config.listen, env.daemon.config.admin);
-        // A thread of this one inherits its network namespace.
-        let client = std::thread::spawn(move || -> anyhow::Result<Sent> {
-            let mut c = std::net::TcpStream::connect(addr)?;
-            c.set_read_timeout(Some(IO_TIMEOUT))?;
-            let probes = open_the_gate(&mut c, admin)?;
+        let client = spawn_blocking_agent(&env, |c, probes| {
             let started = std::time::Instant::now();
             let (mut pattern, mut hash) = (Pattern::new(SEED_UP), Sha256::new());
             let mut buf = vec![0u8; 128 * 1024];
@@ -393,9 +388,7 @@ fn blocking_sender_waits_for_the_upstream(dp: Dataplane) -> anyhow::Result<()> {
             len: sent,
             hash: sent_hash,
             elapsed,
-        } = tokio::task::spawn_blocking(move || client.join())
-            .await?
-            .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+        } = join_agent(client).await?;
         ensure!(
             got == sent && got_hash == sent_hash,
             "upstream received {got} bytes sha256={got_hash}, client sent {sent} \
@@ -440,6 +433,31 @@ fn blocking_sender_waits_in_the_upstream_socket() {
         Dataplane::Kernel,
         blocking_sender_waits_for_the_upstream,
     );
+}
+
+/// A same-host agent with a plain blocking socket, on a thread of this one (which inherits its
+/// network namespace): it connects to the daemon, opens the gate with [`open_the_gate`], then
+/// runs `body` with the socket and the number of probes.
+fn spawn_blocking_agent<T: Send + 'static>(
+    env: &TestEnv,
+    body: impl FnOnce(&mut std::net::TcpStream, u64) -> anyhow::Result<T> + Send + 'static,
+) -> std::thread::JoinHandle<anyhow::Result<T>> {
+    let (addr, admin) = (env.daemon.config.listen, env.daemon.config.admin);
+    std::thread::spawn(move || {
+        let mut c = std::net::TcpStream::connect(addr)?;
+        c.set_read_timeout(Some(IO_TIMEOUT))?;
+        let probes = open_the_gate(&mut c, admin)?;
+        body(&mut c, probes)
+    })
+}
+
+/// The result of a [`spawn_blocking_agent`] thread, without blocking the runtime.
+async fn join_agent<T: Send + 'static>(
+    agent: std::thread::JoinHandle<anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(move || agent.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("agent thread panicked"))?
 }
 
 /// The client side of the probes before a blocking sender's stream: one byte `h` at a time,
@@ -492,28 +510,22 @@ fn blocked_sender_sees_the_upstream_reset(dp: Dataplane) -> anyhow::Result<()> {
     ns.block_on(Duration::from_secs(60), move || async move {
         let upstream = listen(V4).await?;
         let env = TestEnv::start(ns, DaemonConfig::new(dp, vec![upstream.local_addr()?]))?;
-        let (addr, admin) = (env.daemon.config.listen, env.daemon.config.admin);
-        let client = std::thread::spawn(
-            move || -> anyhow::Result<(u64, std::io::Error, std::time::Instant)> {
-                let mut c = std::net::TcpStream::connect(addr)?;
-                c.set_read_timeout(Some(IO_TIMEOUT))?;
-                open_the_gate(&mut c, admin)?;
-                let mut pattern = Pattern::new(SEED_UP);
-                let mut buf = vec![0u8; 128 * 1024];
-                let mut sent = 0u64;
-                loop {
-                    pattern.fill(&mut buf);
-                    match c.write_all(&buf) {
-                        Ok(()) => sent += buf.len() as u64,
-                        Err(e) => return Ok((sent, e, std::time::Instant::now())),
-                    }
-                    ensure!(
-                        sent < 1 << 30,
-                        "1 GiB sent to an upstream that stopped reading"
-                    );
+        let client = spawn_blocking_agent(&env, |c, _probes| {
+            let mut pattern = Pattern::new(SEED_UP);
+            let mut buf = vec![0u8; 128 * 1024];
+            let mut sent = 0u64;
+            loop {
+                pattern.fill(&mut buf);
+                match c.write_all(&buf) {
+                    Ok(()) => sent += buf.len() as u64,
+                    Err(e) => return Ok((sent, e, std::time::Instant::now())),
                 }
-            },
-        );
+                ensure!(
+                    sent < 1 << 30,
+                    "1 GiB sent to an upstream that stopped reading"
+                );
+            }
+        });
         let mut s = accept(&upstream).await?;
         answer_the_probes(&mut s).await?;
         let mut buf = vec![0u8; 1 << 20];
@@ -526,9 +538,7 @@ fn blocked_sender_sees_the_upstream_reset(dp: Dataplane) -> anyhow::Result<()> {
         // Taken before the reset: the sender may wake before this thread runs again.
         let reset_at = std::time::Instant::now();
         drop(s);
-        let (sent, error, failed_at) = tokio::task::spawn_blocking(move || client.join())
-            .await?
-            .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+        let (sent, error, failed_at) = join_agent(client).await?;
         eprintln!(
             "blocked sender [{dp}]: {sent} bytes, then {error} ({:?}) {:.2?} after the reset",
             error.kind(),

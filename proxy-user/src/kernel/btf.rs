@@ -254,7 +254,11 @@ mod tests {
     #[test]
     fn running_kernel() {
         if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-            eprintln!("no /sys/kernel/btf/vmlinux here: running_kernel checks nothing");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "no /sys/kernel/btf/vmlinux under CI: the kernel path needs it"
+            );
+            eprintln!("SKIPPED: no /sys/kernel/btf/vmlinux here, running_kernel checks nothing");
             return;
         }
         let offsets = kernel_offsets().unwrap();
