@@ -108,6 +108,9 @@ pub const EVENT_PASSING: u32 = 1;
 /// which closes the gate until userspace sees those bytes land; userspace should look at the
 /// gate. The cookie is [`LocalGate::cookie`].
 pub const EVENT_LOCAL: u32 = 2;
+/// [`SpliceEvent::kind`]: a passing direction took userspace's offer ([`SpliceLimit::resume`])
+/// and redirects again; userspace stops carrying it and keeps its bounds as after a mark.
+pub const EVENT_RESUMED: u32 = 3;
 
 /// `sk_msg` charges each message `len + len / LOCAL_CHARGE_DIV + LOCAL_CHARGE_MSG` against the
 /// gate, an upper bound of the upstream socket's send-queue memory that message takes (payload,
@@ -153,8 +156,24 @@ pub struct SpliceLimit {
     /// direction passes from then on ([`EVENT_PASSING`]). This caps what waits in the peer's
     /// redirect queue, which has no back-pressure of its own.
     pub limit: u64,
+    /// While the direction passes: userspace has read, and written to the peer, this many passed
+    /// bytes ([`SpliceSide::passed`]). A buffer that finds `passed` equal to it (nothing passed
+    /// waits anywhere) and fits under `limit` is redirected again ([`EVENT_RESUMED`]).
+    /// `u64::MAX`: no offer.
+    pub resume: u64,
 }
-const _: () = assert!(core::mem::size_of::<SpliceLimit>() == 16);
+const _: () = assert!(core::mem::size_of::<SpliceLimit>() == 24);
+
+impl SpliceLimit {
+    /// Bounds without an offer to resume.
+    pub const fn new(mark: u64, limit: u64) -> Self {
+        Self {
+            mark,
+            limit,
+            resume: u64::MAX,
+        }
+    }
+}
 
 /// Per-CPU totals for one frontend and direction.
 #[repr(C)]

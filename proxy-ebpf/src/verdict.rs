@@ -8,10 +8,10 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use proxy_common::{
-    EVENT_MARK, EVENT_PASSING, KERNEL_ERROR_BAD_ROUTE, KERNEL_ERROR_EVENT_LOST, KERNEL_ERROR_KINDS,
-    KERNEL_ERROR_NO_CONN, KERNEL_ERROR_NO_LIMIT, KERNEL_ERROR_NO_PEER, MAX_FRONTENDS,
-    MAX_SPLICED_SOCKETS, RouteCounters, SPLICE_EVENTS_BYTES, SpliceEvent, SpliceLimit, SpliceSide,
-    route_index,
+    EVENT_MARK, EVENT_PASSING, EVENT_RESUMED, KERNEL_ERROR_BAD_ROUTE, KERNEL_ERROR_EVENT_LOST,
+    KERNEL_ERROR_KINDS, KERNEL_ERROR_NO_CONN, KERNEL_ERROR_NO_LIMIT, KERNEL_ERROR_NO_PEER,
+    MAX_FRONTENDS, MAX_SPLICED_SOCKETS, RouteCounters, SPLICE_EVENTS_BYTES, SpliceEvent,
+    SpliceLimit, SpliceSide, route_index,
 };
 
 #[map(name = "SPLICE_SOCKS")]
@@ -75,19 +75,24 @@ fn try_splice_verdict(ctx: &SkBuffContext) -> u32 {
     let bounds = unsafe { SPLICE_LIMITS.get(&cookie) }.copied();
     let bounds = bounds.unwrap_or_else(|| {
         count_error(KERNEL_ERROR_NO_LIMIT);
-        SpliceLimit {
-            mark: u64::MAX,
-            limit: u64::MAX,
-        }
+        SpliceLimit::new(u64::MAX, u64::MAX)
     });
     let after = before + len;
+    let mut resumed = false;
     if passing != 0 {
-        // Sticky: bytes may wait in this socket's queue, and nothing may overtake them.
+        if passed != bounds.resume || after > bounds.limit {
+            // Bytes may wait in this socket's queue (or on their way into it), and nothing may
+            // overtake them.
+            // SAFETY: as above.
+            unsafe { (*side).passed = passed + len };
+            return ON_NOT_REDIRECTED;
+        }
+        // Userspace has read every passed byte and written it to the peer: nothing waits, so
+        // this buffer may go the kernel's way again, behind them in the peer's send queue.
         // SAFETY: as above.
-        unsafe { (*side).passed = passed + len };
-        return ON_NOT_REDIRECTED;
-    }
-    if after > bounds.limit {
+        unsafe { (*side).passing = 0 };
+        resumed = true;
+    } else if after > bounds.limit {
         start_passing(side, passed, len);
         post(cookie, before, EVENT_PASSING);
         return ON_NOT_REDIRECTED;
@@ -105,7 +110,9 @@ fn try_splice_verdict(ctx: &SkBuffContext) -> u32 {
         ((*side).frontend, (*side).direction)
     };
     count_route(frontend, direction, len);
-    if before < bounds.mark && after >= bounds.mark {
+    if resumed {
+        post(cookie, after, EVENT_RESUMED);
+    } else if before < bounds.mark && after >= bounds.mark {
         post(cookie, after, EVENT_MARK);
     }
     SK_PASS

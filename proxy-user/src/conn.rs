@@ -83,9 +83,11 @@ pub struct Outcome {
     pub copied_up: u64,
     /// Of `bytes_down`, those copied through userspace.
     pub copied_down: u64,
-    /// Directions of a kernel-path connection handed to userspace (flow control, or a client
-    /// that closed before its socket could join the map): 0, 1 or 2.
+    /// Times a direction of a kernel-path connection was handed to userspace (flow control, or a
+    /// client that closed before its socket could join the map).
     pub pauses: u32,
+    /// Times the verdict took a direction back from userspace once it had caught up.
+    pub resumes: u32,
     /// Of `bytes_up`, those a same-host agent sent straight into the upstream socket
     /// (sock_ops + sk_msg); the rest of the kernel path's bytes went through the splice.
     pub direct_up: u64,
@@ -102,6 +104,7 @@ impl Outcome {
             copied_up: 0,
             copied_down: 0,
             pauses: 0,
+            resumes: 0,
             direct_up: 0,
         }
     }

@@ -427,6 +427,7 @@ pub(crate) fn finish(
         userspace_up = outcome.copied_up,
         userspace_down = outcome.copied_down,
         pauses = outcome.pauses,
+        resumes = outcome.resumes,
         direct_up = outcome.direct_up,
         duration_ms = elapsed.as_micros() as f64 / 1000.0,
         end = outcome.end.as_str(),

@@ -168,6 +168,7 @@ fn outcome(
         copied_up: up,
         copied_down: down,
         pauses: 0,
+        resumes: 0,
         direct_up: 0,
     }
 }

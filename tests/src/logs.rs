@@ -26,6 +26,7 @@ pub struct ConnLog {
     pub userspace_down: u64,
     /// Directions of a kernel-path connection handed to userspace.
     pub pauses: u64,
+    pub resumes: u64,
     /// Of `bytes_up`, those a same-host agent sent straight into the upstream socket.
     pub direct_up: u64,
 }
@@ -88,6 +89,7 @@ pub fn conn_logs(text: &str) -> Vec<ConnLog> {
             userspace_up: number(f, "userspace_up").unwrap_or(u64::MAX),
             userspace_down: number(f, "userspace_down").unwrap_or(u64::MAX),
             pauses: number(f, "pauses").unwrap_or(u64::MAX),
+            resumes: number(f, "resumes").unwrap_or(u64::MAX),
             direct_up: number(f, "direct_up").unwrap_or(u64::MAX),
             end: string(f, "end"),
         })

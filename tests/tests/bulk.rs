@@ -80,8 +80,8 @@ fn bulk_1gib_each_way(dp: Dataplane) -> anyhow::Result<()> {
             }
         }
         eprintln!(
-            "bulk [{dp}]: copied in userspace {} up, {} down; flow-control pauses {}",
-            logs[0].userspace_up, logs[0].userspace_down, logs[0].pauses
+            "bulk [{dp}]: copied in userspace {} up, {} down; flow-control pauses {}, resumes {}",
+            logs[0].userspace_up, logs[0].userspace_down, logs[0].pauses, logs[0].resumes
         );
         assert_bytes(&env.daemon, dp, len, len, tail(&logs))?;
         env.finish()

@@ -31,6 +31,10 @@ impl Splice<'_> {
 
     /// Side `i` crossed its flow-control mark (or is due for another look).
     pub(super) fn on_mark(&mut self, i: usize) -> Step {
+        if self.sides[i].offer.is_some() {
+            // Also how a taken offer is reported (EVENT_RESUMED).
+            self.check_offer(i)?;
+        }
         let side = &self.sides[i];
         if side.tail || side.eof {
             self.sides[i].mark_recheck = false;
@@ -73,10 +77,7 @@ impl Splice<'_> {
     /// Bounds in redirected-count space that allow `window - backlog` more bytes in flight.
     fn bounds(window: u64, redirected: u64, backlog: u64) -> SpliceLimit {
         let room = window.saturating_sub(backlog);
-        SpliceLimit {
-            mark: redirected + room / 2,
-            limit: redirected + room,
-        }
+        SpliceLimit::new(redirected + room / 2, redirected + room)
     }
 
     /// The verdict reached side `i`'s limit: the rest of that direction goes through userspace.
@@ -97,6 +98,10 @@ impl Splice<'_> {
     /// drained (so the copied bytes come after the redirected ones), until end-of-stream.
     pub(super) fn copy_tail(&mut self, i: usize) -> Step {
         let p = 1 - i;
+        if self.sides[i].offer.is_some() {
+            // Nothing is read while the verdict may take the direction back.
+            return self.check_offer(i);
+        }
         if self.sides[i].carry.is_empty() && !self.sides[i].drained {
             // Nothing is redirected any more in this direction, so once the redirect queue is
             // seen empty it stays empty, and the copied bytes come after every redirected one.
@@ -128,11 +133,108 @@ impl Splice<'_> {
                     return self.forward_fin(i);
                 }
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                // Caught up: everything passed so far is in the peer's send queue.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return self.offer(i),
                 Err(e) => return Err(reset_end_at(i, "read", &e)),
             }
         }
     }
+
+    /// Side `i` is carried and caught up (every byte read was written, the socket's queue is
+    /// empty): offer the verdict to redirect again. It takes the offer with the next buffer if
+    /// by then it has passed nothing more than userspace carried, so that buffer queues behind
+    /// every carried byte. Until the outcome is known, nothing is read (see [`Self::check_offer`]).
+    fn offer(&mut self, i: usize) -> Step {
+        let side = &self.sides[i];
+        if !side.joined || side.eof || side.offer.is_some() || !side.carry.is_empty() {
+            return Ok(());
+        }
+        let now = self.progress(i)?;
+        let room = net::send_room(self.sides[1 - i].fd()).map_err(|e| reset_end(1 - i, &e))?;
+        let backlog = now.backlog();
+        let window = self.window.min(room / 2 + backlog);
+        if !now.passing || backlog > window / 2 {
+            // The peer is still busy with what it was given: carrying on costs nothing extra.
+            return Ok(());
+        }
+        let resume = self.sides[i].copied;
+        let bounds = SpliceLimit {
+            resume,
+            ..Self::bounds(window, now.redirected, backlog)
+        };
+        self.kernel
+            .registry
+            .set_limit(self.sides[i].cookie, bounds)
+            .map_err(internal)?;
+        self.sides[i].offer = Some(Offer {
+            redirected: now.redirected,
+            resume,
+            bounds,
+        });
+        Ok(())
+    }
+
+    /// What became of side `i`'s offer: taken (the kernel carries the direction again, or
+    /// already passes it anew, a new hand-over), overtaken (more bytes were passed first, so it
+    /// can never be taken: carry on), or still open. An open offer is withdrawn when the socket
+    /// shows something to read (end-of-stream, which no buffer will follow), since reading
+    /// while the verdict may still take the offer would let its next redirect overtake.
+    pub(super) fn check_offer(&mut self, i: usize) -> Step {
+        let Some(offer) = self.sides[i].offer else {
+            return Ok(());
+        };
+        let cookie = self.sides[i].cookie;
+        let counted = self.kernel.registry.side(cookie).map_err(internal)?;
+        if counted.bytes != offer.redirected {
+            return self.offer_taken(i, counted.passing != 0);
+        }
+        if counted.passed == offer.resume {
+            match net::peek(self.sides[i].fd()) {
+                Ok(net::Peek::Empty) => return Ok(()),
+                Ok(_) | Err(_) => {}
+            }
+        }
+        // Withdraw the offer, then look once more: the verdict may have taken it meanwhile.
+        let bounds = SpliceLimit {
+            resume: u64::MAX,
+            ..offer.bounds
+        };
+        self.kernel
+            .registry
+            .set_limit(cookie, bounds)
+            .map_err(internal)?;
+        let counted = self.kernel.registry.side(cookie).map_err(internal)?;
+        if counted.bytes != offer.redirected {
+            return self.offer_taken(i, counted.passing != 0);
+        }
+        self.sides[i].offer = None;
+        self.copy_tail(i)
+    }
+
+    fn offer_taken(&mut self, i: usize, passing_again: bool) -> Step {
+        tracing::trace!(side = i, passing_again, "direction back in the kernel");
+        let side = &mut self.sides[i];
+        side.offer = None;
+        // Whatever is redirected from now on must reach the peer before the next carried byte.
+        side.drained = false;
+        side.resumes += 1;
+        if passing_again {
+            side.pauses += 1;
+            return Ok(());
+        }
+        side.tail = false;
+        self.on_mark(i)
+    }
+}
+
+/// An offer to the verdict to redirect a carried direction again ([`SpliceLimit::resume`]).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Offer {
+    /// The verdict's redirected count when the offer was made: it moves once the offer is taken.
+    redirected: u64,
+    /// Bytes carried (all that was passed) when the offer was made.
+    resume: u64,
+    bounds: SpliceLimit,
 }
 
 /// The bytes of a carried direction between a read and the write that passes them on: one

@@ -110,6 +110,10 @@ struct Side {
     carry: flow::Carry,
     /// Bytes seen in the socket's own queue while the kernel should be carrying it: look again on the next tick.
     stray_rechecks: u32,
+    /// While carried: the verdict was offered to take the direction back (see `flow`).
+    offer: Option<flow::Offer>,
+    /// Times the verdict took this direction back from userspace.
+    resumes: u32,
 }
 
 impl Side {
@@ -204,10 +208,7 @@ pub async fn splice(
         upstream_cookie: sides[1].cookie,
         upstream_fd: fds[1],
         frontend: settings.frontend,
-        first_limit: SpliceLimit {
-            mark: settings.window / 2,
-            limit: settings.window,
-        },
+        first_limit: SpliceLimit::new(settings.window / 2, settings.window),
     };
     let wakes = Arc::new(Wakes::default());
     let watch = match kernel.events.watch(
@@ -276,6 +277,7 @@ pub async fn splice(
         copied_up: client.copied,
         copied_down: upstream.copied,
         pauses: client.pauses + upstream.pauses,
+        resumes: client.resumes + upstream.resumes,
         direct_up: local_up,
     })
 }
@@ -311,6 +313,8 @@ fn new_side(stream: StdStream, sndbuf: u32) -> io::Result<Side> {
         pauses: 0,
         carry: flow::Carry::default(),
         stray_rechecks: 0,
+        offer: None,
+        resumes: 0,
     })
 }
 
