@@ -4,7 +4,7 @@
 //! the upstream reads everything, which must be exactly what the client wrote.
 use std::time::{Duration, Instant};
 
-use agent_proxy_tests::checks::{CLOSED, assert_bytes, check_conn_log, tail};
+use agent_proxy_tests::checks::{CLOSED, assert_bytes, bytes, check_conn_log, tail};
 use agent_proxy_tests::heavy::heavy;
 use agent_proxy_tests::netns::NetNs;
 use agent_proxy_tests::pattern::{Pattern, hex};
@@ -164,4 +164,142 @@ fn slow_reader(dp: Dataplane) -> anyhow::Result<()> {
     })
 }
 
-dataplane_tests!(slow_reader);
+/// Phase 2 of `caught_up_direction_returns_to_the_kernel`: written in paced chunks, slowly
+/// enough that the upstream (now reading) never lets the redirect queue reach the window.
+const PHASE2: u64 = 16 * MIB;
+const PHASE2_CHUNK: usize = 64 * 1024;
+
+/// Writes `pattern` into `client` until `for_at_most` has passed or nothing was written for
+/// `stalled` (the reader's flow control closed the window). Returns the bytes written and the
+/// rest of the pattern chunk being written, which must come next (not yet hashed).
+async fn write_until_stalled(
+    client: &mut tokio::net::TcpStream,
+    pattern: &mut Pattern,
+    hash: &mut Sha256,
+    stalled: Duration,
+    for_at_most: Duration,
+) -> anyhow::Result<(u64, Vec<u8>)> {
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut off = chunk.len();
+    let mut written = 0u64;
+    let started = Instant::now();
+    let mut last_progress = Instant::now();
+    while started.elapsed() < for_at_most && last_progress.elapsed() < stalled {
+        if off == chunk.len() {
+            pattern.fill(&mut chunk);
+            off = 0;
+        }
+        // A timed-out write wrote nothing (tokio's write is one poll): `written` stays exact.
+        if let Ok(r) = timeout(Duration::from_millis(50), client.write(&chunk[off..])).await {
+            let n = r.context("client write")?;
+            hash.update(&chunk[off..off + n]);
+            off += n;
+            written += n as u64;
+            last_progress = Instant::now();
+        }
+    }
+    Ok((written, chunk.split_off(off)))
+}
+
+/// A direction handed to userspace because its reader stopped goes back to the kernel once
+/// userspace has carried the backlog: after the upstream has caught up, a paced second phase
+/// is carried entirely by the verdict (no userspace byte), the log line counts the hand-back,
+/// and the upstream reads exactly what the client wrote, in order.
+fn caught_up_direction_returns_to_the_kernel(dp: Dataplane) -> anyhow::Result<()> {
+    let _heavy = heavy();
+    let netns = NetNs::new()?;
+    let ns = &netns;
+    ns.block_on(Duration::from_secs(60), move || async move {
+        let upstream = listen(V4).await?;
+        let mut config = DaemonConfig::new(dp, vec![upstream.local_addr()?]);
+        config.kernel_window = Some(KERNEL_WINDOW);
+        config.kernel_sndbuf = Some(KERNEL_SNDBUF);
+        let env = TestEnv::start(ns, config)?;
+        let mut client = connect(env.daemon.config.listen).await?;
+        let mut up = accept(&upstream).await?;
+
+        // Phase 1: the upstream does not read until the client can write no more.
+        let mut pattern = Pattern::new(SEED);
+        let mut hash = Sha256::new();
+        let (mut phase1, rest) = write_until_stalled(
+            &mut client,
+            &mut pattern,
+            &mut hash,
+            Duration::from_millis(300),
+            Duration::from_secs(4),
+        )
+        .await?;
+        ensure!(
+            phase1 < WRITTEN_BOUND,
+            "the client wrote {phase1} bytes to a reader that reads nothing: no backpressure"
+        );
+        let reader =
+            tokio::spawn(async move { recv_checked(&mut up, WRITE_CAP, Some(SEED)).await });
+        timeout(IO_TIMEOUT, client.write_all(&rest))
+            .await
+            .context("finishing phase 1 stalled")??;
+        hash.update(&rest);
+        phase1 += rest.len() as u64;
+        // The upstream reads the backlog; the daemon carries it and catches up.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = env.daemon.metrics()?;
+
+        // Phase 2, paced.
+        let mut chunk = vec![0u8; PHASE2_CHUNK];
+        let mut phase2 = 0u64;
+        while phase2 < PHASE2 {
+            pattern.fill(&mut chunk);
+            timeout(IO_TIMEOUT, client.write_all(&chunk))
+                .await
+                .context("phase 2 write stalled")??;
+            hash.update(&chunk);
+            phase2 += chunk.len() as u64;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let total = phase1 + phase2;
+        let after = env.daemon.settle(Duration::from_secs(3), |m| {
+            bytes(m, Dataplane::Kernel, "upstream") + bytes(m, Dataplane::Userspace, "upstream")
+                == total
+        })?;
+        let delta = |path| bytes(&after, path, "upstream") - bytes(&before, path, "upstream");
+        let (kernel2, userspace2) = (delta(Dataplane::Kernel), delta(Dataplane::Userspace));
+        eprintln!(
+            "hand-back [{dp}]: phase 1 {phase1} bytes; phase 2 {phase2} bytes: {kernel2} by the \
+             kernel, {userspace2} in userspace"
+        );
+        if dp.is_kernel() {
+            ensure!(
+                kernel2 == phase2 && userspace2 == 0,
+                "phase 2 ({phase2} bytes, after userspace caught up) went {kernel2} through the \
+                 kernel and {userspace2} through userspace: the direction was not taken back"
+            );
+        }
+
+        timeout(IO_TIMEOUT, client.shutdown())
+            .await
+            .context("client shutdown stalled")??;
+        let (got, first_mismatch) = reader.await?.context("upstream reading")?;
+        let sent: [u8; 32] = hash.finalize().into();
+        ensure!(
+            got.len == total && got.hash == sent,
+            "upstream read {got:?}; the client wrote {total} bytes sha256={}; first differing \
+             byte at offset {first_mismatch:?}",
+            hex(&sent)
+        );
+        drop(client);
+        let logs = env.daemon.wait_conn_logs(1, Duration::from_secs(5))?;
+        ensure!(logs.len() == 1, "{} log lines: {logs:?}", logs.len());
+        check_conn_log(&logs[0], dp, total, 0, CLOSED)?;
+        if dp.is_kernel() {
+            ensure!(
+                logs[0].pauses >= 1 && logs[0].resumes >= 1 && logs[0].userspace_up > 0,
+                "a direction handed to userspace and taken back: {:?}",
+                logs[0]
+            );
+        }
+        assert_bytes(&env.daemon, dp, total, 0, tail(&logs))?;
+        env.finish()
+    })
+}
+
+dataplane_tests!(slow_reader, caught_up_direction_returns_to_the_kernel);
