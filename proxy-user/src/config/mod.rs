@@ -91,7 +91,7 @@ pub struct Global {
     /// full; 0 leaves the kernel default.
     pub kernel_sndbuf: u32,
     /// Bytes that may wait in the kernel's redirect queue per direction; past it the proxy
-    /// carries the rest of that direction in userspace. Bounds memory under a slow
+    /// carries that direction in userspace until it has caught up. Bounds memory under a slow
     /// reader. At least [`Global::MIN_KERNEL_WINDOW`].
     pub kernel_window: u64,
     /// Agents on this host that connect to a kernel-path frontend send straight into the

@@ -18,11 +18,11 @@
 //!   peer's send queue) and, while the peer keeps up, moves both forward. If the peer falls
 //!   behind, the verdict reaches the limit and from then on passes that direction's bytes to the
 //!   receiving socket's own queue - charged to its receive buffer, so TCP's window closes on the
-//!   sender - and the task carries the rest of that direction in userspace, after the redirect
-//!   queue has drained. No map entry changes while bytes flow: detaching a verdict from a socket
-//!   that is receiving can lose a buffer in the kernel. (Handing a direction back to the kernel
-//!   once userspace has caught up was tried; it reordered bytes in stress runs - see
-//!   docs/architecture.md - and is left out.)
+//!   sender - and the task carries that direction in userspace, after the redirect queue has
+//!   drained. Once it has caught up it offers the direction back (`SpliceLimit::resume`, see
+//!   `flow`), and reads nothing until it knows whether the verdict took it. No map entry changes
+//!   while bytes flow: detaching a verdict from a socket that is receiving can lose a buffer in
+//!   the kernel.
 //! - **Same-host agents** (`local`): when the client is an agent on this host whose socket the
 //!   `sock_ops` program took, its `sendmsg` can hand bytes straight to the upstream socket. The
 //!   task keeps that gate: open only once every byte the agent sent over TCP has reached the
@@ -93,9 +93,10 @@ struct Side {
     fin_forwarded: bool,
     /// The backlog was high at the last mark: look again on the next tick.
     mark_recheck: bool,
-    /// This direction is carried in userspace from now on: the verdict passes its bytes (flow
-    /// control), or the socket could not join `SPLICE_SOCKS` (it was no longer established).
-    /// The copy starts once the redirect queue has drained, so nothing is reordered.
+    /// This direction is carried in userspace: the verdict passes its bytes (flow control; until
+    /// it takes an offer back), or the socket could not join `SPLICE_SOCKS` (it was no longer
+    /// established; for good). The copy starts once the redirect queue has drained, so nothing
+    /// is reordered.
     tail: bool,
     /// In `SPLICE_SOCKS`. A socket that could not join stays in userspace for good.
     joined: bool,
