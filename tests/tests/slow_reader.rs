@@ -52,16 +52,21 @@ fn tcp_mem(pid: u32) -> anyhow::Result<u64> {
     Ok(pages * page)
 }
 
+/// The daemon of these tests: the window and send buffer the bounds above assume.
+fn config(dp: Dataplane, upstream: std::net::SocketAddr) -> DaemonConfig {
+    let mut config = DaemonConfig::new(dp, vec![upstream]);
+    config.kernel_window = Some(KERNEL_WINDOW);
+    config.kernel_sndbuf = Some(KERNEL_SNDBUF);
+    config
+}
+
 fn slow_reader(dp: Dataplane) -> anyhow::Result<()> {
     let _heavy = heavy();
     let netns = NetNs::new()?;
     let ns = &netns;
     ns.block_on(Duration::from_secs(60), move || async move {
         let upstream = listen(V4).await?;
-        let mut config = DaemonConfig::new(dp, vec![upstream.local_addr()?]);
-        config.kernel_window = Some(KERNEL_WINDOW);
-        config.kernel_sndbuf = Some(KERNEL_SNDBUF);
-        let env = TestEnv::start(ns, config)?;
+        let env = TestEnv::start(ns, config(dp, upstream.local_addr()?))?;
         let pid = env.daemon.pid();
         let mut client = connect(env.daemon.config.listen).await?;
         // The upstream accepts and then does not read.
@@ -70,32 +75,18 @@ fn slow_reader(dp: Dataplane) -> anyhow::Result<()> {
         let rss_before = env.daemon.rss_bytes()?;
         let tcp_before = tcp_mem(pid)?;
 
-        let mut pattern = Pattern::new(SEED);
-        let mut hash = Sha256::new();
-        let mut chunk = vec![0u8; 64 * 1024];
-        let mut off = chunk.len();
-        let mut written = 0u64;
+        let mut w = PatternWriter::new(SEED);
         let mut samples = Vec::new();
         let started = Instant::now();
         let mut next_sample = Duration::ZERO;
-        while started.elapsed() < WRITE_FOR && written < WRITE_CAP {
+        while started.elapsed() < WRITE_FOR && w.written < WRITE_CAP {
             if started.elapsed() >= next_sample {
-                samples.push((started.elapsed(), written));
+                samples.push((started.elapsed(), w.written));
                 next_sample += Duration::from_millis(250);
             }
-            if off == chunk.len() {
-                pattern.fill(&mut chunk);
-                off = 0;
-            }
-            // A timed-out write wrote nothing (tokio's write is one poll), so `written` and the
-            // hash stay exact.
-            if let Ok(r) = timeout(Duration::from_millis(50), client.write(&chunk[off..])).await {
-                let n = r.context("client write")?;
-                hash.update(&chunk[off..off + n]);
-                off += n;
-                written += n as u64;
-            }
+            w.write_once(&mut client).await?;
         }
+        let written = w.written;
         samples.push((started.elapsed(), written));
         let rss_after = env.daemon.rss_bytes()?;
         let tcp_after = tcp_mem(pid)?;
@@ -147,7 +138,7 @@ fn slow_reader(dp: Dataplane) -> anyhow::Result<()> {
             .await
             .context("client shutdown stalled")??;
         let (got, first_mismatch) = reader.await?.context("upstream reading the backlog")?;
-        let sent: [u8; 32] = hash.finalize().into();
+        let sent: [u8; 32] = w.hash.finalize().into();
         ensure!(
             got.len == written && got.hash == sent,
             "upstream read {:?}; the client wrote {written} bytes sha256={}; first differing \
@@ -167,38 +158,73 @@ fn slow_reader(dp: Dataplane) -> anyhow::Result<()> {
 /// Phase 2 of `caught_up_direction_returns_to_the_kernel`: written in paced chunks, slowly
 /// enough that the upstream (now reading) never lets the redirect queue reach the window.
 const PHASE2: u64 = 16 * MIB;
-const PHASE2_CHUNK: usize = 64 * 1024;
 
-/// Writes `pattern` into `client` until `for_at_most` has passed or nothing was written for
-/// `stalled` (the reader's flow control closed the window). Returns the bytes written and the
-/// rest of the pattern chunk being written, which must come next (not yet hashed).
-async fn write_until_stalled(
-    client: &mut tokio::net::TcpStream,
-    pattern: &mut Pattern,
-    hash: &mut Sha256,
-    stalled: Duration,
-    for_at_most: Duration,
-) -> anyhow::Result<(u64, Vec<u8>)> {
-    let mut chunk = vec![0u8; 64 * 1024];
-    let mut off = chunk.len();
-    let mut written = 0u64;
-    let started = Instant::now();
-    let mut last_progress = Instant::now();
-    while started.elapsed() < for_at_most && last_progress.elapsed() < stalled {
-        if off == chunk.len() {
-            pattern.fill(&mut chunk);
-            off = 0;
-        }
-        // A timed-out write wrote nothing (tokio's write is one poll): `written` stays exact.
-        if let Ok(r) = timeout(Duration::from_millis(50), client.write(&chunk[off..])).await {
-            let n = r.context("client write")?;
-            hash.update(&chunk[off..off + n]);
-            off += n;
-            written += n as u64;
-            last_progress = Instant::now();
+/// The client's side of these tests: a seeded pattern written in 64 KiB chunks, with the hash
+/// and count of exactly what was written.
+struct PatternWriter {
+    pattern: Pattern,
+    hash: Sha256,
+    chunk: Vec<u8>,
+    off: usize,
+    written: u64,
+}
+
+impl PatternWriter {
+    fn new(seed: u64) -> Self {
+        let chunk = vec![0u8; 64 * 1024];
+        Self {
+            pattern: Pattern::new(seed),
+            hash: Sha256::new(),
+            off: chunk.len(),
+            chunk,
+            written: 0,
         }
     }
-    Ok((written, chunk.split_off(off)))
+
+    /// One write of at most 50 ms; returns whether it wrote anything. A timed-out write wrote
+    /// nothing (tokio's write is one poll), so `written` and the hash stay exact.
+    async fn write_once(&mut self, client: &mut tokio::net::TcpStream) -> anyhow::Result<bool> {
+        if self.off == self.chunk.len() {
+            self.pattern.fill(&mut self.chunk);
+            self.off = 0;
+        }
+        let Ok(r) = timeout(
+            Duration::from_millis(50),
+            client.write(&self.chunk[self.off..]),
+        )
+        .await
+        else {
+            return Ok(false);
+        };
+        let n = r.context("client write")?;
+        self.hash.update(&self.chunk[self.off..self.off + n]);
+        self.off += n;
+        self.written += n as u64;
+        Ok(true)
+    }
+
+    /// Writes the rest of the current chunk and `more` whole chunks, `pause` apart.
+    async fn write_chunks(
+        &mut self,
+        client: &mut tokio::net::TcpStream,
+        more: u64,
+        pause: Duration,
+    ) -> anyhow::Result<()> {
+        for _ in 0..=more {
+            if self.off == self.chunk.len() {
+                self.pattern.fill(&mut self.chunk);
+                self.off = 0;
+            }
+            timeout(IO_TIMEOUT, client.write_all(&self.chunk[self.off..]))
+                .await
+                .context("client write stalled")??;
+            self.hash.update(&self.chunk[self.off..]);
+            self.written += (self.chunk.len() - self.off) as u64;
+            self.off = self.chunk.len();
+            tokio::time::sleep(pause).await;
+        }
+        Ok(())
+    }
 }
 
 /// A direction handed to userspace because its reader stopped goes back to the kernel once
@@ -211,51 +237,42 @@ fn caught_up_direction_returns_to_the_kernel(dp: Dataplane) -> anyhow::Result<()
     let ns = &netns;
     ns.block_on(Duration::from_secs(60), move || async move {
         let upstream = listen(V4).await?;
-        let mut config = DaemonConfig::new(dp, vec![upstream.local_addr()?]);
-        config.kernel_window = Some(KERNEL_WINDOW);
-        config.kernel_sndbuf = Some(KERNEL_SNDBUF);
-        let env = TestEnv::start(ns, config)?;
+        let env = TestEnv::start(ns, config(dp, upstream.local_addr()?))?;
         let mut client = connect(env.daemon.config.listen).await?;
         let mut up = accept(&upstream).await?;
 
         // Phase 1: the upstream does not read until the client can write no more.
-        let mut pattern = Pattern::new(SEED);
-        let mut hash = Sha256::new();
-        let (mut phase1, rest) = write_until_stalled(
-            &mut client,
-            &mut pattern,
-            &mut hash,
-            Duration::from_millis(300),
-            Duration::from_secs(4),
-        )
-        .await?;
+        let mut w = PatternWriter::new(SEED);
+        let started = Instant::now();
+        let mut last_progress = Instant::now();
+        while started.elapsed() < WRITE_FOR && last_progress.elapsed() < Duration::from_millis(300)
+        {
+            if w.write_once(&mut client).await? {
+                last_progress = Instant::now();
+            }
+        }
         ensure!(
-            phase1 < WRITTEN_BOUND,
-            "the client wrote {phase1} bytes to a reader that reads nothing: no backpressure"
+            w.written < WRITTEN_BOUND,
+            "the client wrote {} bytes to a reader that reads nothing: no backpressure",
+            w.written
         );
         let reader =
             tokio::spawn(async move { recv_checked(&mut up, WRITE_CAP, Some(SEED)).await });
-        timeout(IO_TIMEOUT, client.write_all(&rest))
-            .await
-            .context("finishing phase 1 stalled")??;
-        hash.update(&rest);
-        phase1 += rest.len() as u64;
+        // The pattern continues where phase 1 stopped: the rest of its chunk goes first.
+        w.write_chunks(&mut client, 0, Duration::ZERO).await?;
+        let phase1 = w.written;
         // The upstream reads the backlog; the daemon carries it and catches up.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let before = env.daemon.metrics()?;
 
         // Phase 2, paced.
-        let mut chunk = vec![0u8; PHASE2_CHUNK];
-        let mut phase2 = 0u64;
-        while phase2 < PHASE2 {
-            pattern.fill(&mut chunk);
-            timeout(IO_TIMEOUT, client.write_all(&chunk))
-                .await
-                .context("phase 2 write stalled")??;
-            hash.update(&chunk);
-            phase2 += chunk.len() as u64;
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        w.write_chunks(
+            &mut client,
+            PHASE2 / w.chunk.len() as u64 - 1,
+            Duration::from_millis(2),
+        )
+        .await?;
+        let phase2 = w.written - phase1;
         let total = phase1 + phase2;
         let after = env.daemon.settle(Duration::from_secs(3), |m| {
             bytes(m, Dataplane::Kernel, "upstream") + bytes(m, Dataplane::Userspace, "upstream")
@@ -279,7 +296,7 @@ fn caught_up_direction_returns_to_the_kernel(dp: Dataplane) -> anyhow::Result<()
             .await
             .context("client shutdown stalled")??;
         let (got, first_mismatch) = reader.await?.context("upstream reading")?;
-        let sent: [u8; 32] = hash.finalize().into();
+        let sent: [u8; 32] = w.hash.finalize().into();
         ensure!(
             got.len == total && got.hash == sent,
             "upstream read {got:?}; the client wrote {total} bytes sha256={}; first differing \

@@ -153,8 +153,10 @@ impl Splice<'_> {
         let room = net::send_room(self.sides[1 - i].fd()).map_err(|e| reset_end(1 - i, &e))?;
         let backlog = now.backlog();
         let window = self.window.min(room / 2 + backlog);
-        if !now.passing || backlog > window / 2 {
-            // The peer is still busy with what it was given: carrying on costs nothing extra.
+        if !now.passing || window.saturating_sub(backlog) < self.window / 4 {
+            // The peer's send buffer is still full of what it was given: the verdict would
+            // reach its limit again within a few buffers. Carrying on costs nothing extra, and
+            // the next read that finds the queue empty (every tick while carried) asks again.
             return Ok(());
         }
         let resume = self.sides[i].copied;
@@ -188,11 +190,10 @@ impl Splice<'_> {
         if counted.bytes != offer.redirected {
             return self.offer_taken(i, counted.passing != 0);
         }
-        if counted.passed == offer.resume {
-            match net::peek(self.sides[i].fd()) {
-                Ok(net::Peek::Empty) => return Ok(()),
-                Ok(_) | Err(_) => {}
-            }
+        if counted.passed == offer.resume
+            && let Ok(net::Peek::Empty) = net::peek(self.sides[i].fd())
+        {
+            return Ok(());
         }
         // Withdraw the offer, then look once more: the verdict may have taken it meanwhile.
         let bounds = SpliceLimit {
