@@ -43,14 +43,7 @@ impl Splice<'_> {
         loop {
             let now = self.progress(i)?;
             let backlog = now.backlog();
-            // The redirect queue may also not hold more than half of what the peer's send
-            // buffer has room for: the kernel's redirect worker must never find that buffer
-            // full in the middle of a buffer. When it did (a slow reader on both sides of a
-            // bulk exchange), the worker's resumed partial send failed with EFAULT, which it
-            // reports as the peer socket's error, and the connection was reset (see
-            // docs/architecture.md, "Flow control").
-            let room = net::send_room(self.sides[1 - i].fd()).map_err(|e| reset_end(1 - i, &e))?;
-            let window = self.window.min(room / 2 + backlog);
+            let window = self.window_now(i, backlog)?;
             // The new limit leaves `window - backlog` of room, so the redirect queue never holds
             // more than `window` whatever the peer does. With little room left, moving the
             // bounds would only bring the next event closer: leave them, and either the peer
@@ -72,6 +65,19 @@ impl Splice<'_> {
                 return Ok(());
             }
         }
+    }
+
+    /// The window side `i`'s direction may have now, with `backlog` bytes in the redirect queue.
+    /// The redirect queue may not hold more than `kernel_window`, nor more than half of what
+    /// the peer's send buffer has room for: the kernel's redirect worker must never find that
+    /// buffer full in the middle of a buffer. When it did (a slow reader on both sides of a
+    /// bulk exchange), the worker's resumed partial send failed with EFAULT, which it reports as
+    /// the peer socket's error, and the connection was reset (see docs/architecture.md, "Flow
+    /// control").
+    fn window_now(&self, i: usize, backlog: u64) -> Result<u64, (End, String)> {
+        let p = 1 - i;
+        let room = net::send_room(self.sides[p].fd()).map_err(|e| reset_end(p, &e))?;
+        Ok(self.window.min(room / 2 + backlog))
     }
 
     /// Bounds in redirected-count space that allow `window - backlog` more bytes in flight.
@@ -145,23 +151,21 @@ impl Splice<'_> {
     /// by then it has passed nothing more than userspace carried, so that buffer queues behind
     /// every carried byte. Until the outcome is known, nothing is read (see [`Self::check_offer`]).
     fn offer(&mut self, i: usize) -> Step {
-        let side = &self.sides[i];
-        if !side.joined || side.eof || side.offer.is_some() || !side.carry.is_empty() {
+        // Called with the carry buffer empty and no offer open (see copy_tail).
+        if !self.sides[i].joined || self.sides[i].eof {
             return Ok(());
         }
         let now = self.progress(i)?;
-        let room = net::send_room(self.sides[1 - i].fd()).map_err(|e| reset_end(1 - i, &e))?;
         let backlog = now.backlog();
-        let window = self.window.min(room / 2 + backlog);
+        let window = self.window_now(i, backlog)?;
         if !now.passing || window.saturating_sub(backlog) < self.window / 4 {
             // The peer's send buffer is still full of what it was given: the verdict would
             // reach its limit again within a few buffers. Carrying on costs nothing extra, and
             // the next read that finds the queue empty (every tick while carried) asks again.
             return Ok(());
         }
-        let resume = self.sides[i].copied;
         let bounds = SpliceLimit {
-            resume,
+            resume: self.sides[i].copied,
             ..Self::bounds(window, now.redirected, backlog)
         };
         self.kernel
@@ -170,7 +174,6 @@ impl Splice<'_> {
             .map_err(internal)?;
         self.sides[i].offer = Some(Offer {
             redirected: now.redirected,
-            resume,
             bounds,
         });
         Ok(())
@@ -190,7 +193,7 @@ impl Splice<'_> {
         if counted.bytes != offer.redirected {
             return self.offer_taken(i, counted.passing != 0);
         }
-        if counted.passed == offer.resume
+        if counted.passed == offer.bounds.resume
             && let Ok(net::Peek::Empty) = net::peek(self.sides[i].fd())
         {
             return Ok(());
@@ -224,7 +227,10 @@ impl Splice<'_> {
             return Ok(());
         }
         side.tail = false;
-        self.on_mark(i)
+        // The offer's bounds hold as after a mark; `on_mark` (now, when it is the caller, or on
+        // the next tick) looks at them again.
+        side.mark_recheck = true;
+        Ok(())
     }
 }
 
@@ -233,8 +239,7 @@ impl Splice<'_> {
 pub(super) struct Offer {
     /// The verdict's redirected count when the offer was made: it moves once the offer is taken.
     redirected: u64,
-    /// Bytes carried (all that was passed) when the offer was made.
-    resume: u64,
+    /// The bounds written with it; `resume` is the bytes carried (all that was passed) then.
     bounds: SpliceLimit,
 }
 
