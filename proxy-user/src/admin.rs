@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | `GET /metrics` | 200, Prometheus text format 0.0.4 of [`Metrics`], after [`AdminState::refresh`] |
 //! | `GET /healthz` | 200 `ok` while the process serves this endpoint (liveness) |
-//! | `GET /readyz` | 200 `ready` once every listener is bound, 503 `not ready` before and while draining |
+//! | `GET /readyz` | 200 `ready` once every listener is bound and every backend server has an address; 503 `not ready` with the reasons otherwise (before start-up ends, while a name has never resolved, while draining) |
 //! | `GET /stats` | 200, a small JSON summary (see [`stats`]), after [`AdminState::refresh`] |
 //!
 //! `HEAD` is accepted wherever `GET` is; other methods get 405 with `Allow`, unknown paths 404.
@@ -51,6 +51,9 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Set true once every listener is bound; false again when draining starts.
     pub ready: Arc<AtomicBool>,
+    /// Why the daemon cannot serve every frontend yet, each reason a line (a backend server
+    /// whose name has no address known); empty when nothing is missing.
+    pub pending: Box<dyn Fn() -> Vec<String> + Send + Sync>,
     /// Called before /metrics and /stats are rendered, to pull the kernel's counters into `metrics`.
     ///
     /// Runs on the async runtime, so it must be quick (a few map reads), not block on I/O.
@@ -154,6 +157,26 @@ async fn serve_connection(
     }
 }
 
+/// 200 `ready`, or 503 `not ready` followed by one line per reason.
+fn readyz(state: &AdminState) -> Response<Full<Bytes>> {
+    if !state.ready.load(Ordering::Acquire) {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready\nstarting, or draining\n",
+        );
+    }
+    let pending = (state.pending)();
+    if pending.is_empty() {
+        return text(StatusCode::OK, "ready\n");
+    }
+    let mut body = String::from("not ready\n");
+    for reason in pending {
+        body.push_str(&reason);
+        body.push('\n');
+    }
+    respond(StatusCode::SERVICE_UNAVAILABLE, TEXT_CONTENT_TYPE, body)
+}
+
 /// Routes one request. Synchronous: every answer is computed from memory.
 fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
@@ -174,8 +197,7 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             respond(StatusCode::OK, METRICS_CONTENT_TYPE, state.metrics.render())
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        "/readyz" => readyz(state),
         // "/stats", the only route left.
         _ => {
             (state.refresh)();

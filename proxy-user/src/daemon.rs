@@ -15,7 +15,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     admin::{self, AdminState},
-    config::{Config, Dataplane, DnsTtl, FrontendMode},
+    config::{Config, Dataplane, DnsTtl, FrontendMode, LocalAgentsMode},
     connect::{self, ratelimit::RateLimiter},
     dns::{Dns, DnsError},
     kernel::{Kernel, KernelError, LocalAgents},
@@ -160,7 +160,7 @@ async fn reload_on_sighup(
 /// Loads the kernel path as `dataplane` asks. `auto` falls back to userspace and says why, once.
 pub fn load_kernel(
     dataplane: Dataplane,
-    local_agents: bool,
+    local_agents: LocalAgentsMode,
 ) -> Result<Option<Arc<Kernel>>, StartError> {
     match dataplane {
         Dataplane::Userspace => Ok(None),
@@ -349,9 +349,21 @@ pub async fn run(
             let refresh_metrics = Arc::clone(&metrics);
             let refresh_kernel = kernel.clone();
             let refresh_pools: Vec<Arc<Pool>> = pools.values().cloned().collect();
+            let mut pending_pools = refresh_pools.clone();
+            pending_pools.sort_by(|a, b| a.name.cmp(&b.name));
             let state = Arc::new(AdminState {
                 metrics: Arc::clone(&metrics),
                 ready: Arc::clone(&ready),
+                pending: Box::new(move || {
+                    pending_pools
+                        .iter()
+                        .flat_map(|pool| {
+                            pool.unresolved().into_iter().map(move |server| {
+                                format!("backend {}: no address known for {server} yet", pool.name)
+                            })
+                        })
+                        .collect()
+                }),
                 refresh: Box::new(move || {
                     if let Some(kernel) = &refresh_kernel {
                         mirror.refresh(kernel, &refresh_metrics, &names);

@@ -6,6 +6,7 @@
 //! [`relay`]. A [`connect`] frontend learns each connection's destination from an HTTP CONNECT
 //! request first. Both paths give the same semantics: nothing lost or reordered, half-close
 //! propagated per direction, resets propagated, bounded memory under a slow reader.
+pub mod address_class;
 pub mod admin;
 pub mod config;
 pub mod conn;

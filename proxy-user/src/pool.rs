@@ -332,6 +332,21 @@ impl Pool {
         Arc::clone(&self.view.read().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// The configured servers (`host:port`) that have no address known yet: a name whose
+    /// first resolution has not answered. `/readyz` is 503 while any backend has one.
+    pub fn unresolved(&self) -> Vec<String> {
+        self.groups
+            .iter()
+            .filter(|g| {
+                g.servers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty()
+            })
+            .map(|g| g.name.clone())
+            .collect()
+    }
+
     /// The current addresses.
     pub fn servers(&self) -> Vec<Arc<Server>> {
         self.view().servers.clone()

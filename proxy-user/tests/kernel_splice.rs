@@ -130,7 +130,8 @@ fn queued_bytes_and_half_close() {
             .build()
             .unwrap();
         rt.block_on(async {
-            let kernel = Kernel::load(false).expect("load eBPF");
+            let kernel =
+                Kernel::load(agent_proxy::config::LocalAgentsMode::Off).expect("load eBPF");
             let r = rig();
             let up = pattern(1, 300_000);
             let down = pattern(2, 200_000);
@@ -234,7 +235,7 @@ fn slow_reader_is_bounded_then_complete() {
             .build()
             .unwrap();
         rt.block_on(async {
-            let kernel = std::sync::Arc::new(Kernel::load(false).expect("load eBPF"));
+            let kernel = std::sync::Arc::new(Kernel::load(agent_proxy::config::LocalAgentsMode::Off).expect("load eBPF"));
             let r = rig();
             let settings = SpliceSettings {
                 frontend: 0,

@@ -7,8 +7,10 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dataplane {
     /// eBPF sockmap splice; the daemon must fail to start if it cannot load. The test clients
-    /// run on the daemon's host, so with the daemon's defaults their sends go straight into
-    /// the upstream socket (sock_ops + sk_msg) once the gate opens.
+    /// run on the daemon's host, and `local_agents = "always"` sends their bytes straight into
+    /// the upstream socket (sock_ops + sk_msg) once the gate opens, whatever the kernel's
+    /// FIONREAD self-test says (the default, which the test of that self-test covers, keeps
+    /// them on the splice on a kernel that misreports).
     Kernel,
     /// The kernel path as agents on other hosts get it: `local_agents = false`, so every byte
     /// of the test clients goes through the splice verdict.
@@ -30,7 +32,8 @@ impl Dataplane {
     pub fn extra_global(self) -> &'static str {
         match self {
             Self::KernelRemote => "local_agents = false\n",
-            Self::Kernel | Self::Userspace => "",
+            Self::Kernel => "local_agents = \"always\"\n",
+            Self::Userspace => "",
         }
     }
 
@@ -84,6 +87,9 @@ pub struct DaemonConfig {
     /// Server entries as written in `servers = [...]` (hostnames, weights); when non-empty
     /// they replace `servers`.
     pub server_entries: Vec<String>,
+    /// Leave `local_agents` at the daemon's default rather than the variant's
+    /// ([`Dataplane::extra_global`]).
+    pub local_agents_default: bool,
     /// The whole file, when a scenario needs a layout the fields cannot express (several
     /// frontends, no backend). `listen` and `admin` must still be what it uses.
     pub toml_override: Option<String>,
@@ -109,6 +115,7 @@ impl DaemonConfig {
             frontend_extra: String::new(),
             backend_extra: String::new(),
             server_entries: Vec::new(),
+            local_agents_default: false,
             toml_override: None,
         }
     }
@@ -131,7 +138,9 @@ impl DaemonConfig {
         if let Some(b) = self.kernel_sndbuf {
             global += &format!("kernel_sndbuf = {b}\n");
         }
-        global += self.dataplane.extra_global();
+        if !self.local_agents_default {
+            global += self.dataplane.extra_global();
+        }
         global += &self.global_extra;
         let servers: Vec<String> = if self.server_entries.is_empty() {
             self.servers.iter().map(|s| format!("\"{s}\"")).collect()

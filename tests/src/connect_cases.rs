@@ -11,11 +11,14 @@ use crate::netns::NetNs;
 use crate::pattern::Pattern;
 use crate::peers::{V4, closed_port, listen};
 
-/// An address the tests give to `lo` and treat as a public destination (TEST-NET-2).
-pub const PUBLIC: &str = "198.51.100.10";
+/// An address the tests give to `lo` and treat as a public destination. It must be global
+/// unicast (the proxy refuses documentation ranges such as TEST-NET-2 like any other
+/// special-purpose address), so it is one of 11.0.0.0/8, which the test's own namespace
+/// keeps from ever reaching a real network.
+pub const PUBLIC: &str = "11.0.0.10";
 
 /// An address in the netns whose SYNs are dropped: connecting to it times out.
-pub const BLACKHOLE: &str = "198.51.100.99";
+pub const BLACKHOLE: &str = "11.0.0.99";
 
 /// One raw case: what is sent, and the status expected.
 pub struct Case {

@@ -77,6 +77,20 @@ pub struct Daemon {
 impl Daemon {
     /// Writes the config, starts the daemon in `ns` and waits (at most 20 s) for /readyz.
     pub fn start(ns: &NetNs, config: DaemonConfig) -> anyhow::Result<Self> {
+        Self::start_until(ns, config, |code| code == 200)
+    }
+
+    /// Like [`Daemon::start`], but only waits for the admin endpoint to answer `/readyz` at
+    /// all (200 or 503): for scenarios where the daemon is meant to start not ready.
+    pub fn start_answering(ns: &NetNs, config: DaemonConfig) -> anyhow::Result<Self> {
+        Self::start_until(ns, config, |code| code == 200 || code == 503)
+    }
+
+    fn start_until(
+        ns: &NetNs,
+        config: DaemonConfig,
+        answered: fn(u16) -> bool,
+    ) -> anyhow::Result<Self> {
         let bin = require_binary();
         let dir = std::env::temp_dir().join(format!("agent-proxy-test-{}", ns.name()));
         std::fs::create_dir_all(&dir)?;
@@ -111,7 +125,7 @@ impl Daemon {
             passed: false,
             scratch,
         };
-        daemon.wait_ready(Duration::from_secs(20))?;
+        daemon.wait_ready(Duration::from_secs(20), answered)?;
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"))?;
         if exe.file_name() != bin.file_name() {
             bail!(
@@ -122,7 +136,7 @@ impl Daemon {
         Ok(daemon)
     }
 
-    fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
+    fn wait_ready(&mut self, within: Duration, answered: fn(u16) -> bool) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
         let mut last;
         loop {
@@ -135,7 +149,7 @@ impl Daemon {
                 );
             }
             match self.get("/readyz") {
-                Ok((200, _)) => return Ok(()),
+                Ok((code, _)) if answered(code) => return Ok(()),
                 Ok((code, body)) => last = format!("HTTP {code}: {}", body.trim()),
                 Err(e) => last = format!("{e:#}"),
             }

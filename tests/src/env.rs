@@ -43,7 +43,16 @@ impl TestEnv {
     /// records the idle fd count.
     pub fn start(ns: &NetNs, config: DaemonConfig) -> anyhow::Result<Self> {
         raise_nofile(NOFILE, NOFILE_NEEDED)?;
-        let daemon = Daemon::start(ns, config)?;
+        Self::with(Daemon::start(ns, config)?)
+    }
+
+    /// Like [`TestEnv::start`] for a daemon meant to start not ready (`/readyz` 503).
+    pub fn start_answering(ns: &NetNs, config: DaemonConfig) -> anyhow::Result<Self> {
+        raise_nofile(NOFILE, NOFILE_NEEDED)?;
+        Self::with(Daemon::start_answering(ns, config)?)
+    }
+
+    fn with(daemon: Daemon) -> anyhow::Result<Self> {
         let m = daemon.metrics().context("first scrape")?;
         let dp = daemon.config.dataplane;
         let active = m.get("agent_proxy_dataplane", &[("path", dp.as_str())]);

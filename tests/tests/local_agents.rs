@@ -579,3 +579,196 @@ fn blocked_sender_wakes_when_the_upstream_resets() {
         blocked_sender_sees_the_upstream_reset,
     );
 }
+
+const READ_ROUNDS: usize = 300;
+
+/// Bytes readable on `fd` as `ioctl(FIONREAD)` reports them.
+fn fionread(fd: std::os::fd::RawFd) -> anyhow::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer.
+    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } != 0 {
+        anyhow::bail!("FIONREAD: {}", std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Whether `poll` says `fd` is readable now.
+fn poll_readable(fd: std::os::fd::RawFd) -> anyhow::Result<bool> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd, no wait.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    ensure!(n >= 0, "poll: {}", std::io::Error::last_os_error());
+    Ok(n == 1 && p.revents & libc::POLLIN != 0)
+}
+
+/// Waits for `EPOLLIN` on the edge-triggered `epoll`; the number of events.
+fn wait_edge(epoll: std::os::fd::RawFd, within: Duration) -> anyhow::Result<i32> {
+    let mut event = libc::epoll_event { events: 0, u64: 0 };
+    // SAFETY: room for one event.
+    let n = unsafe { libc::epoll_wait(epoll, &mut event, 1, within.as_millis() as i32) };
+    ensure!(n >= 0, "epoll_wait: {}", std::io::Error::last_os_error());
+    Ok(n)
+}
+
+/// The daemon's start-up self-test found this kernel misreporting FIONREAD for sockets in a
+/// sockmap (its log says so).
+fn says_fionread_misreported(env: &TestEnv) -> bool {
+    env.daemon.stderr_text().contains("reports FIONREAD 0")
+}
+
+/// A same-host agent's socket reports what it can read: after each answer, `ioctl(FIONREAD)`
+/// on it says how many bytes are queued (clients that size their reads by it - Java's
+/// `available()`, some C and Go libraries - otherwise read nothing), and an edge-triggered
+/// epoll wakes for every answer. Linux 6.18.14 and later return 0 from FIONREAD for a socket
+/// in a sockmap without a verdict program (issue 21), which a same-host agent's socket is while
+/// it has the direct path.
+///
+/// With the defaults (`always` false) the daemon must get this right on any kernel: on one
+/// that misreports, its self-test keeps same-host agents off the sockmap. With
+/// `local_agents = "always"` the agent socket is in the sockmap whatever the kernel does, so
+/// what FIONREAD reports there checks the self-test against the kernel: it must have said
+/// "misreports" exactly when FIONREAD read 0.
+fn agent_socket_reports_readable_bytes(always: bool) -> anyhow::Result<()> {
+    let netns = NetNs::new()?;
+    let ns = &netns;
+    ns.block_on(Duration::from_secs(60), move || async move {
+        use std::io::{Read as _, Write as _};
+        use std::os::fd::AsRawFd as _;
+        let upstream = listen(V4).await?;
+        let mut config = DaemonConfig::new(Dataplane::Kernel, vec![upstream.local_addr()?]);
+        config.local_agents_default = !always;
+        let env = TestEnv::start(ns, config)?;
+        let misreported = says_fionread_misreported(&env);
+        let server = tokio::spawn(async move {
+            let mut s = accept(&upstream).await?;
+            for i in 0..READ_ROUNDS {
+                let mut ask = [0u8; 1];
+                timeout(IO_TIMEOUT, s.read_exact(&mut ask)).await??;
+                let (_, down) = sizes(i);
+                s.write_all(&Pattern::bytes(i as u64, down)).await?;
+            }
+            anyhow::Ok(())
+        });
+        let proxy = env.daemon.config.listen;
+        let agent = tokio::task::spawn_blocking(move || {
+            let mut c = std::net::TcpStream::connect(proxy)?;
+            let fd = c.as_raw_fd();
+            // SAFETY: plain syscalls on fds this thread owns; closed below.
+            let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+            ensure!(epoll >= 0, "epoll_create1");
+            let mut event = libc::epoll_event {
+                events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+                u64: 1,
+            };
+            // SAFETY: registers a live fd.
+            ensure!(unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut event) } == 0);
+            let result = (|| {
+                c.set_nonblocking(true)?;
+                let (mut zero_fionread, mut missed_wakes) = (0, 0);
+                let mut buf = vec![0u8; 64 * 1024];
+                'rounds: for i in 0..READ_ROUNDS {
+                    let (_, down) = sizes(i);
+                    c.write_all(b"a")?;
+                    let mut got = Vec::with_capacity(down);
+                    while got.len() < down {
+                        if zero_fionread + missed_wakes >= 10 {
+                            // Enough to tell; a missed wake costs a second each.
+                            eprintln!("stopped in round {i} of {READ_ROUNDS}");
+                            break 'rounds;
+                        }
+                        // Everything readable was read: only a new arrival can make the
+                        // socket readable, and edge-triggered epoll must report it.
+                        let woke = wait_edge(epoll, Duration::from_secs(1))? > 0;
+                        let readable = poll_readable(fd)?;
+                        ensure!(woke || readable, "round {i}: no answer within 1 s");
+                        if !woke {
+                            missed_wakes += 1;
+                        }
+                        if readable && fionread(fd)? == 0 {
+                            zero_fionread += 1;
+                        }
+                        // Drain to EAGAIN, as an edge-triggered reader must.
+                        loop {
+                            match c.read(&mut buf) {
+                                Ok(0) => anyhow::bail!("round {i}: EOF"),
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
+                    }
+                    ensure!(
+                        got == Pattern::bytes(i as u64, down),
+                        "round {i}: wrong bytes"
+                    );
+                }
+                anyhow::Ok((zero_fionread, missed_wakes))
+            })();
+            // SAFETY: closes the epoll fd created above.
+            unsafe { libc::close(epoll) };
+            result
+        });
+        let (zero_fionread, missed_wakes) = agent.await??;
+        if zero_fionread + missed_wakes > 0 {
+            server.abort();
+        } else {
+            server.await??;
+        }
+        let m = env.daemon.metrics()?;
+        let direct = local_bytes(&m);
+        eprintln!(
+            "local_agents {}: self-test says FIONREAD {}; up to {READ_ROUNDS} answers: FIONREAD 0 \
+             while readable {zero_fionread} times, {missed_wakes} missed edge-triggered \
+             wake-ups; {direct} bytes went straight",
+            if always { "always" } else { "default" },
+            if misreported { "misreported" } else { "right" },
+        );
+        ensure!(
+            missed_wakes == 0,
+            "edge-triggered epoll missed {missed_wakes} wake-ups of the agent socket"
+        );
+        if always {
+            ensure!(
+                direct > 0,
+                "nothing went straight with local_agents = \"always\""
+            );
+            ensure!(
+                (zero_fionread > 0) == misreported,
+                "the self-test says FIONREAD is {}, the agent socket saw FIONREAD 0 with data \
+                 readable {zero_fionread} times",
+                if misreported { "misreported" } else { "right" }
+            );
+        } else {
+            ensure!(
+                zero_fionread == 0,
+                "with the defaults, the agent socket's FIONREAD said 0 with data readable \
+                 {zero_fionread} times (the test stops at 10)"
+            );
+            ensure!(
+                !misreported || direct == 0,
+                "the kernel misreports FIONREAD, yet {direct} bytes went straight by default"
+            );
+        }
+        env.finish()
+    })
+}
+
+#[test]
+fn agent_socket_reports_readable_bytes_to_fionread_and_epoll() {
+    run_scenario(
+        "agent_socket_reports_readable_bytes",
+        Dataplane::Kernel,
+        |_| agent_socket_reports_readable_bytes(false),
+    );
+}
+
+#[test]
+fn fionread_self_test_agrees_with_the_kernel() {
+    run_scenario("fionread_self_test", Dataplane::Kernel, |_| {
+        agent_socket_reports_readable_bytes(true)
+    });
+}

@@ -221,6 +221,59 @@ fn dns_follows(dp: Dataplane) -> anyhow::Result<()> {
 }
 
 #[test]
+fn readyz_waits_for_every_backend_address() {
+    run_scenario(
+        "readyz_waits_for_dns",
+        Dataplane::Kernel,
+        readyz_waits_for_dns,
+    );
+}
+
+/// A backend whose name does not resolve at start: the daemon starts, `/readyz` answers 503
+/// with the server it lacks, and 200 once DNS answers (without a restart); traffic then flows.
+fn readyz_waits_for_dns(dp: Dataplane) -> anyhow::Result<()> {
+    let netns = NetNs::new()?;
+    let ns = &netns;
+    let dns = Dnsmasq::start(ns, &[("other.test", ip("127.0.0.9"))], 1)?;
+    let dns_addr = dns.addr;
+    ns.block_on(Duration::from_secs(60), move || async move {
+        let a = Identity::start("127.0.0.2:8081".parse()?, "A").await?;
+        let mut config = DaemonConfig::new(dp, vec![]);
+        config.server_entries = vec!["\"intake.test:8081\"".into()];
+        config.global_extra = format!("nameservers = [\"{dns_addr}\"]\n");
+        config.backend_extra = "dns = { min_ttl = \"1s\", max_ttl = \"30s\" }\n".into();
+        let env = TestEnv::start_answering(ns, config)?;
+        let (code, body) = env.daemon.get("/readyz")?;
+        ensure!(
+            code == 503
+                && body.contains("not ready")
+                && body.contains("no address known for intake.test:8081"),
+            "/readyz with intake.test unresolved: {code} {body:?}"
+        );
+        dns.set(&[("intake.test", ip("127.0.0.2"))])?;
+        let set = Instant::now();
+        loop {
+            let (code, body) = env.daemon.get("/readyz")?;
+            if code == 200 {
+                ensure!(body == "ready\n", "/readyz 200 with {body:?}");
+                break;
+            }
+            ensure!(
+                set.elapsed() < Duration::from_secs(5),
+                "/readyz still {code} {body:?} {:?} after DNS answers (min_ttl 1s)",
+                set.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!("readyz: 200 {:?} after DNS answers", set.elapsed());
+        ensure!(whoami(env.daemon.config.listen).await? == "A");
+        drop(dns);
+        a.kill();
+        env.finish()
+    })
+}
+
+#[test]
 fn health_checks_take_servers_out_and_back() {
     run_scenario(
         "health_checks_take_servers_out_and_back",

@@ -18,6 +18,8 @@ struct Server {
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     refreshes: Arc<AtomicU64>,
+    /// What `pending` answers: the reasons `/readyz` gives.
+    pending: Arc<std::sync::Mutex<Vec<String>>>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -45,10 +47,15 @@ async fn start_with_timeout(header_read_timeout: Duration) -> Server {
                 .inc();
         })
     };
+    let pending = Arc::new(std::sync::Mutex::new(Vec::new()));
     let state = Arc::new(AdminState {
         metrics: Arc::clone(&metrics),
         ready: Arc::clone(&ready),
         refresh,
+        pending: {
+            let pending = Arc::clone(&pending);
+            Box::new(move || pending.lock().unwrap().clone())
+        },
     });
     let (stop, stopped) = oneshot::channel::<()>();
     let shutdown = async move {
@@ -65,6 +72,7 @@ async fn start_with_timeout(header_read_timeout: Duration) -> Server {
         metrics,
         ready,
         refreshes,
+        pending,
         stop: Some(stop),
         task,
     }
@@ -167,8 +175,22 @@ async fn healthz_answers_ok_without_refresh() {
 async fn readyz_follows_the_flag() {
     let server = start().await;
     let answer = get(server.addr, "/readyz").await;
-    assert_eq!((answer.status, answer.body.as_str()), (503, "not ready\n"));
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (503, "not ready\nstarting, or draining\n")
+    );
     server.ready.store(true, Ordering::Release);
+    let answer = get(server.addr, "/readyz").await;
+    assert_eq!((answer.status, answer.body.as_str()), (200, "ready\n"));
+    // A backend server without an address: 503 with the reason, 200 again once it has one.
+    let reason = "backend intake: no address known for intake.example:443 yet";
+    server.pending.lock().unwrap().push(reason.to_owned());
+    let answer = get(server.addr, "/readyz").await;
+    assert_eq!(
+        (answer.status, answer.body),
+        (503, format!("not ready\n{reason}\n"))
+    );
+    server.pending.lock().unwrap().clear();
     let answer = get(server.addr, "/readyz").await;
     assert_eq!((answer.status, answer.body.as_str()), (200, "ready\n"));
     // Draining clears the flag again.

@@ -13,11 +13,12 @@ use toml::Spanned;
 
 use super::raw::{
     Int, List, RawBackend, RawBackendTls, RawCertFiles, RawConfig, RawFrontend, RawFrontendTls,
-    RawGlobal, RawRateLimit,
+    RawGlobal, RawLocalAgents, RawRateLimit,
 };
 use super::{
     Backend, BackendTls, Balance, CertFiles, Config, ConnectMode, Dataplane, DestinationRule,
-    Frontend, FrontendMode, FrontendTls, Global, LogFormat, RateLimit, User, pool, value,
+    Frontend, FrontendMode, FrontendTls, Global, LocalAgentsMode, LogFormat, RateLimit, User, pool,
+    value,
 };
 
 /// Connection limits above this are refused: no fd limit allows that many sockets, and the
@@ -175,7 +176,14 @@ fn global(raw: RawGlobal) -> Result<Global> {
         global.kernel_window = int("kernel_window", spanned, min, i64::MAX)?;
     }
     if let Some(spanned) = &raw.local_agents {
-        global.local_agents = *spanned.get_ref();
+        global.local_agents = parse_at(spanned, |value| match value {
+            RawLocalAgents::Flag(true) => Ok(LocalAgentsMode::On),
+            RawLocalAgents::Flag(false) => Ok(LocalAgentsMode::Off),
+            RawLocalAgents::Word(word) if word == "always" => Ok(LocalAgentsMode::Always),
+            RawLocalAgents::Word(word) => Err(format!(
+                "invalid local_agents \"{word}\": expected true, false or \"always\""
+            )),
+        })?;
     }
     Ok(global)
 }

@@ -45,9 +45,23 @@ impl ConfigError {
             kind: Kind::Invalid {
                 line,
                 column,
-                message: message.into(),
+                message: escape_controls(&message.into()),
             },
         }
+    }
+
+    /// A file whose bytes are not UTF-8: positioned at the first byte that is not.
+    pub(super) fn not_utf8(origin: &str, bytes: &[u8], err: &std::str::Utf8Error) -> Self {
+        let good = err.valid_up_to();
+        // The prefix is valid UTF-8 by definition of `valid_up_to`.
+        let text = std::str::from_utf8(&bytes[..good]).unwrap_or_default();
+        let byte = bytes.get(good).copied().unwrap_or_default();
+        ConfigError::at(
+            origin,
+            text,
+            good,
+            format!("the file is not UTF-8 text (byte {byte:#04x}); save it as UTF-8"),
+        )
     }
 
     /// A syntax or type error found while deserializing.
@@ -102,6 +116,29 @@ impl fmt::Display for ConfigError {
 /// No `source()`: the io error is already part of the message, and returning it too would
 /// print it twice in an `anyhow` chain (`{:#}`).
 impl std::error::Error for ConfigError {}
+
+/// `message` with every control character (C0, C1, DEL) and every bidirectional-text control
+/// written as `\u{..}`: values quoted from the file must not move a terminal's cursor, change
+/// its colours or reorder what an operator reads.
+fn escape_controls(message: &str) -> String {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !message.chars().any(hidden) {
+        return message.to_owned();
+    }
+    message
+        .chars()
+        .map(|c| {
+            if hidden(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
 
 /// The 1-based line and column (in characters) of byte `offset` in `text`.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {

@@ -96,7 +96,20 @@ pub struct Global {
     pub kernel_window: u64,
     /// Agents on this host that connect to a kernel-path frontend send straight into the
     /// upstream socket (sock_ops + sk_msg on the cgroup v2 root), skipping the loopback leg.
-    pub local_agents: bool,
+    pub local_agents: LocalAgentsMode,
+}
+
+/// `global.local_agents`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalAgentsMode {
+    /// `false`: same-host agents use the splice like remote ones.
+    Off,
+    /// `true` (the default): the direct path, unless the kernel's self-test at start shows that
+    /// a socket in a sockmap misreports `ioctl(FIONREAD)` (Linux 6.18.14 and later stable
+    /// kernels): then same-host agents use the splice, and the log says why.
+    On,
+    /// `"always"`: the direct path even on such a kernel, where an agent's FIONREAD reads 0.
+    Always,
 }
 
 impl Global {
@@ -116,7 +129,7 @@ impl Default for Global {
             nameservers: Vec::new(),
             kernel_sndbuf: 8 * 1024 * 1024,
             kernel_window: 4 * 1024 * 1024,
-            local_agents: true,
+            local_agents: LocalAgentsMode::On,
         }
     }
 }
@@ -435,8 +448,17 @@ impl fmt::Display for Balance {
 /// Reads and parses the config file at `path`; errors name the path as given.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|err| ConfigError::read(&origin, err))?;
-    parse(&text, &origin)
+    let bytes = std::fs::read(path).map_err(|err| ConfigError::read(&origin, err))?;
+    parse_bytes(&bytes, &origin)
+}
+
+/// Parses the bytes of a config file: like [`parse`], after checking that they are UTF-8
+/// (the error then points at the first byte that is not).
+pub fn parse_bytes(bytes: &[u8], origin: &str) -> Result<Config, ConfigError> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse(text, origin),
+        Err(e) => Err(ConfigError::not_utf8(origin, bytes, &e)),
+    }
 }
 
 /// Parses config `text`; `origin` (usually the file name) starts every error message.

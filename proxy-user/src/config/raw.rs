@@ -36,7 +36,15 @@ pub(super) struct RawGlobal {
     pub nameservers: Option<Spanned<List<Spanned<String>>>>,
     pub kernel_sndbuf: Option<Spanned<Int>>,
     pub kernel_window: Option<Spanned<Int>>,
-    pub local_agents: Option<Spanned<bool>>,
+    pub local_agents: Option<Spanned<RawLocalAgents>>,
+}
+
+/// `local_agents = true | false | "always"`.
+#[derive(Debug, DeriveDeserialize)]
+#[serde(untagged, expecting = "true, false or \"always\"")]
+pub(super) enum RawLocalAgents {
+    Flag(bool),
+    Word(String),
 }
 
 #[derive(Debug, DeriveDeserialize)]

@@ -190,7 +190,7 @@ retries = 0
             ],
             kernel_sndbuf: 0,
             kernel_window: 65536,
-            local_agents: false,
+            local_agents: LocalAgentsMode::Off,
         }
     );
     assert_eq!(config.backends[0].balance, Balance::LeastConn);

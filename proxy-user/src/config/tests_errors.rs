@@ -144,7 +144,7 @@ fn bad_values_in_global() {
         ),
         (
             "local_agents = \"yes\"",
-            "t.toml:2:16: invalid type: string \"yes\", expected a boolean",
+            "t.toml:2:16: invalid local_agents \"yes\": expected true, false or \"always\"",
         ),
     ];
     for (global, expected) in cases {
@@ -451,4 +451,100 @@ fn bad_tls_settings() {
     for (body, expected) in backend_cases {
         assert_eq!(backend_err(body), expected, "for {body}");
     }
+}
+
+/// A config with duration key `key` set to `value`, everything else valid.
+fn with_duration(key: &str, value: &str) -> String {
+    let connect = |line: &str| {
+        format!(
+            "[[frontend]]\nname = \"c\"\nlisten = \"127.0.0.1:3\"\nmode = \"connect\"\n\
+             allow_destinations = [\"a.example:443\"]\n{line}\n"
+        )
+    };
+    let backend = |line: &str| {
+        format!(
+            "[[frontend]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nbackend = \"b\"\n\
+                 [[backend]]\nname = \"b\"\nservers = [\"127.0.0.1:2\"]\n{line}\n"
+        )
+    };
+    match key {
+        "drain_timeout" => format!(
+            "[global]\ndrain_timeout = \"{value}\"\n[[frontend]]\nname = \"a\"\n\
+             listen = \"127.0.0.1:1\"\nbackend = \"b\"\n{TAIL}"
+        ),
+        "connect_timeout" | "request_timeout" => connect(&format!("{key} = \"{value}\"")),
+        "rate_limit per" => connect(&format!(
+            "rate_limit = {{ connections = 1, per = \"{value}\" }}"
+        )),
+        "handshake_timeout" => format!(
+            "[[frontend]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nbackend = \"b\"\n\
+             tls = {{ cert = \"c.pem\", key = \"k.pem\", handshake_timeout = \"{value}\" }}\n{TAIL}"
+        ),
+        "interval" => backend(&format!("health_check = {{ interval = \"{value}\" }}")),
+        // The timeout may not exceed the interval: the longest interval.
+        "timeout" => backend(&format!(
+            "health_check = {{ interval = \"1h\", timeout = \"{value}\" }}"
+        )),
+        "backoff" => backend(&format!("passive = {{ backoff = \"{value}\" }}")),
+        "min_ttl" => backend(&format!(
+            "dns = {{ min_ttl = \"{value}\", max_ttl = \"24h\" }}"
+        )),
+        "max_ttl" => backend(&format!("dns = {{ max_ttl = \"{value}\" }}")),
+        other => panic!("duration key {other:?} has no case here: add one"),
+    }
+}
+
+/// Every duration key has a bound: the bound itself passes, one second more and the value that
+/// used to switch the timeouts off fail `check` with a position (issue 21).
+#[test]
+fn every_duration_key_has_an_upper_bound() {
+    for &(key, max) in value::DURATION_LIMITS {
+        let at_max = humantime::format_duration(max).to_string();
+        if let Err(e) = parse(&with_duration(key, &at_max), "t.toml") {
+            panic!("{key} = {at_max} is within the bound: {e}");
+        }
+        let over = format!("{}s", max.as_secs() + 1);
+        for value in [over.as_str(), "18446744073709551615s"] {
+            let e = err(&with_duration(key, value));
+            let (position, message) = e.split_at(e.find(": ").unwrap());
+            let mut parts = position.split(':');
+            assert_eq!(parts.next(), Some("t.toml"), "{e}");
+            assert!(parts.all(|n| n.parse::<usize>().is_ok()), "{e}");
+            let short_key = key.rsplit(' ').next().unwrap();
+            assert!(
+                message.contains(&format!("\"{value}\": at most {at_max}"))
+                    && message.contains(short_key),
+                "{key} = {value}: {e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_overflowing_duration_says_so() {
+    let e = global_err("drain_timeout = \"99999999999999999999999s\"");
+    assert!(e.starts_with("t.toml:2:17: invalid drain_timeout"), "{e}");
+    assert!(e.ends_with("the number is too large"), "{e}");
+}
+
+/// A file that is not UTF-8 gets the line and column of its first bad byte.
+#[test]
+fn non_utf8_text_is_positioned() {
+    let bytes = b"[global]\nadmin = \"127.0.0.1:9090\"\n# caf\xe9\n";
+    let e = super::parse_bytes(bytes, "t.toml").unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "t.toml:3:6: the file is not UTF-8 text (byte 0xe9); save it as UTF-8"
+    );
+}
+
+/// Control characters from the file never reach a terminal raw: escaped in every message.
+#[test]
+fn control_characters_are_escaped_in_messages() {
+    // TOML's own escapes put the raw characters in the value.
+    let e = global_err("drain_timeout = \"1\\u001b[31mred\\u0007\"");
+    assert!(!e.chars().any(char::is_control), "{e:?}");
+    assert!(e.contains("\\u{1b}[31mred\\u{7}"), "{e}");
+    let e = global_err("drain_timeout = \"x\u{202e}y\"");
+    assert!(e.contains("x\\u{202e}y"), "bidi override not escaped: {e}");
 }

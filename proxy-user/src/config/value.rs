@@ -57,11 +57,49 @@ pub(super) fn network(value: &str) -> Result<IpNet, String> {
     })
 }
 
-/// A humantime duration such as `30s`, `500ms` or `1m 30s`; `key` names it in the message.
+/// The largest value each duration key accepts. Past these a value is a mistake (or an attempt
+/// to turn a safeguard off): `"18446744073709551615s"` used to pass and made the timeouts
+/// never fire and SIGTERM wait forever. Documented in docs/configuration.md ("Durations").
+pub const DURATION_LIMITS: &[(&str, Duration)] = &[
+    ("drain_timeout", Duration::from_secs(3600)),
+    ("connect_timeout", Duration::from_secs(300)),
+    ("request_timeout", Duration::from_secs(300)),
+    ("handshake_timeout", Duration::from_secs(300)),
+    ("rate_limit per", Duration::from_secs(86_400)),
+    ("interval", Duration::from_secs(3600)),
+    ("timeout", Duration::from_secs(3600)),
+    ("backoff", Duration::from_secs(3600)),
+    ("min_ttl", Duration::from_secs(86_400)),
+    ("max_ttl", Duration::from_secs(86_400)),
+];
+
+/// The bound of `key` in [`DURATION_LIMITS`]; a key missing there is a bug, caught by the unit
+/// test that walks every duration key, and gets the strictest bound meanwhile.
+fn duration_limit(key: &str) -> Duration {
+    DURATION_LIMITS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map_or(Duration::from_secs(300), |(_, max)| *max)
+}
+
+/// A humantime duration such as `30s`, `500ms` or `1m 30s`, at most the key's bound in
+/// [`DURATION_LIMITS`]; `key` names it in the message.
 pub(super) fn duration(key: &str, value: &str) -> Result<Duration, String> {
-    humantime::parse_duration(value).map_err(|_| {
-        format!("invalid {key} \"{value}\": expected a duration such as \"5s\" or \"500ms\"")
-    })
+    let parsed = humantime::parse_duration(value).map_err(|e| {
+        let why = match e {
+            humantime::DurationError::NumberOverflow => "; the number is too large".to_owned(),
+            _ => String::new(),
+        };
+        format!("invalid {key} \"{value}\": expected a duration such as \"5s\" or \"500ms\"{why}")
+    })?;
+    let max = duration_limit(key);
+    if parsed > max {
+        return Err(format!(
+            "invalid {key} \"{value}\": at most {} (see \"Durations\" in docs/configuration.md)",
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(parsed)
 }
 
 /// A backend server: `HOST:PORT`, where HOST is an IPv4 address, `[IPv6]` or a hostname.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, Interest};
 use tokio::net::TcpStream;
 
-use super::request::{self, MAX_HEAD, Request, RequestError, Target, TargetHost};
+use super::request::{self, MAX_HEAD, Peeked, Request, RequestError, Step, Target, TargetHost};
 use crate::dns::Dns;
 
 /// How reading the head failed.
@@ -19,8 +19,9 @@ pub enum HeadError {
     Request(RequestError),
     /// Not complete within the request timeout: answered 408.
     Timeout,
-    /// The client closed or failed before sending a whole head: nothing to answer.
-    Gone(String),
+    /// The client closed (or, with `reset`, reset or failed) before sending a whole head:
+    /// nothing to answer.
+    Gone { reset: bool, detail: String },
 }
 
 /// Reads one request head from `client` and consumes exactly its bytes: whatever the client
@@ -30,35 +31,61 @@ pub enum HeadError {
 /// The head is read with `MSG_PEEK` until httparse reports it complete. A peek that finds no
 /// more bytes than the last one returns `WouldBlock` inside `try_io`, which clears tokio's
 /// readiness so that the next wait sleeps until the client sends more.
+///
+/// Tokio never clears a *closed* readiness (it is final), so once the client has sent its FIN
+/// every wait returns at once. A peek that then finds nothing new means the head can never be
+/// completed: the client is gone. Without that check this loop spun without ever returning
+/// `Pending`, so neither the request timeout nor any other task on its worker ran again
+/// (issue 21: one client that sent `C` and closed froze the daemon).
 pub async fn read_head(client: &mut TcpStream, within: Duration) -> Result<Request, HeadError> {
     let mut buf = vec![0u8; MAX_HEAD];
     let peeked = tokio::time::timeout(within, async {
         let mut seen = 0;
         loop {
-            client.readable().await.map_err(gone)?;
-            let got = match client.try_io(Interest::READABLE, || {
+            let ready = client.ready(Interest::READABLE).await.map_err(gone)?;
+            let closed = ready.is_read_closed();
+            let got = client.try_io(Interest::READABLE, || {
                 let n = peek(client, &mut buf)?;
-                if n == seen && n != 0 && n < buf.len() {
+                if n == seen && !closed && n != 0 && n < buf.len() {
                     return Err(io::ErrorKind::WouldBlock.into());
                 }
                 Ok(n)
-            }) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(gone(e)),
+            });
+            let peeked = match got {
+                Ok(n) => {
+                    seen = n;
+                    Peeked::Bytes {
+                        bytes: &buf[..n],
+                        // A peek of 0 bytes is end-of-stream.
+                        closed: closed || n == 0,
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Belt and braces: a wait that keeps returning at once must still let the
+                    // timeout and the other tasks of this worker run.
+                    tokio::task::consume_budget().await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "client failed during its request head");
+                    Peeked::Reset
+                }
             };
-            if got == 0 {
-                return Err(HeadError::Gone(if seen == 0 {
-                    "client closed without a request".into()
-                } else {
-                    "client closed in the middle of its request".into()
-                }));
-            }
-            seen = got;
-            match request::parse(&buf[..got]) {
-                Ok(Some(request)) => return Ok(request),
-                Ok(None) => {}
-                Err(e) => return Err(HeadError::Request(e)),
+            match request::step(peeked) {
+                Step::Complete(request) => return Ok(request),
+                Step::Refuse(e) => return Err(HeadError::Request(e)),
+                Step::Wait => {}
+                Step::Gone { reset, sent } => {
+                    let detail = match (reset, sent) {
+                        (true, _) => "client reset the connection during its request",
+                        (false, 0) => "client closed without a request",
+                        (false, _) => "client closed in the middle of its request",
+                    };
+                    return Err(HeadError::Gone {
+                        reset,
+                        detail: detail.into(),
+                    });
+                }
             }
         }
     })
@@ -115,7 +142,10 @@ pub async fn forward_early_bytes(
 }
 
 fn gone(e: io::Error) -> HeadError {
-    HeadError::Gone(format!("client: {e}"))
+    HeadError::Gone {
+        reset: true,
+        detail: format!("client: {e}"),
+    }
 }
 
 /// `recv(MSG_PEEK)` on a non-blocking socket.

@@ -35,11 +35,13 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
+use crate::address_class::Special;
 use crate::config::ConnectMode;
 use crate::conn::{End, Outcome, Path};
 use crate::dns::Dns;
 use crate::proxy::{Frontend, Route, Shared, carry, finish, finish_nothing};
 use handshake::HeadError;
+use policy::Judgement;
 use request::RequestError;
 
 /// What a connect frontend needs at run time, built once from its config.
@@ -139,20 +141,30 @@ struct Tunnel {
 
 /// A request that gets no tunnel.
 struct Refusal {
-    /// `None` when the client left before there was anything to answer.
-    status: Option<Status>,
+    /// `Err(end)` when the client left before there was anything to answer: how it left
+    /// (closed or reset).
+    status: Result<Status, End>,
     destination: String,
     detail: String,
+    /// Refused because every address was of this special-purpose class: counted in
+    /// `agent_proxy_frontend_rejected_total{reason="address_<class>"}`.
+    class: Option<Special>,
 }
 
 impl Refusal {
     fn new(status: Status, destination: &str, detail: impl Into<String>) -> Self {
         Self {
-            status: Some(status),
+            status: Ok(status),
             destination: destination.to_owned(),
             detail: detail.into(),
+            class: None,
         }
     }
+}
+
+/// The `reason` label of a destination refused for its address class.
+pub fn address_reason(class: Special) -> String {
+    format!("address_{class}")
 }
 
 /// How long a refusal's answer may take to write, and how long the client then gets to read
@@ -208,8 +220,15 @@ pub async fn run(
             finish(frontend, shared, peer, &route, path, &outcome, started);
         }
         Err(refusal) => {
+            if let Some(class) = refusal.class {
+                shared
+                    .metrics
+                    .frontend_rejected_total
+                    .with_label_values(&[frontend.name.as_str(), &address_reason(class)])
+                    .inc();
+            }
             let (end, code) = match refusal.status {
-                Some(status) => {
+                Ok(status) => {
                     let code = status.code().to_string();
                     count(&code);
                     let answer = status.response(&refusal.detail);
@@ -223,7 +242,7 @@ pub async fn run(
                     };
                     (end, code)
                 }
-                None => (End::ClientClose, "-".to_owned()),
+                Err(end) => (end, "-".to_owned()),
             };
             let route = Route {
                 server: "-",
@@ -273,10 +292,15 @@ async fn negotiate(
                     settings.request_timeout
                 ),
             ),
-            HeadError::Gone(detail) => Refusal {
-                status: None,
+            HeadError::Gone { reset, detail } => Refusal {
+                status: Err(if reset {
+                    End::ClientReset
+                } else {
+                    End::ClientClose
+                }),
                 destination: "-".into(),
                 detail,
+                class: None,
             },
         })?;
     let Some(target) = request.target else {
@@ -316,25 +340,34 @@ async fn negotiate(
             format!("cannot resolve {destination}: {e}"),
         )
     })?;
-    let admitted: Vec<SocketAddr> = addrs
-        .iter()
-        .copied()
-        .filter(|a| settings.policy.admits(*a))
-        .collect();
-    if admitted.is_empty() {
-        return Err(Refusal::new(
-            Status::Forbidden,
-            &destination,
-            format!(
-                "destination {destination} resolves to internal addresses only ({}); \
-                 name them in allow_destinations to allow them",
-                addrs
-                    .iter()
-                    .map(SocketAddr::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ));
+    let mut admitted = Vec::with_capacity(addrs.len());
+    let mut refused = Vec::new();
+    for &addr in &addrs {
+        match settings.policy.judge(addr) {
+            Judgement::Refused(why) => refused.push((addr, why)),
+            Judgement::Global | Judgement::Named(_) => admitted.push(addr),
+        }
+    }
+    if !refused.is_empty() {
+        let list = refused
+            .iter()
+            .map(|(addr, why)| format!("{} ({why})", addr.ip()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if admitted.is_empty() {
+            let mut refusal = Refusal::new(
+                Status::Forbidden,
+                &destination,
+                format!(
+                    "destination {destination} resolves only to addresses that are not global \
+                     unicast: {list}; name them in allow_destinations to allow them"
+                ),
+            );
+            refusal.class = Some(refused[0].1.class);
+            return Err(refusal);
+        }
+        tracing::debug!(%destination, refused = %list,
+            "addresses that are not global unicast left out of the answer");
     }
     let (upstream, server) = handshake::dial(&admitted, settings.connect_timeout)
         .await
@@ -351,9 +384,10 @@ async fn negotiate(
             )
         })?;
     let gone = |detail: String| Refusal {
-        status: None,
+        status: Err(End::ClientClose),
         destination: destination.clone(),
         detail,
+        class: None,
     };
     client
         .write_all(ESTABLISHED)

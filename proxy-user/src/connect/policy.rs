@@ -1,18 +1,27 @@
 //! Which destinations a CONNECT frontend may open: `allow_destinations`, checked twice.
 //!
 //! 1. The requested `host:port` must match a rule: `host:port` exactly, `.domain:port` for the
-//!    domain and every name under it, `[v6]:port` / `v4:port` for a literal. A port may be `*`,
-//!    but only when written so; there is no rule matching every host (that would be an open
-//!    proxy), and no rules means nothing is allowed.
-//! 2. The addresses the name resolves to must not be internal - loopback, link-local (the
-//!    cloud metadata service at 169.254.169.254 among them), private, shared (CGNAT),
-//!    unspecified, broadcast, multicast - unless a rule names that very address. Otherwise an
-//!    allowed name whose DNS an attacker controls could reach the proxy host's own services.
+//!    domain and every name under it, `[v6]:port` / `v4:port` for a literal, `v4/len:port` /
+//!    `[v6/len]:port` for a literal in a network. A port may be `*`, but only when written so;
+//!    there is no rule matching every host (that would be an open proxy), and no rules means
+//!    nothing is allowed.
+//! 2. Every address the proxy would dial - the literal, or each address the name resolves to -
+//!    must be global unicast ([`crate::address_class`]: loopback, private, link-local with the
+//!    cloud metadata service, CGNAT, documentation, benchmarking, reserved, multicast, and
+//!    every IPv6 form that embeds such an IPv4 address are not), unless a rule names that very
+//!    address or a network holding it. Otherwise an allowed name whose DNS an attacker
+//!    controls could reach the proxy host's own services. The addresses judged are the ones
+//!    dialed, by address: nothing is resolved again between the check and the connect.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ipnet::IpNet;
 
 use super::request::{Target, TargetHost};
+use crate::address_class::{self, Refused};
 
 /// One `allow_destinations` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +39,14 @@ enum RuleHost {
     Suffix(String),
     /// This literal address.
     Ip(IpAddr),
+    /// Any literal address in this network (IPv4-mapped IPv6 addresses are judged as IPv4).
+    Net(IpNet),
 }
+
+/// The shortest prefixes a network rule may have: a wider one is most of an address family,
+/// which is an open proxy on that port.
+const MIN_PREFIX_V4: u8 = 8;
+const MIN_PREFIX_V6: u8 = 16;
 
 impl DestinationRule {
     /// Parses an entry; the message is an operator's (it follows `FILE:LINE:COL:`).
@@ -47,6 +63,9 @@ impl DestinationRule {
                 "invalid destination \"{text}\": a rule matching every host would make an open \
                  proxy; list the hosts or domains agents may reach"
             ));
+        }
+        if host.contains('/') {
+            return Self::parse_net(text, host, port);
         }
         let (port, probe) = match port {
             "*" => (None, "1"),
@@ -65,6 +84,52 @@ impl DestinationRule {
         Ok(Self { host, port })
     }
 
+    /// `v4/len:port` or `[v6/len]:port`.
+    fn parse_net(text: &str, host: &str, port: &str) -> Result<Self, String> {
+        let expected = || {
+            format!(
+                "invalid destination \"{text}\": expected a network as ADDR/LEN:PORT or \
+                 [IPv6/LEN]:PORT (PORT may be *)"
+            )
+        };
+        let inner = match host.strip_prefix('[') {
+            Some(v6) => v6.strip_suffix(']').ok_or_else(expected)?,
+            None => host,
+        };
+        let net: IpNet = inner.parse().map_err(|_| expected())?;
+        if net.addr().is_ipv6() != host.starts_with('[') {
+            return Err(expected());
+        }
+        let min = if net.addr().is_ipv4() {
+            MIN_PREFIX_V4
+        } else {
+            MIN_PREFIX_V6
+        };
+        if net.prefix_len() < min {
+            return Err(format!(
+                "invalid destination \"{text}\": a network wider than /{min} is most of the \
+                 internet and would make an open proxy; name narrower networks"
+            ));
+        }
+        if net.trunc() != net {
+            return Err(format!(
+                "invalid destination \"{text}\": {net} has host bits set; did you mean {}?",
+                net.trunc()
+            ));
+        }
+        let port = match port {
+            "*" => None,
+            digits => match Target::parse(&format!("a:{digits}")) {
+                Ok(t) => Some(t.port),
+                Err(_) => return Err(expected()),
+            },
+        };
+        Ok(Self {
+            host: RuleHost::Net(net),
+            port,
+        })
+    }
+
     fn port_matches(&self, port: u16) -> bool {
         self.port.is_none_or(|p| p == port)
     }
@@ -74,7 +139,7 @@ impl DestinationRule {
             return false;
         }
         match (&self.host, &target.host) {
-            (RuleHost::Ip(rule), TargetHost::Ip(ip)) => *rule == ip.to_canonical(),
+            (RuleHost::Ip(_) | RuleHost::Net(_), TargetHost::Ip(ip)) => self.covers(*ip),
             (RuleHost::Exact(rule), TargetHost::Name { name, .. }) => rule == name,
             (RuleHost::Suffix(rule), TargetHost::Name { name, .. }) => {
                 name == rule
@@ -86,9 +151,18 @@ impl DestinationRule {
         }
     }
 
+    /// Whether this rule names `ip` (its literal, or a network holding it).
+    fn covers(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        match self.host {
+            RuleHost::Ip(rule) => rule == ip,
+            RuleHost::Net(net) => net.contains(&ip),
+            RuleHost::Exact(_) | RuleHost::Suffix(_) => false,
+        }
+    }
+
     fn names_address(&self, addr: SocketAddr) -> bool {
-        self.port_matches(addr.port())
-            && matches!(self.host, RuleHost::Ip(ip) if ip == addr.ip().to_canonical())
+        self.port_matches(addr.port()) && self.covers(addr.ip())
     }
 }
 
@@ -99,6 +173,8 @@ impl fmt::Display for DestinationRule {
             RuleHost::Suffix(name) => write!(f, ".{name}")?,
             RuleHost::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]")?,
             RuleHost::Ip(ip) => write!(f, "{ip}")?,
+            RuleHost::Net(net @ IpNet::V6(_)) => write!(f, "[{net}]")?,
+            RuleHost::Net(net) => write!(f, "{net}")?,
         }
         match self.port {
             Some(port) => write!(f, ":{port}"),
@@ -111,11 +187,32 @@ impl fmt::Display for DestinationRule {
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     rules: Vec<DestinationRule>,
+    /// Per rule: it has let a special-purpose address through, and the log has said so (once
+    /// per rule, so that a deliberately allowed internal intake does not log every connection).
+    overrode: Arc<[AtomicBool]>,
+}
+
+/// What check 2 says of one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judgement {
+    /// A global unicast address.
+    Global,
+    /// Not global, but a rule names it: dialed.
+    Named(Refused),
+    /// Not global and no rule names it: not dialed.
+    Refused(Refused),
+}
+
+impl Judgement {
+    pub fn dialable(self) -> bool {
+        !matches!(self, Judgement::Refused(_))
+    }
 }
 
 impl Policy {
     pub fn new(rules: Vec<DestinationRule>) -> Self {
-        Self { rules }
+        let overrode = rules.iter().map(|_| AtomicBool::new(false)).collect();
+        Self { rules, overrode }
     }
 
     /// Check 1: the requested destination matches a rule.
@@ -123,34 +220,24 @@ impl Policy {
         self.rules.iter().any(|rule| rule.matches(target))
     }
 
-    /// Check 2: a resolved address may be dialed.
-    pub fn admits(&self, addr: SocketAddr) -> bool {
-        !is_internal(addr.ip()) || self.rules.iter().any(|rule| rule.names_address(addr))
+    /// Check 2 for one address the proxy would dial.
+    pub fn judge(&self, addr: SocketAddr) -> Judgement {
+        let Err(refused) = address_class::classify(addr.ip()) else {
+            return Judgement::Global;
+        };
+        let Some(i) = self.rules.iter().position(|rule| rule.names_address(addr)) else {
+            return Judgement::Refused(refused);
+        };
+        if !self.overrode[i].swap(true, Ordering::Relaxed) {
+            tracing::info!(rule = %self.rules[i], %addr, class = %refused,
+                "a special-purpose address is allowed because a rule names it \
+                 (said once per rule)");
+        }
+        Judgement::Named(refused)
     }
-}
 
-/// Addresses that belong to the proxy host or its private networks rather than to the internet.
-pub fn is_internal(ip: IpAddr) -> bool {
-    match ip.to_canonical() {
-        IpAddr::V4(ip) => {
-            let shared = Ipv4Addr::new(100, 64, 0, 0); // 100.64.0.0/10, RFC 6598
-            let this_network = ip.octets()[0] == 0; // 0.0.0.0/8
-            ip.is_loopback()
-                || ip.is_private()
-                || ip.is_link_local()
-                || ip.is_unspecified()
-                || ip.is_broadcast()
-                || ip.is_multicast()
-                || this_network
-                || (u32::from(ip) & 0xffc0_0000) == u32::from(shared)
-        }
-        IpAddr::V6(ip) => {
-            let segments = ip.segments();
-            ip.is_loopback()
-                || ip.is_unspecified()
-                || ip.is_multicast()
-                || (segments[0] & 0xfe00) == 0xfc00 // unique local fc00::/7 (AWS's fd00:ec2::254 metadata too)
-                || (segments[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
-        }
+    /// Check 2 as a yes or no.
+    pub fn admits(&self, addr: SocketAddr) -> bool {
+        self.judge(addr).dialable()
     }
 }

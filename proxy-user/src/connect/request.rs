@@ -75,6 +75,53 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, RequestError> {
     }))
 }
 
+/// What a peek at the client's receive queue found: every peek sees the queue from its start,
+/// so `bytes` is everything the client has sent so far.
+#[derive(Debug, Clone, Copy)]
+pub enum Peeked<'a> {
+    /// The bytes queued; `closed` when the client's FIN has arrived (nothing more will come).
+    Bytes { bytes: &'a [u8], closed: bool },
+    /// The client reset the connection (or the socket failed).
+    Reset,
+}
+
+/// What the head reader does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// A complete head: consume exactly `head_len` bytes and go on.
+    Complete(Request),
+    /// A head that can only be refused (400, 431).
+    Refuse(RequestError),
+    /// Incomplete and the client can still send: wait for more bytes.
+    Wait,
+    /// The client closed before its head was complete (`reset`: or reset it). Never waited
+    /// for: a closed socket stays readable forever, so waiting would spin.
+    Gone { reset: bool, sent: usize },
+}
+
+/// The head reader's decision after one peek. The one property the daemon's liveness rests on:
+/// it answers [`Step::Wait`] only while the client can still send (the fuzz target checks it).
+pub fn step(peeked: Peeked<'_>) -> Step {
+    let (bytes, closed) = match peeked {
+        Peeked::Reset => {
+            return Step::Gone {
+                reset: true,
+                sent: 0,
+            };
+        }
+        Peeked::Bytes { bytes, closed } => (bytes, closed),
+    };
+    match parse(bytes) {
+        Ok(Some(request)) => Step::Complete(request),
+        Err(e) => Step::Refuse(e),
+        Ok(None) if closed => Step::Gone {
+            reset: false,
+            sent: bytes.len(),
+        },
+        Ok(None) => Step::Wait,
+    }
+}
+
 /// The destination of a CONNECT request: `host:port` (RFC 9110 section 9.3.6, authority-form).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {

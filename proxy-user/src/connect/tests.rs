@@ -1,10 +1,11 @@
 //! Request parsing, destination rules and answers, without sockets.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use super::Status;
-use super::policy::{DestinationRule, Policy, is_internal};
+use super::policy::{DestinationRule, Judgement, Policy};
 use super::request::{MAX_HEAD, Request, RequestError, Target, TargetHost, parse};
+use crate::address_class::Special;
 
 fn complete(text: &str) -> Request {
     match parse(text.as_bytes()) {
@@ -179,35 +180,103 @@ fn rules_that_would_open_the_proxy_are_refused() {
 }
 
 #[test]
-fn internal_addresses_need_a_rule_naming_them() {
-    for internal in [
-        "127.0.0.1",
-        "10.1.2.3",
-        "172.16.0.1",
-        "192.168.1.1",
-        "169.254.169.254",
-        "100.64.0.1",
-        "0.0.0.0",
-        "255.255.255.255",
-        "::1",
-        "::",
-        "fe80::1",
-        "fd00:ec2::254",
-        "::ffff:127.0.0.1",
-    ] {
-        let ip: IpAddr = internal.parse().unwrap();
-        assert!(is_internal(ip), "{internal} is internal");
-    }
-    for public in ["8.8.8.8", "198.51.100.10", "2001:4860:4860::8888"] {
-        assert!(!is_internal(public.parse().unwrap()), "{public} is public");
-    }
-    let p = policy(&["localhost:8080", "127.0.0.1:8080"]);
+fn special_addresses_need_a_rule_naming_them() {
     let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
-    assert!(p.admits(addr("127.0.0.1:8080")));
+    let any = policy(&["a.example:443"]);
+    for special in [
+        "127.0.0.1:443",
+        "10.1.2.3:443",
+        "169.254.169.254:443",
+        "100.64.0.1:443",
+        "0.0.0.0:443",
+        "240.0.0.1:443",
+        "198.18.0.1:443",
+        "192.0.0.1:443",
+        "198.51.100.10:443",
+        "[::1]:443",
+        "[::]:443",
+        "[::127.0.0.1]:443",
+        "[::ffff:127.0.0.1]:443",
+        "[64:ff9b::7f00:1]:443",
+        "[64:ff9b::a00:1]:443",
+        "[2001:0:4136:e378:8000:63bf:3fff:fdd2]:443",
+        "[fec0::1]:443",
+        "[fd00:ec2::254]:443",
+    ] {
+        assert!(
+            matches!(any.judge(addr(special)), Judgement::Refused(_)),
+            "{special} must be refused"
+        );
+    }
+    for global in [
+        "8.8.8.8:443",
+        "[2001:4860:4860::8888]:443",
+        "[64:ff9b::808:808]:443",
+    ] {
+        assert_eq!(any.judge(addr(global)), Judgement::Global, "{global}");
+    }
+    let p = policy(&[
+        "localhost:8080",
+        "127.0.0.1:8080",
+        "10.0.0.0/8:443",
+        "[fd00::/16]:*",
+    ]);
+    assert!(matches!(
+        p.judge(addr("127.0.0.1:8080")),
+        Judgement::Named(r) if r.class == Special::Loopback
+    ));
     assert!(!p.admits(addr("127.0.0.1:8081")));
     assert!(!p.admits(addr("[::1]:8080")));
+    assert!(p.admits(addr("10.200.0.1:443")));
+    assert!(
+        p.admits(addr("[::ffff:10.200.0.1]:443")),
+        "mapped form of a named network"
+    );
+    assert!(!p.admits(addr("10.200.0.1:80")));
+    assert!(p.admits(addr("[fd00::5]:22")));
+    assert!(!p.admits(addr("[fd01::5]:22")));
     assert!(!policy(&["localhost:8080"]).admits(addr("127.0.0.1:8080")));
-    assert!(policy(&["a.example:443"]).admits(addr("8.8.8.8:443")));
+}
+
+#[test]
+fn network_rules_match_literals_and_refuse_wide_networks() {
+    let p = policy(&["10.0.0.0/8:443", "[2001:db8::/32]:*"]);
+    assert!(p.allows(&target("10.1.2.3:443")));
+    assert!(p.allows(&target("[::ffff:10.1.2.3]:443")));
+    assert!(!p.allows(&target("11.1.2.3:443")));
+    assert!(!p.allows(&target("10.1.2.3:80")));
+    assert!(p.allows(&target("[2001:db8::1]:5")));
+    assert!(!p.allows(&target("intake.example:443")));
+    for bad in [
+        "0.0.0.0/0:443",
+        "10.0.0.0/7:443",
+        "[::/0]:443",
+        "[2000::/3]:*",
+        "10.0.0.1/8:443",
+        "10.0.0.0/8",
+        "[10.0.0.0/8]:443",
+        "fd00::/8:443",
+    ] {
+        assert!(
+            DestinationRule::parse(bad).is_err(),
+            "{bad:?} should be refused"
+        );
+    }
+    assert!(
+        DestinationRule::parse("0.0.0.0/0:443")
+            .unwrap_err()
+            .contains("open proxy")
+    );
+    assert_eq!(
+        DestinationRule::parse("[fd00::/16]:*").unwrap().to_string(),
+        "[fd00::/16]:*"
+    );
+    assert_eq!(
+        DestinationRule::parse("10.0.0.0/8:443")
+            .unwrap()
+            .to_string(),
+        "10.0.0.0/8:443"
+    );
 }
 
 #[test]
@@ -238,4 +307,93 @@ fn answers_are_complete_http_responses() {
             .response("x")
             .contains("\r\nAllow: CONNECT\r\n")
     );
+}
+
+/// Every strict prefix of a valid head: waited for while the client is open, never once it
+/// has closed or reset (issue 21).
+#[test]
+fn a_closed_client_is_never_waited_for() {
+    use super::request::{Peeked, Step, step};
+    let head = b"CONNECT intake.example.com:443 HTTP/1.1\r\nHost: intake.example.com:443\r\n\r\n";
+    for n in 0..head.len() {
+        let bytes = &head[..n];
+        assert_eq!(
+            step(Peeked::Bytes {
+                bytes,
+                closed: false
+            }),
+            Step::Wait,
+            "{n}"
+        );
+        assert_eq!(
+            step(Peeked::Bytes {
+                bytes,
+                closed: true
+            }),
+            Step::Gone {
+                reset: false,
+                sent: n
+            },
+            "{n}"
+        );
+    }
+    assert!(matches!(
+        step(Peeked::Bytes { bytes: head, closed: true }),
+        Step::Complete(r) if r.head_len == head.len()
+    ));
+    assert_eq!(
+        step(Peeked::Reset),
+        Step::Gone {
+            reset: true,
+            sent: 0
+        }
+    );
+}
+
+/// The head reader on real sockets, on a one-thread runtime as a worker of the daemon's is: a
+/// client that sends a prefix and closes (or resets) ends the read at once. Before the fix the
+/// read spun without yielding, so this thread never answered and the test failed at the
+/// deadline.
+#[test]
+fn the_head_reader_returns_when_the_client_leaves_mid_head() {
+    use super::handshake::{HeadError, read_head};
+    use std::io::Write as _;
+    use std::time::Duration;
+    let head = b"CONNECT a.example:443 HTTP/1.1\r\n";
+    for reset in [false, true] {
+        for n in [0, 1, 7, head.len()] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let got = rt.block_on(async {
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                    let addr = listener.local_addr().unwrap();
+                    let mut client = std::net::TcpStream::connect(addr).unwrap();
+                    let (mut server, _) = listener.accept().await.unwrap();
+                    client.write_all(&head[..n]).unwrap();
+                    if reset {
+                        socket2::SockRef::from(&client)
+                            .set_linger(Some(Duration::ZERO))
+                            .unwrap();
+                    }
+                    drop(client);
+                    read_head(&mut server, Duration::from_secs(60)).await
+                });
+                let _ = tx.send(got);
+            });
+            let got = rx
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap_or_else(|_| panic!("read_head stuck after {n} bytes (reset: {reset})"));
+            match got {
+                Err(HeadError::Gone { reset: r, .. }) => {
+                    // A reset can race the peek of the bytes before it; a FIN never reads as one.
+                    assert!(reset || !r, "{n} bytes then close read as a reset");
+                }
+                other => panic!("{n} bytes (reset: {reset}): {other:?}"),
+            }
+        }
+    }
 }

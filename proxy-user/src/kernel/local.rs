@@ -19,6 +19,8 @@ use aya::{
 };
 use proxy_common::{FlowKey, ListenKey, LocalGate, LocalSend, MAX_FRONTENDS, RouteCounters};
 
+use crate::config::LocalAgentsMode;
+
 use super::{
     KernelError,
     registry::{ignore_missing, map_err},
@@ -46,8 +48,8 @@ pub struct LocalAgents {
 impl LocalAgents {
     /// Takes the maps, attaches `local_msg` to `LOCAL_SOCKS` and `local_sock_ops` to the cgroup v2
     /// root (mounting cgroup2 under /run/agent-proxy if the host has no cgroup2 mount).
-    pub(super) fn load(ebpf: &mut Ebpf) -> Result<Self, KernelError> {
-        let maps = Maps {
+    pub(super) fn load(ebpf: &mut Ebpf, mode: LocalAgentsMode) -> Result<Self, KernelError> {
+        let mut maps = Maps {
             listeners: take(ebpf, proxy_common::LOCAL_LISTENERS)?,
             socks: take(ebpf, proxy_common::LOCAL_SOCKS)?,
             targets: take(ebpf, proxy_common::LOCAL_TARGETS)?,
@@ -59,6 +61,18 @@ impl LocalAgents {
         msg.load().map_err(attach(MSG_LOAD))?;
         msg.attach(maps.socks.fd())
             .map_err(attach("local_msg: attach to LOCAL_SOCKS"))?;
+        // Before any agent socket can join LOCAL_SOCKS: does this kernel still count what such
+        // a socket has queued (see `fionread`)?
+        match (super::fionread::counts_queued_bytes(&mut maps.socks), mode) {
+            (Ok(true), _) => {}
+            (Ok(false), LocalAgentsMode::Always) => tracing::warn!(
+                "this kernel reports FIONREAD 0 on sockets in a sockmap (Linux commit 929e30f9): \
+                 same-host agents get the direct path anyway (local_agents = \"always\"), and \
+                 their ioctl(FIONREAD) reads 0 while data is readable"
+            ),
+            (Ok(false), _) => return Err(KernelError::FionreadMisreported),
+            (Err(e), _) => return Err(KernelError::FionreadTest(e)),
+        }
 
         let cgroup = cgroup2_root().map_err(KernelError::Socket)?;
         let dir = fs::File::open(&cgroup).map_err(KernelError::Socket)?;

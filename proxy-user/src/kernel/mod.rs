@@ -8,6 +8,7 @@
 //!   flow-control marks crossed in the verdict (ring buffer).
 mod btf;
 mod events;
+mod fionread;
 mod local;
 mod registry;
 mod wakes;
@@ -22,6 +23,8 @@ use aya::{
 pub use events::{SpliceEvents, Wake, WatchGuard};
 pub use local::{LocalAgents, flow_key};
 use proxy_common::KernelOffsets;
+
+use crate::config::LocalAgentsMode;
 pub use registry::{KernelTotals, SplicePair, SpliceRegistry};
 pub use wakes::Wakes;
 
@@ -58,6 +61,14 @@ pub enum KernelError {
     Socket(#[source] std::io::Error),
     #[error("loading with the kernel's BTF offsets failed")]
     Offsets(#[source] Box<KernelError>),
+    #[error(
+        "this kernel reports FIONREAD 0 for sockets in a sockmap (Linux commit 929e30f9, in \
+         stable kernels since 6.18.14): same-host agents would see no readable bytes; \
+         local_agents = \"always\" turns the direct path on anyway"
+    )]
+    FionreadMisreported,
+    #[error("the FIONREAD self-test of sockmap sockets failed")]
+    FionreadTest(#[source] std::io::Error),
 }
 
 #[cfg(not(ebpf_skipped))]
@@ -80,7 +91,8 @@ impl Kernel {
     /// Loads the object, attaches the verdict to `SPLICE_SOCKS` and starts the event hub (which
     /// needs a tokio runtime). With `local`, also the same-host agent programs; if those cannot
     /// be attached the kernel path still loads, without them, and the reason is logged.
-    pub fn load(local: bool) -> Result<Self, KernelError> {
+    pub fn load(mode: LocalAgentsMode) -> Result<Self, KernelError> {
+        let local = mode != LocalAgentsMode::Off;
         if EBPF_OBJECT.is_empty() {
             return Err(KernelError::NotBuilt);
         }
@@ -93,19 +105,19 @@ impl Kernel {
         } else {
             KernelOffsets::default()
         };
-        match Self::load_with(local, offsets) {
+        match Self::load_with(mode, offsets) {
             Err(KernelError::Offsets(e)) => {
                 tracing::warn!(error = %crate::daemon::error_chain(&e),
                     "sk_msg program rejected with the kernel's BTF offsets; loading it without \
                      them (same-host agents that block in sendmsg take the TCP path when the \
                      upstream socket is full)");
-                Self::load_with(local, KernelOffsets::default())
+                Self::load_with(mode, KernelOffsets::default())
             }
             other => other,
         }
     }
 
-    fn load_with(local: bool, offsets: KernelOffsets) -> Result<Self, KernelError> {
+    fn load_with(mode: LocalAgentsMode, offsets: KernelOffsets) -> Result<Self, KernelError> {
         let mut ebpf = EbpfLoader::new()
             .override_global(proxy_common::GLOBAL_SOCK_SOCKET, &offsets.sock_socket, true)
             .override_global(
@@ -138,8 +150,8 @@ impl Kernel {
         program.load().map_err(KernelError::Program)?;
         program.attach(socks.fd()).map_err(KernelError::Program)?;
 
-        let local = if local {
-            match LocalAgents::load(&mut ebpf) {
+        let local = if mode != LocalAgentsMode::Off {
+            match LocalAgents::load(&mut ebpf, mode) {
                 Ok(agents) => Some(agents),
                 Err(
                     e @ KernelError::Attach {
