@@ -51,8 +51,9 @@ pub enum Row {
     /// HAProxy 2.6 `mode tcp` with `option splice-auto`.
     HaproxySplice,
     /// agent-proxy, `dataplane = "kernel"` (eBPF sockmap splice). The bench's clients run on
-    /// the proxy's host, so with the default `local_agents` their sends go straight into the
-    /// upstream socket (sock_ops + sk_msg).
+    /// the proxy's host, and `local_agents = "always"` sends their bytes straight into the
+    /// upstream socket (sock_ops + sk_msg) even on a kernel whose FIONREAD self-test fails,
+    /// where the default keeps them on the splice (the kernel-remote row's path).
     Kernel,
     /// agent-proxy, `dataplane = "kernel"` with `local_agents = false`: the path of agents on
     /// other hosts (every byte through the splice verdict).

@@ -2,7 +2,9 @@
 //! for every prefix of a valid CONNECT head (0, 1, ..., n-1 bytes), sent and then closed (FIN)
 //! or reset (RST), the daemon logs and counts the connection, releases its slot, and keeps
 //! answering `/healthz` within a second. Issue 21: one client that sent `C` and closed put the
-//! head reader into a loop that never yielded, and the whole daemon stopped answering.
+//! head reader into a loop that never yielded, and the whole daemon stopped answering. The
+//! other per-connection read before any byte is carried, a TLS frontend's handshake, gets the
+//! same treatment with every prefix of a real ClientHello.
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -11,8 +13,9 @@ use agent_proxy_tests::connect::{
     PASSWORD, USER, basic_auth, closed_lines, connect_config, connect_head, field,
 };
 use agent_proxy_tests::netns::NetNs;
-use agent_proxy_tests::peers::{connect, linger_zero};
-use agent_proxy_tests::{Dataplane, TestEnv, dataplane_tests};
+use agent_proxy_tests::peers::{V4, connect, linger_zero, listen};
+use agent_proxy_tests::tls::{Ca, Validity, cert_dir, client_config};
+use agent_proxy_tests::{DaemonConfig, Dataplane, TestEnv, dataplane_tests};
 use anyhow::{Context as _, ensure};
 use tokio::io::AsyncWriteExt as _;
 
@@ -40,6 +43,38 @@ async fn healthz(admin: SocketAddr, after: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// For every strict prefix of `bytes`: a client connects, sends it, closes (then, in a second
+/// pass, resets), and `/healthz` must answer within [`HEALTHZ_WITHIN`] after each. Returns the
+/// number of clients.
+async fn leave_after_each_prefix(
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    bytes: &[u8],
+    what: &str,
+) -> anyhow::Result<usize> {
+    let mut clients = 0;
+    for reset in [false, true] {
+        for n in 0..bytes.len() {
+            let mut s = connect(proxy).await?;
+            if n > 0 {
+                s.write_all(&bytes[..n]).await?;
+            }
+            if reset {
+                linger_zero(&s)?;
+            }
+            drop(s);
+            clients += 1;
+            let how = if reset { "reset" } else { "close" };
+            healthz(
+                admin,
+                &format!("a {how} after {n} of {} {what} bytes", bytes.len()),
+            )
+            .await?;
+        }
+    }
+    Ok(clients)
+}
+
 fn head_prefixes(dp: Dataplane) -> anyhow::Result<()> {
     let netns = NetNs::new()?;
     let ns = &netns;
@@ -52,26 +87,7 @@ fn head_prefixes(dp: Dataplane) -> anyhow::Result<()> {
         )?;
         let (proxy, admin) = (env.daemon.config.listen, env.daemon.config.admin);
         let head = connect_head("127.0.0.1:9", &basic_auth(USER, PASSWORD)).into_bytes();
-        let mut clients = 0;
-        for reset in [false, true] {
-            for n in 0..head.len() {
-                let mut s = connect(proxy).await?;
-                if n > 0 {
-                    s.write_all(&head[..n]).await?;
-                }
-                if reset {
-                    linger_zero(&s)?;
-                }
-                drop(s);
-                clients += 1;
-                let how = if reset { "reset" } else { "close" };
-                healthz(
-                    admin,
-                    &format!("a {how} after {n} of {} head bytes", head.len()),
-                )
-                .await?;
-            }
-        }
+        let clients = leave_after_each_prefix(proxy, admin, &head, "head").await?;
         env.daemon
             .wait_conn_logs(clients, Duration::from_secs(10))?;
         let lines = closed_lines(&env.daemon.stderr_text());
@@ -102,4 +118,61 @@ fn head_prefixes(dp: Dataplane) -> anyhow::Result<()> {
     })
 }
 
-dataplane_tests!(head_prefixes);
+/// A real TLS ClientHello for `proxy.test`, as rustls writes it.
+fn client_hello(ca: &Ca) -> anyhow::Result<Vec<u8>> {
+    let config = client_config(ca, None)?;
+    let name = rustls_pki_types::ServerName::try_from("proxy.test")?;
+    let mut conn = rustls::ClientConnection::new(config, name)?;
+    let mut hello = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut hello)?;
+    }
+    Ok(hello)
+}
+
+/// The same for a TLS frontend: every prefix of a ClientHello, then a close or a reset. The
+/// handshake ends at once (`end=tls_handshake_failed`), nothing is dialed, `/healthz` answers.
+fn handshake_prefixes(dp: Dataplane) -> anyhow::Result<()> {
+    let netns = NetNs::new()?;
+    let ns = &netns;
+    let dir = cert_dir(ns)?;
+    let ca = Ca::new("prefix ca")?;
+    let (cert, key) = ca
+        .server(&["proxy.test"], Validity::Now)?
+        .write(&dir, "proxy")?;
+    let hello = client_hello(&ca)?;
+    ns.block_on(Duration::from_secs(120), move || async move {
+        let upstream = listen(V4).await?;
+        let mut config = DaemonConfig::new(dp, vec![upstream.local_addr()?]);
+        config.frontend_extra = format!(
+            "tls = {{ cert = \"{}\", key = \"{}\", handshake_timeout = \"60s\" }}\n",
+            cert.display(),
+            key.display()
+        );
+        let env = TestEnv::start(ns, config)?;
+        let (proxy, admin) = (env.daemon.config.listen, env.daemon.config.admin);
+        let clients = leave_after_each_prefix(proxy, admin, &hello, "ClientHello").await?;
+        let logs = env
+            .daemon
+            .wait_conn_logs(clients, Duration::from_secs(20))?;
+        ensure!(
+            logs.len() == clients,
+            "{} log lines for {clients} clients",
+            logs.len()
+        );
+        for log in &logs {
+            ensure!(
+                log.end == "tls_handshake_failed",
+                "a client gone mid-handshake: {log:?}"
+            );
+        }
+        let accepted = tokio::time::timeout(Duration::from_millis(100), upstream.accept()).await;
+        ensure!(
+            accepted.is_err(),
+            "the upstream was dialed for a client without a handshake"
+        );
+        env.finish()
+    })
+}
+
+dataplane_tests!(head_prefixes, handshake_prefixes);

@@ -654,6 +654,8 @@ fn agent_socket_reports_readable_bytes(always: bool) -> anyhow::Result<()> {
             anyhow::Ok(())
         });
         let proxy = env.daemon.config.listen;
+        // The agent keeps its socket open until the maps have been looked at.
+        let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
         let agent = tokio::task::spawn_blocking(move || {
             let mut c = std::net::TcpStream::connect(proxy)?;
             let fd = c.as_raw_fd();
@@ -710,8 +712,19 @@ fn agent_socket_reports_readable_bytes(always: bool) -> anyhow::Result<()> {
             })();
             // SAFETY: closes the epoll fd created above.
             unsafe { libc::close(epoll) };
+            let _ = close_rx.recv_timeout(IO_TIMEOUT);
             result
         });
+        // While the agent measures: was its socket in LOCAL_SOCKS (the sockmap FIONREAD is
+        // about)? The one socket of this scenario that sock_ops can take is the agent's.
+        let in_sockmap = env
+            .daemon
+            .settle(Duration::from_secs(2), |m| {
+                m.sum("agent_proxy_kernel_map_entries", &[("map", "LOCAL_SOCKS")]) > 0.0
+            })?
+            .sum("agent_proxy_kernel_map_entries", &[("map", "LOCAL_SOCKS")])
+            > 0.0;
+        let _ = close_tx.send(());
         let (zero_fionread, missed_wakes) = agent.await??;
         if zero_fionread + missed_wakes > 0 {
             server.abort();
@@ -726,6 +739,18 @@ fn agent_socket_reports_readable_bytes(always: bool) -> anyhow::Result<()> {
              wake-ups; {direct} bytes went straight",
             if always { "always" } else { "default" },
             if misreported { "misreported" } else { "right" },
+        );
+        ensure!(
+            in_sockmap == (always || !misreported),
+            "the agent socket was {}in LOCAL_SOCKS with local_agents {} on a kernel whose \
+             FIONREAD is {}",
+            if in_sockmap { "" } else { "not " },
+            if always {
+                "\"always\""
+            } else {
+                "at its default"
+            },
+            if misreported { "misreported" } else { "right" }
         );
         ensure!(
             missed_wakes == 0,
