@@ -1,111 +1,349 @@
-//! What both data paths report about a finished connection.
-use std::fmt;
+//! The connection layer: one admitted connection as a value ([`Conn`]), and everything a mode
+//! does with one that is not the mode's own business - choosing the data path and carrying the
+//! bytes ([`Conn::carry`]), refusing ([`Conn::reject`]), and finishing: the one log line and the
+//! end-of-connection metrics ([`Conn::finish`]).
+//!
+//! The layers, top to bottom; a module imports only from layers below its own, and modes never
+//! import each other (docs/architecture.md, "Layers"):
+//!
+//! 1. `daemon` (builds the parts and serves), `admin`;
+//! 2. `listener`: accepts, admits (allow, connection limits, rate limit), dispatches on the
+//!    frontend's [`Mode`](crate::listener::Mode);
+//! 3. the modes: `tcp` (plain, or with TLS on a side), `connect`;
+//! 4. `conn` (this module): the connection value, data-path choice, reject, finish;
+//! 5. the data paths: `splice` (kernel), `relay` (userspace), `tls` (the streams), and the
+//!    upstream side: `pool`, `health`, `dns`;
+//! 6. `kernel` (the eBPF maps and programs), `net` (socket options), `metrics`, `config`,
+//!    `address_class`, `report`.
+mod outcome;
 
-/// How a connection ended; the `end` field of the log line and a metric label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum End {
-    /// Both directions finished; the client sent its FIN first.
-    ClientClose,
-    /// Both directions finished; the upstream sent its FIN first.
-    UpstreamClose,
-    /// The client reset the connection (or failed); the upstream was reset in turn.
-    ClientReset,
-    /// The upstream reset the connection (or failed); the client was reset in turn.
-    UpstreamReset,
-    /// No server of the backend accepted the connection.
-    ConnectFailed,
-    /// Refused before any work: client address not allowed, or a connection limit.
-    Rejected,
-    /// A CONNECT request answered with an error status (400, 403, 405, 407, 408, 431).
-    Refused,
-    /// The client's TLS handshake failed or timed out (the detail says why); nothing dialed.
-    TlsHandshakeFailed,
-    /// Cut when the drain timeout expired at shutdown.
-    Shutdown,
-    /// The proxy itself failed (see the error field).
-    Error,
+use std::{net::SocketAddr, os::fd::AsRawFd as _, sync::Arc, time::Instant};
+
+use tokio::{
+    net::TcpStream,
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+pub use outcome::{End, Outcome, Path};
+
+use crate::{
+    kernel::Kernel,
+    metrics::Metrics,
+    net,
+    pool::ConnectError,
+    relay::{self, RelayCounters},
+    splice::{self, SpliceSettings},
+};
+
+/// What every connection task shares.
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    /// The kernel path, when loaded.
+    pub kernel: Option<Arc<Kernel>>,
+    /// `global.max_connections`.
+    pub global_limit: Arc<Semaphore>,
+    /// Cancelled when the drain timeout expires: connections still open are cut.
+    pub abort: CancellationToken,
+    /// Tracks live connection tasks, so that shutdown can wait for them.
+    pub tracker: TaskTracker,
+    pub kernel_window: u64,
+    pub kernel_sndbuf: u32,
+    /// The resolver and its cache of destinations (CONNECT, transparent).
+    pub dns: Arc<crate::dns::Dns>,
 }
 
-impl End {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            End::ClientClose => "client_close",
-            End::UpstreamClose => "upstream_close",
-            End::ClientReset => "client_reset",
-            End::UpstreamReset => "upstream_reset",
-            End::ConnectFailed => "connect_failed",
-            End::Rejected => "rejected",
-            End::Refused => "refused",
-            End::TlsHandshakeFailed => "tls_handshake_failed",
-            End::Shutdown => "shutdown",
-            End::Error => "error",
+/// What the connection layer knows of a frontend: its name and ids for metrics and the log
+/// line. The mode-specific parts (backend pool, TLS, CONNECT settings) are the listener's
+/// [`Mode`](crate::listener::Mode).
+pub struct Frontend {
+    /// Index in the config; the kernel's route counters are keyed by it.
+    pub id: u32,
+    pub name: String,
+    /// The `backend` field of log lines: the backend's name, "-" when the mode has none.
+    pub backend: String,
+    /// The `tls` field of log lines: which sides of its connections are TLS (`none`,
+    /// `client`, `upstream`, `both`).
+    pub tls_sides: &'static str,
+    /// Same-host agents connecting here are taken by the kernel's `sock_ops` program
+    /// (`local_agents`), so their entries must be dropped when their connection ends.
+    pub local_agents: bool,
+}
+
+impl Frontend {
+    /// The `tls` log field for TLS terminated on the client side and/or originated upstream.
+    pub fn tls_sides(client: bool, upstream: bool) -> &'static str {
+        match (client, upstream) {
+            (false, false) => "none",
+            (true, false) => "client",
+            (false, true) => "upstream",
+            (true, true) => "both",
         }
     }
 }
 
-impl fmt::Display for End {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// Where one connection went, for its log line.
+pub struct Route<'a> {
+    /// The server dialed ("-" when none).
+    pub server: &'a str,
+    /// The CONNECT destination as requested ("-" in tcp mode).
+    pub destination: &'a str,
+    /// The CONNECT answer's status code ("-" in tcp mode, or when nothing was answered).
+    pub status: &'a str,
 }
 
-/// Which data path carried the bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Path {
-    Kernel,
-    Userspace,
-    /// No bytes were carried (rejected, connect failed).
-    None,
+impl Route<'_> {
+    pub const NONE: Route<'static> = Route {
+        server: "-",
+        destination: "-",
+        status: "-",
+    };
 }
 
-impl Path {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Path::Kernel => "kernel",
-            Path::Userspace => "userspace",
-            Path::None => "none",
-        }
-    }
+/// One admitted connection, from admission to its log line.
+///
+/// It holds the connection's two slots (global and frontend `max_connections`), its place in
+/// `agent_proxy_frontend_current_connections` and a same-host agent's kernel entries, and gives
+/// them back in `Drop`: when the connection ends, and also when its task panics (tokio catches
+/// the panic and drops the task's future). The slots go last.
+pub struct Conn<'a> {
+    pub frontend: &'a Frontend,
+    pub shared: &'a Shared,
+    pub peer: SocketAddr,
+    pub started: Instant,
+    current: prometheus::IntGauge,
+    /// Our side's address when a same-host agent's entries are to be dropped at the end.
+    ours: Option<SocketAddr>,
+    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
-/// The result of carrying one connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outcome {
-    /// Client to upstream.
-    pub bytes_up: u64,
-    /// Upstream to client.
-    pub bytes_down: u64,
-    pub end: End,
-    /// Detail for `End::Error` and resets (the OS error), empty otherwise.
-    pub detail: String,
-    /// Of `bytes_up`, those copied through userspace (all of them on the relay; on the kernel
-    /// path only a tail after a flow-control pause, see docs/architecture.md).
-    pub copied_up: u64,
-    /// Of `bytes_down`, those copied through userspace.
-    pub copied_down: u64,
-    /// Times a direction of a kernel-path connection was handed to userspace (flow control, or a
-    /// client that closed before its socket could join the map).
-    pub pauses: u32,
-    /// Times the verdict took a direction back from userspace once it had caught up.
-    pub resumes: u32,
-    /// Of `bytes_up`, those a same-host agent sent straight into the upstream socket
-    /// (sock_ops + sk_msg); the rest of the kernel path's bytes went through the splice.
-    pub direct_up: u64,
-}
-
-impl Outcome {
-    /// A connection that carried nothing.
-    pub fn nothing(end: End, detail: impl Into<String>) -> Self {
+impl<'a> Conn<'a> {
+    /// Takes over an admitted client: counts it in the current-connections gauge until dropped.
+    pub fn admitted(
+        frontend: &'a Frontend,
+        shared: &'a Shared,
+        client: &TcpStream,
+        peer: SocketAddr,
+        permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    ) -> Self {
+        let current = shared
+            .metrics
+            .frontend_current_connections
+            .with_label_values(&[frontend.name.as_str()]);
+        current.inc();
         Self {
-            bytes_up: 0,
-            bytes_down: 0,
-            end,
-            detail: detail.into(),
-            copied_up: 0,
-            copied_down: 0,
-            pauses: 0,
-            resumes: 0,
-            direct_up: 0,
+            frontend,
+            shared,
+            peer,
+            started: Instant::now(),
+            current,
+            ours: own_address(client, frontend.local_agents),
+            _permits: permits,
+        }
+    }
+
+    /// The one log line and the end-of-connection metrics.
+    pub fn finish(&self, route: &Route<'_>, path: Path, outcome: &Outcome) {
+        finish(
+            self.frontend,
+            self.shared,
+            self.peer,
+            route,
+            path,
+            outcome,
+            self.started,
+        );
+    }
+
+    /// Logs and counts a connection that ended before any byte moved (refused, nothing dialed).
+    pub fn finish_nothing(&self, end: End, detail: String) {
+        self.finish(&Route::NONE, Path::None, &Outcome::nothing(end, detail));
+    }
+
+    /// Refuses the client with a reset, counted under `reason`.
+    pub fn reject(&self, client: TcpStream, reason: &str) {
+        reject(
+            self.frontend,
+            self.shared,
+            client,
+            self.peer,
+            reason,
+            self.started,
+        );
+    }
+
+    /// The end of a connection whose backend could not be dialed: with no server up the client
+    /// is refused at once (reset, `no_server`); otherwise it is closed after the failed
+    /// attempts, logged with `end=connect_failed`.
+    pub fn unconnected(&self, client: TcpStream, error: ConnectError) {
+        if let ConnectError::NoServer { .. } = error {
+            self.reject(client, "no_server");
+            return;
+        }
+        self.finish_nothing(End::ConnectFailed, error.to_string());
+    }
+
+    /// Chooses the data path and runs it: the kernel splice when it is loaded and takes the
+    /// sockets, else the userspace relay. `consumed`: bytes already read from the client (a
+    /// CONNECT head), which the kernel path must not wait to see forwarded.
+    pub async fn carry(
+        &self,
+        client: TcpStream,
+        upstream: TcpStream,
+        consumed: u64,
+    ) -> (Path, Outcome) {
+        let (frontend, shared) = (self.frontend, self.shared);
+        let counters = self.relay_counters();
+        let (client, upstream) = match &shared.kernel {
+            Some(kernel) => {
+                let settings = SpliceSettings {
+                    frontend: frontend.id,
+                    window: shared.kernel_window,
+                    sndbuf: shared.kernel_sndbuf,
+                    client_consumed: consumed,
+                };
+                let spliced =
+                    splice::splice(kernel, client, upstream, settings, &counters, &shared.abort);
+                match Box::pin(spliced).await {
+                    Ok(outcome) => return (Path::Kernel, outcome),
+                    Err(declined) => {
+                        // Typically a client that already closed (the kernel takes only
+                        // established sockets); the relay carries it just as well.
+                        tracing::debug!(frontend = %frontend.name, error = %declined.error,
+                            "kernel path refused the connection; relaying it in userspace");
+                        shared
+                            .metrics
+                            .kernel_errors_total
+                            .with_label_values(&["insert"])
+                            .inc();
+                        (declined.client, declined.upstream)
+                    }
+                }
+            }
+            None => (client, upstream),
+        };
+        let outcome = Box::pin(relay::relay(client, upstream, &counters, &shared.abort)).await;
+        (Path::Userspace, outcome)
+    }
+
+    /// Bytes copied in userspace: the whole connection on the relay, or the tail of a direction
+    /// that had to leave the kernel path.
+    pub fn relay_counters(&self) -> RelayCounters {
+        let bytes = |direction| {
+            self.shared.metrics.bytes_total.with_label_values(&[
+                self.frontend.name.as_str(),
+                direction,
+                "userspace",
+            ])
+        };
+        RelayCounters {
+            up: bytes("upstream"),
+            down: bytes("downstream"),
         }
     }
 }
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        forget_local_agent(self.shared, self.peer, self.ours);
+        self.current.dec();
+    }
+}
+
+/// Refuses a client with a reset (before admission, or after it: `no_server`), counted in
+/// `agent_proxy_frontend_rejected_total{reason}` and logged with `end=rejected`.
+pub fn reject(
+    frontend: &Frontend,
+    shared: &Shared,
+    client: TcpStream,
+    peer: SocketAddr,
+    reason: &str,
+    started: Instant,
+) {
+    shared
+        .metrics
+        .frontend_rejected_total
+        .with_label_values(&[frontend.name.as_str(), reason])
+        .inc();
+    // A reset tells the client at once that it was refused, and leaves no TIME_WAIT here.
+    let _ = net::set_linger_zero(client.as_raw_fd());
+    let ours = own_address(&client, frontend.local_agents);
+    drop(client);
+    forget_local_agent(shared, peer, ours);
+    let outcome = Outcome::nothing(End::Rejected, reason);
+    finish(
+        frontend,
+        shared,
+        peer,
+        &Route::NONE,
+        Path::None,
+        &outcome,
+        started,
+    );
+}
+
+/// Our side's address when `wanted` (a frontend whose same-host agents the kernel takes), for
+/// [`forget_local_agent`]; read while the socket is still open.
+fn own_address(client: &TcpStream, wanted: bool) -> Option<SocketAddr> {
+    wanted.then(|| client.local_addr().ok()).flatten()
+}
+
+/// Drops what the kernel holds for a same-host agent's socket (it joined `LOCAL_SOCKS` when it
+/// connected), so that nothing of a connection outlives it even if the agent keeps its socket
+/// open after the proxy ended the connection. `ours`: our side's address (`None` when the
+/// frontend's agents are not taken).
+fn forget_local_agent(shared: &Shared, peer: SocketAddr, ours: Option<SocketAddr>) {
+    if let Some(ours) = ours
+        && let Some(local) = shared.kernel.as_ref().and_then(|k| k.local.as_ref())
+    {
+        local.forget(peer, ours);
+    }
+}
+
+/// The one log line and the end-of-connection metrics.
+fn finish(
+    frontend: &Frontend,
+    shared: &Shared,
+    peer: SocketAddr,
+    route: &Route<'_>,
+    path: Path,
+    outcome: &Outcome,
+    started: Instant,
+) {
+    let elapsed = started.elapsed();
+    let metrics = &shared.metrics;
+    let name = frontend.name.as_str();
+    metrics
+        .connections_ended_total
+        .with_label_values(&[name, path.as_str(), outcome.end.as_str()])
+        .inc();
+    metrics
+        .connection_duration_seconds
+        .with_label_values(&[name])
+        .observe(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "agent_proxy::conn",
+        frontend = name,
+        client = %peer,
+        backend = frontend.backend.as_str(),
+        server = route.server,
+        destination = route.destination,
+        status = route.status,
+        tls = frontend.tls_sides,
+        path = path.as_str(),
+        bytes_up = outcome.bytes_up,
+        bytes_down = outcome.bytes_down,
+        userspace_up = outcome.copied_up,
+        userspace_down = outcome.copied_down,
+        pauses = outcome.pauses,
+        resumes = outcome.resumes,
+        direct_up = outcome.direct_up,
+        duration_ms = elapsed.as_micros() as f64 / 1000.0,
+        end = outcome.end.as_str(),
+        detail = outcome.detail.as_str(),
+        "connection closed"
+    );
+}
+
+#[cfg(test)]
+mod tests;

@@ -16,12 +16,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     admin::{self, AdminState},
     config::{Config, Dataplane, DnsTtl, FrontendMode, LocalAgentsMode},
+    conn::{self, Shared},
     connect::{self, ratelimit::RateLimiter},
     dns::{Dns, DnsError},
     kernel::{Kernel, KernelError, LocalAgents},
+    listener::{self, Listener, Mode},
     metrics::Metrics,
     pool::Pool,
-    proxy::{self, Frontend, FrontendRoute, Shared},
     tls::{ClientTls, ServerTls, TlsError},
 };
 
@@ -191,17 +192,7 @@ fn release_freed_memory() {
     }
 }
 
-/// "outer: inner: innermost", for log fields.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub use crate::report::error_chain;
 
 /// Runs the proxy until `shutdown` resolves, then drains for `drain_timeout`.
 pub async fn run(
@@ -288,9 +279,13 @@ pub async fn run(
 
     let mut listeners = Vec::new();
     for (id, fe) in config.frontends.iter().enumerate() {
-        let (route, backend) = match &fe.mode {
+        let (mode, backend) = match &fe.mode {
             FrontendMode::Tcp { backend } => (
-                FrontendRoute::Backend(Arc::clone(&pools[backend])),
+                Mode::Tcp {
+                    pool: Arc::clone(&pools[backend]),
+                    tls: tls.frontends.get(&fe.name).cloned(),
+                    backend_tls: tls.backends.get(backend).cloned(),
+                },
                 backend.as_str(),
             ),
             FrontendMode::Connect(connect) => {
@@ -299,42 +294,48 @@ pub async fn run(
                         "connect frontend without users: any client allowed by `allow` may open \
                          tunnels to allow_destinations");
                 }
-                (FrontendRoute::Connect(connect::Settings::new(connect)), "-")
+                (Mode::Connect(connect::Settings::new(connect)), "-")
             }
         };
-        let listener = proxy::bind(fe.listen).map_err(|source| StartError::Bind {
+        let socket = listener::bind(fe.listen).map_err(|source| StartError::Bind {
             frontend: fe.name.clone(),
             addr: fe.listen,
             source,
         })?;
-        let mut frontend = Frontend {
-            id: id as u32,
-            name: fe.name.clone(),
-            route,
-            allow: fe.allow.clone(),
-            limit: Arc::new(Semaphore::new(fe.max_connections)),
-            rate_limit: fe.rate_limit.map(RateLimiter::new),
-            tls: tls.frontends.get(&fe.name).cloned(),
-            backend_tls: match &fe.mode {
-                FrontendMode::Tcp { backend } => tls.backends.get(backend).cloned(),
-                FrontendMode::Connect(_) => None,
-            },
-            local_agents: false,
+        let (client_tls, upstream_tls) = match &mode {
+            Mode::Tcp {
+                tls, backend_tls, ..
+            } => (tls.is_some(), backend_tls.is_some()),
+            Mode::Connect(_) => (false, false),
         };
         tracing::info!(frontend = %fe.name, listen = %fe.listen, backend, "listening");
         // Agents on this host that connect here may send straight into the upstream socket,
         // unless TLS on a side keeps the connection in userspace anyway.
+        let mut local_agents = false;
         if let Some(local) = kernel.as_ref().and_then(|k| k.local.as_ref())
-            && frontend.tls.is_none()
-            && frontend.backend_tls.is_none()
+            && !client_tls
+            && !upstream_tls
         {
-            match local.listen(listener.as_raw_fd(), fe.listen, frontend.id) {
-                Ok(()) => frontend.local_agents = true,
+            match local.listen(socket.as_raw_fd(), fe.listen, id as u32) {
+                Ok(()) => local_agents = true,
                 Err(e) => tracing::warn!(frontend = %fe.name, error = %error_chain(&e),
                     "same-host agents of this frontend use the splice like remote ones"),
             }
         }
-        listeners.push((listener, Arc::new(frontend)));
+        let listener = Listener {
+            frontend: conn::Frontend {
+                id: id as u32,
+                name: fe.name.clone(),
+                backend: backend.to_owned(),
+                tls_sides: conn::Frontend::tls_sides(client_tls, upstream_tls),
+                local_agents,
+            },
+            mode,
+            allow: fe.allow.clone(),
+            limit: Arc::new(Semaphore::new(fe.max_connections)),
+            rate_limit: fe.rate_limit.map(RateLimiter::new),
+        };
+        listeners.push((socket, Arc::new(listener)));
     }
 
     let ready = Arc::new(AtomicBool::new(false));
@@ -351,18 +352,29 @@ pub async fn run(
             let refresh_pools: Vec<Arc<Pool>> = pools.values().cloned().collect();
             let mut pending_pools = refresh_pools.clone();
             pending_pools.sort_by(|a, b| a.name.cmp(&b.name));
+            let pending_kernel = kernel.clone();
             let state = Arc::new(AdminState {
                 metrics: Arc::clone(&metrics),
                 ready: Arc::clone(&ready),
                 pending: Box::new(move || {
-                    pending_pools
+                    let mut reasons: Vec<String> = pending_pools
                         .iter()
                         .flat_map(|pool| {
                             pool.unresolved().into_iter().map(move |server| {
                                 format!("backend {}: no address known for {server} yet", pool.name)
                             })
                         })
-                        .collect()
+                        .collect();
+                    if pending_kernel
+                        .as_ref()
+                        .is_some_and(|k| k.events.has_stopped())
+                    {
+                        reasons.push(
+                            "kernel event task stopped: spliced connections get no wake-ups"
+                                .to_owned(),
+                        );
+                    }
+                    reasons
                 }),
                 refresh: Box::new(move || {
                     if let Some(kernel) = &refresh_kernel {
@@ -385,10 +397,10 @@ pub async fn run(
     let stop_accepting = CancellationToken::new();
     let accept_tasks: Vec<_> = listeners
         .into_iter()
-        .map(|(listener, frontend)| {
-            tokio::spawn(proxy::serve(
+        .map(|(socket, listener)| {
+            tokio::spawn(listener::serve(
+                socket,
                 listener,
-                frontend,
                 Arc::clone(&shared),
                 stop_accepting.clone(),
             ))
@@ -464,6 +476,7 @@ struct MirrorState {
     routes: HashMap<(u32, u32), (u64, u64)>,
     local: HashMap<u32, u64>,
     errors: Vec<u64>,
+    unknown_events: u64,
 }
 
 impl KernelMirror {
@@ -490,6 +503,12 @@ impl KernelMirror {
                 .inc_by(counters.segments.saturating_sub(seen.1));
             *seen = (counters.bytes, counters.segments);
         }
+        let unknown = kernel.events.unknown_events();
+        metrics
+            .kernel_errors_total
+            .with_label_values(&["event_unknown"])
+            .inc_by(unknown.saturating_sub(last.unknown_events));
+        last.unknown_events = unknown;
         last.errors.resize(totals.errors.len(), 0);
         for (kind, (now, seen)) in totals.errors.iter().zip(last.errors.iter_mut()).enumerate() {
             let name = KERNEL_ERROR_NAMES.get(kind).copied().unwrap_or("unknown");

@@ -119,9 +119,15 @@ impl Dns {
         })
     }
 
-    /// Asks for every A and AAAA record of `host`; counted in
+    /// Asks for every A and AAAA record of `host` (a configured backend host); counted in
     /// `agent_proxy_dns_resolutions_total{host,result}`.
     pub async fn lookup(&self, host: &str) -> Result<Answer, LookupError> {
+        self.lookup_as(host, host).await
+    }
+
+    /// [`Dns::lookup`], counted under `host = label`: names clients choose (CONNECT and
+    /// transparent destinations) share [`DESTINATIONS`], so that no client can add a series.
+    async fn lookup_as(&self, host: &str, label: &str) -> Result<Answer, LookupError> {
         let result = match self.resolver.lookup_ip(host).await {
             Ok(lookup) => {
                 let mut ips: Vec<IpAddr> = Vec::new();
@@ -142,13 +148,13 @@ impl Dns {
             Err(e) if e.is_no_records_found() => Err(LookupError::Empty),
             Err(e) => Err(LookupError::Failed(e.to_string())),
         };
-        let label = match &result {
+        let result_label = match &result {
             Ok(_) => "ok",
             Err(e) => e.label(),
         };
         self.metrics
             .dns_resolutions_total
-            .with_label_values(&[host, label])
+            .with_label_values(&[label, result_label])
             .inc();
         result
     }
@@ -176,9 +182,8 @@ impl Dns {
                 None => None,
             }
         };
-        match self.lookup(&key).await {
+        match self.lookup_as(&key, DESTINATIONS).await {
             Ok(answer) => {
-                self.metrics.dns_stale.with_label_values(&[&key]).set(0);
                 let addrs = with_port(&answer.ips, port);
                 self.store(key, answer.ips, self.ttl.clamp(answer.ttl));
                 Ok(addrs)
@@ -186,7 +191,6 @@ impl Dns {
             Err(e) => match stale {
                 Some(ips) => {
                     tracing::warn!(host, error = %e, "DNS refresh failed; using the last good answer");
-                    self.metrics.dns_stale.with_label_values(&[&key]).set(1);
                     // Keep serving it without asking again for a while.
                     self.store(key, ips.clone(), self.ttl.min_ttl);
                     Ok(with_port(&ips, port))
@@ -217,6 +221,9 @@ impl Dns {
         );
     }
 }
+
+/// The `host` label of every lookup of a destination a client named (CONNECT, transparent).
+pub const DESTINATIONS: &str = "(destinations)";
 
 fn with_port(ips: &[IpAddr], port: u16) -> Vec<SocketAddr> {
     ips.iter().map(|&ip| SocketAddr::new(ip, port)).collect()

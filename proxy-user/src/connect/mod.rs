@@ -9,13 +9,14 @@
 //!    `host:port` (400), too large (431) or too slow (408); a method other than CONNECT (405:
 //!    absolute-form plain HTTP is not forwarded, see docs/connect.md); credentials (407, when
 //!    `users` is set); the destination policy (403, [`policy`]);
-//! 4. the destination is resolved (the daemon's shared DNS cache, [`crate::dns`]), internal addresses are dropped unless named by a rule (403
-//!    when none is left), and the rest are dialed in order (502 refused/unreachable/unresolvable,
+//! 4. the destination is resolved (the daemon's shared DNS cache, [`crate::dns`]), addresses
+//!    that are not global unicast are dropped unless named by a rule (403 when none is left),
+//!    and the rest are dialed in order, by address (502 refused/unreachable/unresolvable,
 //!    504 every attempt timed out);
 //! 5. `200 Connection established` is written, the bytes queued behind the head are copied to
 //!    the upstream ([`handshake::forward_early_bytes`]: the sockmap would re-send the consumed
 //!    head with them), and the pair goes to the same data path as tcp mode
-//!    ([`crate::proxy::carry`]): the kernel splice when it is loaded.
+//!    ([`Conn::carry`]): the kernel splice when it is loaded.
 //!
 //! Every answer is counted in `agent_proxy_connect_requests_total{frontend,status}`, and every
 //! connection ends with the usual one log line, which carries `destination` and `status`.
@@ -30,16 +31,15 @@ pub mod request;
 mod tests;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use crate::address_class::Special;
 use crate::config::ConnectMode;
-use crate::conn::{End, Outcome, Path};
+use crate::conn::{Conn, End, Outcome, Path, Route};
 use crate::dns::Dns;
-use crate::proxy::{Frontend, Route, Shared, carry, finish, finish_nothing};
 use handshake::HeadError;
 use policy::Judgement;
 use request::RequestError;
@@ -172,14 +172,8 @@ pub fn address_reason(class: Special) -> String {
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves one admitted connection of a connect frontend to its end, log line included.
-pub async fn run(
-    mut client: TcpStream,
-    peer: SocketAddr,
-    frontend: &Frontend,
-    shared: &Shared,
-    settings: &Settings,
-    started: Instant,
-) {
+pub async fn run(conn: &Conn<'_>, mut client: TcpStream, settings: &Settings) {
+    let (frontend, shared) = (conn.frontend, conn.shared);
     let count = |status: &str| {
         shared
             .metrics
@@ -191,8 +185,7 @@ pub async fn run(
     let negotiated = tokio::select! {
         result = negotiate(&mut client, settings, &shared.dns) => result,
         () = shared.abort.cancelled() => {
-            finish_nothing(frontend, shared, peer, End::Shutdown,
-                "cut during the CONNECT handshake".into(), started);
+            conn.finish_nothing(End::Shutdown, "cut during the CONNECT handshake".into());
             return;
         }
     };
@@ -202,8 +195,7 @@ pub async fn run(
             for stream in [&client, &tunnel.upstream] {
                 let _ = stream.set_nodelay(true);
             }
-            let (path, mut outcome) =
-                carry(client, tunnel.upstream, tunnel.consumed, frontend, shared).await;
+            let (path, mut outcome) = conn.carry(client, tunnel.upstream, tunnel.consumed).await;
             // The early bytes were copied here, in userspace: count them so.
             outcome.bytes_up += tunnel.early;
             outcome.copied_up += tunnel.early;
@@ -217,7 +209,7 @@ pub async fn run(
                 destination: &tunnel.destination,
                 status: "200",
             };
-            finish(frontend, shared, peer, &route, path, &outcome, started);
+            conn.finish(&route, path, &outcome);
         }
         Err(refusal) => {
             if let Some(class) = refusal.class {
@@ -249,16 +241,7 @@ pub async fn run(
                 destination: &refusal.destination,
                 status: &code,
             };
-            let outcome = Outcome::nothing(end, refusal.detail);
-            finish(
-                frontend,
-                shared,
-                peer,
-                &route,
-                Path::None,
-                &outcome,
-                started,
-            );
+            conn.finish(&route, Path::None, &Outcome::nothing(end, refusal.detail));
         }
     }
 }

@@ -10,7 +10,10 @@ use std::{
     collections::HashMap,
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -37,6 +40,12 @@ type Routes = HashMap<u64, (Arc<Wakes>, usize)>;
 pub struct SpliceEvents {
     epoll: OwnedFd,
     routes: Mutex<Routes>,
+    /// Set if the driving task ever ends (an epoll or ring-buffer error): no spliced connection
+    /// gets a wake-up from then on, so `/readyz` fails and the log says so.
+    stopped: AtomicBool,
+    /// Ring-buffer records of a kind this build does not know (counted, never taken for
+    /// another kind).
+    unknown: AtomicU64,
 }
 
 impl SpliceEvents {
@@ -52,6 +61,8 @@ impl SpliceEvents {
         let hub = Arc::new(Self {
             epoll,
             routes: Mutex::new(HashMap::new()),
+            stopped: AtomicBool::new(false),
+            unknown: AtomicU64::new(0),
         });
         // SAFETY: the epoll fd is owned by `hub`, which the task holding this AsyncFd keeps
         // alive, so the fd stays open and the same for the AsyncFd's whole life.
@@ -61,8 +72,24 @@ impl SpliceEvents {
         // SAFETY: the ring buffer owns its map fd and moves into the AsyncFd with it.
         let ring_async = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(io::Error::from)?;
-        tokio::spawn(drive(Arc::clone(&hub), epoll_async, ring_async));
+        let driven = Arc::clone(&hub);
+        tokio::spawn(async move {
+            let error = drive(&driven, epoll_async, ring_async).await;
+            driven.stopped.store(true, Ordering::Release);
+            tracing::error!(%error, "the kernel event task stopped: spliced connections get no \
+                more FIN, reset or flow-control wake-ups; restart the daemon");
+        });
         Ok(hub)
+    }
+
+    /// Whether the task that delivers wake-ups has stopped (see [`SpliceEvents::stopped`]).
+    pub fn has_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Ring-buffer records of an unknown kind so far.
+    pub fn unknown_events(&self) -> u64 {
+        self.unknown.load(Ordering::Relaxed)
     }
 
     fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
@@ -167,19 +194,34 @@ impl Drop for WatchGuard {
     }
 }
 
-async fn drive(hub: Arc<SpliceEvents>, epoll: AsyncFd<RawFd>, mut ring: AsyncFd<RingBuf<MapData>>) {
+/// Delivers wake-ups until the epoll set or the ring buffer fails; returns that error.
+async fn drive(
+    hub: &SpliceEvents,
+    epoll: AsyncFd<RawFd>,
+    mut ring: AsyncFd<RingBuf<MapData>>,
+) -> io::Error {
     const BATCH: usize = 256;
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; BATCH];
     loop {
         tokio::select! {
             guard = epoll.readable() => {
-                let Ok(mut guard) = guard else { return };
+                let mut guard = match guard {
+                    Ok(guard) => guard,
+                    Err(e) => return e,
+                };
                 loop {
                     // SAFETY: the buffer holds BATCH events; timeout 0 never blocks.
                     let n = unsafe {
                         libc::epoll_wait(*epoll.get_ref(), events.as_mut_ptr(), BATCH as i32, 0)
                     };
-                    if n <= 0 {
+                    if n < 0 {
+                        let e = io::Error::last_os_error();
+                        if e.kind() != io::ErrorKind::Interrupted {
+                            return e;
+                        }
+                        break;
+                    }
+                    if n == 0 {
                         break;
                     }
                     for event in &events[..n as usize] {
@@ -193,7 +235,10 @@ async fn drive(hub: Arc<SpliceEvents>, epoll: AsyncFd<RawFd>, mut ring: AsyncFd<
                 guard.clear_ready();
             }
             guard = ring.readable_mut() => {
-                let Ok(mut guard) = guard else { return };
+                let mut guard = match guard {
+                    Ok(guard) => guard,
+                    Err(e) => return e,
+                };
                 let ring = guard.get_inner_mut();
                 while let Some(item) = ring.next() {
                     if item.len() >= size_of::<SpliceEvent>() {
@@ -206,7 +251,13 @@ async fn drive(hub: Arc<SpliceEvents>, epoll: AsyncFd<RawFd>, mut ring: AsyncFd<
                                 hub.dispatch(event.cookie, Wake::Passing);
                             }
                             proxy_common::EVENT_LOCAL => hub.dispatch(event.cookie, |_| Wake::Local),
-                            _ => hub.dispatch(event.cookie, Wake::Mark),
+                            // A taken offer is looked at where marks are (`on_mark`).
+                            proxy_common::EVENT_MARK | proxy_common::EVENT_RESUMED => {
+                                hub.dispatch(event.cookie, Wake::Mark);
+                            }
+                            _ => {
+                                hub.unknown.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                     }
                 }

@@ -107,7 +107,7 @@ impl Kernel {
         };
         match Self::load_with(mode, offsets) {
             Err(KernelError::Offsets(e)) => {
-                tracing::warn!(error = %crate::daemon::error_chain(&e),
+                tracing::warn!(error = %crate::report::error_chain(&e),
                     "sk_msg program rejected with the kernel's BTF offsets; loading it without \
                      them (same-host agents that block in sendmsg take the TCP path when the \
                      upstream socket is full)");
@@ -162,7 +162,7 @@ impl Kernel {
                     return Err(KernelError::Offsets(Box::new(e)));
                 }
                 Err(e) => {
-                    tracing::warn!(error = %crate::daemon::error_chain(&e),
+                    tracing::warn!(error = %crate::report::error_chain(&e),
                         "same-host agent path (sock_ops + sk_msg) unavailable; \
                          local agents use the splice like remote ones");
                     None

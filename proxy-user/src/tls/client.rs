@@ -107,7 +107,7 @@ fn roots(ca_file: Option<&Path>) -> Result<(rustls::RootCertStore, String), TlsE
                     let trust = format!("{bundle} ({} CAs)", roots.len());
                     return Ok((roots, trust));
                 }
-                Err(e) => tracing::warn!(bundle, error = %crate::daemon::error_chain(&e),
+                Err(e) => tracing::warn!(bundle, error = %crate::report::error_chain(&e),
                     "system CA bundle unusable; trying the next"),
             }
         }

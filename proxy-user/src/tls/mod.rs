@@ -12,7 +12,6 @@
 //! A connection with TLS on either side is carried by the userspace relay
 //! ([`carry`], [`crate::relay::relay_streams`]); the kernel cannot splice bytes it would have to
 //! encrypt.
-pub mod carry;
 mod client;
 mod pem;
 mod server;

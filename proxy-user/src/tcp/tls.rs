@@ -1,16 +1,15 @@
 //! One tcp-mode connection with TLS on at least one side: the client's handshake, the dial
 //! with the server's handshake as its last step, and the userspace relay.
-use std::{net::SocketAddr, os::fd::AsRawFd, time::Instant};
+use std::os::fd::AsRawFd;
 
 use tokio::net::TcpStream;
 
-use super::ClientTls;
 use crate::{
-    conn::{End, Path},
+    conn::{Conn, End, Path, Shared},
     net,
     pool::{ConnectError, Lease, Pool},
-    proxy::{self, Frontend, Route, Shared},
     relay,
+    tls::{ClientTls, ServerTls},
 };
 
 /// One end of a connection: the TCP socket, or the TLS session over it.
@@ -33,21 +32,19 @@ impl ClientSide {
 }
 
 /// tcp mode with `tls` on the frontend, the backend, or both.
-pub async fn handle_tcp(
+pub(super) async fn run(
+    conn: &Conn<'_>,
     client: TcpStream,
-    peer: SocketAddr,
     pool: &Pool,
-    frontend: &Frontend,
-    shared: &Shared,
-    started: Instant,
+    tls: Option<&ServerTls>,
+    backend_tls: Option<&ClientTls>,
 ) {
+    let (frontend, shared) = (conn.frontend, conn.shared);
     let _ = net::set_nodelay(client.as_raw_fd());
-    let failed =
-        |end, detail: String| proxy::finish_nothing(frontend, shared, peer, end, detail, started);
     // The client's handshake comes first: nothing is dialed for a client that cannot complete it
     // (a plaintext or garbage client on a TLS port), and it runs here, in the connection's task,
     // so a slow one never holds up the accept loop.
-    let client: ClientSide = match &frontend.tls {
+    let client: ClientSide = match tls {
         Some(tls) => match tokio::select! {
             r = tls.accept(client) => r,
             // Cut at the end of the drain like a carried connection, with its log line.
@@ -60,42 +57,31 @@ pub async fn handle_tcp(
                     .tls_handshake_errors_total
                     .with_label_values(&["frontend", frontend.name.as_str()])
                     .inc();
-                failed(End::TlsHandshakeFailed, reason);
+                conn.finish_nothing(End::TlsHandshakeFailed, reason);
                 return;
             }
         },
         None => Side::Plain(client),
     };
-    let (upstream, lease) = match dial(pool, frontend.backend_tls.as_deref(), shared).await {
+    let (upstream, lease) = match dial(pool, backend_tls, shared).await {
         Ok(pair) => pair,
-        Err(e) => {
-            proxy::unconnected(frontend, shared, client.into_tcp(), peer, e, started);
-            return;
-        }
+        Err(e) => return conn.unconnected(client.into_tcp(), e),
     };
-    let counters = proxy::relay_counters(frontend, shared);
+    let counters = conn.relay_counters();
     let abort = &shared.abort;
     // TLS on either side: the bytes must be decrypted or encrypted here, so the relay.
     let outcome = match (client, upstream) {
         (Side::Tls(c), Side::Plain(u)) => relay::relay_streams(*c, u, &counters, abort).await,
         (Side::Plain(c), Side::Tls(u)) => relay::relay_streams(c, *u, &counters, abort).await,
         (Side::Tls(c), Side::Tls(u)) => relay::relay_streams(*c, *u, &counters, abort).await,
-        // Not reached (plaintext both sides stays in `proxy::carry`), but relaying is right.
+        // Not reached (plaintext both sides goes through `Conn::carry`), but relaying is right.
         (Side::Plain(c), Side::Plain(u)) => relay::relay_streams(c, u, &counters, abort).await,
     };
-    let route = Route {
+    let route = crate::conn::Route {
         server: &lease.server().name,
-        ..Route::NONE
+        ..crate::conn::Route::NONE
     };
-    proxy::finish(
-        frontend,
-        shared,
-        peer,
-        &route,
-        Path::Userspace,
-        &outcome,
-        started,
-    );
+    conn.finish(&route, Path::Userspace, &outcome);
     drop(lease);
 }
 

@@ -1,0 +1,112 @@
+//! What both data paths report about a finished connection: how it ended, which path carried it,
+//! and its byte counts.
+use std::fmt;
+
+/// How a connection ended; the `end` field of the log line and a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// Both directions finished; the client sent its FIN first.
+    ClientClose,
+    /// Both directions finished; the upstream sent its FIN first.
+    UpstreamClose,
+    /// The client reset the connection (or failed); the upstream was reset in turn.
+    ClientReset,
+    /// The upstream reset the connection (or failed); the client was reset in turn.
+    UpstreamReset,
+    /// No server of the backend accepted the connection.
+    ConnectFailed,
+    /// Refused before any work: client address not allowed, or a connection limit.
+    Rejected,
+    /// A CONNECT request answered with an error status (400, 403, 405, 407, 408, 431).
+    Refused,
+    /// The client's TLS handshake failed or timed out (the detail says why); nothing dialed.
+    TlsHandshakeFailed,
+    /// Cut when the drain timeout expired at shutdown.
+    Shutdown,
+    /// The proxy itself failed (see the error field).
+    Error,
+}
+
+impl End {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::ClientClose => "client_close",
+            End::UpstreamClose => "upstream_close",
+            End::ClientReset => "client_reset",
+            End::UpstreamReset => "upstream_reset",
+            End::ConnectFailed => "connect_failed",
+            End::Rejected => "rejected",
+            End::Refused => "refused",
+            End::TlsHandshakeFailed => "tls_handshake_failed",
+            End::Shutdown => "shutdown",
+            End::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which data path carried the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    Kernel,
+    Userspace,
+    /// No bytes were carried (rejected, connect failed).
+    None,
+}
+
+impl Path {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Path::Kernel => "kernel",
+            Path::Userspace => "userspace",
+            Path::None => "none",
+        }
+    }
+}
+
+/// The result of carrying one connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Client to upstream.
+    pub bytes_up: u64,
+    /// Upstream to client.
+    pub bytes_down: u64,
+    pub end: End,
+    /// Detail for `End::Error` and resets (the OS error), empty otherwise.
+    pub detail: String,
+    /// Of `bytes_up`, those copied through userspace (all of them on the relay; on the kernel
+    /// path only a tail after a flow-control pause, see docs/architecture.md).
+    pub copied_up: u64,
+    /// Of `bytes_down`, those copied through userspace.
+    pub copied_down: u64,
+    /// Times a direction of a kernel-path connection was handed to userspace (flow control, or a
+    /// client that closed before its socket could join the map).
+    pub pauses: u32,
+    /// Times the verdict took a direction back from userspace once it had caught up.
+    pub resumes: u32,
+    /// Of `bytes_up`, those a same-host agent sent straight into the upstream socket
+    /// (sock_ops + sk_msg); the rest of the kernel path's bytes went through the splice.
+    pub direct_up: u64,
+}
+
+impl Outcome {
+    /// A connection that carried nothing.
+    pub fn nothing(end: End, detail: impl Into<String>) -> Self {
+        Self {
+            bytes_up: 0,
+            bytes_down: 0,
+            end,
+            detail: detail.into(),
+            copied_up: 0,
+            copied_down: 0,
+            pauses: 0,
+            resumes: 0,
+            direct_up: 0,
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! The listener layer: accepts, admits (client networks, connection limits, the per-client rate
+//! limit - every mode's), and hands each admitted connection to its frontend's [`Mode`].
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use ipnet::IpNet;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    conn::{self, Conn, Shared},
+    connect::{self, ratelimit::RateLimiter},
+    pool::Pool,
+    tcp,
+    tls::{ClientTls, ServerTls},
+};
+
+/// A frontend ready to serve: how it admits, and the mode its connections run in.
+pub struct Listener {
+    /// What the connection layer knows of the frontend (names, ids, for logs and metrics).
+    pub frontend: conn::Frontend,
+    pub mode: Mode,
+    /// Client networks admitted; empty: any.
+    pub allow: Vec<IpNet>,
+    /// `max_connections` of this frontend.
+    pub limit: Arc<Semaphore>,
+    /// The per-client-IP limit on new connections, when configured.
+    pub rate_limit: Option<RateLimiter>,
+}
+
+/// How a frontend's connections start; each is one module that receives a [`Conn`].
+pub enum Mode {
+    /// `mode = "tcp"`: every connection to this backend, with TLS terminated (`tls`) and/or
+    /// originated (`backend_tls`) when configured.
+    Tcp {
+        pool: Arc<Pool>,
+        tls: Option<Arc<ServerTls>>,
+        backend_tls: Option<Arc<ClientTls>>,
+    },
+    /// `mode = "connect"`: each connection's CONNECT request names its destination. (No TLS:
+    /// not supported on connect frontends yet, and not representable here.)
+    Connect(connect::Settings),
+}
+
+/// Accepts until `stop` fires, then drops the listener.
+pub async fn serve(
+    socket: TcpListener,
+    listener: Arc<Listener>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = socket.accept() => accepted,
+            () = stop.cancelled() => return,
+        };
+        let (client, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE/ENFILE and friends: back off instead of spinning; the kernel keeps the
+                // pending connections in the backlog meanwhile.
+                tracing::warn!(frontend = %listener.frontend.name, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        shared
+            .metrics
+            .frontend_connections_total
+            .with_label_values(&[listener.frontend.name.as_str()])
+            .inc();
+        let permits = match admit(&listener, &shared, peer) {
+            Ok(permits) => permits,
+            Err(reason) => {
+                conn::reject(
+                    &listener.frontend,
+                    &shared,
+                    client,
+                    peer,
+                    reason,
+                    Instant::now(),
+                );
+                continue;
+            }
+        };
+        let task = handle(
+            client,
+            peer,
+            Arc::clone(&listener),
+            Arc::clone(&shared),
+            permits,
+        );
+        shared.tracker.spawn(task);
+    }
+}
+
+/// Checks the client address and the limits, before any other work.
+fn admit(
+    listener: &Listener,
+    shared: &Shared,
+    peer: SocketAddr,
+) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), &'static str> {
+    let ip = peer.ip().to_canonical();
+    if !listener.allow.is_empty() && !listener.allow.iter().any(|net| net.contains(&ip)) {
+        return Err("denied");
+    }
+    let global = Arc::clone(&shared.global_limit)
+        .try_acquire_owned()
+        .map_err(|_| "max_connections")?;
+    let local = Arc::clone(&listener.limit)
+        .try_acquire_owned()
+        .map_err(|_| "frontend_max_connections")?;
+    if let Some(limiter) = &listener.rate_limit
+        && !limiter.admit(ip, Instant::now())
+    {
+        return Err("rate_limit");
+    }
+    Ok((global, local))
+}
+
+/// One admitted connection, in its mode, to its end.
+///
+/// Written for the memory of idle connections (docs/benchmarks.md, "Idle connection memory"):
+/// a task's future is allocated once, at the size of its largest state, and kept for the
+/// connection's life, and each nested `async fn` keeps its own copies of its arguments. So the
+/// steps that end before the bytes flow (dial, TLS and CONNECT handshakes: the latter ~5 KiB)
+/// are boxed inside the modes.
+async fn handle(
+    client: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<Listener>,
+    shared: Arc<Shared>,
+    permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+) {
+    let conn = Conn::admitted(&listener.frontend, &shared, &client, peer, permits);
+    match &listener.mode {
+        Mode::Tcp {
+            pool,
+            tls,
+            backend_tls,
+        } => tcp::run(&conn, client, pool, tls.as_deref(), backend_tls.as_deref()).await,
+        Mode::Connect(settings) => Box::pin(connect::run(&conn, client, settings)).await,
+    }
+}
+
+/// Binds a listener with a backlog sized for bursts of agents reconnecting at once.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    const BACKLOG: u32 = 4096;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{kernel::Kernel, relay, relay::RelayCounters, splice};
+
+    /// The size of the future that `f` returns, without calling `f`.
+    fn future_size<A, F: Future>(_: impl FnOnce(A) -> F) -> usize {
+        size_of::<F>()
+    }
+
+    /// An idle connection keeps its task's future for its whole life, allocated at the size of
+    /// the future's largest state. These bounds keep a large state (a handshake, a buffer, an
+    /// argument copied down the call chain) from creeping back into the carried path; see
+    /// docs/benchmarks.md, "Idle connection memory", before raising one. Sizes when last set
+    /// (debug build; release is a little smaller): task 576 (480 before the connection value and
+    /// the tcp mode's own `async fn`), relay 416, splice 1048 bytes; the task was 5.6 KiB
+    /// before that work. The bounds leave room for small additions.
+    #[test]
+    fn idle_connection_futures_stay_small() {
+        let task = future_size(|(c, p, l, s, permits)| handle(c, p, l, s, permits));
+        let relay = future_size(|(c, u, counters, cancel): (_, _, &RelayCounters, _)| {
+            relay::relay(c, u, counters, cancel)
+        });
+        let splice = future_size(
+            |(kernel, c, u, settings, counters, cancel): (&Kernel, _, _, _, &RelayCounters, _)| {
+                splice::splice(kernel, c, u, settings, counters, cancel)
+            },
+        );
+        eprintln!("connection task {task} B, relay {relay} B, splice {splice} B");
+        for (what, size, bound) in [
+            ("connection task", task, 640),
+            ("relay", relay, 512),
+            ("splice", splice, 1280),
+        ] {
+            assert!(size <= bound, "{what} future is {size} bytes, over {bound}");
+        }
+    }
+}
