@@ -14,9 +14,7 @@
 //! 5. the data paths: `splice` (kernel), `relay` (userspace), `tls` (the streams), and the
 //!    upstream side: `pool`, `health`, `dns`;
 //! 6. `kernel` (the eBPF maps and programs), `net` (socket options), `metrics`, `config`,
-//!    `address_class`, `report`.
-mod outcome;
-
+//!    `outcome` (what a data path reports), `address_class`, `report`.
 use std::{net::SocketAddr, os::fd::AsRawFd as _, sync::Arc, time::Instant};
 
 use tokio::{
@@ -25,7 +23,7 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-pub use outcome::{End, Outcome, Path};
+pub use crate::outcome::{End, Outcome, Path};
 
 use crate::{
     kernel::Kernel,

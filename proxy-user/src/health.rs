@@ -70,7 +70,10 @@ pub async fn probe(
             (None, None) => Ok(()),
             (None, Some(http)) => http_get(stream, &server.host, http).await,
             (Some(tls), http) => {
-                let stream = tls.connect(stream, &server.host).await?;
+                let stream = tls
+                    .connect(stream, &server.host)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 match http {
                     Some(http) => http_get(stream, &server.host, http).await,
                     None => Ok(()),

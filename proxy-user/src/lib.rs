@@ -19,6 +19,7 @@ pub mod kernel;
 pub mod listener;
 pub mod metrics;
 pub mod net;
+pub mod outcome;
 pub mod pool;
 pub mod relay;
 pub mod report;

@@ -1,5 +1,8 @@
 //! The listener layer: accepts, admits (client networks, connection limits, the per-client rate
-//! limit - every mode's), and hands each admitted connection to its frontend's [`Mode`].
+//! limit - every mode's, [`ratelimit`]), and hands each admitted connection to its frontend's
+//! [`Mode`].
+pub mod ratelimit;
+
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use ipnet::IpNet;
@@ -9,9 +12,11 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
+use ratelimit::RateLimiter;
+
 use crate::{
     conn::{self, Conn, Shared},
-    connect::{self, ratelimit::RateLimiter},
+    connect,
     pool::Pool,
     tcp,
     tls::{ClientTls, ServerTls},

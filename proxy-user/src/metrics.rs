@@ -60,7 +60,7 @@ pub struct Metrics {
     pub backend_connect_seconds: HistogramVec,
     /// `agent_proxy_server_up{backend,server,address}`: health-check state.
     pub server_up: IntGaugeVec,
-    /// `agent_proxy_tls_handshake_errors_total{side,name}`: failed TLS handshakes.
+    /// `agent_proxy_tls_handshake_errors_total{side,name,reason}`: failed TLS handshakes.
     pub tls_handshake_errors_total: IntCounterVec,
     /// `agent_proxy_dns_resolutions_total{host,result}`: DNS lookups.
     pub dns_resolutions_total: IntCounterVec,
@@ -163,9 +163,10 @@ impl Metrics {
             tls_handshake_errors_total: counter(
                 r,
                 "agent_proxy_tls_handshake_errors_total",
-                "Failed TLS handshakes, by side (frontend = with clients, backend = with servers) \
-                 and frontend or backend name",
-                &["side", "name"],
+                "Failed TLS handshakes, by side (frontend = with clients, backend = with servers), \
+                 frontend or backend name, and reason (timeout, shutdown, certificate, alert, \
+                 protocol, closed, config)",
+                &["side", "name", "reason"],
             ),
             dns_resolutions_total: counter(
                 r,
@@ -291,7 +292,7 @@ mod tests {
             .with_label_values(&["be", "a:443", "10.0.0.1:443"])
             .set(1);
         m.tls_handshake_errors_total
-            .with_label_values(&["frontend", "fe"])
+            .with_label_values(&["frontend", "fe", "certificate"])
             .inc();
         m.dns_resolutions_total
             .with_label_values(&["a", "ok"])
@@ -364,7 +365,7 @@ mod tests {
             r#"agent_proxy_backend_connect_errors_total{backend="be",server="a:443"} 1"#,
             r#"agent_proxy_backend_connect_seconds_count{backend="be"} 1"#,
             r#"agent_proxy_server_up{address="10.0.0.1:443",backend="be",server="a:443"} 1"#,
-            r#"agent_proxy_tls_handshake_errors_total{name="fe",side="frontend"} 1"#,
+            r#"agent_proxy_tls_handshake_errors_total{name="fe",reason="certificate",side="frontend"} 1"#,
             r#"agent_proxy_dns_resolutions_total{host="a",result="ok"} 1"#,
             r#"agent_proxy_connect_requests_total{frontend="fe",status="200"} 1"#,
             r#"agent_proxy_connection_duration_seconds_count{frontend="fe"} 1"#,
@@ -396,5 +397,23 @@ mod tests {
         a.kernel_errors_total.with_label_values(&["x"]).inc();
         assert!(a.render().contains("agent_proxy_kernel_errors_total"));
         assert!(!b.render().contains("agent_proxy_kernel_errors_total"));
+    }
+
+    /// The HELP text of the handshake errors names exactly the reasons the code emits.
+    #[test]
+    fn handshake_reasons_are_the_help_texts() {
+        use prometheus::core::Collector as _;
+        let help = Metrics::new()
+            .tls_handshake_errors_total
+            .desc()
+            .first()
+            .map(|d| d.help.clone())
+            .unwrap();
+        let listed = help
+            .rsplit_once("reason (")
+            .and_then(|(_, rest)| rest.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("no reason list in {help:?}"));
+        let listed: Vec<&str> = listed.split(", ").collect();
+        assert_eq!(listed, crate::tls::HANDSHAKE_REASONS, "{help}");
     }
 }

@@ -26,8 +26,8 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    conn::{End, Outcome},
     net,
+    outcome::{End, Outcome},
 };
 
 /// Bytes read per system call.

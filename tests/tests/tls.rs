@@ -37,6 +37,13 @@ fn handshake_errors(env: &TestEnv, side: &str, name: &str) -> anyhow::Result<u64
         .count(HANDSHAKE_ERRORS, &[("side", side), ("name", name)]))
 }
 
+fn handshake_reason(env: &TestEnv, side: &str, reason: &str) -> anyhow::Result<u64> {
+    Ok(env
+        .daemon
+        .metrics()?
+        .count(HANDSHAKE_ERRORS, &[("side", side), ("reason", reason)]))
+}
+
 /// TOML for a frontend's `tls`: `cert`/`key` paths, plus extra keys.
 fn frontend_tls(cert: &Path, key: Option<&Path>, extra: &str) -> String {
     let key = key.map_or(String::new(), |k| format!(", key = \"{}\"", k.display()));
@@ -322,6 +329,11 @@ fn origination_verifies_the_intake(dp: Dataplane) -> anyhow::Result<()> {
             errors == 3,
             "{HANDSHAKE_ERRORS}{{side=backend}} is {errors}, expected 3"
         );
+        let refused = handshake_reason(&env, "backend", "certificate")?;
+        ensure!(
+            refused == 3,
+            "{HANDSHAKE_ERRORS}{{side=backend,reason=certificate}} is {refused}, expected 3"
+        );
         for (saw, what) in [
             (&untrusted_saw, "untrusted"),
             (&wrong_saw, "wrong name"),
@@ -500,6 +512,15 @@ fn mtls_and_bad_clients(dp: Dataplane) -> anyhow::Result<()> {
             errors == 5,
             "{HANDSHAKE_ERRORS}{{side=frontend}} is {errors}, expected 5"
         );
+        // The silent client timed out, the two without a trusted certificate were refused
+        // for it, the plaintext and garbage clients did not speak TLS.
+        for (reason, expected) in [("timeout", 1), ("certificate", 2), ("protocol", 2)] {
+            let counted = handshake_reason(&env, "frontend", reason)?;
+            ensure!(
+                counted == expected,
+                "{HANDSHAKE_ERRORS}{{side=frontend,reason={reason}}} is {counted}, expected {expected}"
+            );
+        }
         env.finish()
     })
 }

@@ -34,7 +34,52 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use crate::connect::{auth::User, policy::DestinationRule, ratelimit::RateLimit};
+/// The destination rules of connect frontends. Defined with the policy that matches them: a
+/// rule's grammar is the CONNECT target's (`connect::request`), which is not a config type.
+pub use crate::connect::policy::DestinationRule;
+
+/// A frontend's `rate_limit = { connections, per }`: at most `connections` new connections per
+/// client IP address in each window of `per` (enforced by the listener, in every mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// New connections admitted per address and window; at least 1.
+    pub connections: u32,
+    /// The window; more than zero.
+    pub per: Duration,
+}
+
+impl RateLimit {
+    /// The default of `per`.
+    pub const DEFAULT_PER: Duration = Duration::from_secs(1);
+}
+
+/// One `users` entry of a connect frontend. The password never prints: `Debug` shows `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    password: String,
+}
+
+impl User {
+    /// `name` must not contain `:` (Basic credentials are `name:password`); the config checks it.
+    pub fn new(name: String, password: String) -> Self {
+        Self { name, password }
+    }
+
+    /// The password, for the constant-time check of `connect::auth` only.
+    pub(crate) fn password(&self) -> &str {
+        &self.password
+    }
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("password", &"***")
+            .finish()
+    }
+}
 pub use error::ConfigError;
 
 /// The whole configuration: process-wide settings plus the frontends and backends.

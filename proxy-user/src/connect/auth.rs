@@ -12,28 +12,7 @@ use subtle::ConstantTimeEq as _;
 /// The realm of the `Proxy-Authenticate` challenge.
 pub const REALM: &str = "agent-proxy";
 
-/// One `users` entry.
-#[derive(Clone, PartialEq, Eq)]
-pub struct User {
-    pub name: String,
-    password: String,
-}
-
-impl User {
-    /// `name` must not contain `:` (Basic credentials are `name:password`); the config checks it.
-    pub fn new(name: String, password: String) -> Self {
-        Self { name, password }
-    }
-}
-
-impl fmt::Debug for User {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("User")
-            .field("name", &self.name)
-            .field("password", &"***")
-            .finish()
-    }
-}
+pub use crate::config::User;
 
 /// The credentials a frontend accepts; empty means no authentication.
 #[derive(Clone, Default)]
@@ -52,7 +31,7 @@ impl Users {
     pub fn new(users: &[User]) -> Self {
         let credentials = users
             .iter()
-            .map(|u| format!("{}:{}", u.name, u.password).into_bytes())
+            .map(|u| format!("{}:{}", u.name, u.password()).into_bytes())
             .collect();
         Self { credentials }
     }

@@ -24,7 +24,6 @@
 pub mod auth;
 pub mod handshake;
 pub mod policy;
-pub mod ratelimit;
 pub mod request;
 
 #[cfg(test)]

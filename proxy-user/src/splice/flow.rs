@@ -5,7 +5,7 @@ use std::io::{self, Read as _, Write as _};
 use proxy_common::SpliceLimit;
 
 use super::{Splice, Step, internal, reset_end, reset_end_at};
-use crate::{conn::End, net};
+use crate::{net, outcome::End};
 
 impl Splice<'_> {
     /// Where side `i`'s direction stands.

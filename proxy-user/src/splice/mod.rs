@@ -46,9 +46,9 @@ use tokio_util::sync::CancellationToken;
 use proxy_common::{FlowKey, LocalGate, LocalSend, SpliceLimit};
 
 use crate::{
-    conn::{End, Outcome},
     kernel::{Kernel, KernelError, SplicePair, Wake, Wakes, WatchGuard},
     net::{self, Peek},
+    outcome::{End, Outcome},
     relay::RelayCounters,
 };
 

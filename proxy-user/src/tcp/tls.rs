@@ -9,7 +9,7 @@ use crate::{
     net,
     pool::{ConnectError, Lease, Pool},
     relay,
-    tls::{ClientTls, ServerTls},
+    tls::{ClientTls, HandshakeError, ServerTls},
 };
 
 /// One end of a connection: the TCP socket, or the TLS session over it.
@@ -48,16 +48,16 @@ pub(super) async fn run(
         Some(tls) => match tokio::select! {
             r = tls.accept(client) => r,
             // Cut at the end of the drain like a carried connection, with its log line.
-            () = shared.abort.cancelled() => Err("tls handshake: cut at shutdown".to_owned()),
+            () = shared.abort.cancelled() => Err(HandshakeError::Shutdown),
         } {
             Ok(stream) => Side::Tls(Box::new(stream)),
-            Err(reason) => {
+            Err(e) => {
                 shared
                     .metrics
                     .tls_handshake_errors_total
-                    .with_label_values(&["frontend", frontend.name.as_str()])
+                    .with_label_values(&["frontend", frontend.name.as_str(), e.reason()])
                     .inc();
-                conn.finish_nothing(End::TlsHandshakeFailed, reason);
+                conn.finish_nothing(End::TlsHandshakeFailed, e.to_string());
                 return;
             }
         },
@@ -97,20 +97,16 @@ async fn dial(
         let _ = net::set_nodelay(tcp.as_raw_fd());
         return Ok((Side::Plain(tcp), lease));
     };
-    let handshake_errors = shared
-        .metrics
-        .tls_handshake_errors_total
-        .with_label_values(&["backend", pool.name.as_str()]);
+    let handshake_errors = &shared.metrics.tls_handshake_errors_total;
     let (stream, lease) = pool
-        .connect_with(&shared.metrics, |tcp, server| {
-            let handshake_errors = &handshake_errors;
-            async move {
-                let _ = net::set_nodelay(tcp.as_raw_fd());
-                tls.connect(tcp, &server.host).await.map_err(|reason| {
-                    handshake_errors.inc();
-                    format!("{}: {reason}", server.addr)
-                })
-            }
+        .connect_with(&shared.metrics, |tcp, server| async move {
+            let _ = net::set_nodelay(tcp.as_raw_fd());
+            tls.connect(tcp, &server.host).await.map_err(|e| {
+                handshake_errors
+                    .with_label_values(&["backend", pool.name.as_str(), e.reason()])
+                    .inc();
+                format!("{}: {e}", server.addr)
+            })
         })
         .await?;
     Ok((Side::Tls(Box::new(stream)), lease))

@@ -10,7 +10,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, client::TlsStream};
 
-use super::{Swap, TlsError, VERSIONS, pem, provider};
+use super::{HandshakeError, Swap, TlsError, VERSIONS, pem, provider};
 use crate::config::BackendTls;
 
 /// The CA bundles of the common distributions, tried in order when `ca_file` is not set:
@@ -49,10 +49,9 @@ impl ClientTls {
 
     /// The name sent as SNI and verified: `sni`, else the server's configured host (a DNS
     /// name, or an IP address that the certificate must list as an IP SAN).
-    pub fn server_name(&self, host: &str) -> Result<ServerName<'static>, String> {
+    pub fn server_name(&self, host: &str) -> Result<ServerName<'static>, HandshakeError> {
         let name = self.settings.sni.as_deref().unwrap_or(host);
-        ServerName::try_from(name.to_owned())
-            .map_err(|_| format!("tls: {name:?} is not a valid server name"))
+        ServerName::try_from(name.to_owned()).map_err(|_| HandshakeError::BadName(name.to_owned()))
     }
 
     /// The handshake with a server, bounded by the timeout; the error is the reason.
@@ -60,16 +59,16 @@ impl ClientTls {
         &self,
         tcp: TcpStream,
         host: &str,
-    ) -> Result<TlsStream<TcpStream>, String> {
+    ) -> Result<TlsStream<TcpStream>, HandshakeError> {
         let name = self.server_name(host)?;
         let connector = TlsConnector::from(self.config.get());
         match tokio::time::timeout(self.timeout, connector.connect(name, tcp)).await {
             Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(e)) => Err(format!("tls handshake: {e}")),
-            Err(_) => Err(format!(
-                "tls handshake: not complete within {:?}",
-                self.timeout
-            )),
+            Ok(Err(e)) => Err(HandshakeError::Failed(e)),
+            Err(_) => Err(HandshakeError::Timeout {
+                within: self.timeout,
+                server: false,
+            }),
         }
     }
 }

@@ -9,20 +9,98 @@
 //! and [`ServerTls::reload`] / [`ClientTls::reload`] (on SIGHUP) swap in a config rebuilt from
 //! the files, or keep the old one and say why. A connection keeps the config it started with.
 //!
-//! A connection with TLS on either side is carried by the userspace relay
-//! ([`carry`], [`crate::relay::relay_streams`]); the kernel cannot splice bytes it would have to
-//! encrypt.
+//! A connection with TLS on either side is carried by the userspace relay (`crate::tcp`,
+//! [`crate::relay::relay_streams`]); the kernel cannot splice bytes it would have to encrypt.
 mod client;
 mod pem;
 mod server;
 
 use std::{
+    fmt, io,
     path::PathBuf,
     sync::{Arc, RwLock},
+    time::Duration,
 };
 
 pub use client::ClientTls;
 pub use server::ServerTls;
+
+/// Why one handshake failed. `Display` is the log line's `detail`; [`HandshakeError::reason`]
+/// the bounded `reason` label of `agent_proxy_tls_handshake_errors_total`.
+#[derive(Debug)]
+pub enum HandshakeError {
+    /// Not complete within the handshake timeout (`server`: we were the TLS server).
+    Timeout { within: Duration, server: bool },
+    /// Cut by the end of the drain at shutdown.
+    Shutdown,
+    /// The handshake failed: a TLS error from rustls (inside the I/O error), or the peer
+    /// closed or reset the connection.
+    Failed(io::Error),
+    /// The name to verify the server against is not a valid server name.
+    BadName(String),
+}
+
+/// The values of the `reason` label, for a handshake that failed.
+pub const HANDSHAKE_REASONS: [&str; 7] = [
+    "timeout",
+    "shutdown",
+    "certificate",
+    "alert",
+    "protocol",
+    "closed",
+    "config",
+];
+
+impl HandshakeError {
+    /// One of [`HANDSHAKE_REASONS`]: `timeout`; `certificate` (the peer's certificate was
+    /// refused, or none was presented where one is required); `alert` (the peer sent a fatal
+    /// alert, such as a client that does not trust our certificate); `protocol` (not TLS, a
+    /// version or cipher the other side does not accept, a malformed message); `closed` (the
+    /// peer closed or reset mid-handshake); `config` (no valid server name to verify);
+    /// `shutdown` (cut by the end of the drain).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HandshakeError::Timeout { .. } => "timeout",
+            HandshakeError::Shutdown => "shutdown",
+            HandshakeError::BadName(_) => "config",
+            HandshakeError::Failed(e) => match e.get_ref().and_then(|e| e.downcast_ref()) {
+                Some(
+                    rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented,
+                ) => "certificate",
+                Some(rustls::Error::AlertReceived(_)) => "alert",
+                Some(_) => "protocol",
+                None => match e.kind() {
+                    io::ErrorKind::InvalidData => "protocol",
+                    _ => "closed",
+                },
+            },
+        }
+    }
+}
+
+impl fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandshakeError::Timeout {
+                within,
+                server: true,
+            } => {
+                write!(f, "tls handshake: no complete handshake within {within:?}")
+            }
+            HandshakeError::Timeout {
+                within,
+                server: false,
+            } => {
+                write!(f, "tls handshake: not complete within {within:?}")
+            }
+            HandshakeError::Shutdown => f.write_str("tls handshake: cut at shutdown"),
+            HandshakeError::Failed(e) => write!(f, "tls handshake: {e}"),
+            HandshakeError::BadName(name) => write!(f, "tls: {name:?} is not a valid server name"),
+        }
+    }
+}
+
+impl std::error::Error for HandshakeError {}
 
 /// Why TLS settings could not be loaded from their files.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@ use rustls::{
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
-use super::{Swap, TlsError, VERSIONS, pem, provider};
+use super::{HandshakeError, Swap, TlsError, VERSIONS, pem, provider};
 use crate::config::{CertFiles, FrontendTls};
 
 /// A frontend's TLS: the settings (file paths) and the config built from them.
@@ -40,15 +40,15 @@ impl ServerTls {
     /// The handshake with a client, bounded by the handshake timeout; the error is the reason,
     /// for the log line. rustls sends the client an alert when it can (a plaintext request
     /// gets one); the caller then closes the socket.
-    pub async fn accept(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, String> {
+    pub async fn accept(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, HandshakeError> {
         let acceptor = TlsAcceptor::from(self.config.get());
         match tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(tcp)).await {
             Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(e)) => Err(format!("tls handshake: {e}")),
-            Err(_) => Err(format!(
-                "tls handshake: no complete handshake within {:?}",
-                self.settings.handshake_timeout
-            )),
+            Ok(Err(e)) => Err(HandshakeError::Failed(e)),
+            Err(_) => Err(HandshakeError::Timeout {
+                within: self.settings.handshake_timeout,
+                server: true,
+            }),
         }
     }
 }

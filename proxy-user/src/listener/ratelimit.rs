@@ -10,24 +10,12 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Addresses tracked at once, ~48 bytes each: ~3 MiB at most.
 pub const MAX_TRACKED: usize = 65_536;
 
-/// The configured limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
-    /// New connections admitted per address and window; at least 1.
-    pub connections: u32,
-    /// The window; more than zero.
-    pub per: Duration,
-}
-
-impl RateLimit {
-    /// The default of `per`.
-    pub const DEFAULT_PER: Duration = Duration::from_secs(1);
-}
+pub use crate::config::RateLimit;
 
 /// One address's current window.
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +89,7 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn limit(connections: u32, per_ms: u64) -> RateLimit {
         RateLimit {
