@@ -181,7 +181,7 @@ impl Kernel {
                 limits,
                 routes,
                 errors,
-            }),
+            })?,
             events,
             _ebpf: ebpf,
         })
