@@ -137,9 +137,22 @@ async fn serve_connection(
     state: Arc<AdminState>,
     mut stop: watch::Receiver<()>,
 ) {
-    let service = hyper::service::service_fn(move |req| {
-        let response = handle(&state, &req);
-        async move { Ok::<_, Infallible>(response) }
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        let state = Arc::clone(&state);
+        async move {
+            let response = if matches!(path.as_str(), "/metrics" | "/stats") {
+                // The refresh walks the kernel maps (tens of milliseconds at thousands of
+                // connections): off the runtime's workers, so no connection task waits on it.
+                let blocking = tokio::task::spawn_blocking(move || handle(&state, &method, &path));
+                blocking.await.unwrap_or_else(|_| {
+                    text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+                })
+            } else {
+                handle(&state, &method, &path)
+            };
+            Ok::<_, Infallible>(response)
+        }
     });
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
@@ -177,14 +190,14 @@ fn readyz(state: &AdminState) -> Response<Full<Bytes>> {
     respond(StatusCode::SERVICE_UNAVAILABLE, TEXT_CONTENT_TYPE, body)
 }
 
-/// Routes one request. Synchronous: every answer is computed from memory.
-fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let path = req.uri().path();
+/// Routes one request. Synchronous: every answer is computed from memory (`/metrics` and
+/// `/stats`, which first read the kernel maps, run on the blocking pool).
+fn handle(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes>> {
     if !matches!(path, "/metrics" | "/healthz" | "/readyz" | "/stats") {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
     // HEAD gets the same head as GET; hyper leaves the body out on the wire.
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+    if method != Method::GET && method != Method::HEAD {
         let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         response
             .headers_mut()
