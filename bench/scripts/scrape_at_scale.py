@@ -1,6 +1,6 @@
-# Scrape cost at N spliced connections (run by scrape_at_scale.sh): /metrics time, and latency
-# /metrics is scraped every 100 ms. Runs inside a netns where the daemon listens on 127.0.0.1:18080
-# (backend 127.0.0.1:18081, served here) and admin on 127.0.0.1:19090.
+# Scrape cost at N spliced connections (run by scrape_at_scale.sh): /metrics time, and the
+# latency of a 64 B ping-pong and of new connections, quiet and while /metrics is scraped every
+# 100 ms. The daemon listens on 127.0.0.1:18080 (backend 127.0.0.1:18081, served here), admin 19090.
 import asyncio, socket, sys, threading, time, urllib.request, statistics
 N = int(sys.argv[1]); ROUNDS = 10000; NEW = 400
 async def echo(r, w):
