@@ -145,9 +145,9 @@ async fn serve_connection(
                 // The refresh walks the kernel maps (tens of milliseconds at thousands of
                 // connections): off the runtime's workers, so no connection task waits on it.
                 let blocking = tokio::task::spawn_blocking(move || handle(&state, &method, &path));
-                blocking.await.unwrap_or_else(|_| {
-                    text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
-                })
+                blocking
+                    .await
+                    .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"))
             } else {
                 handle(&state, &method, &path)
             };

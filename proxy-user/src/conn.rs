@@ -23,7 +23,7 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-pub use crate::outcome::{End, Outcome, Path};
+pub use crate::outcome::{End, Outcome, Path, Reject};
 
 use crate::{
     kernel::Kernel,
@@ -159,7 +159,7 @@ impl<'a> Conn<'a> {
     }
 
     /// Refuses the client with a reset, counted under `reason`.
-    pub fn reject(&self, client: TcpStream, reason: &str) {
+    pub fn reject(&self, client: TcpStream, reason: Reject) {
         reject(
             self.frontend,
             self.shared,
@@ -175,7 +175,7 @@ impl<'a> Conn<'a> {
     /// attempts, logged with `end=connect_failed`.
     pub fn unconnected(&self, client: TcpStream, error: ConnectError) {
         if let ConnectError::NoServer { .. } = error {
-            self.reject(client, "no_server");
+            self.reject(client, Reject::NoServer);
             return;
         }
         self.finish_nothing(End::ConnectFailed, error.to_string());
@@ -255,9 +255,10 @@ pub fn reject(
     shared: &Shared,
     client: TcpStream,
     peer: SocketAddr,
-    reason: &str,
+    reason: Reject,
     started: Instant,
 ) {
+    let reason = reason.as_str();
     shared
         .metrics
         .frontend_rejected_total

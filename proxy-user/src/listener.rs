@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use ratelimit::RateLimiter;
 
 use crate::{
-    conn::{self, Conn, Shared},
+    conn::{self, Conn, Reject, Shared},
     connect,
     pool::Pool,
     tcp,
@@ -106,21 +106,21 @@ fn admit(
     listener: &Listener,
     shared: &Shared,
     peer: SocketAddr,
-) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), &'static str> {
+) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), Reject> {
     let ip = peer.ip().to_canonical();
     if !listener.allow.is_empty() && !listener.allow.iter().any(|net| net.contains(&ip)) {
-        return Err("denied");
+        return Err(Reject::Denied);
     }
     let global = Arc::clone(&shared.global_limit)
         .try_acquire_owned()
-        .map_err(|_| "max_connections")?;
+        .map_err(|_| Reject::MaxConnections)?;
     let local = Arc::clone(&listener.limit)
         .try_acquire_owned()
-        .map_err(|_| "frontend_max_connections")?;
+        .map_err(|_| Reject::FrontendMaxConnections)?;
     if let Some(limiter) = &listener.rate_limit
         && !limiter.admit(ip, Instant::now())
     {
-        return Err("rate_limit");
+        return Err(Reject::RateLimit);
     }
     Ok((global, local))
 }

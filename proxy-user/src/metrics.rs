@@ -16,6 +16,8 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::outcome::{End, Reject};
+
 /// Upper bounds of `agent_proxy_backend_connect_seconds`: from a loopback connect (sub-ms) to the
 /// longest sensible `connect_timeout`.
 const CONNECT_SECONDS_BUCKETS: &[f64] = &[
@@ -96,8 +98,10 @@ impl Metrics {
             frontend_rejected_total: counter(
                 r,
                 "agent_proxy_frontend_rejected_total",
-                "Client connections refused, by frontend and reason (e.g. max_connections, \
-                 not_allowed)",
+                &format!(
+                    "Client connections refused, by frontend and reason ({}, address_CLASS)",
+                    listed(Reject::ALL.map(Reject::as_str))
+                ),
                 &["frontend", "reason"],
             ),
             bytes_total: counter(
@@ -197,8 +201,10 @@ impl Metrics {
             connections_ended_total: counter(
                 r,
                 "agent_proxy_connections_ended_total",
-                "Finished client connections, by frontend, data path and how they ended \
-                 (client_close, upstream_close, timeout, reset, refused, error)",
+                &format!(
+                    "Finished client connections, by frontend, data path and how they ended ({})",
+                    listed(End::ALL.map(End::as_str))
+                ),
                 &["frontend", "path", "end"],
             ),
             registry,
@@ -226,6 +232,11 @@ impl Default for Metrics {
 
 // Registration only fails for an invalid name, duplicate name or inconsistent labels: all fixed
 // at compile time above, and covered by the tests, so a failure is a programming error.
+
+/// `a, b, c`: the values of a label, for a HELP text.
+fn listed<const N: usize>(values: [&str; N]) -> String {
+    values.join(", ")
+}
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter definition");
@@ -415,5 +426,31 @@ mod tests {
             .unwrap_or_else(|| panic!("no reason list in {help:?}"));
         let listed: Vec<&str> = listed.split(", ").collect();
         assert_eq!(listed, crate::tls::HANDSHAKE_REASONS, "{help}");
+    }
+
+    /// The HELP text of a family.
+    fn help(family: &IntCounterVec) -> String {
+        use prometheus::core::Collector as _;
+        family.desc()[0].help.clone()
+    }
+
+    /// The values inside the last `(...)` of a HELP text.
+    fn listed_in(help: &str) -> Vec<String> {
+        let inner = help
+            .rsplit_once('(')
+            .and_then(|(_, rest)| rest.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("no list in {help:?}"));
+        inner.split(", ").map(str::to_owned).collect()
+    }
+
+    /// The HELP texts of the labelled enums name exactly the values the code emits.
+    #[test]
+    fn help_texts_name_the_emitted_values() {
+        let ends: Vec<String> = End::ALL.iter().map(|e| e.as_str().to_owned()).collect();
+        let m = Metrics::new();
+        assert_eq!(listed_in(&help(&m.connections_ended_total)), ends);
+        let mut reasons: Vec<String> = Reject::ALL.iter().map(|r| r.as_str().to_owned()).collect();
+        reasons.push("address_CLASS".to_owned());
+        assert_eq!(listed_in(&help(&m.frontend_rejected_total)), reasons);
     }
 }

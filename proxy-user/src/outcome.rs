@@ -28,6 +28,20 @@ pub enum End {
 }
 
 impl End {
+    /// Every end, in the order the metric's HELP text lists them.
+    pub const ALL: [End; 10] = [
+        End::ClientClose,
+        End::UpstreamClose,
+        End::ClientReset,
+        End::UpstreamReset,
+        End::ConnectFailed,
+        End::Rejected,
+        End::Refused,
+        End::TlsHandshakeFailed,
+        End::Shutdown,
+        End::Error,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             End::ClientClose => "client_close",
@@ -47,6 +61,44 @@ impl End {
 impl fmt::Display for End {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Why a connection was refused with a reset before any byte moved: the `reason` label of
+/// `agent_proxy_frontend_rejected_total` (besides `address_CLASS`, a CONNECT destination
+/// refused for its address class) and the log line's `detail` with `end=rejected`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reject {
+    /// The client address is in none of the frontend's `allow` networks.
+    Denied,
+    /// `global.max_connections` reached.
+    MaxConnections,
+    /// The frontend's `max_connections` reached.
+    FrontendMaxConnections,
+    /// The client's `rate_limit` window is full.
+    RateLimit,
+    /// The backend has no server up (or none known yet).
+    NoServer,
+}
+
+impl Reject {
+    /// Every reason, in the order the metric's HELP text lists them.
+    pub const ALL: [Reject; 5] = [
+        Reject::Denied,
+        Reject::MaxConnections,
+        Reject::FrontendMaxConnections,
+        Reject::RateLimit,
+        Reject::NoServer,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reject::Denied => "denied",
+            Reject::MaxConnections => "max_connections",
+            Reject::FrontendMaxConnections => "frontend_max_connections",
+            Reject::RateLimit => "rate_limit",
+            Reject::NoServer => "no_server",
+        }
     }
 }
 

@@ -43,11 +43,8 @@ fn privileged() -> bool {
 fn in_netns<F: FnOnce() + Send + 'static>(f: F) {
     std::thread::spawn(move || {
         // SAFETY: affects only this thread's namespace membership.
-        assert_eq!(
-            unsafe { libc::unshare(libc::CLONE_NEWNET) },
-            0,
-            "unshare(CLONE_NEWNET)"
-        );
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "unshare(CLONE_NEWNET)");
         let status = std::process::Command::new("ip")
             .args(["link", "set", "lo", "up"])
             .status()

@@ -89,8 +89,15 @@ pub struct Kernel {
 
 impl Kernel {
     /// Loads the object, attaches the verdict to `SPLICE_SOCKS` and starts the event hub (which
-    /// needs a tokio runtime). With `local`, also the same-host agent programs; if those cannot
-    /// be attached the kernel path still loads, without them, and the reason is logged.
+    /// needs a tokio runtime). Unless `mode` is off, also the same-host agent programs; if those
+    /// cannot be attached (or the FIONREAD self-test says so) the kernel path still loads,
+    /// without them, and the reason is logged.
+    ///
+    /// # Minimum kernel version
+    ///
+    /// The splice needs 5.8 (sockhash 4.18, a stream verdict without a parser and the ring
+    /// buffer 5.8); same-host agents 5.15 (`bpf_get_netns_cookie` in `sock_ops`). The table of
+    /// every feature is in docs/architecture.md, "Minimum kernel versions"; only 6.18 is tested.
     pub fn load(mode: LocalAgentsMode) -> Result<Self, KernelError> {
         let local = mode != LocalAgentsMode::Off;
         if EBPF_OBJECT.is_empty() {

@@ -80,8 +80,14 @@ impl Scrape {
             peers: reopen(maps.peers.fd().as_fd(), Map::SockHash)?,
             conns: reopen(IterableMap::map(&maps.conns).fd().as_fd(), Map::HashMap)?,
             limits: reopen(IterableMap::map(&maps.limits).fd().as_fd(), Map::HashMap)?,
-            routes: reopen(IterableMap::map(&maps.routes).fd().as_fd(), Map::PerCpuArray)?,
-            errors: reopen(IterableMap::map(&maps.errors).fd().as_fd(), Map::PerCpuArray)?,
+            routes: reopen(
+                IterableMap::map(&maps.routes).fd().as_fd(),
+                Map::PerCpuArray,
+            )?,
+            errors: reopen(
+                IterableMap::map(&maps.errors).fd().as_fd(),
+                Map::PerCpuArray,
+            )?,
         })
     }
 }
