@@ -194,21 +194,27 @@ fn release_freed_memory() {
 
 pub use crate::report::error_chain;
 
+/// The start-up steps that need no privileges and touch no network: what `agent-proxy check`
+/// runs after parsing, and `run` runs first. Returns the loaded TLS settings.
+pub fn validate(config: &Config) -> Result<TlsState, StartError> {
+    if config.frontends.len() > proxy_common::MAX_FRONTENDS as usize {
+        return Err(StartError::TooManyFrontends);
+    }
+    Ok(TlsState::load(config)?)
+}
+
 /// Runs the proxy until `shutdown` resolves, then drains for `drain_timeout`.
 pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), StartError> {
-    if config.frontends.len() > proxy_common::MAX_FRONTENDS as usize {
-        return Err(StartError::TooManyFrontends);
-    }
     // Installed first: from here on a SIGHUP reloads instead of killing the process.
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let tls = Arc::new(validate(&config)?);
     raise_fd_limit();
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
-    let tls = Arc::new(TlsState::load(&config)?);
     for (name, backend) in &tls.backends {
         tracing::info!(backend = %name, trust = %backend.trust, "tls to the servers");
     }

@@ -38,8 +38,8 @@ fn main() -> ExitCode {
                 for warning in config.warnings() {
                     eprintln!("{}: warning: {warning}", path.display());
                 }
-                // The files the config names must be usable too.
-                match daemon::TlsState::load(&config) {
+                // The files the config names must be usable too, and the limits met.
+                match daemon::validate(&config) {
                     Ok(_) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("{}: {}", path.display(), daemon::error_chain(&e));

@@ -236,3 +236,29 @@ fn docs_examples_pass_check() {
     }
     assert!(checked >= 1, "no ```toml block found in docs/");
 }
+
+/// `check` runs the same start-up validation as `run` (the frontend limit, the TLS files), so a
+/// config that `run` would refuse does not pass `check`.
+#[test]
+fn more_frontends_than_the_kernel_counters_hold_fail_check() {
+    let mut content = String::new();
+    for i in 0..257 {
+        content.push_str(&format!(
+            "[[frontend]]\nname = \"f{i}\"\nlisten = \"127.0.0.1:{}\"\nbackend = \"b\"\n",
+            20_000 + i
+        ));
+    }
+    content.push_str("[[backend]]\nname = \"b\"\nservers = [\"127.0.0.1:1\"]\n");
+    let (path, out) = check(&content);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "check passed 257 frontends: {stderr}"
+    );
+    assert!(
+        stderr.contains("at most 256 frontends are supported"),
+        "check said: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(path.parent().expect("temp dir"));
+}

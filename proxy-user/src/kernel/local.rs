@@ -23,7 +23,7 @@ use crate::config::LocalAgentsMode;
 
 use super::{
     KernelError,
-    registry::{ignore_missing, map_err},
+    registry::{ignore_missing, map_err, reopen},
     take,
 };
 
@@ -39,8 +39,36 @@ struct Maps {
     counters: PerCpuArray<MapData, RouteCounters>,
 }
 
+/// The scrape's own handles to the per-socket maps, so that walking their keys never holds the
+/// lock that pairing and the gates (same-host flow control) take (see `registry`).
+struct Scrape {
+    socks: SockHash<MapData, FlowKey>,
+    targets: SockHash<MapData, FlowKey>,
+    state: HashMap<MapData, FlowKey, LocalSend>,
+    gates: HashMap<MapData, FlowKey, LocalGate>,
+    counters: PerCpuArray<MapData, RouteCounters>,
+}
+
+impl Scrape {
+    fn new(maps: &Maps) -> Result<Self, KernelError> {
+        use aya::maps::{IterableMap, Map};
+        use std::os::fd::AsFd as _;
+        Ok(Self {
+            socks: reopen(maps.socks.fd().as_fd(), Map::SockHash)?,
+            targets: reopen(maps.targets.fd().as_fd(), Map::SockHash)?,
+            state: reopen(IterableMap::map(&maps.state).fd().as_fd(), Map::HashMap)?,
+            gates: reopen(IterableMap::map(&maps.gates).fd().as_fd(), Map::HashMap)?,
+            counters: reopen(
+                IterableMap::map(&maps.counters).fd().as_fd(),
+                Map::PerCpuArray,
+            )?,
+        })
+    }
+}
+
 pub struct LocalAgents {
     maps: Mutex<Maps>,
+    scrape: Mutex<Scrape>,
     /// The cgroup v2 directory the `sock_ops` program is attached to.
     pub cgroup: PathBuf,
 }
@@ -84,6 +112,7 @@ impl LocalAgents {
         ops.attach(dir.as_fd(), CgroupAttachMode::Single)
             .map_err(attach("local_sock_ops: attach to the cgroup v2 root"))?;
         Ok(Self {
+            scrape: Mutex::new(Scrape::new(&maps)?),
             maps: Mutex::new(maps),
             cgroup,
         })
@@ -188,9 +217,13 @@ impl LocalAgents {
         let _ = ignore_missing(maps.socks.remove(&key));
     }
 
+    fn scrape(&self) -> std::sync::MutexGuard<'_, Scrape> {
+        self.scrape.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Per-frontend totals of what went straight, summed over CPUs.
     pub fn totals(&self) -> Vec<(u32, RouteCounters)> {
-        let maps = self.lock();
+        let maps = self.scrape();
         let mut out = Vec::new();
         for frontend in 0..MAX_FRONTENDS {
             let Ok(values) = maps.counters.get(&frontend, 0) else {
@@ -204,9 +237,9 @@ impl LocalAgents {
         out
     }
 
-    /// `(map name, entries)` of the per-socket maps (walks the keys).
+    /// `(map name, entries)` of the per-socket maps (walks the keys, without the hot lock).
     pub fn entries(&self) -> [(&'static str, u64); 4] {
-        let maps = self.lock();
+        let maps = self.scrape();
         [
             (proxy_common::LOCAL_SOCKS, maps.socks.keys().count() as u64),
             (

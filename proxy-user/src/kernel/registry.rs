@@ -93,7 +93,10 @@ impl Scrape {
 }
 
 /// A second handle to the map behind `fd` (a duplicate of the fd), typed like the first.
-fn reopen<T>(fd: std::os::fd::BorrowedFd<'_>, kind: fn(MapData) -> Map) -> Result<T, KernelError>
+pub(super) fn reopen<T>(
+    fd: std::os::fd::BorrowedFd<'_>,
+    kind: fn(MapData) -> Map,
+) -> Result<T, KernelError>
 where
     T: TryFrom<Map, Error = MapError>,
 {
