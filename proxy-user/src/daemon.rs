@@ -200,7 +200,7 @@ pub fn validate(config: &Config) -> Result<TlsState, StartError> {
     if config.frontends.len() > proxy_common::MAX_FRONTENDS as usize {
         return Err(StartError::TooManyFrontends);
     }
-    Ok(TlsState::load(config)?)
+    TlsState::load(config)
 }
 
 /// Runs the proxy until `shutdown` resolves, then drains for `drain_timeout`.
