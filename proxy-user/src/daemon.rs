@@ -4,7 +4,7 @@ use std::{
     net::SocketAddr,
     os::fd::AsRawFd as _,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -19,23 +19,12 @@ use crate::{
     conn::{self, Shared},
     connect,
     dns::{Dns, DnsError},
-    kernel::{Kernel, KernelError, LocalAgents},
+    kernel::{Kernel, KernelError, KernelMirror},
     listener::{self, Listener, Mode, ratelimit::RateLimiter},
     metrics::Metrics,
     pool::Pool,
-    tls::{ClientTls, ServerTls, TlsError},
+    tls::TlsLoadError,
 };
-
-/// Names of the kernel's error kinds, by index (`proxy_common::KERNEL_ERROR_*`).
-const KERNEL_ERROR_NAMES: [&str; proxy_common::KERNEL_ERROR_KINDS as usize] = [
-    "no_conn",
-    "no_peer",
-    "event_lost",
-    "bad_route",
-    "no_limit",
-    "local_insert",
-    "local_no_target",
-];
 
 /// How long connection tasks get to clean up (map entries, fds) after being cut at the end of
 /// the drain.
@@ -62,79 +51,11 @@ pub enum StartError {
     },
     #[error("at most {} frontends are supported", proxy_common::MAX_FRONTENDS)]
     TooManyFrontends,
-    #[error("{section} {name:?}: tls")]
-    Tls {
-        section: &'static str,
-        name: String,
-        #[source]
-        source: Box<TlsError>,
-    },
+    #[error(transparent)]
+    Tls(#[from] TlsLoadError),
 }
 
-/// The TLS state of every frontend and backend that has `tls`, built from the config's files.
-#[derive(Default)]
-pub struct TlsState {
-    pub frontends: HashMap<String, Arc<ServerTls>>,
-    pub backends: HashMap<String, Arc<ClientTls>>,
-}
-
-impl TlsState {
-    /// Reads every certificate, key and CA file the config names.
-    pub fn load(config: &Config) -> Result<Self, StartError> {
-        let mut state = Self::default();
-        for fe in &config.frontends {
-            if let Some(tls) = &fe.tls {
-                let loaded = ServerTls::load(tls).map_err(|source| StartError::Tls {
-                    section: "frontend",
-                    name: fe.name.clone(),
-                    source: Box::new(source),
-                })?;
-                state.frontends.insert(fe.name.clone(), Arc::new(loaded));
-            }
-        }
-        for be in &config.backends {
-            if let Some(tls) = &be.tls {
-                let loaded =
-                    ClientTls::load(tls, be.connect_timeout).map_err(|source| StartError::Tls {
-                        section: "backend",
-                        name: be.name.clone(),
-                        source: Box::new(source),
-                    })?;
-                state.backends.insert(be.name.clone(), Arc::new(loaded));
-            }
-        }
-        if !state.frontends.is_empty() || !state.backends.is_empty() {
-            crate::tls::warm_up_rng();
-        }
-        Ok(state)
-    }
-
-    /// Re-reads every file; a frontend or backend whose files fail keeps its current config,
-    /// and the log says why. Returns how many failed.
-    pub fn reload(&self) -> usize {
-        let mut failed = 0;
-        let results = self
-            .frontends
-            .iter()
-            .map(|(name, tls)| ("frontend", name, tls.reload()))
-            .chain(
-                self.backends
-                    .iter()
-                    .map(|(name, tls)| ("backend", name, tls.reload())),
-            );
-        for (section, name, result) in results {
-            match result {
-                Ok(()) => tracing::info!(section, name = %name, "tls: certificates reloaded"),
-                Err(e) => {
-                    failed += 1;
-                    tracing::error!(section, name = %name, error = %error_chain(&e),
-                        "tls: reload failed; the previous certificates stay in use");
-                }
-            }
-        }
-        failed
-    }
-}
+pub use crate::tls::TlsState;
 
 /// Reloads the TLS files on each SIGHUP until `stop` fires.
 async fn reload_on_sighup(
@@ -200,7 +121,22 @@ pub fn validate(config: &Config) -> Result<TlsState, StartError> {
     if config.frontends.len() > proxy_common::MAX_FRONTENDS as usize {
         return Err(StartError::TooManyFrontends);
     }
-    TlsState::load(config)
+    Ok(TlsState::load(config)?)
+}
+
+/// A daemon built from its config and bound, not yet serving: [`Daemon::build`] then
+/// [`Daemon::serve`]. Split so that each step reads on its own, and so that a later reload can
+/// build the next generation beside the one serving.
+pub struct Daemon {
+    config: Config,
+    tls: Arc<TlsState>,
+    hup: Option<tokio::signal::unix::Signal>,
+    shared: Arc<Shared>,
+    listeners: Vec<(TcpListener, Arc<Listener>)>,
+    admin: Option<(TcpListener, Arc<AdminState>)>,
+    ready: Arc<AtomicBool>,
+    /// Stops DNS refreshes and health checks when the daemon stops.
+    stop_background: CancellationToken,
 }
 
 /// Runs the proxy until `shutdown` resolves, then drains for `drain_timeout`.
@@ -208,245 +144,295 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), StartError> {
-    // Installed first: from here on a SIGHUP reloads instead of killing the process.
-    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let tls = Arc::new(validate(&config)?);
-    raise_fd_limit();
-    for warning in config.warnings() {
-        tracing::warn!("{warning}");
-    }
-    for (name, backend) in &tls.backends {
-        tracing::info!(backend = %name, trust = %backend.trust, "tls to the servers");
-    }
-    let kernel = load_kernel(config.global.dataplane, config.global.local_agents)?;
-    release_freed_memory();
-    let metrics = Arc::new(Metrics::new());
-    let path = if kernel.is_some() {
-        "kernel"
-    } else {
-        "userspace"
-    };
-    for p in ["kernel", "userspace"] {
-        metrics
-            .dataplane
-            .with_label_values(&[p])
-            .set(i64::from(p == path));
-    }
-    tracing::info!(dataplane = path, "data path selected");
+    Daemon::build(config).await?.serve(shutdown).await
+}
 
-    // hickory's own cache must not outlive the shortest bounds any backend asks for.
-    let bounds = config
-        .backends
-        .iter()
-        .fold(DnsTtl::default(), |acc, b| DnsTtl {
-            min_ttl: acc.min_ttl.min(b.dns.min_ttl),
-            max_ttl: acc.max_ttl.min(b.dns.max_ttl),
-        });
-    let dns = Arc::new(Dns::new(
-        &config.global.nameservers,
-        bounds,
-        Arc::clone(&metrics),
-    )?);
-    // Stops DNS refreshes and health checks when the daemon stops.
-    let stop_background = CancellationToken::new();
-    let pools: HashMap<String, Arc<Pool>> = config
-        .backends
-        .iter()
-        .map(|b| (b.name.clone(), Pool::new(b, Arc::clone(&metrics))))
-        .collect();
-    let mut starting = tokio::task::JoinSet::new();
-    for pool in pools.values() {
-        let (pool, dns, stop) = (Arc::clone(pool), Arc::clone(&dns), stop_background.clone());
-        // Checks of a TLS backend complete a handshake, as a real connection would.
-        let check_tls = tls.backends.get(&pool.name).cloned();
-        starting.spawn(async move { pool.start(dns, check_tls, stop).await });
-    }
-    starting.join_all().await;
-    for pool in pools.values() {
-        let servers = pool.servers();
-        if servers.is_empty() {
-            tracing::warn!(backend = %pool.name, "no server address known yet; clients are refused until DNS answers");
+impl Daemon {
+    /// Everything before serving: validation, the kernel path, metrics, DNS and the pools'
+    /// first resolutions, the listeners and the admin endpoint bound.
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        // Installed first: from here on a SIGHUP reloads instead of killing the process.
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let tls = Arc::new(validate(&config)?);
+        raise_fd_limit();
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
         }
-        for server in servers {
-            tracing::info!(backend = %pool.name, server = %server.name, address = %server.addr, weight = server.weight, "server");
+        for (name, backend) in &tls.backends {
+            tracing::info!(backend = %name, trust = %backend.trust, "tls to the servers");
         }
-    }
-
-    let shared = Arc::new(Shared {
-        metrics: Arc::clone(&metrics),
-        kernel: kernel.clone(),
-        global_limit: Arc::new(Semaphore::new(config.global.max_connections)),
-        abort: CancellationToken::new(),
-        tracker: TaskTracker::new(),
-        kernel_window: config.global.kernel_window,
-        kernel_sndbuf: config.global.kernel_sndbuf,
-        dns: Arc::clone(&dns),
-    });
-
-    let mut listeners = Vec::new();
-    for (id, fe) in config.frontends.iter().enumerate() {
-        let (mode, backend) = match &fe.mode {
-            FrontendMode::Tcp { backend } => (
-                Mode::Tcp {
-                    pool: Arc::clone(&pools[backend]),
-                    tls: tls.frontends.get(&fe.name).cloned(),
-                    backend_tls: tls.backends.get(backend).cloned(),
-                },
-                backend.as_str(),
-            ),
-            FrontendMode::Connect(connect) => {
-                if connect.users.is_empty() {
-                    tracing::warn!(frontend = %fe.name,
-                        "connect frontend without users: any client allowed by `allow` may open \
-                         tunnels to allow_destinations");
-                }
-                (Mode::Connect(connect::Settings::new(connect)), "-")
-            }
+        let kernel = load_kernel(config.global.dataplane, config.global.local_agents)?;
+        release_freed_memory();
+        let metrics = Arc::new(Metrics::new());
+        let path = if kernel.is_some() {
+            "kernel"
+        } else {
+            "userspace"
         };
-        let socket = listener::bind(fe.listen).map_err(|source| StartError::Bind {
-            frontend: fe.name.clone(),
-            addr: fe.listen,
-            source,
-        })?;
-        let (client_tls, upstream_tls) = match &mode {
-            Mode::Tcp {
-                tls, backend_tls, ..
-            } => (tls.is_some(), backend_tls.is_some()),
-            Mode::Connect(_) => (false, false),
-        };
-        tracing::info!(frontend = %fe.name, listen = %fe.listen, backend, "listening");
-        // Agents on this host that connect here may send straight into the upstream socket,
-        // unless TLS on a side keeps the connection in userspace anyway.
-        let mut local_agents = false;
-        if let Some(local) = kernel.as_ref().and_then(|k| k.local.as_ref())
-            && !client_tls
-            && !upstream_tls
-        {
-            match local.listen(socket.as_raw_fd(), fe.listen, id as u32) {
-                Ok(()) => local_agents = true,
-                Err(e) => tracing::warn!(frontend = %fe.name, error = %error_chain(&e),
-                    "same-host agents of this frontend use the splice like remote ones"),
-            }
+        for p in ["kernel", "userspace"] {
+            metrics
+                .dataplane
+                .with_label_values(&[p])
+                .set(i64::from(p == path));
         }
-        let listener = Listener {
-            frontend: conn::Frontend {
-                id: id as u32,
-                name: fe.name.clone(),
-                backend: backend.to_owned(),
-                tls_sides: conn::Frontend::tls_sides(client_tls, upstream_tls),
-                local_agents,
-            },
-            mode,
-            allow: fe.allow.clone(),
-            limit: Arc::new(Semaphore::new(fe.max_connections)),
-            rate_limit: fe.rate_limit.map(RateLimiter::new),
-        };
-        listeners.push((socket, Arc::new(listener)));
-    }
+        tracing::info!(dataplane = path, "data path selected");
 
-    let ready = Arc::new(AtomicBool::new(false));
-    let stop_admin = CancellationToken::new();
-    let admin_task = match config.global.admin {
-        Some(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Admin { addr, source })?;
-            let names: Vec<String> = config.frontends.iter().map(|f| f.name.clone()).collect();
-            let mirror = KernelMirror::default();
-            let refresh_metrics = Arc::clone(&metrics);
-            let refresh_kernel = kernel.clone();
-            let refresh_pools: Vec<Arc<Pool>> = pools.values().cloned().collect();
-            let mut pending_pools = refresh_pools.clone();
-            pending_pools.sort_by(|a, b| a.name.cmp(&b.name));
-            let pending_kernel = kernel.clone();
-            let state = Arc::new(AdminState {
-                metrics: Arc::clone(&metrics),
-                ready: Arc::clone(&ready),
-                pending: Box::new(move || {
-                    let mut reasons: Vec<String> = pending_pools
-                        .iter()
-                        .flat_map(|pool| {
-                            pool.unresolved().into_iter().map(move |server| {
-                                format!("backend {}: no address known for {server} yet", pool.name)
-                            })
-                        })
-                        .collect();
-                    if pending_kernel
-                        .as_ref()
-                        .is_some_and(|k| k.events.has_stopped())
-                    {
-                        reasons.push(
-                            "kernel event task stopped: spliced connections get no wake-ups"
-                                .to_owned(),
-                        );
-                    }
-                    reasons
-                }),
-                refresh: Box::new(move || {
-                    if let Some(kernel) = &refresh_kernel {
-                        mirror.refresh(kernel, &refresh_metrics, &names);
-                    }
-                    for pool in &refresh_pools {
-                        pool.refresh_gauges();
-                    }
-                }),
+        // hickory's own cache must not outlive the shortest bounds any backend asks for.
+        let bounds = config
+            .backends
+            .iter()
+            .fold(DnsTtl::default(), |acc, b| DnsTtl {
+                min_ttl: acc.min_ttl.min(b.dns.min_ttl),
+                max_ttl: acc.max_ttl.min(b.dns.max_ttl),
             });
-            tracing::info!(%addr, "admin endpoint");
-            let stop = stop_admin.clone();
-            Some(tokio::spawn(admin::serve(listener, state, async move {
-                stop.cancelled().await
-            })))
+        let dns = Arc::new(Dns::new(
+            &config.global.nameservers,
+            bounds,
+            Arc::clone(&metrics),
+        )?);
+        // Stops DNS refreshes and health checks when the daemon stops.
+        let stop_background = CancellationToken::new();
+        let pools: HashMap<String, Arc<Pool>> = config
+            .backends
+            .iter()
+            .map(|b| (b.name.clone(), Pool::new(b, Arc::clone(&metrics))))
+            .collect();
+        let mut starting = tokio::task::JoinSet::new();
+        for pool in pools.values() {
+            let (pool, dns, stop) = (Arc::clone(pool), Arc::clone(&dns), stop_background.clone());
+            // Checks of a TLS backend complete a handshake, as a real connection would.
+            let check_tls = tls.backends.get(&pool.name).cloned();
+            starting.spawn(async move { pool.start(dns, check_tls, stop).await });
         }
-        None => None,
-    };
+        starting.join_all().await;
+        for pool in pools.values() {
+            let servers = pool.servers();
+            if servers.is_empty() {
+                tracing::warn!(backend = %pool.name, "no server address known yet; clients are refused until DNS answers");
+            }
+            for server in servers {
+                tracing::info!(backend = %pool.name, server = %server.name, address = %server.addr, weight = server.weight, "server");
+            }
+        }
 
-    let stop_accepting = CancellationToken::new();
-    let accept_tasks: Vec<_> = listeners
-        .into_iter()
-        .map(|(socket, listener)| {
-            tokio::spawn(listener::serve(
-                socket,
-                listener,
-                Arc::clone(&shared),
+        let shared = Arc::new(Shared {
+            metrics: Arc::clone(&metrics),
+            kernel: kernel.clone(),
+            global_limit: Arc::new(Semaphore::new(config.global.max_connections)),
+            abort: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            kernel_window: config.global.kernel_window,
+            kernel_sndbuf: config.global.kernel_sndbuf,
+            dns: Arc::clone(&dns),
+        });
+
+        let mut listeners = Vec::new();
+        for (id, fe) in config.frontends.iter().enumerate() {
+            let (mode, backend) = match &fe.mode {
+                FrontendMode::Tcp { backend } => (
+                    Mode::Tcp {
+                        pool: Arc::clone(&pools[backend]),
+                        tls: tls.frontends.get(&fe.name).cloned(),
+                        backend_tls: tls.backends.get(backend).cloned(),
+                    },
+                    backend.as_str(),
+                ),
+                FrontendMode::Connect(connect) => {
+                    if connect.users.is_empty() {
+                        tracing::warn!(frontend = %fe.name,
+                            "connect frontend without users: any client allowed by `allow` may open \
+                             tunnels to allow_destinations");
+                    }
+                    (Mode::Connect(connect::Settings::new(connect)), "-")
+                }
+            };
+            let socket = listener::bind(fe.listen).map_err(|source| StartError::Bind {
+                frontend: fe.name.clone(),
+                addr: fe.listen,
+                source,
+            })?;
+            let (client_tls, upstream_tls) = match &mode {
+                Mode::Tcp {
+                    tls, backend_tls, ..
+                } => (tls.is_some(), backend_tls.is_some()),
+                Mode::Connect(_) => (false, false),
+            };
+            tracing::info!(frontend = %fe.name, listen = %fe.listen, backend, "listening");
+            // Agents on this host that connect here may send straight into the upstream socket,
+            // unless TLS on a side keeps the connection in userspace anyway.
+            let mut local_agents = false;
+            if let Some(local) = kernel.as_ref().and_then(|k| k.local.as_ref())
+                && !client_tls
+                && !upstream_tls
+            {
+                match local.listen(socket.as_raw_fd(), fe.listen, id as u32) {
+                    Ok(()) => local_agents = true,
+                    Err(e) => tracing::warn!(frontend = %fe.name, error = %error_chain(&e),
+                        "same-host agents of this frontend use the splice like remote ones"),
+                }
+            }
+            let listener = Listener {
+                frontend: conn::Frontend {
+                    id: id as u32,
+                    name: fe.name.clone(),
+                    backend: backend.to_owned(),
+                    tls_sides: conn::Frontend::tls_sides(client_tls, upstream_tls),
+                    local_agents,
+                },
+                mode,
+                allow: fe.allow.clone(),
+                limit: Arc::new(Semaphore::new(fe.max_connections)),
+                rate_limit: fe.rate_limit.map(RateLimiter::new),
+            };
+            listeners.push((socket, Arc::new(listener)));
+        }
+
+        let ready = Arc::new(AtomicBool::new(false));
+        let admin = match config.global.admin {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Admin { addr, source })?;
+                let state = admin_state(&config, &metrics, kernel.as_ref(), &pools, &ready);
+                tracing::info!(%addr, "admin endpoint");
+                Some((listener, state))
+            }
+            None => None,
+        };
+
+        Ok(Self {
+            config,
+            tls,
+            hup,
+            shared,
+            listeners,
+            admin,
+            ready,
+            stop_background,
+        })
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting and drains for `drain_timeout`.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), StartError> {
+        let Self {
+            config,
+            tls,
+            hup,
+            shared,
+            listeners,
+            admin,
+            ready,
+            stop_background,
+        } = self;
+        let stop_admin = CancellationToken::new();
+        let admin_task = admin.map(|(listener, state)| {
+            let stop = stop_admin.clone();
+            tokio::spawn(admin::serve(listener, state, async move {
+                stop.cancelled().await
+            }))
+        });
+        let stop_accepting = CancellationToken::new();
+        let accept_tasks: Vec<_> = listeners
+            .into_iter()
+            .map(|(socket, listener)| {
+                tokio::spawn(listener::serve(
+                    socket,
+                    listener,
+                    Arc::clone(&shared),
+                    stop_accepting.clone(),
+                ))
+            })
+            .collect();
+        let reload_task = hup.map(|hup| {
+            tokio::spawn(reload_on_sighup(
+                Arc::clone(&tls),
+                hup,
                 stop_accepting.clone(),
             ))
-        })
-        .collect();
-    let reload_task = hup.map(|hup| {
-        tokio::spawn(reload_on_sighup(
-            Arc::clone(&tls),
-            hup,
-            stop_accepting.clone(),
-        ))
-    });
-    ready.store(true, Ordering::SeqCst);
+        });
+        ready.store(true, Ordering::SeqCst);
 
-    shutdown.await;
-    tracing::info!(drain_timeout = ?config.global.drain_timeout, "stopping: no new connections, draining");
-    ready.store(false, Ordering::SeqCst);
-    stop_accepting.cancel();
-    for task in accept_tasks.into_iter().chain(reload_task) {
-        let _ = task.await;
+        shutdown.await;
+        tracing::info!(drain_timeout = ?config.global.drain_timeout, "stopping: no new connections, draining");
+        ready.store(false, Ordering::SeqCst);
+        stop_accepting.cancel();
+        for task in accept_tasks.into_iter().chain(reload_task) {
+            let _ = task.await;
+        }
+        shared.tracker.close();
+        if tokio::time::timeout(config.global.drain_timeout, shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = shared.tracker.len(),
+                "drain timeout: cutting open connections"
+            );
+            shared.abort.cancel();
+            let _ = tokio::time::timeout(ABORT_GRACE, shared.tracker.wait()).await;
+        }
+        stop_background.cancel();
+        stop_admin.cancel();
+        if let Some(task) = admin_task {
+            let _ = task.await;
+        }
+        tracing::info!("stopped");
+        Ok(())
     }
-    shared.tracker.close();
-    if tokio::time::timeout(config.global.drain_timeout, shared.tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            open = shared.tracker.len(),
-            "drain timeout: cutting open connections"
-        );
-        shared.abort.cancel();
-        let _ = tokio::time::timeout(ABORT_GRACE, shared.tracker.wait()).await;
-    }
-    stop_background.cancel();
-    stop_admin.cancel();
-    if let Some(task) = admin_task {
-        let _ = task.await;
-    }
-    tracing::info!("stopped");
-    Ok(())
+}
+
+/// What the admin endpoint reads: the metrics, readiness and its reasons, and the refresh that
+/// copies the kernel's counters into the metrics before a scrape.
+fn admin_state(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    kernel: Option<&Arc<Kernel>>,
+    pools: &HashMap<String, Arc<Pool>>,
+    ready: &Arc<AtomicBool>,
+) -> Arc<AdminState> {
+    let names: Vec<String> = config.frontends.iter().map(|f| f.name.clone()).collect();
+    let mirror = KernelMirror::default();
+    let refresh_metrics = Arc::clone(metrics);
+    let refresh_kernel = kernel.cloned();
+    let refresh_pools: Vec<Arc<Pool>> = pools.values().cloned().collect();
+    let mut pending_pools = refresh_pools.clone();
+    pending_pools.sort_by(|a, b| a.name.cmp(&b.name));
+    let pending_kernel = kernel.cloned();
+    let state = Arc::new(AdminState {
+        metrics: Arc::clone(metrics),
+        ready: Arc::clone(ready),
+        pending: Box::new(move || {
+            let mut reasons: Vec<String> = pending_pools
+                .iter()
+                .flat_map(|pool| {
+                    pool.unresolved().into_iter().map(move |server| {
+                        format!("backend {}: no address known for {server} yet", pool.name)
+                    })
+                })
+                .collect();
+            if pending_kernel
+                .as_ref()
+                .is_some_and(|k| k.events.has_stopped())
+            {
+                reasons.push(
+                    "kernel event task stopped: spliced connections get no wake-ups".to_owned(),
+                );
+            }
+            reasons
+        }),
+        refresh: Box::new(move || {
+            if let Some(kernel) = &refresh_kernel {
+                mirror.refresh(kernel, &refresh_metrics, &names);
+            }
+            for pool in &refresh_pools {
+                pool.refresh_gauges();
+            }
+        }),
+    });
+    state
 }
 
 /// Raises the soft open-files limit to the hard limit: each connection holds two sockets, and the
@@ -467,83 +453,6 @@ fn raise_fd_limit() {
         }
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
             tracing::info!(limit = limit.rlim_cur, "open-files limit");
-        }
-    }
-}
-
-/// Mirrors the kernel's monotonic counters into the Prometheus counters, by delta, at scrape.
-#[derive(Default)]
-struct KernelMirror {
-    last: Mutex<MirrorState>,
-}
-
-#[derive(Default)]
-struct MirrorState {
-    routes: HashMap<(u32, u32), (u64, u64)>,
-    local: HashMap<u32, u64>,
-    errors: Vec<u64>,
-    unknown_events: u64,
-}
-
-impl KernelMirror {
-    fn refresh(&self, kernel: &Kernel, metrics: &Metrics, names: &[String]) {
-        let totals = kernel.registry.totals();
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        for (frontend, direction, counters) in totals.routes {
-            let Some(name) = names.get(frontend as usize) else {
-                continue;
-            };
-            let dir = if direction == proxy_common::DIRECTION_UPSTREAM {
-                "upstream"
-            } else {
-                "downstream"
-            };
-            let seen = last.routes.entry((frontend, direction)).or_default();
-            metrics
-                .bytes_total
-                .with_label_values(&[name.as_str(), dir, "kernel"])
-                .inc_by(counters.bytes.saturating_sub(seen.0));
-            metrics
-                .kernel_redirects_total
-                .with_label_values(&[name.as_str(), dir])
-                .inc_by(counters.segments.saturating_sub(seen.1));
-            *seen = (counters.bytes, counters.segments);
-        }
-        let unknown = kernel.events.unknown_events();
-        metrics
-            .kernel_errors_total
-            .with_label_values(&["event_unknown"])
-            .inc_by(unknown.saturating_sub(last.unknown_events));
-        last.unknown_events = unknown;
-        last.errors.resize(totals.errors.len(), 0);
-        for (kind, (now, seen)) in totals.errors.iter().zip(last.errors.iter_mut()).enumerate() {
-            let name = KERNEL_ERROR_NAMES.get(kind).copied().unwrap_or("unknown");
-            metrics
-                .kernel_errors_total
-                .with_label_values(&[name])
-                .inc_by(now.saturating_sub(*seen));
-            *seen = *now;
-        }
-        if let Some(local) = &kernel.local {
-            for (frontend, counters) in local.totals() {
-                let Some(name) = names.get(frontend as usize) else {
-                    continue;
-                };
-                let seen = last.local.entry(frontend).or_default();
-                metrics
-                    .local_agent_bytes_total
-                    .with_label_values(&[name.as_str()])
-                    .inc_by(counters.bytes.saturating_sub(*seen));
-                *seen = counters.bytes;
-            }
-        }
-        let local_entries = kernel.local.as_ref().map(LocalAgents::entries);
-        let entries = kernel.registry.entries();
-        for (map, count) in entries.iter().chain(local_entries.iter().flatten()) {
-            metrics
-                .kernel_map_entries
-                .with_label_values(&[map])
-                .set(*count as i64);
         }
     }
 }

@@ -10,6 +10,7 @@ mod btf;
 mod events;
 mod fionread;
 mod local;
+mod mirror;
 mod registry;
 mod wakes;
 
@@ -22,6 +23,7 @@ use aya::{
 };
 pub use events::{SpliceEvents, Wake, WatchGuard};
 pub use local::{LocalAgents, flow_key};
+pub use mirror::KernelMirror;
 use proxy_common::KernelOffsets;
 
 use crate::config::LocalAgentsMode;

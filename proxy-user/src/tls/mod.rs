@@ -14,6 +14,7 @@
 mod client;
 mod pem;
 mod server;
+mod state;
 
 use std::{
     fmt, io,
@@ -24,6 +25,7 @@ use std::{
 
 pub use client::ClientTls;
 pub use server::ServerTls;
+pub use state::{TlsLoadError, TlsState};
 
 /// Why one handshake failed. `Display` is the log line's `detail`; [`HandshakeError::reason`]
 /// the bounded `reason` label of `agent_proxy_tls_handshake_errors_total`.
