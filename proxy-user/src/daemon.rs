@@ -401,7 +401,7 @@ fn admin_state(
     let mut pending_pools = refresh_pools.clone();
     pending_pools.sort_by(|a, b| a.name.cmp(&b.name));
     let pending_kernel = kernel.cloned();
-    let state = Arc::new(AdminState {
+    Arc::new(AdminState {
         metrics: Arc::clone(metrics),
         ready: Arc::clone(ready),
         pending: Box::new(move || {
@@ -431,8 +431,7 @@ fn admin_state(
                 pool.refresh_gauges();
             }
         }),
-    });
-    state
+    })
 }
 
 /// Raises the soft open-files limit to the hard limit: each connection holds two sockets, and the

@@ -11,7 +11,7 @@ pub struct TlsLoadError {
     pub section: &'static str,
     pub name: String,
     #[source]
-    pub source: TlsError,
+    pub source: Box<TlsError>,
 }
 
 /// The TLS state of every frontend and backend that has `tls`, built from the config's files.
@@ -30,7 +30,7 @@ impl TlsState {
                 let loaded = ServerTls::load(tls).map_err(|source| TlsLoadError {
                     section: "frontend",
                     name: fe.name.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
                 state.frontends.insert(fe.name.clone(), Arc::new(loaded));
             }
@@ -41,7 +41,7 @@ impl TlsState {
                     ClientTls::load(tls, be.connect_timeout).map_err(|source| TlsLoadError {
                         section: "backend",
                         name: be.name.clone(),
-                        source,
+                        source: Box::new(source),
                     })?;
                 state.backends.insert(be.name.clone(), Arc::new(loaded));
             }
