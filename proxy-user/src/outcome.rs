@@ -64,6 +64,55 @@ impl fmt::Display for End {
     }
 }
 
+/// One socket of a connection: the client's (accepted) or the upstream's (dialed). Which side
+/// closed first or failed decides the `end` of the log line; the kernel path indexes its two
+/// sides by [`Side::index`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+}
+
+impl Side {
+    /// The side at index 0 (client) or 1 (upstream); any other index is the upstream.
+    pub fn from_index(i: usize) -> Self {
+        if i == 0 { Side::Client } else { Side::Upstream }
+    }
+
+    pub fn index(self) -> usize {
+        match self {
+            Side::Client => 0,
+            Side::Upstream => 1,
+        }
+    }
+
+    /// The other socket of the pair.
+    pub fn peer(self) -> Self {
+        match self {
+            Side::Client => Side::Upstream,
+            Side::Upstream => Side::Client,
+        }
+    }
+}
+
+impl End {
+    /// Both directions finished, `first` having sent its FIN first (none: the client's).
+    pub fn closed(first: Option<Side>) -> Self {
+        match first {
+            Some(Side::Upstream) => End::UpstreamClose,
+            Some(Side::Client) | None => End::ClientClose,
+        }
+    }
+
+    /// `side` reset the connection or failed.
+    pub fn reset_by(side: Side) -> Self {
+        match side {
+            Side::Client => End::ClientReset,
+            Side::Upstream => End::UpstreamReset,
+        }
+    }
+}
+
 /// Why a connection was refused with a reset before any byte moved: the `reason` label of
 /// `agent_proxy_frontend_rejected_total` (besides `address_CLASS`, a CONNECT destination
 /// refused for its address class) and the log line's `detail` with `end=rejected`.
@@ -160,5 +209,24 @@ impl Outcome {
             resumes: 0,
             direct_up: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sides_name_their_ends() {
+        for side in [Side::Client, Side::Upstream] {
+            assert_eq!(Side::from_index(side.index()), side);
+            assert_eq!(side.peer().peer(), side);
+            assert_ne!(side.peer(), side);
+        }
+        assert_eq!(End::reset_by(Side::Client), End::ClientReset);
+        assert_eq!(End::reset_by(Side::Upstream), End::UpstreamReset);
+        assert_eq!(End::closed(Some(Side::Upstream)), End::UpstreamClose);
+        assert_eq!(End::closed(Some(Side::Client)), End::ClientClose);
+        assert_eq!(End::closed(None), End::ClientClose);
     }
 }

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     net,
-    outcome::{End, Outcome},
+    outcome::{End, Outcome, Side},
 };
 
 /// Bytes read per system call.
@@ -39,15 +39,8 @@ pub struct RelayCounters {
     pub down: IntCounter,
 }
 
-/// Which socket failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failed {
-    Client,
-    Upstream,
-}
-
 struct DirectionError {
-    failed: Failed,
+    failed: Side,
     error: io::Error,
 }
 
@@ -66,12 +59,12 @@ struct Pump {
     read_done: bool,
     done: bool,
     total: u64,
-    from: Failed,
-    to: Failed,
+    from: Side,
+    to: Side,
 }
 
 impl Pump {
-    fn new(from: Failed, to: Failed) -> Self {
+    fn new(from: Side, to: Side) -> Self {
         Self {
             buf: Vec::new(),
             written: 0,
@@ -155,7 +148,7 @@ fn both_done(up: bool, down: bool) -> Poll<Result<(), DirectionError>> {
 /// at once. `totals`: bytes relayed up and down.
 fn outcome(
     result: Result<(), Option<DirectionError>>,
-    first_eof: Option<Failed>,
+    first_eof: Option<Side>,
     fds: [std::os::fd::RawFd; 2],
     [up, down]: [u64; 2],
 ) -> Outcome {
@@ -175,16 +168,12 @@ fn outcome(
 
 fn ending(
     result: Result<(), Option<DirectionError>>,
-    first_eof: Option<Failed>,
+    first_eof: Option<Side>,
     fds: [std::os::fd::RawFd; 2],
 ) -> (End, String) {
     let failure = match result {
         Ok(()) => {
-            let end = match first_eof {
-                Some(Failed::Upstream) => End::UpstreamClose,
-                _ => End::ClientClose,
-            };
-            return (end, String::new());
+            return (End::closed(first_eof), String::new());
         }
         Err(failure) => failure,
     };
@@ -192,14 +181,7 @@ fn ending(
         let _ = net::set_linger_zero(fd);
     }
     match failure {
-        Some(DirectionError {
-            failed: Failed::Client,
-            error,
-        }) => (End::ClientReset, error.to_string()),
-        Some(DirectionError {
-            failed: Failed::Upstream,
-            error,
-        }) => (End::UpstreamReset, error.to_string()),
+        Some(DirectionError { failed, error }) => (End::reset_by(failed), error.to_string()),
         None => (End::Shutdown, "drain timeout".to_string()),
     }
 }
@@ -212,21 +194,21 @@ pub async fn relay(
     counters: &RelayCounters,
     cancel: &CancellationToken,
 ) -> Outcome {
-    let mut up = Pump::new(Failed::Client, Failed::Upstream);
-    let mut down = Pump::new(Failed::Upstream, Failed::Client);
+    let mut up = Pump::new(Side::Client, Side::Upstream);
+    let mut down = Pump::new(Side::Upstream, Side::Client);
     let mut first_eof = None;
     let both = std::future::poll_fn(|cx| {
         if !up.done
             && let Poll::Ready(r) = up.poll(cx, &client, &upstream, &counters.up)
         {
             r?;
-            first_eof.get_or_insert(Failed::Client);
+            first_eof.get_or_insert(Side::Client);
         }
         if !down.done
             && let Poll::Ready(r) = down.poll(cx, &upstream, &client, &counters.down)
         {
             r?;
-            first_eof.get_or_insert(Failed::Upstream);
+            first_eof.get_or_insert(Side::Upstream);
         }
         both_done(up.done, down.done)
     });
@@ -254,12 +236,12 @@ struct Flow {
     unflushed: bool,
     done: bool,
     total: u64,
-    from: Failed,
-    to: Failed,
+    from: Side,
+    to: Side,
 }
 
 impl Flow {
-    fn new(from: Failed, to: Failed) -> Self {
+    fn new(from: Side, to: Side) -> Self {
         Self {
             buf: None,
             pos: 0,
@@ -366,8 +348,8 @@ where
     C: AsyncRead + AsyncWrite + AsRawFd + Unpin,
     U: AsyncRead + AsyncWrite + AsRawFd + Unpin,
 {
-    let mut up = Flow::new(Failed::Client, Failed::Upstream);
-    let mut down = Flow::new(Failed::Upstream, Failed::Client);
+    let mut up = Flow::new(Side::Client, Side::Upstream);
+    let mut down = Flow::new(Side::Upstream, Side::Client);
     let mut first_eof = None;
     let both = std::future::poll_fn(|cx| {
         if !up.done
@@ -379,7 +361,7 @@ where
             )
         {
             r?;
-            first_eof.get_or_insert(Failed::Client);
+            first_eof.get_or_insert(Side::Client);
         }
         if !down.done
             && let Poll::Ready(r) = down.poll(
@@ -390,7 +372,7 @@ where
             )
         {
             r?;
-            first_eof.get_or_insert(Failed::Upstream);
+            first_eof.get_or_insert(Side::Upstream);
         }
         both_done(up.done, down.done)
     });

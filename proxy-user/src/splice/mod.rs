@@ -48,7 +48,7 @@ use proxy_common::{FlowKey, LocalGate, LocalSend, SpliceLimit};
 use crate::{
     kernel::{Kernel, KernelError, SplicePair, Wake, Wakes, WatchGuard},
     net::{self, Peek},
-    outcome::{End, Outcome},
+    outcome::{self, End, Outcome},
     relay::RelayCounters,
 };
 
@@ -158,12 +158,10 @@ fn reset_end_at(side: usize, what: &str, err: &io::Error) -> (End, String) {
 }
 
 fn reset_end(side: usize, err: &io::Error) -> (End, String) {
-    let end = if side == 0 {
-        End::ClientReset
-    } else {
-        End::UpstreamReset
-    };
-    (end, err.to_string())
+    (
+        End::reset_by(outcome::Side::from_index(side)),
+        err.to_string(),
+    )
 }
 
 fn internal(err: impl std::fmt::Display) -> (End, String) {
@@ -390,10 +388,7 @@ impl Splice<'_> {
 
     fn finished(&self) -> Option<End> {
         let done = self.sides.iter().all(|s| s.fin_forwarded);
-        let end = match self.first_eof {
-            Some(1) => End::UpstreamClose,
-            _ => End::ClientClose,
-        };
+        let end = End::closed(self.first_eof.map(outcome::Side::from_index));
         done.then_some(end)
     }
 

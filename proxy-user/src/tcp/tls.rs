@@ -13,20 +13,20 @@ use crate::{
 };
 
 /// One end of a connection: the TCP socket, or the TLS session over it.
-enum Side<T> {
+enum Stream<T> {
     Plain(TcpStream),
     Tls(Box<T>),
 }
 
-type ClientSide = Side<tokio_rustls::server::TlsStream<TcpStream>>;
-type UpstreamSide = Side<tokio_rustls::client::TlsStream<TcpStream>>;
+type ClientStream = Stream<tokio_rustls::server::TlsStream<TcpStream>>;
+type UpstreamStream = Stream<tokio_rustls::client::TlsStream<TcpStream>>;
 
-impl ClientSide {
+impl ClientStream {
     /// The TCP socket, for a reset.
     fn into_tcp(self) -> TcpStream {
         match self {
-            Side::Plain(tcp) => tcp,
-            Side::Tls(tls) => tls.into_inner().0,
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => tls.into_inner().0,
         }
     }
 }
@@ -44,13 +44,13 @@ pub(super) async fn run(
     // The client's handshake comes first: nothing is dialed for a client that cannot complete it
     // (a plaintext or garbage client on a TLS port), and it runs here, in the connection's task,
     // so a slow one never holds up the accept loop.
-    let client: ClientSide = match tls {
+    let client: ClientStream = match tls {
         Some(tls) => match tokio::select! {
             r = tls.accept(client) => r,
             // Cut at the end of the drain like a carried connection, with its log line.
             () = shared.abort.cancelled() => Err(HandshakeError::Shutdown),
         } {
-            Ok(stream) => Side::Tls(Box::new(stream)),
+            Ok(stream) => Stream::Tls(Box::new(stream)),
             Err(e) => {
                 shared
                     .metrics
@@ -61,7 +61,7 @@ pub(super) async fn run(
                 return;
             }
         },
-        None => Side::Plain(client),
+        None => Stream::Plain(client),
     };
     let (upstream, lease) = match dial(pool, backend_tls, shared).await {
         Ok(pair) => pair,
@@ -71,11 +71,11 @@ pub(super) async fn run(
     let abort = &shared.abort;
     // TLS on either side: the bytes must be decrypted or encrypted here, so the relay.
     let outcome = match (client, upstream) {
-        (Side::Tls(c), Side::Plain(u)) => relay::relay_streams(*c, u, &counters, abort).await,
-        (Side::Plain(c), Side::Tls(u)) => relay::relay_streams(c, *u, &counters, abort).await,
-        (Side::Tls(c), Side::Tls(u)) => relay::relay_streams(*c, *u, &counters, abort).await,
+        (Stream::Tls(c), Stream::Plain(u)) => relay::relay_streams(*c, u, &counters, abort).await,
+        (Stream::Plain(c), Stream::Tls(u)) => relay::relay_streams(c, *u, &counters, abort).await,
+        (Stream::Tls(c), Stream::Tls(u)) => relay::relay_streams(*c, *u, &counters, abort).await,
         // Not reached (plaintext both sides goes through `Conn::carry`), but relaying is right.
-        (Side::Plain(c), Side::Plain(u)) => relay::relay_streams(c, u, &counters, abort).await,
+        (Stream::Plain(c), Stream::Plain(u)) => relay::relay_streams(c, u, &counters, abort).await,
     };
     let route = crate::conn::Route {
         server: &lease.server().name,
@@ -91,11 +91,11 @@ async fn dial(
     pool: &Pool,
     tls: Option<&ClientTls>,
     shared: &Shared,
-) -> Result<(UpstreamSide, Lease), ConnectError> {
+) -> Result<(UpstreamStream, Lease), ConnectError> {
     let Some(tls) = tls else {
         let (tcp, lease) = pool.connect(&shared.metrics).await?;
         let _ = net::set_nodelay(tcp.as_raw_fd());
-        return Ok((Side::Plain(tcp), lease));
+        return Ok((Stream::Plain(tcp), lease));
     };
     let handshake_errors = &shared.metrics.tls_handshake_errors_total;
     let (stream, lease) = pool
@@ -109,5 +109,5 @@ async fn dial(
             })
         })
         .await?;
-    Ok((Side::Tls(Box::new(stream)), lease))
+    Ok((Stream::Tls(Box::new(stream)), lease))
 }
