@@ -63,6 +63,9 @@ impl Stream {
 /// Request/response rounds, the first sent before the daemon has even dialed: that one takes
 /// the TCP path, the rest go straight, and the answers come back through the splice.
 fn request_response_goes_straight(dp: Dataplane) -> anyhow::Result<()> {
+    // Its 90 % straight bound depends on the upstream socket keeping up: not beside another
+    // daemon's load (a CI run once saw 89 % with the FIONREAD scenarios running alongside).
+    let _heavy = heavy();
     let netns = NetNs::new()?;
     let ns = &netns;
     ns.block_on(Duration::from_secs(60), move || async move {
@@ -633,6 +636,7 @@ fn says_fionread_misreported(env: &TestEnv) -> bool {
 /// what FIONREAD reports there checks the self-test against the kernel: it must have said
 /// "misreports" exactly when FIONREAD read 0.
 fn agent_socket_reports_readable_bytes(always: bool) -> anyhow::Result<()> {
+    let _heavy = heavy();
     let netns = NetNs::new()?;
     let ns = &netns;
     ns.block_on(Duration::from_secs(60), move || async move {
