@@ -88,27 +88,6 @@ impl Special {
             Special::Teredo => "teredo",
         }
     }
-
-    /// Every class, for metrics that must exist before the first refusal.
-    pub const ALL: [Special; 17] = [
-        Special::Unspecified,
-        Special::Loopback,
-        Special::Private,
-        Special::Shared,
-        Special::LinkLocal,
-        Special::SiteLocal,
-        Special::Protocol,
-        Special::Documentation,
-        Special::Benchmarking,
-        Special::Relay6to4,
-        Special::Reserved,
-        Special::Broadcast,
-        Special::Multicast,
-        Special::Discard,
-        Special::Ipv4Compatible,
-        Special::Nat64Local,
-        Special::Teredo,
-    ];
 }
 
 impl fmt::Display for Special {
@@ -143,11 +122,6 @@ pub fn classify(ip: IpAddr) -> Result<(), Refused> {
         }),
         IpAddr::V6(v6) => classify_v6(v6),
     }
-}
-
-/// Whether `ip` is global unicast.
-pub fn is_global(ip: IpAddr) -> bool {
-    classify(ip).is_ok()
 }
 
 fn in_v4(ip: Ipv4Addr, net: [u8; 4], len: u32) -> bool {

@@ -70,7 +70,7 @@ pub struct Frontend {
 
 impl Frontend {
     /// The `tls` log field for TLS terminated on the client side and/or originated upstream.
-    pub fn tls_sides(client: bool, upstream: bool) -> &'static str {
+    pub fn tls_field(client: bool, upstream: bool) -> &'static str {
         match (client, upstream) {
             (false, false) => "none",
             (true, false) => "client",

@@ -276,7 +276,7 @@ impl Daemon {
                     id: id as u32,
                     name: fe.name.clone(),
                     backend: backend.to_owned(),
-                    tls_sides: conn::Frontend::tls_sides(client_tls, upstream_tls),
+                    tls_sides: conn::Frontend::tls_field(client_tls, upstream_tls),
                     local_agents,
                 },
                 mode,

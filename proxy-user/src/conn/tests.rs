@@ -84,8 +84,8 @@ async fn a_panicking_connection_task_releases_what_it_held() {
 
 #[test]
 fn tls_sides_name_each_combination() {
-    assert_eq!(Frontend::tls_sides(false, false), "none");
-    assert_eq!(Frontend::tls_sides(true, false), "client");
-    assert_eq!(Frontend::tls_sides(false, true), "upstream");
-    assert_eq!(Frontend::tls_sides(true, true), "both");
+    assert_eq!(Frontend::tls_field(false, false), "none");
+    assert_eq!(Frontend::tls_field(true, false), "client");
+    assert_eq!(Frontend::tls_field(false, true), "upstream");
+    assert_eq!(Frontend::tls_field(true, true), "both");
 }
