@@ -23,19 +23,25 @@ use libfuzzer_sys::fuzz_target;
 #[allow(dead_code)]
 mod request;
 
-/// The destination policy and the address classifier, as the daemon compiles them (they depend
-/// on std, ipnet and tracing only). The policy finds the request module as its `super`.
+/// The destination grammar and policy and the address classifier, laid out as the daemon has
+/// them (they depend on std, ipnet and tracing only): the request module finds the target as
+/// `crate::destination::Target`, the policy finds it as `super::target`.
 #[path = "../../proxy-user/src/address_class.rs"]
 #[allow(dead_code)]
 mod address_class;
-#[path = "../../proxy-user/src/connect/policy.rs"]
 #[allow(dead_code)]
-mod policy;
+mod destination {
+    #[path = "../../../proxy-user/src/destination/policy.rs"]
+    pub mod policy;
+    #[path = "../../../proxy-user/src/destination/target.rs"]
+    pub mod target;
+    pub use target::Target;
+}
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::LazyLock;
 
-use policy::{DestinationRule, Judgement, Policy};
+use destination::policy::{DestinationRule, Judgement, Policy};
 
 /// A policy as an operator writes one: names, a domain with any port, one literal and one
 /// network of private addresses.
@@ -83,7 +89,7 @@ fuzz_target!(|data: &[u8]| {
     }
     // As a CONNECT request: a literal target is dialed as it is, so the same promise holds.
     if let Ok(Some(request::Request { target: Some(target), .. })) = request::parse(data)
-        && let request::TargetHost::Ip(ip) = target.host
+        && let destination::target::TargetHost::Ip(ip) = target.host
         && POLICY.allows(&target)
     {
         let addr = SocketAddr::new(ip, target.port);
@@ -124,7 +130,7 @@ fn check_parse(data: &[u8]) {
             assert_eq!(req.target.is_some(), req.method == "CONNECT");
             if let Some(target) = &req.target {
                 let shown = target.to_string();
-                assert_eq!(request::Target::parse(&shown).as_ref(), Ok(target), "{shown}");
+                assert_eq!(destination::Target::parse(&shown).as_ref(), Ok(target), "{shown}");
             }
         }
         Ok(None) => assert!(data.len() < request::MAX_HEAD),

@@ -90,6 +90,12 @@ impl Special {
     }
 }
 
+/// The `reason` label of `agent_proxy_frontend_rejected_total` for a destination refused for
+/// its address class: `address_CLASS`.
+pub fn reason(class: Special) -> String {
+    format!("address_{class}")
+}
+
 impl fmt::Display for Special {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

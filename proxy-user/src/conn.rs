@@ -88,6 +88,9 @@ pub struct Route<'a> {
     pub destination: &'a str,
     /// The CONNECT answer's status code ("-" in tcp mode, or when nothing was answered).
     pub status: &'a str,
+    /// The name the client asked for, when one was read: a transparent connection's TLS SNI
+    /// or HTTP `Host` ("-" otherwise).
+    pub host: &'a str,
 }
 
 impl Route<'_> {
@@ -95,6 +98,7 @@ impl Route<'_> {
         server: "-",
         destination: "-",
         status: "-",
+        host: "-",
     };
 }
 
@@ -156,6 +160,18 @@ impl<'a> Conn<'a> {
     /// Logs and counts a connection that ended before any byte moved (refused, nothing dialed).
     pub fn finish_nothing(&self, end: End, detail: String) {
         self.finish(&Route::NONE, Path::None, &Outcome::nothing(end, detail));
+    }
+
+    /// Refuses the client with a reset after admission, counted under the `reason` label
+    /// (a [`Reject`]'s, or `address_CLASS`), logged with `end=rejected`, where it was going and
+    /// why.
+    pub fn refuse(&self, client: TcpStream, reason: &str, route: &Route<'_>, detail: String) {
+        count_rejected(self.frontend, self.shared, reason);
+        // A reset tells the client at once that it was refused, and leaves no TIME_WAIT here.
+        let _ = net::set_linger_zero(client.as_raw_fd());
+        drop(client);
+        let outcome = Outcome::nothing(End::Rejected, detail);
+        self.finish(route, Path::None, &outcome);
     }
 
     /// Refuses the client with a reset, counted under `reason`.
@@ -259,11 +275,7 @@ pub fn reject(
     started: Instant,
 ) {
     let reason = reason.as_str();
-    shared
-        .metrics
-        .frontend_rejected_total
-        .with_label_values(&[frontend.name.as_str(), reason])
-        .inc();
+    count_rejected(frontend, shared, reason);
     // A reset tells the client at once that it was refused, and leaves no TIME_WAIT here.
     let _ = net::set_linger_zero(client.as_raw_fd());
     let ours = own_address(&client, frontend.local_agents);
@@ -279,6 +291,15 @@ pub fn reject(
         &outcome,
         started,
     );
+}
+
+/// One more `agent_proxy_frontend_rejected_total{frontend, reason}`.
+fn count_rejected(frontend: &Frontend, shared: &Shared, reason: &str) {
+    shared
+        .metrics
+        .frontend_rejected_total
+        .with_label_values(&[frontend.name.as_str(), reason])
+        .inc();
 }
 
 /// Our side's address when `wanted` (a frontend whose same-host agents the kernel takes), for
@@ -327,6 +348,7 @@ fn finish(
         backend = frontend.backend.as_str(),
         server = route.server,
         destination = route.destination,
+        host = route.host,
         status = route.status,
         tls = frontend.tls_sides,
         path = path.as_str(),

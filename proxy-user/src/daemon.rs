@@ -24,6 +24,7 @@ use crate::{
     metrics::Metrics,
     pool::Pool,
     tls::TlsLoadError,
+    transparent,
 };
 
 /// How long connection tasks get to clean up (map entries, fds) after being cut at the end of
@@ -245,6 +246,12 @@ impl Daemon {
                     }
                     (Mode::Connect(connect::Settings::new(connect)), "-")
                 }
+                FrontendMode::Transparent(transparent) => {
+                    let pool = transparent.backend.as_ref().map(|b| Arc::clone(&pools[b]));
+                    let settings = transparent::Settings::new(transparent, pool);
+                    let backend = transparent.backend.as_deref().unwrap_or("-");
+                    (Mode::Transparent(settings), backend)
+                }
             };
             let socket = listener::bind(fe.listen).map_err(|source| StartError::Bind {
                 frontend: fe.name.clone(),
@@ -255,15 +262,18 @@ impl Daemon {
                 Mode::Tcp {
                     tls, backend_tls, ..
                 } => (tls.is_some(), backend_tls.is_some()),
-                Mode::Connect(_) => (false, false),
+                Mode::Connect(_) | Mode::Transparent(_) => (false, false),
             };
             tracing::info!(frontend = %fe.name, listen = %fe.listen, backend, "listening");
             // Agents on this host that connect here may send straight into the upstream socket,
-            // unless TLS on a side keeps the connection in userspace anyway.
+            // unless TLS on a side keeps the connection in userspace anyway. A transparent
+            // frontend's agents connect to their intake's address, never to the listener's,
+            // so the kernel cannot pair them by it (docs/transparent.md, "Same-host agents").
             let mut local_agents = false;
             if let Some(local) = kernel.as_ref().and_then(|k| k.local.as_ref())
                 && !client_tls
                 && !upstream_tls
+                && !matches!(mode, Mode::Transparent(_))
             {
                 match local.listen(socket.as_raw_fd(), fe.listen, id as u32) {
                     Ok(()) => local_agents = true,

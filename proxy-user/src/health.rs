@@ -6,7 +6,6 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
-    net::TcpStream,
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
@@ -63,7 +62,7 @@ pub async fn probe(
     timeout: Duration,
 ) -> Result<(), String> {
     let attempt = async {
-        let stream = TcpStream::connect(server.addr)
+        let stream = crate::net::connect(server.addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         match (tls, http) {

@@ -20,6 +20,7 @@ use crate::{
     pool::Pool,
     tcp,
     tls::{ClientTls, ServerTls},
+    transparent,
 };
 
 /// A frontend ready to serve: how it admits, and the mode its connections run in.
@@ -47,6 +48,9 @@ pub enum Mode {
     /// `mode = "connect"`: each connection's CONNECT request names its destination. (No TLS:
     /// not supported on connect frontends yet, and not representable here.)
     Connect(connect::Settings),
+    /// `mode = "transparent"`: each connection goes where iptables found it going. (No TLS:
+    /// the agents' TLS passes through.)
+    Transparent(transparent::Settings),
 }
 
 /// Accepts until `stop` fires, then drops the listener.
@@ -147,6 +151,9 @@ async fn handle(
             backend_tls,
         } => tcp::run(&conn, client, pool, tls.as_deref(), backend_tls.as_deref()).await,
         Mode::Connect(settings) => Box::pin(connect::run(&conn, client, settings)).await,
+        Mode::Transparent(settings) => {
+            Box::pin(transparent::run(&conn, client, settings)).await;
+        }
     }
 }
 

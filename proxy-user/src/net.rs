@@ -3,7 +3,14 @@
 //! The kernel path never reads the bytes it forwards, so it learns where a connection stands from
 //! TCP's own counters: how much a socket received (`tcpi_bytes_received`) and how much was ever
 //! queued for sending on it (`tcpi_bytes_acked` + the unacknowledged send queue).
-use std::{io, mem, os::fd::RawFd};
+use std::{
+    io, mem,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    os::fd::{AsRawFd as _, RawFd},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use tokio::net::{TcpSocket, TcpStream};
 
 /// `SO_COOKIE` (include/uapi/asm-generic/socket.h): the 64-bit id the eBPF maps use as key.
 const SO_COOKIE: libc::c_int = 57;
@@ -60,6 +67,67 @@ fn ioctl_int(fd: RawFd, request: libc::Ioctl) -> io::Result<u64> {
     // SAFETY: both requests write one int.
     cvt(unsafe { libc::ioctl(fd, request, &mut value) })?;
     Ok(u64::try_from(value).unwrap_or(0))
+}
+
+/// `SO_ORIGINAL_DST` (linux/netfilter_ipv4.h) and `IP6T_SO_ORIGINAL_DST`
+/// (linux/netfilter_ipv6/ip6_tables.h): both 80, at `SOL_IP` and `SOL_IPV6`.
+const SO_ORIGINAL_DST: libc::c_int = 80;
+
+/// The `SO_MARK` every socket the proxy dials carries; 0: none. Set once at start
+/// ([`set_outgoing_mark`]) when a transparent frontend captures this host's own connections
+/// (nat `OUTPUT`): its rules skip packets with this mark, so the proxy's own connections to an
+/// intercepted port are never sent back to itself. Process-wide because it is: every dial site
+/// (pools, health checks, CONNECT and transparent destinations) must carry it.
+static OUTGOING_MARK: AtomicU32 = AtomicU32::new(0);
+
+/// Sets the mark of every socket dialed from now on (0: none).
+pub fn set_outgoing_mark(mark: u32) {
+    OUTGOING_MARK.store(mark, Ordering::Relaxed);
+}
+
+/// Dials `addr` from a socket carrying the outgoing mark (see [`set_outgoing_mark`]). Setting
+/// the mark needs CAP_NET_ADMIN: without it the dial fails rather than risk a loop.
+pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    let mark = OUTGOING_MARK.load(Ordering::Relaxed);
+    if mark != 0 {
+        setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            mark as libc::c_int,
+        )
+        .map_err(|e| io::Error::new(e.kind(), format!("setting SO_MARK {mark:#x}: {e}")))?;
+    }
+    socket.connect(addr).await
+}
+
+/// The destination a connection redirected by iptables (nat `REDIRECT`/`DNAT`) was addressed
+/// to before the rewrite, from conntrack. `ipv4`: the connection is IPv4 (also when accepted
+/// on a dual-stack IPv6 socket, as an IPv4-mapped peer). A connection that was not rewritten
+/// answers its own local address; one conntrack does not know fails (`ENOENT`).
+pub fn original_destination(fd: RawFd, ipv4: bool) -> io::Result<SocketAddr> {
+    if ipv4 {
+        let sa = getsockopt::<libc::sockaddr_in>(fd, libc::SOL_IP, SO_ORIGINAL_DST)?;
+        let ip = Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr));
+        Ok(SocketAddr::V4(SocketAddrV4::new(
+            ip,
+            u16::from_be(sa.sin_port),
+        )))
+    } else {
+        let sa = getsockopt::<libc::sockaddr_in6>(fd, libc::SOL_IPV6, SO_ORIGINAL_DST)?;
+        let ip = Ipv6Addr::from(sa.sin6_addr.s6_addr);
+        Ok(SocketAddr::V6(SocketAddrV6::new(
+            ip,
+            u16::from_be(sa.sin6_port),
+            0,
+            0,
+        )))
+    }
 }
 
 /// The socket's cookie, stable for its lifetime and unique per boot.

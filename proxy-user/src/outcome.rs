@@ -114,8 +114,8 @@ impl End {
 }
 
 /// Why a connection was refused with a reset before any byte moved: the `reason` label of
-/// `agent_proxy_frontend_rejected_total` (besides `address_CLASS`, a CONNECT destination
-/// refused for its address class) and the log line's `detail` with `end=rejected`.
+/// `agent_proxy_frontend_rejected_total` (besides `address_CLASS`, a CONNECT or transparent
+/// destination refused for its address class) and the log line's `detail` with `end=rejected`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reject {
     /// The client address is in none of the frontend's `allow` networks.
@@ -128,16 +128,39 @@ pub enum Reject {
     RateLimit,
     /// The backend has no server up (or none known yet).
     NoServer,
+    /// Transparent: the connection was not redirected to the proxy (no original destination,
+    /// or it was the proxy's own listener).
+    NotRedirected,
+    /// Transparent: the original destination, or the name asked for, matches no
+    /// `allow_destinations` rule.
+    Destination,
+    /// Transparent: nothing the client sent names its destination (no TLS SNI, no HTTP
+    /// `Host`: garbage, another protocol, or silence) and no address rule allows it.
+    NoName,
+    /// Transparent: the allowed name could not be resolved, so the destination cannot be
+    /// checked against it.
+    Unresolved,
+    /// Transparent: the TLS SNI names an allowed host that does not resolve to the original
+    /// destination (domain fronting).
+    SniMismatch,
+    /// Transparent: the same for the HTTP `Host` header.
+    HostMismatch,
 }
 
 impl Reject {
     /// Every reason, in the order the metric's HELP text lists them.
-    pub const ALL: [Reject; 5] = [
+    pub const ALL: [Reject; 11] = [
         Reject::Denied,
         Reject::MaxConnections,
         Reject::FrontendMaxConnections,
         Reject::RateLimit,
         Reject::NoServer,
+        Reject::NotRedirected,
+        Reject::Destination,
+        Reject::NoName,
+        Reject::Unresolved,
+        Reject::SniMismatch,
+        Reject::HostMismatch,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -147,6 +170,12 @@ impl Reject {
             Reject::FrontendMaxConnections => "frontend_max_connections",
             Reject::RateLimit => "rate_limit",
             Reject::NoServer => "no_server",
+            Reject::NotRedirected => "not_redirected",
+            Reject::Destination => "destination",
+            Reject::NoName => "no_name",
+            Reject::Unresolved => "unresolved",
+            Reject::SniMismatch => "sni_mismatch",
+            Reject::HostMismatch => "host_mismatch",
         }
     }
 }

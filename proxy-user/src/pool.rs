@@ -536,7 +536,7 @@ impl Pool {
             };
             let started = Instant::now();
             let result =
-                tokio::time::timeout(self.connect_timeout, TcpStream::connect(server.addr)).await;
+                tokio::time::timeout(self.connect_timeout, crate::net::connect(server.addr)).await;
             let result = match result {
                 Ok(Ok(stream)) => establish(stream, Arc::clone(&server)).await,
                 Ok(Err(e)) => Err(format!("{}: {e}", server.addr)),

@@ -269,7 +269,7 @@ fn addresses(n: usize) -> impl Iterator<Item = IpAddr> {
 /// address as its IPv4-mapped and NAT64 forms (which a resolver or DNS64 can return for it).
 #[test]
 fn literal_and_resolved_forms_are_judged_alike() {
-    use crate::connect::request::{Target, TargetHost};
+    use crate::destination::{Target, TargetHost};
     for ip in addresses(200_000) {
         let resolved = classify(ip);
         let literal = match ip {

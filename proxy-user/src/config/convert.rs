@@ -102,8 +102,15 @@ pub(super) fn config(raw: RawConfig) -> Result<Config> {
     }
 
     for (frontend, backend_ref) in frontends.iter().zip(&backend_refs) {
-        let (FrontendMode::Tcp { backend }, Some(backend_ref)) = (&frontend.mode, backend_ref)
-        else {
+        let backend = match &frontend.mode {
+            FrontendMode::Tcp { backend } => backend,
+            FrontendMode::Transparent(mode) => match &mode.backend {
+                Some(backend) => backend,
+                None => continue,
+            },
+            FrontendMode::Connect(_) => continue,
+        };
+        let Some(backend_ref) = backend_ref else {
             continue;
         };
         if !backends.iter().any(|b| &b.name == backend) {
@@ -185,6 +192,9 @@ fn global(raw: RawGlobal) -> Result<Global> {
             )),
         })?;
     }
+    if let Some(spanned) = &raw.outgoing_mark {
+        global.outgoing_mark = int("outgoing_mark", spanned, 1, i64::from(u32::MAX))?;
+    }
     Ok(global)
 }
 
@@ -238,68 +248,64 @@ fn frontend(
     let rate_limit = raw.rate_limit.as_ref().map(rate_limit).transpose()?;
     let tls = raw.tls.as_ref().map(frontend_tls).transpose()?;
 
-    let connect = match &raw.mode {
+    let kind = match &raw.mode {
         Some(mode) => parse_at(mode, |text| match text.as_str() {
-            "tcp" => Ok(false),
-            "connect" => Ok(true),
-            "transparent" => Err(format!("mode \"{text}\" is not supported yet")),
+            "tcp" => Ok(Kind::Tcp),
+            "connect" => Ok(Kind::Connect),
+            "transparent" => Ok(Kind::Transparent),
             other => Err(format!(
                 "invalid mode \"{other}\": expected tcp, connect or transparent"
             )),
         })?,
-        None => false,
+        None => Kind::Tcp,
     };
-    let (mode, backend_span) = if connect {
-        if let Some(backend) = &raw.backend {
-            return Err(error_at(
-                backend.span(),
-                format!(
-                    "frontend \"{name}\": `backend` is not used in connect mode (each CONNECT \
-                     request names its destination; list them in allow_destinations)"
-                ),
-            ));
+    refuse_other_modes_keys(&raw, &name, kind)?;
+    let (mode, backend_span) = match kind {
+        Kind::Connect => {
+            if let Some(backend) = &raw.backend {
+                return Err(error_at(
+                    backend.span(),
+                    format!(
+                        "frontend \"{name}\": `backend` is not used in connect mode (each CONNECT \
+                         request names its destination; list them in allow_destinations)"
+                    ),
+                ));
+            }
+            if let Some(tls) = &raw.tls {
+                return Err(error_at(
+                    tls.span(),
+                    "`tls` is not supported in connect mode yet",
+                ));
+            }
+            (FrontendMode::Connect(connect_mode(&raw)?), None)
         }
-        if let Some(tls) = &raw.tls {
-            return Err(error_at(
-                tls.span(),
-                "`tls` is not supported in connect mode yet",
-            ));
+        Kind::Transparent => {
+            if let Some(tls) = &raw.tls {
+                return Err(error_at(
+                    tls.span(),
+                    format!(
+                        "frontend \"{name}\": `tls` is not used in transparent mode (the agents' \
+                         TLS passes through to the intake untouched)"
+                    ),
+                ));
+            }
+            let span = raw.backend.as_ref().map(Spanned::span);
+            let mode = super::transparent::mode(&raw, &name, listen)?;
+            (FrontendMode::Transparent(mode), span)
         }
-        (FrontendMode::Connect(connect_mode(&raw)?), None)
-    } else {
-        let connect_only = [
-            ("users", raw.users.as_ref().map(Spanned::span)),
-            (
-                "allow_destinations",
-                raw.allow_destinations.as_ref().map(Spanned::span),
-            ),
-            (
-                "connect_timeout",
-                raw.connect_timeout.as_ref().map(Spanned::span),
-            ),
-            (
-                "request_timeout",
-                raw.request_timeout.as_ref().map(Spanned::span),
-            ),
-        ];
-        if let Some((key, Some(span))) = connect_only.into_iter().find(|(_, s)| s.is_some()) {
-            return Err(error_at(
-                span,
-                format!("frontend \"{name}\": `{key}` is only used in connect mode"),
-            ));
+        Kind::Tcp => {
+            // tcp mode sends every connection to its backend.
+            let Some(backend) = &raw.backend else {
+                return Err(error_at(
+                    header,
+                    format!("frontend \"{name}\": missing `backend` (required in tcp mode)"),
+                ));
+            };
+            let mode = FrontendMode::Tcp {
+                backend: backend.get_ref().clone(),
+            };
+            (mode, Some(backend.span()))
         }
-        // tcp mode sends every connection to its backend.
-        let Some(backend) = raw.backend else {
-            return Err(error_at(
-                header,
-                format!("frontend \"{name}\": missing `backend` (required in tcp mode)"),
-            ));
-        };
-        let span = backend.span();
-        let mode = FrontendMode::Tcp {
-            backend: backend.into_inner(),
-        };
-        (mode, Some(span))
     };
 
     let frontend = Frontend {
@@ -312,6 +318,68 @@ fn frontend(
         tls,
     };
     Ok((frontend, backend_span))
+}
+
+/// The value of a frontend's `mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Tcp,
+    Connect,
+    Transparent,
+}
+
+/// Refuses a key of another mode, naming the modes that use it.
+fn refuse_other_modes_keys(raw: &RawFrontend, name: &str, kind: Kind) -> Result<()> {
+    use Kind::{Connect, Transparent};
+    let keys: [(&str, Option<Range<usize>>, &[Kind], &str); 6] = [
+        (
+            "users",
+            raw.users.as_ref().map(Spanned::span),
+            &[Connect],
+            "connect mode",
+        ),
+        (
+            "allow_destinations",
+            raw.allow_destinations.as_ref().map(Spanned::span),
+            &[Connect, Transparent],
+            "connect and transparent mode",
+        ),
+        (
+            "connect_timeout",
+            raw.connect_timeout.as_ref().map(Spanned::span),
+            &[Connect, Transparent],
+            "connect and transparent mode",
+        ),
+        (
+            "request_timeout",
+            raw.request_timeout.as_ref().map(Spanned::span),
+            &[Connect],
+            "connect mode",
+        ),
+        (
+            "intercept",
+            raw.intercept.as_ref().map(Spanned::span),
+            &[Transparent],
+            "transparent mode",
+        ),
+        (
+            "sniff_timeout",
+            raw.sniff_timeout.as_ref().map(Spanned::span),
+            &[Transparent],
+            "transparent mode",
+        ),
+    ];
+    for (key, span, modes, where_) in keys {
+        if let Some(span) = span
+            && !modes.contains(&kind)
+        {
+            return Err(error_at(
+                span,
+                format!("frontend \"{name}\": `{key}` is only used in {where_}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The connect-mode keys of a frontend.
@@ -339,30 +407,41 @@ fn connect_mode(raw: &RawFrontend) -> Result<ConnectMode> {
         }
         users.push(User::new(name, user.password.get_ref().clone()));
     }
-    let allow_destinations = raw
-        .allow_destinations
-        .iter()
-        .flat_map(|list| &list.get_ref().0)
-        .map(|entry| parse_at(entry, |text| DestinationRule::parse(text)))
-        .collect::<Result<_>>()?;
-    let timeout = |key: &str, spanned: &Option<Spanned<String>>, default| match spanned {
-        Some(spanned) => positive_duration(key, spanned),
-        None => Ok(default),
-    };
     Ok(ConnectMode {
         users,
-        allow_destinations,
+        allow_destinations: allow_destinations(raw)?,
         connect_timeout: timeout(
             "connect_timeout",
-            &raw.connect_timeout,
+            raw.connect_timeout.as_ref(),
             Backend::DEFAULT_CONNECT_TIMEOUT,
         )?,
         request_timeout: timeout(
             "request_timeout",
-            &raw.request_timeout,
+            raw.request_timeout.as_ref(),
             ConnectMode::DEFAULT_REQUEST_TIMEOUT,
         )?,
     })
+}
+
+/// A frontend's `allow_destinations` (connect and transparent mode).
+pub(super) fn allow_destinations(raw: &RawFrontend) -> Result<Vec<DestinationRule>> {
+    raw.allow_destinations
+        .iter()
+        .flat_map(|list| &list.get_ref().0)
+        .map(|entry| parse_at(entry, |text| DestinationRule::parse(text)))
+        .collect()
+}
+
+/// An optional timeout key: more than zero when set, `default` when not.
+pub(super) fn timeout(
+    key: &str,
+    spanned: Option<&Spanned<String>>,
+    default: std::time::Duration,
+) -> Result<std::time::Duration> {
+    match spanned {
+        Some(spanned) => positive_duration(key, spanned),
+        None => Ok(default),
+    }
 }
 
 fn rate_limit(spanned: &Spanned<RawRateLimit>) -> Result<RateLimit> {
@@ -382,7 +461,10 @@ fn rate_limit(spanned: &Spanned<RawRateLimit>) -> Result<RateLimit> {
 
 /// A duration key that must be more than zero (a zero timeout or period would refuse
 /// everything before it starts).
-fn positive_duration(key: &str, spanned: &Spanned<String>) -> Result<std::time::Duration> {
+pub(super) fn positive_duration(
+    key: &str,
+    spanned: &Spanned<String>,
+) -> Result<std::time::Duration> {
     parse_at(spanned, |text| match value::duration(key, text)? {
         zero if zero.is_zero() => Err(format!("invalid {key} \"{text}\": expected more than zero")),
         duration => Ok(duration),

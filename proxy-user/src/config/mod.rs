@@ -8,18 +8,15 @@
 //! 2. `convert` turns those raw values into the typed structs below exactly once: socket
 //!    addresses, CIDRs, durations and hostnames are parsed, names are checked for uniqueness and
 //!    references between sections are resolved. After that, nothing at run time has to re-check
-//!    the config: a [`FrontendMode::Tcp`] backend always exists, a [`Backend`] always has a
+//!    the config: a frontend's backend always exists, a [`Backend`] always has a
 //!    server.
 //!
-//! Keys that the documented file format reserves but the proxy does not implement yet
-//! (transparent mode) are *known* keys: they are rejected
-//! with a positioned "not supported yet" error instead of "unknown field", so an operator knows
-//! the config is spelled right and the feature is what is missing.
 
 mod convert;
 mod error;
 mod pool;
 mod raw;
+mod transparent;
 mod value;
 
 #[cfg(test)]
@@ -28,15 +25,17 @@ mod tests;
 mod tests_connect;
 #[cfg(test)]
 mod tests_errors;
+#[cfg(test)]
+mod tests_transparent;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The destination rules of connect frontends. Defined with the policy that matches them: a
-/// rule's grammar is the CONNECT target's (`connect::request`), which is not a config type.
-pub use crate::connect::policy::DestinationRule;
+/// The destination rules of connect and transparent frontends, defined with the policy that
+/// matches them ([`crate::destination`], a foundation module like this one).
+pub use crate::destination::DestinationRule;
 
 /// A frontend's `rate_limit = { connections, per }`: at most `connections` new connections per
 /// client IP address in each window of `per` (enforced by the listener, in every mode).
@@ -110,7 +109,7 @@ impl Config {
             .collect()
     }
 
-    /// The backend called `name`. Every [`FrontendMode::Tcp`] backend name resolves, because
+    /// The backend called `name`. Every backend a frontend names resolves, because
     /// [`parse`] refuses configs where it would not.
     pub fn backend(&self, name: &str) -> Option<&Backend> {
         self.backends.iter().find(|backend| backend.name == name)
@@ -142,6 +141,10 @@ pub struct Global {
     /// Agents on this host that connect to a kernel-path frontend send straight into the
     /// upstream socket (sock_ops + sk_msg on the cgroup v2 root), skipping the loopback leg.
     pub local_agents: LocalAgentsMode,
+    /// The `SO_MARK` on every socket the proxy dials while a transparent frontend captures this
+    /// host's own connections (`intercept.local`): their `OUTPUT` rules let marked packets pass,
+    /// so the proxy never captures itself. Pick a value no other mark user on the host takes.
+    pub outgoing_mark: u32,
 }
 
 /// `global.local_agents`.
@@ -161,6 +164,9 @@ impl Global {
     /// The smallest accepted `kernel_window`: below one maximal TCP window of data the kernel
     /// path would stall more often than it moves bytes.
     pub const MIN_KERNEL_WINDOW: u64 = 65536;
+    /// The default of [`Global::outgoing_mark`]: "AP" in ASCII, clear of the bits kube-proxy
+    /// (0x4000, 0x8000), Calico (0xffff0000) and istio (1337) use.
+    pub const DEFAULT_OUTGOING_MARK: u32 = 0x4150;
 }
 
 impl Default for Global {
@@ -175,6 +181,7 @@ impl Default for Global {
             kernel_sndbuf: 8 * 1024 * 1024,
             kernel_window: 4 * 1024 * 1024,
             local_agents: LocalAgentsMode::On,
+            outgoing_mark: Global::DEFAULT_OUTGOING_MARK,
         }
     }
 }
@@ -284,6 +291,48 @@ pub enum FrontendMode {
     },
     /// An HTTP CONNECT forward proxy: each connection names its destination (docs/connect.md).
     Connect(ConnectMode),
+    /// Connections redirected by iptables; each one's destination is the address it was sent
+    /// to (docs/transparent.md).
+    Transparent(TransparentMode),
+}
+
+/// The settings of a `mode = "transparent"` frontend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransparentMode {
+    /// Destinations that may be opened; empty: none. Address rules match the original
+    /// destination; name rules match the TLS SNI or HTTP `Host`, which must resolve to it.
+    pub allow_destinations: Vec<DestinationRule>,
+    /// Send every allowed connection to this backend (which exists in [`Config::backends`])
+    /// instead of its original destination.
+    pub backend: Option<String>,
+    /// The iptables rules `run` installs for this frontend; `None`: the operator redirects.
+    pub intercept: Option<Intercept>,
+    /// How long one connect attempt to the original destination may take.
+    pub connect_timeout: Duration,
+    /// How long the client may take to send what names its destination (a ClientHello or an
+    /// HTTP head) when no address rule matches; after it, it is refused.
+    pub sniff_timeout: Duration,
+}
+
+impl TransparentMode {
+    /// The default of [`TransparentMode::sniff_timeout`]: TLS clients and HTTP clients send at
+    /// once; a client that says nothing for this long speaks a protocol where the server speaks
+    /// first, which only an address rule can allow.
+    pub const DEFAULT_SNIFF_TIMEOUT: Duration = Duration::from_secs(5);
+}
+
+/// `intercept = { ports, from, local }`: which connections the frontend's iptables rules
+/// redirect to it (docs/transparent.md, "The rules").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intercept {
+    /// Destination ports captured; never empty, no duplicates.
+    pub ports: Vec<u16>,
+    /// Client networks routed through this host whose connections are captured (nat
+    /// `PREROUTING`); empty: none.
+    pub from: Vec<ipnet::IpNet>,
+    /// This host's own processes are captured too (nat `OUTPUT`), never the proxy's own
+    /// connections (they carry [`Global::outgoing_mark`]).
+    pub local: bool,
 }
 
 /// The settings of a `mode = "connect"` frontend.

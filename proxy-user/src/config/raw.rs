@@ -37,6 +37,7 @@ pub(super) struct RawGlobal {
     pub kernel_sndbuf: Option<Spanned<Int>>,
     pub kernel_window: Option<Spanned<Int>>,
     pub local_agents: Option<Spanned<RawLocalAgents>>,
+    pub outgoing_mark: Option<Spanned<Int>>,
 }
 
 /// `local_agents = true | false | "always"`.
@@ -57,14 +58,24 @@ pub(super) struct RawFrontend {
     pub allow: Option<Spanned<List<Spanned<String>>>>,
     pub max_connections: Option<Spanned<Int>>,
     pub tls: Option<Spanned<RawFrontendTls>>,
-    // Reserved by the file format, not implemented yet: any value is accepted here and refused
-    // in `convert` with "not supported yet".
-    // Connect mode only.
+    // Connect mode (`allow_destinations` and `connect_timeout` also transparent mode).
     pub users: Option<Spanned<List<Spanned<RawUser>>>>,
     pub allow_destinations: Option<Spanned<List<Spanned<String>>>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub request_timeout: Option<Spanned<String>>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
+    // Transparent mode only (`connect_timeout` and `allow_destinations` too).
+    pub intercept: Option<Spanned<RawIntercept>>,
+    pub sniff_timeout: Option<Spanned<String>>,
+}
+
+/// `intercept = { ports, from, local }` of a transparent frontend.
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields, expecting = "a table { ports, from, local }")]
+pub(super) struct RawIntercept {
+    pub ports: Spanned<List<Spanned<Int>>>,
+    pub from: Option<Spanned<List<Spanned<String>>>>,
+    pub local: Option<Spanned<bool>>,
 }
 
 /// A `users` entry. Its Debug output hides the password (serde errors never quote a string

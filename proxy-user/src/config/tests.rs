@@ -191,6 +191,7 @@ retries = 0
             kernel_sndbuf: 0,
             kernel_window: 65536,
             local_agents: LocalAgentsMode::Off,
+            outgoing_mark: 0x4150,
         }
     );
     assert_eq!(config.backends[0].balance, Balance::LeastConn);

@@ -154,11 +154,33 @@ fn bad_connect_settings_are_positioned() {
 
 #[test]
 fn connect_keys_are_refused_in_tcp_mode() {
-    for (key, value, col) in [
-        ("users", "[{ name = \"a\", password = \"pw\" }]", 9),
-        ("allow_destinations", "[\"a.example:443\"]", 22),
-        ("connect_timeout", "\"1s\"", 19),
-        ("request_timeout", "\"1s\"", 19),
+    for (key, value, col, modes) in [
+        (
+            "users",
+            "[{ name = \"a\", password = \"pw\" }]",
+            9,
+            "connect mode",
+        ),
+        (
+            "allow_destinations",
+            "[\"a.example:443\"]",
+            22,
+            "connect and transparent mode",
+        ),
+        (
+            "connect_timeout",
+            "\"1s\"",
+            19,
+            "connect and transparent mode",
+        ),
+        ("request_timeout", "\"1s\"", 19, "connect mode"),
+        ("sniff_timeout", "\"1s\"", 17, "transparent mode"),
+        (
+            "intercept",
+            "{ ports = [443], local = true }",
+            13,
+            "transparent mode",
+        ),
     ] {
         let text = format!(
             "[[frontend]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nbackend = \"b\"\n{key} = {value}\n\
@@ -166,7 +188,7 @@ fn connect_keys_are_refused_in_tcp_mode() {
         );
         assert_eq!(
             parse(&text, "t.toml").unwrap_err().to_string(),
-            format!("t.toml:5:{col}: frontend \"a\": `{key}` is only used in connect mode")
+            format!("t.toml:5:{col}: frontend \"a\": `{key}` is only used in {modes}")
         );
     }
 }

@@ -33,7 +33,8 @@ fn syntax_errors() {
     assert_eq!(
         global_err("retries = 1"),
         "t.toml:2:1: unknown field `retries`, expected one of `max_connections`, `dataplane`, \
-         `admin`, `drain_timeout`, `log_format`, `nameservers`, `kernel_sndbuf`, `kernel_window`, `local_agents`"
+         `admin`, `drain_timeout`, `log_format`, `nameservers`, `kernel_sndbuf`, `kernel_window`, `local_agents`, \
+         `outgoing_mark`"
     );
     assert_eq!(
         global_err("dataplane = \"auto\"\ndataplane = \"kernel\""),
@@ -47,7 +48,7 @@ fn unknown_keys_point_at_the_key() {
         err("[[frontend]]\nname = \"a\"\n  lisen = \"x\"\n"),
         "t.toml:3:3: unknown field `lisen`, expected one of `name`, `listen`, `mode`, `backend`, \
          `allow`, `max_connections`, `tls`, `users`, `allow_destinations`, `connect_timeout`, \
-         `request_timeout`, `rate_limit`"
+         `request_timeout`, `rate_limit`, `intercept`, `sniff_timeout`"
     );
     assert_eq!(
         err("[globals]\n"),
@@ -195,22 +196,6 @@ fn bad_values_in_frontends() {
     ];
     for (body, expected) in cases {
         assert_eq!(frontend_err(body), expected, "for {body}");
-    }
-}
-
-#[test]
-fn not_yet_supported_frontend_features_are_known_but_refused() {
-    let base = "name = \"a\"\nlisten = \"127.0.0.1:1\"\nbackend = \"b\"";
-    let cases = [(
-        "mode = \"transparent\"",
-        "t.toml:5:8: mode \"transparent\" is not supported yet",
-    )];
-    for (extra, expected) in cases {
-        assert_eq!(
-            frontend_err(&format!("{base}\n{extra}")),
-            expected,
-            "for {extra}"
-        );
     }
 }
 
@@ -473,6 +458,10 @@ fn with_duration(key: &str, value: &str) -> String {
              listen = \"127.0.0.1:1\"\nbackend = \"b\"\n{TAIL}"
         ),
         "connect_timeout" | "request_timeout" => connect(&format!("{key} = \"{value}\"")),
+        "sniff_timeout" => format!(
+            "[[frontend]]\nname = \"t\"\nlisten = \"0.0.0.0:3\"\nmode = \"transparent\"\n\
+             sniff_timeout = \"{value}\"\n"
+        ),
         "rate_limit per" => connect(&format!(
             "rate_limit = {{ connections = 1, per = \"{value}\" }}"
         )),

@@ -65,6 +65,7 @@ pub const DURATION_LIMITS: &[(&str, Duration)] = &[
     ("connect_timeout", Duration::from_secs(300)),
     ("request_timeout", Duration::from_secs(300)),
     ("handshake_timeout", Duration::from_secs(300)),
+    ("sniff_timeout", Duration::from_secs(60)),
     ("rate_limit per", Duration::from_secs(86_400)),
     ("interval", Duration::from_secs(3600)),
     ("timeout", Duration::from_secs(3600)),

@@ -3,14 +3,15 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd as _;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, Interest};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use super::request::{self, MAX_HEAD, Peeked, Request, RequestError, Step, Target, TargetHost};
+use super::request::{self, MAX_HEAD, Peeked, Request, RequestError, Step};
+use crate::destination::{Target, TargetHost};
 use crate::dns::Dns;
+use crate::peek::{self, Seen};
 
 /// How reading the head failed.
 #[derive(Debug)]
@@ -28,74 +29,49 @@ pub enum HeadError {
 /// sent behind it (a pipelined TLS ClientHello) stays in the socket's receive queue, in order,
 /// for the tunnel - the kernel path forwards bytes queued before the splice.
 ///
-/// The head is read with `MSG_PEEK` until httparse reports it complete. A peek that finds no
-/// more bytes than the last one returns `WouldBlock` inside `try_io`, which clears tokio's
-/// readiness so that the next wait sleeps until the client sends more.
-///
-/// Tokio never clears a *closed* readiness (it is final), so once the client has sent its FIN
-/// every wait returns at once. A peek that then finds nothing new means the head can never be
-/// completed: the client is gone. Without that check this loop spun without ever returning
-/// `Pending`, so neither the request timeout nor any other task on its worker ran again
-/// (issue 21: one client that sent `C` and closed froze the daemon).
+/// The head is read with `MSG_PEEK` ([`peek::until`]) until httparse reports it complete;
+/// [`request::step`] decides after each peek, and never waits for a client that has closed.
 pub async fn read_head(client: &mut TcpStream, within: Duration) -> Result<Request, HeadError> {
     let mut buf = vec![0u8; MAX_HEAD];
-    let peeked = tokio::time::timeout(within, async {
-        let mut seen = 0;
-        loop {
-            let ready = client.ready(Interest::READABLE).await.map_err(gone)?;
-            let closed = ready.is_read_closed();
-            let got = client.try_io(Interest::READABLE, || {
-                let n = peek(client, &mut buf)?;
-                if n == seen && !closed && n != 0 && n < buf.len() {
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                Ok(n)
-            });
-            let peeked = match got {
-                Ok(n) => {
-                    seen = n;
-                    Peeked::Bytes {
-                        bytes: &buf[..n],
-                        // A peek of 0 bytes is end-of-stream.
-                        closed: closed || n == 0,
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Belt and braces: a wait that keeps returning at once must still let the
-                    // timeout and the other tasks of this worker run.
-                    tokio::task::consume_budget().await;
-                    continue;
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "client failed during its request head");
-                    Peeked::Reset
-                }
+    let decided = tokio::time::timeout(
+        within,
+        peek::until(client, &mut buf, |seen| {
+            let peeked = match seen {
+                Seen::Bytes { bytes, closed } => Peeked::Bytes { bytes, closed },
+                Seen::Reset => Peeked::Reset,
             };
             match request::step(peeked) {
-                Step::Complete(request) => return Ok(request),
-                Step::Refuse(e) => return Err(HeadError::Request(e)),
-                Step::Wait => {}
-                Step::Gone { reset, sent } => {
-                    let detail = match (reset, sent) {
-                        (true, _) => "client reset the connection during its request",
-                        (false, 0) => "client closed without a request",
-                        (false, _) => "client closed in the middle of its request",
-                    };
-                    return Err(HeadError::Gone {
-                        reset,
-                        detail: detail.into(),
-                    });
-                }
+                Step::Wait => None,
+                step => Some(step),
             }
-        }
-    })
+        }),
+    )
     .await
-    .map_err(|_| HeadError::Timeout)??;
-    client
-        .read_exact(&mut buf[..peeked.head_len])
-        .await
-        .map_err(gone)?;
-    Ok(peeked)
+    .map_err(|_| HeadError::Timeout)?;
+    // `step` never waits for a closed client, so a stall is only a closed one (and the
+    // closure never returns `Wait`).
+    let (reset, sent) = match decided {
+        Ok(Step::Complete(request)) => {
+            client
+                .read_exact(&mut buf[..request.head_len])
+                .await
+                .map_err(gone)?;
+            return Ok(request);
+        }
+        Ok(Step::Refuse(e)) => return Err(HeadError::Request(e)),
+        Ok(Step::Gone { reset, sent }) => (reset, sent),
+        Ok(Step::Wait) => (false, 0),
+        Err(stalled) => (false, stalled.sent),
+    };
+    let detail = match (reset, sent) {
+        (true, _) => "client reset the connection during its request",
+        (false, 0) => "client closed without a request",
+        (false, _) => "client closed in the middle of its request",
+    };
+    Err(HeadError::Gone {
+        reset,
+        detail: detail.into(),
+    })
 }
 
 /// Copies what the client sent behind its head (a pipelined ClientHello) to the upstream,
@@ -148,24 +124,6 @@ fn gone(e: io::Error) -> HeadError {
     }
 }
 
-/// `recv(MSG_PEEK)` on a non-blocking socket.
-fn peek(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for `buf.len()` bytes, the fd is open for the call.
-    let n = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_PEEK,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
 /// The addresses of a destination: literals as they are, names through the daemon's shared
 /// DNS cache ([`Dns::resolve`]). A trailing dot is kept: it stops the resolver from trying
 /// search domains.
@@ -195,7 +153,7 @@ pub async fn dial(
     let mut timed_out = true;
     let mut detail = String::new();
     for &addr in addrs {
-        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        match tokio::time::timeout(timeout, crate::net::connect(addr)).await {
             Ok(Ok(stream)) => return Ok((stream, addr)),
             Ok(Err(e)) => {
                 timed_out = false;

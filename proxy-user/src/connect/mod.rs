@@ -8,7 +8,7 @@
 //! 3. checks, each with its answer: a head that is not HTTP/1.x or a target that is not
 //!    `host:port` (400), too large (431) or too slow (408); a method other than CONNECT (405:
 //!    absolute-form plain HTTP is not forwarded, see docs/connect.md); credentials (407, when
-//!    `users` is set); the destination policy (403, [`policy`]);
+//!    `users` is set); the destination policy (403, [`crate::destination`]);
 //! 4. the destination is resolved (the daemon's shared DNS cache, [`crate::dns`]), addresses
 //!    that are not global unicast are dropped unless named by a rule (403 when none is left),
 //!    and the rest are dialed in order, by address (502 refused/unreachable/unresolvable,
@@ -23,7 +23,6 @@
 
 pub mod auth;
 pub mod handshake;
-pub mod policy;
 pub mod request;
 
 #[cfg(test)]
@@ -38,16 +37,16 @@ use tokio::net::TcpStream;
 use crate::address_class::Special;
 use crate::config::ConnectMode;
 use crate::conn::{Conn, End, Outcome, Path, Route};
+use crate::destination::{Judgement, Policy};
 use crate::dns::Dns;
 use handshake::HeadError;
-use policy::Judgement;
 use request::RequestError;
 
 /// What a connect frontend needs at run time, built once from its config.
 #[derive(Debug)]
 pub struct Settings {
     pub users: auth::Users,
-    pub policy: policy::Policy,
+    pub policy: Policy,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
 }
@@ -56,7 +55,7 @@ impl Settings {
     pub fn new(config: &ConnectMode) -> Self {
         Self {
             users: auth::Users::new(&config.users),
-            policy: policy::Policy::new(config.allow_destinations.clone()),
+            policy: Policy::new(config.allow_destinations.clone()),
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
         }
@@ -161,11 +160,6 @@ impl Refusal {
     }
 }
 
-/// The `reason` label of a destination refused for its address class.
-pub fn address_reason(class: Special) -> String {
-    format!("address_{class}")
-}
-
 /// How long a refusal's answer may take to write, and how long the client then gets to read
 /// it and close (see [`linger_close`]).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -207,6 +201,7 @@ pub async fn run(conn: &Conn<'_>, mut client: TcpStream, settings: &Settings) {
                 server: &tunnel.server.to_string(),
                 destination: &tunnel.destination,
                 status: "200",
+                ..Route::NONE
             };
             conn.finish(&route, path, &outcome);
         }
@@ -215,7 +210,10 @@ pub async fn run(conn: &Conn<'_>, mut client: TcpStream, settings: &Settings) {
                 shared
                     .metrics
                     .frontend_rejected_total
-                    .with_label_values(&[frontend.name.as_str(), &address_reason(class)])
+                    .with_label_values(&[
+                        frontend.name.as_str(),
+                        &crate::address_class::reason(class),
+                    ])
                     .inc();
             }
             let (end, code) = match refusal.status {
@@ -239,6 +237,7 @@ pub async fn run(conn: &Conn<'_>, mut client: TcpStream, settings: &Settings) {
                 server: "-",
                 destination: &refusal.destination,
                 status: &code,
+                ..Route::NONE
             };
             conn.finish(&route, Path::None, &Outcome::nothing(end, refusal.detail));
         }

@@ -3,9 +3,9 @@
 use std::net::SocketAddr;
 
 use super::Status;
-use super::policy::{DestinationRule, Judgement, Policy};
-use super::request::{MAX_HEAD, Request, RequestError, Target, TargetHost, parse};
+use super::request::{MAX_HEAD, Request, RequestError, parse};
 use crate::address_class::Special;
+use crate::destination::{DestinationRule, Judgement, Policy, Target, TargetHost};
 
 fn complete(text: &str) -> Request {
     match parse(text.as_bytes()) {

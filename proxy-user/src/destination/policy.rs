@@ -1,4 +1,5 @@
-//! Which destinations a CONNECT frontend may open: `allow_destinations`, checked twice.
+//! Which destinations a connect or transparent frontend may open: `allow_destinations`,
+//! checked twice.
 //!
 //! 1. The requested `host:port` must match a rule: `host:port` exactly, `.domain:port` for the
 //!    domain and every name under it, `[v6]:port` / `v4:port` for a literal, `v4/len:port` /
@@ -20,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use ipnet::IpNet;
 
-use super::request::{Target, TargetHost};
+use super::target::{Target, TargetHost};
 use crate::address_class::{self, Refused};
 
 /// One `allow_destinations` entry.
@@ -213,6 +214,14 @@ impl Policy {
     pub fn new(rules: Vec<DestinationRule>) -> Self {
         let overrode = rules.iter().map(|_| AtomicBool::new(false)).collect();
         Self { rules, overrode }
+    }
+
+    /// Whether some rule names hosts (`host:port`, `.domain:port`): without one, a transparent
+    /// connection whose address no rule names is refused without reading what it sends.
+    pub fn has_name_rules(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|rule| matches!(rule.host, RuleHost::Exact(_) | RuleHost::Suffix(_)))
     }
 
     /// Check 1: the requested destination matches a rule.
