@@ -22,7 +22,9 @@ use crate::{
     kernel::{Kernel, KernelError, KernelMirror},
     listener::{self, Listener, Mode, ratelimit::RateLimiter},
     metrics::Metrics,
+    net,
     pool::Pool,
+    redirect::{self, Plan, RedirectError},
     tls::TlsLoadError,
     transparent,
 };
@@ -37,6 +39,8 @@ pub enum StartError {
     Kernel(#[source] KernelError),
     #[error(transparent)]
     Dns(#[from] DnsError),
+    #[error("cannot install the transparent frontends' iptables rules")]
+    Redirect(#[source] RedirectError),
     #[error("cannot listen on {addr} (frontend {frontend:?})")]
     Bind {
         frontend: String,
@@ -138,6 +142,8 @@ pub struct Daemon {
     ready: Arc<AtomicBool>,
     /// Stops DNS refreshes and health checks when the daemon stops.
     stop_background: CancellationToken,
+    /// The transparent frontends' iptables rules were installed: removed when accepting stops.
+    redirecting: bool,
 }
 
 /// Runs the proxy until `shutdown` resolves, then drains for `drain_timeout`.
@@ -161,6 +167,12 @@ impl Daemon {
         }
         for (name, backend) in &tls.backends {
             tracing::info!(backend = %name, trust = %backend.trust, "tls to the servers");
+        }
+        let plan = Plan::new(&config);
+        if plan.local {
+            // Before anything dials (health checks, first connections): the OUTPUT rules let
+            // only marked sockets pass.
+            net::set_outgoing_mark(config.global.outgoing_mark);
         }
         let kernel = load_kernel(config.global.dataplane, config.global.local_agents)?;
         release_freed_memory();
@@ -310,6 +322,17 @@ impl Daemon {
             None => None,
         };
 
+        // Last, once every listener is bound: a redirected connection finds its frontend.
+        // Whatever an earlier (killed) daemon left in the chains is replaced.
+        let redirecting = !plan.is_empty();
+        if redirecting {
+            redirect::install(&plan).map_err(StartError::Redirect)?;
+            tracing::info!(
+                ipv4 = plan.v4.prerouting.len() + plan.v4.output.len(),
+                ipv6 = plan.v6.prerouting.len() + plan.v6.output.len(),
+                "iptables rules of the transparent frontends installed"
+            );
+        }
         Ok(Self {
             config,
             tls,
@@ -319,6 +342,7 @@ impl Daemon {
             admin,
             ready,
             stop_background,
+            redirecting,
         })
     }
 
@@ -336,6 +360,7 @@ impl Daemon {
             admin,
             ready,
             stop_background,
+            redirecting,
         } = self;
         let stop_admin = CancellationToken::new();
         let admin_task = admin.map(|(listener, state)| {
@@ -368,6 +393,15 @@ impl Daemon {
         shutdown.await;
         tracing::info!(drain_timeout = ?config.global.drain_timeout, "stopping: no new connections, draining");
         ready.store(false, Ordering::SeqCst);
+        // New connections now go where they were sent (routed), not to a proxy that no longer
+        // accepts; the ones already redirected keep their conntrack entry and are drained.
+        if redirecting {
+            match redirect::remove() {
+                Ok(()) => tracing::info!("iptables rules of the transparent frontends removed"),
+                Err(e) => tracing::error!(error = %error_chain(&e),
+                    "cannot remove the iptables rules; run `agent-proxy redirect remove`"),
+            }
+        }
         stop_accepting.cancel();
         for task in accept_tasks.into_iter().chain(reload_task) {
             let _ = task.await;

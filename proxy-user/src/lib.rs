@@ -23,6 +23,7 @@ pub mod net;
 pub mod outcome;
 pub mod peek;
 pub mod pool;
+pub mod redirect;
 pub mod relay;
 pub mod report;
 pub mod splice;

@@ -28,6 +28,30 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// The iptables/ip6tables rules of the transparent frontends (`intercept`), by hand.
+    Redirect {
+        #[command(subcommand)]
+        action: RedirectAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum RedirectAction {
+    /// Make the proxy's chains hold exactly the config's rules (idempotent).
+    Install {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Remove the proxy's chains and the jumps to them (idempotent).
+    Remove {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Show the proxy's chains; exit 0 when they hold what the config asks for, else 1.
+    Status {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,6 +76,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Redirect { action } => redirect(action),
         Command::Run { config } => {
             let config = match config::load(&config) {
                 Ok(config) => config,
@@ -78,6 +103,56 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn redirect(action: RedirectAction) -> ExitCode {
+    use agent_proxy::redirect::{self as rules, Plan};
+    let (RedirectAction::Install { config: path }
+    | RedirectAction::Remove { config: path }
+    | RedirectAction::Status { config: path }) = &action;
+    let plan = match config::load(path) {
+        Ok(config) => Plan::new(&config),
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let done = match action {
+        RedirectAction::Install { .. } => rules::install(&plan).map(|()| {
+            if plan.is_empty() {
+                println!(
+                    "no transparent frontend has `intercept`: no rules (any old ones removed)"
+                );
+            } else {
+                println!("installed");
+            }
+            true
+        }),
+        RedirectAction::Remove { .. } => rules::remove().map(|()| {
+            println!("removed");
+            true
+        }),
+        RedirectAction::Status { .. } => rules::status(&plan).map(|(text, installed)| {
+            print!("{text}");
+            println!(
+                "{}",
+                if installed {
+                    "rules match the config"
+                } else {
+                    "rules do not match the config"
+                }
+            );
+            installed
+        }),
+    };
+    match done {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("agent-proxy: {}", daemon::error_chain(&e));
+            ExitCode::FAILURE
         }
     }
 }

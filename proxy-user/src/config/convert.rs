@@ -328,10 +328,14 @@ enum Kind {
     Transparent,
 }
 
+/// A mode-specific key: its name, where it is (when set), the modes that use it and how they
+/// are named in the message.
+type KeyUse<'a> = (&'a str, Option<Range<usize>>, &'a [Kind], &'a str);
+
 /// Refuses a key of another mode, naming the modes that use it.
 fn refuse_other_modes_keys(raw: &RawFrontend, name: &str, kind: Kind) -> Result<()> {
     use Kind::{Connect, Transparent};
-    let keys: [(&str, Option<Range<usize>>, &[Kind], &str); 6] = [
+    let keys: [KeyUse<'_>; 6] = [
         (
             "users",
             raw.users.as_ref().map(Spanned::span),
