@@ -341,10 +341,12 @@ fn finish(
         .connection_duration_seconds
         .with_label_values(&[name])
         .observe(elapsed.as_secs_f64());
+    // An IPv4 client of a dual-stack listener is logged as the IPv4 address it is.
+    let client = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     tracing::info!(
         target: "agent_proxy::conn",
         frontend = name,
-        client = %peer,
+        client = %client,
         backend = frontend.backend.as_str(),
         server = route.server,
         destination = route.destination,

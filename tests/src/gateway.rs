@@ -41,8 +41,12 @@ impl Gateway {
             intake: NetNs::new()?,
         };
         let (a, p, i) = (gw.agent.name(), gw.proxy.name(), gw.intake.name());
-        run(&["ip", "-n", a, "link", "add", "va", "type", "veth", "peer", "name", "vp", "netns", p])?;
-        run(&["ip", "-n", p, "link", "add", "vo", "type", "veth", "peer", "name", "vi", "netns", i])?;
+        run(&[
+            "ip", "-n", a, "link", "add", "va", "type", "veth", "peer", "name", "vp", "netns", p,
+        ])?;
+        run(&[
+            "ip", "-n", p, "link", "add", "vo", "type", "veth", "peer", "name", "vi", "netns", i,
+        ])?;
         for (ns, dev, v4, v6) in [
             (a, "va", "10.77.0.2/24", "fd77::2/64"),
             (p, "vp", "10.77.0.1/24", "fd77::1/64"),
@@ -54,11 +58,29 @@ impl Gateway {
             run(&["ip", "-n", ns, "link", "set", dev, "up"])?;
         }
         run(&["ip", "-n", a, "route", "add", "default", "via", PROXY_INNER])?;
-        run(&["ip", "-n", a, "-6", "route", "add", "default", "via", "fd77::1"])?;
-        run(&["ip", "-n", i, "route", "add", "default", "via", PROXY_OUTER])?;
-        run(&["ip", "-n", i, "-6", "route", "add", "default", "via", PROXY_OUTER6])?;
         run(&[
-            "ip", "netns", "exec", p, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+            "ip", "-n", a, "-6", "route", "add", "default", "via", "fd77::1",
+        ])?;
+        run(&["ip", "-n", i, "route", "add", "default", "via", PROXY_OUTER])?;
+        run(&[
+            "ip",
+            "-n",
+            i,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            PROXY_OUTER6,
+        ])?;
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            p,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
             "net.ipv6.conf.all.forwarding=1",
         ])?;
         Ok(gw)
@@ -71,8 +93,27 @@ impl Gateway {
             IpAddr::V4(_) => (format!("{ip}/32"), INTAKE, "-4"),
             IpAddr::V6(_) => (format!("{ip}/128"), INTAKE6, "-6"),
         };
-        run(&["ip", "-n", self.intake.name(), "addr", "add", &cidr, "dev", "lo"])?;
-        run(&["ip", "-n", self.proxy.name(), family, "route", "add", &cidr, "via", via])
+        run(&[
+            "ip",
+            "-n",
+            self.intake.name(),
+            "addr",
+            "add",
+            &cidr,
+            "dev",
+            "lo",
+        ])?;
+        run(&[
+            "ip",
+            "-n",
+            self.proxy.name(),
+            family,
+            "route",
+            "add",
+            &cidr,
+            "via",
+            via,
+        ])
     }
 }
 

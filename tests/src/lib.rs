@@ -24,6 +24,7 @@ pub mod connect_cases;
 pub mod daemon;
 pub mod dnsmasq;
 pub mod env;
+pub mod gateway;
 pub mod heavy;
 pub mod http;
 pub mod intake;
