@@ -39,6 +39,7 @@ const COLORS: [RGBColor; Row::ALL.len()] = [
     RGBColor(214, 39, 40),
     RGBColor(240, 120, 170),
     RGBColor(255, 152, 80),
+    RGBColor(150, 100, 190),
 ];
 
 /// Relative-to-HAProxy values (higher is better) per item present in `results`.

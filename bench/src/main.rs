@@ -185,6 +185,9 @@ fn measure_all(cli: &Cli, out_dir: &Path) -> anyhow::Result<Results> {
 
     let ns = NetNs::new().context("create the bench's network namespace")?;
     machine::tune_namespace(&ns)?;
+    // The transparent row's clients connect to this address, which nothing serves: the
+    // daemon's OUTPUT rule redirects them (loopback destinations are never captured).
+    agent_proxy_tests::connect::add_loopback_address(&ns, &format!("{}/32", rows::TRANSPARENT_IP))?;
     println!(
         "bench: namespace {}; {} run(s) x {} row(s) x {} scenario(s)",
         ns.name(),

@@ -21,6 +21,12 @@ use crate::tls::ProxyTls;
 /// Where every proxy listens inside the namespace (the daemon's admin is 127.0.0.1:9090).
 pub const PROXY_LISTEN: &str = "127.0.0.1:7000";
 pub const PROXY_PORT: u16 = 7000;
+/// The address the transparent row's clients connect to: on the bench namespace's `lo`, with
+/// nothing listening on it; the daemon's `OUTPUT` rule captures connections to it (loopback
+/// destinations are never captured, so the backend's 127.0.0.1 cannot serve).
+pub const TRANSPARENT_IP: std::net::IpAddr =
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(11, 0, 0, 10));
+
 /// Connections agent-proxy must admit: the 10,000-agent scenario plus headroom (HAProxy's
 /// maxconn is derived from the fd limit instead, see [`haproxy_maxconn`]).
 const MAX_CONNECTIONS: u32 = 30_000;
@@ -60,16 +66,22 @@ pub enum Row {
     KernelRemote,
     /// agent-proxy, `dataplane = "userspace"` (the relay).
     Userspace,
+    /// agent-proxy `mode = "transparent"` on the kernel path (`local_agents = false`): the
+    /// clients connect to the intake's own address ([`TRANSPARENT_IP`]), the daemon's nat
+    /// `OUTPUT` rule redirects them to the proxy, which checks the original destination and
+    /// sends the connection to the backend. Measured in the DataKit and ping scenarios.
+    Transparent,
 }
 
 impl Row {
-    pub const ALL: [Row; 6] = [
+    pub const ALL: [Row; 7] = [
         Row::Direct,
         Row::Haproxy,
         Row::HaproxySplice,
         Row::Kernel,
         Row::KernelRemote,
         Row::Userspace,
+        Row::Transparent,
     ];
 
     pub fn name(self) -> &'static str {
@@ -80,6 +92,7 @@ impl Row {
             Row::Kernel => "kernel",
             Row::KernelRemote => "kernel-remote",
             Row::Userspace => "userspace",
+            Row::Transparent => "transparent",
         }
     }
 
@@ -91,6 +104,7 @@ impl Row {
             Row::Kernel => "agent-proxy kernel",
             Row::KernelRemote => "agent-proxy kernel, remote agents",
             Row::Userspace => "agent-proxy userspace",
+            Row::Transparent => "agent-proxy transparent (kernel, iptables OUTPUT)",
         }
     }
 }
@@ -144,6 +158,13 @@ impl Proxy {
                 let daemon = Daemon::start(ns, config).context("start agent-proxy")?;
                 Proxy::Agent(Box::new(daemon))
             }
+            Row::Transparent => {
+                let mut config = DaemonConfig::new(Dataplane::KernelRemote, vec![backend]);
+                config.listen = PROXY_LISTEN.parse().expect("valid address");
+                config.toml_override = Some(transparent_config(&config, backend));
+                let daemon = Daemon::start(ns, config).context("start agent-proxy")?;
+                Proxy::Agent(Box::new(daemon))
+            }
         };
         Ok(Some(proxy))
     }
@@ -185,6 +206,22 @@ impl Proxy {
         }
         Ok(())
     }
+}
+
+/// The transparent row's daemon: every connection to [`TRANSPARENT_IP`] on the backend's port,
+/// captured by `OUTPUT`, goes to the backend.
+fn transparent_config(config: &DaemonConfig, backend: SocketAddr) -> String {
+    format!(
+        "[global]\ndataplane = \"kernel\"\nadmin = \"{admin}\"\nlog_format = \"json\"\n\
+         local_agents = false\nmax_connections = {MAX_CONNECTIONS}\n\
+         [[frontend]]\nname = \"fe\"\nlisten = \"{PROXY_LISTEN}\"\nmode = \"transparent\"\n\
+         max_connections = {MAX_CONNECTIONS}\nbackend = \"be\"\n\
+         allow_destinations = [\"{TRANSPARENT_IP}:{port}\"]\n\
+         intercept = {{ ports = [{port}], local = true }}\n\
+         [[backend]]\nname = \"be\"\nservers = [\"{backend}\"]\nconnect_timeout = \"5s\"\n",
+        admin = config.admin,
+        port = backend.port(),
+    )
 }
 
 /// Online CPUs (for HAProxy's nbthread).

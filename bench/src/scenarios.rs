@@ -20,7 +20,7 @@ use crate::parse;
 use crate::procfs::{CpuTimes, Memory, process_ticks, ticks_per_second};
 use crate::procs::run_client;
 use crate::results::{Metric, Sample};
-use crate::rows::{PROXY_LISTEN, Proxy, Row};
+use crate::rows::{PROXY_LISTEN, Proxy, Row, TRANSPARENT_IP};
 use crate::servers::ServerKind;
 use crate::tls::{INTAKE_NAME, PROXY_NAME, Pki, ProxyTls, Side};
 
@@ -152,6 +152,14 @@ impl Scenario {
     /// repeat the plain HAProxy row; so is agent-proxy's remote-agents row (TLS always takes the
     /// userspace relay, local agents or not).
     pub fn has_row(self, row: Row) -> bool {
+        if row == Row::Transparent {
+            // Transparent mode beside the tcp rows where agents are: the DataKit workload and
+            // latency (its TLS passes through, so the TLS scenarios would not differ).
+            return matches!(
+                self,
+                Scenario::Datakit | Scenario::Ping64 | Scenario::Ping16k
+            );
+        }
         !(self.tls_side().is_some() && matches!(row, Row::HaproxySplice | Row::KernelRemote))
     }
 
@@ -298,6 +306,10 @@ pub fn measure(scenario: Scenario, row: Row, cx: &Context<'_>) -> anyhow::Result
     // hey speaks TLS to whoever expects it (nginx's TLS listener, a TLS frontend), naming the
     // server its certificate is for.
     let (target, tls_name): (SocketAddr, Option<&str>) = match proxy {
+        // The client knows nothing of the proxy: it connects to the intake's address.
+        Some(_) if row == Row::Transparent => {
+            (SocketAddr::new(TRANSPARENT_IP, backend.port()), None)
+        }
         Some(_) => (
             PROXY_LISTEN.parse().expect("valid address"),
             (side == Some(Side::Frontend)).then_some(PROXY_NAME),
@@ -335,6 +347,7 @@ fn tool_run(
     cx: &Context<'_>,
 ) -> anyhow::Result<Sample> {
     let port = target.port().to_string();
+    let host = target.ip().to_string();
     let secs = cx.durations.tool.as_secs().max(1).to_string();
     let (program, args): (&str, Vec<String>) = match scenario {
         Scenario::Datakit | Scenario::DatakitTlsOrigination | Scenario::DatakitTlsFrontend => {
@@ -350,7 +363,7 @@ fn tool_run(
                 "ping-pong",
                 "--tcp",
                 "-i",
-                "127.0.0.1",
+                &host,
                 "-p",
                 &port,
                 "-m",
@@ -361,7 +374,7 @@ fn tool_run(
             ("sockperf", a.map(str::to_owned).to_vec())
         }
         Scenario::Bulk1 | Scenario::Bulk8 => {
-            let mut a: Vec<String> = ["-c", "127.0.0.1", "-p", &port, "-t", &secs, "-J"]
+            let mut a: Vec<String> = ["-c", &host, "-p", &port, "-t", &secs, "-J"]
                 .map(str::to_owned)
                 .to_vec();
             if scenario == Scenario::Bulk8 {
@@ -550,7 +563,14 @@ mod tests {
             Some(Side::Frontend)
         );
         for s in Scenario::ALL.into_iter().filter(|s| s.tls_side().is_none()) {
-            assert!(Row::ALL.into_iter().all(|r| s.has_row(r)));
+            let transparent = matches!(s, Scenario::Datakit | Scenario::Ping64 | Scenario::Ping16k);
+            assert_eq!(s.has_row(Row::Transparent), transparent, "{s:?}");
+            assert!(
+                Row::ALL
+                    .into_iter()
+                    .filter(|&r| r != Row::Transparent)
+                    .all(|r| s.has_row(r))
+            );
             assert!(Row::ALL.into_iter().all(|r| s.row_title(r) == r.title()));
         }
     }
