@@ -29,11 +29,10 @@ mod request;
 #[path = "../../proxy-user/src/address_class.rs"]
 #[allow(dead_code)]
 mod address_class;
+#[path = "../../proxy-user/src/destination"]
 #[allow(dead_code)]
 mod destination {
-    #[path = "../../../proxy-user/src/destination/policy.rs"]
     pub mod policy;
-    #[path = "../../../proxy-user/src/destination/target.rs"]
     pub mod target;
     pub use target::Target;
 }
