@@ -294,7 +294,7 @@ fn transparent_gateway(dp: Dataplane) -> anyhow::Result<()> {
 
             // Refusals: reset, nothing dialed, counted by reason.
             let fail = |args: &[&str], what: &str| -> anyhow::Result<()> {
-                let (code, out, err) = curl(args)?;
+                let (code, out, _) = curl(args)?;
                 ensure!(
                     code != 0,
                     "{what}: curl succeeded ({out:?}); it must be refused"
