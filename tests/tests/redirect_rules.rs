@@ -194,3 +194,36 @@ fn redirect_rules_follow_install_remove_and_the_daemon() {
         panic!("{e:?}");
     }
 }
+
+/// A host without the iptables commands gets an error that names what is missing, from both
+/// `redirect install` and `run`, and nothing else is attempted.
+#[test]
+fn a_host_without_iptables_is_told_what_is_missing() {
+    let bin = require_binary();
+    let dir = std::env::temp_dir().join(format!("agent-proxy-noipt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("agent-proxy.toml");
+    let mut text = config().to_toml();
+    // No kernel path, no admin port, a free listen port: this test needs no privileges and
+    // no namespace of its own.
+    let free = std::net::TcpListener::bind("[::]:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    text = text.replacen("admin = \"127.0.0.1:9090\"\n", "admin = \"off\"\n", 1);
+    text = text.replace("15001", &free.to_string());
+    std::fs::write(&file, text).expect("write config");
+    let expected = "`iptables` is not installed; transparent frontends with `intercept` need it";
+    for args in [vec!["redirect", "install", "-c"], vec!["run", "-c"]] {
+        let out = std::process::Command::new(&bin)
+            .args(&args)
+            .arg(&file)
+            .env("PATH", "/nonexistent")
+            .output()
+            .expect("run agent-proxy");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
