@@ -13,6 +13,7 @@ pub mod config;
 pub mod conn;
 pub mod connect;
 pub mod daemon;
+pub mod dial;
 pub mod dns;
 pub mod health;
 pub mod kernel;

@@ -31,10 +31,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{Backend, Balance, DnsTtl, HealthCheck, Host, Passive, ServerSpec},
+    dial::DialError,
     dns::Dns,
-    health,
+    health::{self, ProbeError},
     metrics::Metrics,
-    tls::ClientTls,
+    report::error_chain,
+    tls::{ClientTls, HandshakeError},
 };
 
 /// One address of one configured server.
@@ -156,14 +158,37 @@ pub enum ConnectError {
     /// Every address is down (or none is known): the client is refused at once.
     #[error("backend {backend:?} has no server up")]
     NoServer { backend: String },
-    /// Every attempt failed; `last` says how the last one did.
+    /// Every attempt failed; `last` says how the last one did. It is written inside the
+    /// message (the log line's `detail`), so it is not also a `source`: a chain would say it
+    /// twice.
     #[error(
-        "no server of backend {backend:?} accepted the connection after {attempts} attempts (last: {last})"
+        "no server of backend {backend:?} accepted the connection after {attempts} attempts (last: {})",
+        error_chain(.last)
     )]
     Failed {
         backend: String,
         attempts: u32,
-        last: String,
+        last: AttemptError,
+    },
+}
+
+/// How one attempt on one server failed: the `reason` a `server down` line gives, and the
+/// `last` of [`ConnectError::Failed`].
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    /// The TCP connect failed.
+    #[error("{addr}")]
+    Dial {
+        addr: SocketAddr,
+        #[source]
+        source: DialError,
+    },
+    /// The TCP connect succeeded, the TLS handshake on it did not.
+    #[error("{addr}")]
+    Handshake {
+        addr: SocketAddr,
+        #[source]
+        source: HandshakeError,
     },
 }
 
@@ -379,7 +404,7 @@ impl Pool {
         &self,
         server: &Server,
         check: &HealthCheck,
-        result: Result<(), String>,
+        result: Result<(), ProbeError>,
     ) {
         let now = Instant::now();
         let was_up = server.is_up(now);
@@ -403,11 +428,8 @@ impl Pool {
             }
         }
         if server.is_up(now) != was_up {
-            self.log_transition(
-                server,
-                result.as_ref().err().map(String::as_str),
-                "health check",
-            );
+            let reason = result.as_ref().err().map(|e| error_chain(e));
+            self.log_transition(server, reason.as_deref(), "health check");
         }
     }
 
@@ -422,7 +444,7 @@ impl Pool {
         }
     }
 
-    fn connect_failed(&self, server: &Server, reason: &str) {
+    fn connect_failed(&self, server: &Server, reason: &AttemptError) {
         if self.passive.fall == 0 {
             return;
         }
@@ -440,7 +462,7 @@ impl Pool {
             }
         };
         if taken_out {
-            self.log_transition(server, Some(reason), "connect");
+            self.log_transition(server, Some(&error_chain(reason)), "connect");
         }
     }
 
@@ -509,9 +531,9 @@ impl Pool {
             .await
     }
 
-    /// Dials a server and runs `establish` on the new TCP connection (a TLS handshake, say)
-    /// before it counts as connected. A failed `establish` counts as a failed connect to that
-    /// server - its message is the reason - and another server is tried, within `retries`.
+    /// Dials a server and runs `establish` on the new TCP connection (the backend's TLS
+    /// handshake) before it counts as connected. A failed `establish` counts as a failed connect
+    /// to that server - its error is the reason - and another server is tried, within `retries`.
     pub async fn connect_with<T, F, Fut>(
         &self,
         metrics: &Metrics,
@@ -519,11 +541,11 @@ impl Pool {
     ) -> Result<(T, Lease), ConnectError>
     where
         F: Fn(TcpStream, Arc<Server>) -> Fut,
-        Fut: Future<Output = Result<T, String>>,
+        Fut: Future<Output = Result<T, HandshakeError>>,
     {
         let attempts = self.retries.saturating_add(1);
         let mut tried: Vec<Arc<Server>> = Vec::new();
-        let mut last = String::new();
+        let mut last = None;
         for attempt in 0..attempts {
             let view = self.view();
             let Some(server) = self.pick(&view, &tried) else {
@@ -537,13 +559,19 @@ impl Pool {
             let started = Instant::now();
             let result =
                 tokio::time::timeout(self.connect_timeout, TcpStream::connect(server.addr)).await;
+            let addr = server.addr;
             let result = match result {
-                Ok(Ok(stream)) => establish(stream, Arc::clone(&server)).await,
-                Ok(Err(e)) => Err(format!("{}: {e}", server.addr)),
-                Err(_) => Err(format!(
-                    "{}: connect timeout after {:?}",
-                    server.addr, self.connect_timeout
-                )),
+                Ok(Ok(stream)) => establish(stream, Arc::clone(&server))
+                    .await
+                    .map_err(|source| AttemptError::Handshake { addr, source }),
+                Ok(Err(e)) => Err(AttemptError::Dial {
+                    addr,
+                    source: e.into(),
+                }),
+                Err(_) => Err(AttemptError::Dial {
+                    addr,
+                    source: DialError::Timeout(self.connect_timeout),
+                }),
             };
             match result {
                 Ok(stream) => {
@@ -561,16 +589,23 @@ impl Pool {
                         .with_label_values(&[self.name.as_str(), server.name.as_str()])
                         .inc();
                     self.connect_failed(&server, &reason);
-                    last = reason;
+                    last = Some(reason);
                     tried.push(server);
                 }
             }
         }
-        Err(ConnectError::Failed {
-            backend: self.name.clone(),
-            attempts: tried.len() as u32,
-            last,
-        })
+        match last {
+            Some(last) => Err(ConnectError::Failed {
+                backend: self.name.clone(),
+                attempts: tried.len() as u32,
+                last,
+            }),
+            // Not reached: the loop runs at least once, and a pass that neither returns nor
+            // records a failure only ends it after one did.
+            None => Err(ConnectError::NoServer {
+                backend: self.name.clone(),
+            }),
+        }
     }
 }
 

@@ -39,6 +39,7 @@ use crate::address_class::Special;
 use crate::config::ConnectMode;
 use crate::conn::{Conn, End, Outcome, Path, Route};
 use crate::dns::Dns;
+use crate::report::error_chain;
 use handshake::HeadError;
 use policy::Judgement;
 use request::RequestError;
@@ -319,7 +320,7 @@ async fn negotiate(
         Refusal::new(
             Status::BadGateway,
             &destination,
-            format!("cannot resolve {destination}: {e}"),
+            format!("cannot resolve {destination}: {}", error_chain(&e)),
         )
     })?;
     let mut admitted = Vec::with_capacity(addrs.len());
@@ -354,7 +355,7 @@ async fn negotiate(
     let (upstream, server) = handshake::dial(&admitted, settings.connect_timeout)
         .await
         .map_err(|e| {
-            let status = if e.timed_out {
+            let status = if e.timed_out() {
                 Status::GatewayTimeout
             } else {
                 Status::BadGateway
@@ -362,7 +363,7 @@ async fn negotiate(
             Refusal::new(
                 status,
                 &destination,
-                format!("cannot connect to {destination}: {}", e.detail),
+                format!("cannot connect to {destination}: {e}"),
             )
         })?;
     let gone = |detail: String| Refusal {

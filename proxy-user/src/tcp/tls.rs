@@ -101,11 +101,10 @@ async fn dial(
     let (stream, lease) = pool
         .connect_with(&shared.metrics, |tcp, server| async move {
             let _ = net::set_nodelay(tcp.as_raw_fd());
-            tls.connect(tcp, &server.host).await.map_err(|e| {
+            tls.connect(tcp, &server.host).await.inspect_err(|e| {
                 handshake_errors
                     .with_label_values(&["backend", pool.name.as_str(), e.reason()])
                     .inc();
-                format!("{}: {e}", server.addr)
             })
         })
         .await?;
