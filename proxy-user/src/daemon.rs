@@ -243,7 +243,10 @@ impl Daemon {
                             "connect frontend without users: any client allowed by `allow` may open \
                              tunnels to allow_destinations");
                     }
-                    (Mode::Connect(connect::Settings::new(connect)), "-")
+                    (
+                        Mode::Connect(connect::Settings::new(connect, &metrics, &fe.name)),
+                        "-",
+                    )
                 }
             };
             let socket = listener::bind(fe.listen).map_err(|source| StartError::Bind {

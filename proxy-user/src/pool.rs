@@ -25,6 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use prometheus::Histogram;
 use rand::Rng as _;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -150,6 +151,9 @@ pub struct Pool {
     view: RwLock<Arc<View>>,
     next: AtomicUsize,
     metrics: Arc<Metrics>,
+    /// This backend's `agent_proxy_backend_connect_seconds`, resolved once: it is observed on
+    /// every connection.
+    connect_seconds: Histogram,
 }
 
 /// Why no connection was made.
@@ -224,6 +228,9 @@ impl Pool {
             groups,
             view: RwLock::new(Arc::new(View::default())),
             next: AtomicUsize::new(0),
+            connect_seconds: metrics
+                .backend_connect_seconds
+                .with_label_values(&[backend.name.as_str()]),
             metrics,
         });
         pool.rebuild_view();
@@ -526,19 +533,15 @@ impl Pool {
     }
 
     /// Dials a server, moving to another one on failure.
-    pub async fn connect(&self, metrics: &Metrics) -> Result<(TcpStream, Lease), ConnectError> {
-        self.connect_with(metrics, |stream, _server| std::future::ready(Ok(stream)))
+    pub async fn connect(&self) -> Result<(TcpStream, Lease), ConnectError> {
+        self.connect_with(|stream, _server| std::future::ready(Ok(stream)))
             .await
     }
 
     /// Dials a server and runs `establish` on the new TCP connection (the backend's TLS
     /// handshake) before it counts as connected. A failed `establish` counts as a failed connect
     /// to that server - its error is the reason - and another server is tried, within `retries`.
-    pub async fn connect_with<T, F, Fut>(
-        &self,
-        metrics: &Metrics,
-        establish: F,
-    ) -> Result<(T, Lease), ConnectError>
+    pub async fn connect_with<T, F, Fut>(&self, establish: F) -> Result<(T, Lease), ConnectError>
     where
         F: Fn(TcpStream, Arc<Server>) -> Fut,
         Fut: Future<Output = Result<T, HandshakeError>>,
@@ -575,16 +578,14 @@ impl Pool {
             };
             match result {
                 Ok(stream) => {
-                    metrics
-                        .backend_connect_seconds
-                        .with_label_values(&[self.name.as_str()])
+                    self.connect_seconds
                         .observe(started.elapsed().as_secs_f64());
                     self.connected(&server);
                     server.active.fetch_add(1, Ordering::Relaxed);
                     return Ok((stream, Lease(server)));
                 }
                 Err(reason) => {
-                    metrics
+                    self.metrics
                         .backend_connect_errors_total
                         .with_label_values(&[self.name.as_str(), server.name.as_str()])
                         .inc();

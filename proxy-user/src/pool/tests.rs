@@ -222,13 +222,13 @@ async fn retries_go_to_another_server_and_no_server_up_refuses_at_once() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().to_string()
     };
-    let metrics = Metrics::new();
-    let pool = pool(&[(&dead, 1), (&good, 1)], Balance::RoundRobin);
+    let metrics = Arc::new(Metrics::new());
+    let pool = Pool::new(
+        &backend(&[(&dead, 1), (&good, 1)], Balance::RoundRobin),
+        Arc::clone(&metrics),
+    );
     for _ in 0..4 {
-        let (stream, lease) = pool
-            .connect(&metrics)
-            .await
-            .expect("retry reaches the good server");
+        let (stream, lease) = pool.connect().await.expect("retry reaches the good server");
         assert_eq!(stream.peer_addr().unwrap().to_string(), good);
         assert_eq!(lease.server().active(), 1);
         drop(lease);
@@ -252,7 +252,7 @@ async fn retries_go_to_another_server_and_no_server_up_refuses_at_once() {
 
     // An establish step that fails counts as a failed connect and moves on.
     let (_, lease) = pool
-        .connect_with(&metrics, |stream, server| {
+        .connect_with(|stream, server| {
             let ok = server.addr.to_string() == good;
             async move {
                 if ok {
@@ -268,9 +268,17 @@ async fn retries_go_to_another_server_and_no_server_up_refuses_at_once() {
         .unwrap();
     assert_eq!(lease.server().addr.to_string(), good);
     drop(lease);
+    // The handle resolved at start feeds the backend's series: one sample per connection.
+    assert_eq!(
+        metrics
+            .backend_connect_seconds
+            .with_label_values(&["be"])
+            .get_sample_count(),
+        5
+    );
 
     let all_dead = self::pool(&[(&dead, 1)], Balance::RoundRobin);
-    let err = all_dead.connect(&metrics).await.unwrap_err();
+    let err = all_dead.connect().await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -295,7 +303,7 @@ async fn retries_go_to_another_server_and_no_server_up_refuses_at_once() {
         )
     );
     let started = Instant::now();
-    let err = all_dead.connect(&metrics).await.unwrap_err();
+    let err = all_dead.connect().await.unwrap_err();
     assert!(matches!(err, ConnectError::NoServer { .. }), "{err}");
     assert!(
         started.elapsed() < Duration::from_millis(100),
