@@ -16,6 +16,9 @@
 //! - **Retries.** A failed connect (or establish step, e.g. a TLS handshake) is retried on a
 //!   server not tried yet while one is up (redispatch), up to `retries` more attempts, each
 //!   bounded by `connect_timeout`. No server up refuses at once ([`ConnectError::NoServer`]).
+mod balance;
+mod error;
+
 use std::{
     net::{IpAddr, SocketAddr},
     sync::{
@@ -26,7 +29,6 @@ use std::{
 };
 
 use prometheus::Histogram;
-use rand::Rng as _;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +41,10 @@ use crate::{
     report::error_chain,
     tls::{ClientTls, HandshakeError},
 };
+
+pub use error::{AttemptError, ConnectError};
+
+use balance::smooth_wheel;
 
 /// One address of one configured server.
 #[derive(Debug)]
@@ -154,46 +160,6 @@ pub struct Pool {
     /// This backend's `agent_proxy_backend_connect_seconds`, resolved once: it is observed on
     /// every connection.
     connect_seconds: Histogram,
-}
-
-/// Why no connection was made.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// Every address is down (or none is known): the client is refused at once.
-    #[error("backend {backend:?} has no server up")]
-    NoServer { backend: String },
-    /// Every attempt failed; `last` says how the last one did. It is written inside the
-    /// message (the log line's `detail`), so it is not also a `source`: a chain would say it
-    /// twice.
-    #[error(
-        "no server of backend {backend:?} accepted the connection after {attempts} attempts (last: {})",
-        error_chain(.last)
-    )]
-    Failed {
-        backend: String,
-        attempts: u32,
-        last: AttemptError,
-    },
-}
-
-/// How one attempt on one server failed: the `reason` a `server down` line gives, and the
-/// `last` of [`ConnectError::Failed`].
-#[derive(Debug, thiserror::Error)]
-pub enum AttemptError {
-    /// The TCP connect failed.
-    #[error("{addr}")]
-    Dial {
-        addr: SocketAddr,
-        #[source]
-        source: DialError,
-    },
-    /// The TCP connect succeeded, the TLS handshake on it did not.
-    #[error("{addr}")]
-    Handshake {
-        addr: SocketAddr,
-        #[source]
-        source: HandshakeError,
-    },
 }
 
 impl Pool {
@@ -485,53 +451,6 @@ impl Pool {
         }
     }
 
-    /// The next address for a new connection: up, and not in `tried` while an untried one is
-    /// up.
-    fn pick(&self, view: &View, tried: &[Arc<Server>]) -> Option<Arc<Server>> {
-        let now = Instant::now();
-        let up: Vec<bool> = view.servers.iter().map(|s| s.is_up(now)).collect();
-        let fresh = |i: usize| up[i] && !tried.iter().any(|t| Arc::ptr_eq(t, &view.servers[i]));
-        let any_fresh = (0..view.servers.len()).any(fresh);
-        let eligible = |i: usize| if any_fresh { fresh(i) } else { up[i] };
-        if view.wheel.is_empty() || !(0..view.servers.len()).any(eligible) {
-            return None;
-        }
-        let len = view.wheel.len();
-        let slot = |k: usize| view.wheel[k % len] as usize;
-        let chosen = match self.balance {
-            Balance::RoundRobin => {
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..len).map(|k| slot(start + k)).find(|&i| eligible(i))
-            }
-            Balance::LeastConn => {
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..len)
-                    .map(|k| slot(start + k))
-                    .filter(|&i| eligible(i))
-                    .reduce(|best, i| {
-                        if lighter(&view.servers[i], &view.servers[best]) {
-                            i
-                        } else {
-                            best
-                        }
-                    })
-            }
-            Balance::Random => {
-                // Weighted picks: a random slot of the wheel, moved to the next eligible one.
-                let mut rng = rand::rng();
-                let mut sample = || {
-                    let start = rng.random_range(0..len);
-                    (0..len).map(|k| slot(start + k)).find(|&i| eligible(i))
-                };
-                match (sample(), sample()) {
-                    (Some(a), Some(b)) if lighter(&view.servers[b], &view.servers[a]) => Some(b),
-                    (a, _) => a,
-                }
-            }
-        };
-        chosen.map(|i| Arc::clone(&view.servers[i]))
-    }
-
     /// Dials a server, moving to another one on failure.
     pub async fn connect(&self) -> Result<(TcpStream, Lease), ConnectError> {
         self.connect_with(|stream, _server| std::future::ready(Ok(stream)))
@@ -608,32 +527,6 @@ impl Pool {
             }),
         }
     }
-}
-
-/// Whether `a` carries less per unit of weight than `b`.
-fn lighter(a: &Server, b: &Server) -> bool {
-    (a.active() as u64) * u64::from(b.weight) < (b.active() as u64) * u64::from(a.weight)
-}
-
-/// Smooth weighted round robin (as nginx): every index appears `weight` times, spread out, so
-/// that a run of new connections never piles onto the heaviest server.
-fn smooth_wheel(weights: &[u32]) -> Vec<u32> {
-    let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
-    let mut current = vec![0i64; weights.len()];
-    let mut wheel = Vec::with_capacity(total as usize);
-    for _ in 0..total {
-        for (c, &w) in current.iter_mut().zip(weights) {
-            *c += i64::from(w);
-        }
-        let (best, _) = current
-            .iter()
-            .enumerate()
-            .max_by_key(|&(i, &c)| (c, std::cmp::Reverse(i)))
-            .expect("weights is not empty when total > 0");
-        current[best] -= total;
-        wheel.push(best as u32);
-    }
-    wheel
 }
 
 #[cfg(test)]
