@@ -142,8 +142,9 @@ async fn serve_connection(
         let state = Arc::clone(&state);
         async move {
             let response = if matches!(path.as_str(), "/metrics" | "/stats") {
-                // The refresh walks the kernel maps (tens of milliseconds at thousands of
-                // connections): off the runtime's workers, so no connection task waits on it.
+                // The refresh reads the kernel's per-CPU counters (some 800 `bpf()` calls) and,
+                // with same-host agents, walks two of their maps: off the runtime's workers, so
+                // no connection task waits on it.
                 let blocking = tokio::task::spawn_blocking(move || handle(&state, &method, &path));
                 blocking
                     .await

@@ -256,7 +256,10 @@ impl Daemon {
                             "connect frontend without users: any client allowed by `allow` may open \
                              tunnels to allow_destinations");
                     }
-                    (Mode::Connect(connect::Settings::new(connect)), "-")
+                    (
+                        Mode::Connect(connect::Settings::new(connect, &metrics, &fe.name)),
+                        "-",
+                    )
                 }
                 FrontendMode::Transparent(transparent) => {
                     let pool = transparent.backend.as_ref().map(|b| Arc::clone(&pools[b]));

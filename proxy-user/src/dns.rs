@@ -12,7 +12,6 @@
 //! cached for at most the smallest `min_ttl`, so a recovered nameserver is noticed.
 use std::{
     collections::HashMap,
-    io,
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -21,7 +20,7 @@ use std::{
 use hickory_resolver::{
     TokioResolver,
     config::{ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts},
-    net::runtime::TokioRuntimeProvider,
+    net::{NetError, runtime::TokioRuntimeProvider},
 };
 
 use crate::{config::DnsTtl, metrics::Metrics};
@@ -44,9 +43,9 @@ pub enum LookupError {
     /// The name exists but has no A/AAAA record, or does not exist (NXDOMAIN).
     #[error("no A or AAAA record")]
     Empty,
-    /// Timeout, refused, SERVFAIL, no nameserver...
-    #[error("{0}")]
-    Failed(String),
+    /// Timeout, refused, SERVFAIL, no nameserver... (hickory's message says which).
+    #[error(transparent)]
+    Failed(NetError),
 }
 
 impl LookupError {
@@ -59,9 +58,25 @@ impl LookupError {
     }
 }
 
+/// Why the resolver could not be built (at start).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot set up the DNS resolver: {0}")]
-pub struct DnsError(String);
+pub enum DnsError {
+    /// No nameservers configured and the system's configuration is unusable.
+    #[error("cannot set up the DNS resolver: /etc/resolv.conf")]
+    SystemConfig(#[source] NetError),
+    #[error("cannot set up the DNS resolver")]
+    Build(#[source] NetError),
+}
+
+/// Why a destination has no address for a new connection: its lookup failed and no earlier
+/// answer is kept.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot resolve {host}")]
+pub struct ResolveError {
+    pub host: String,
+    #[source]
+    pub source: LookupError,
+}
 
 struct Cached {
     ips: Vec<IpAddr>,
@@ -86,8 +101,7 @@ impl Dns {
     ) -> Result<Self, DnsError> {
         let provider = TokioRuntimeProvider::default();
         let mut builder = if nameservers.is_empty() {
-            TokioResolver::builder(provider)
-                .map_err(|e| DnsError(format!("/etc/resolv.conf: {e}")))?
+            TokioResolver::builder(provider).map_err(DnsError::SystemConfig)?
         } else {
             let servers = nameservers
                 .iter()
@@ -110,7 +124,7 @@ impl Dns {
         options.negative_max_ttl = Some(bounds.min_ttl);
         options.timeout = Duration::from_secs(2);
         options.attempts = 2;
-        let resolver = builder.build().map_err(|e| DnsError(e.to_string()))?;
+        let resolver = builder.build().map_err(DnsError::Build)?;
         Ok(Dns {
             resolver,
             metrics,
@@ -146,7 +160,7 @@ impl Dns {
                 }
             }
             Err(e) if e.is_no_records_found() => Err(LookupError::Empty),
-            Err(e) => Err(LookupError::Failed(e.to_string())),
+            Err(e) => Err(LookupError::Failed(e)),
         };
         let result_label = match &result {
             Ok(_) => "ok",
@@ -162,7 +176,7 @@ impl Dns {
     /// The addresses of `host:port` for a new connection, from the cache while the answer's
     /// TTL lasts. When a refresh fails, the last good answer is served (and logged); an IP
     /// literal is returned as is.
-    pub async fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, ResolveError> {
         let literal = host
             .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
@@ -195,10 +209,10 @@ impl Dns {
                     self.store(key, ips.clone(), self.ttl.min_ttl);
                     Ok(with_port(&ips, port))
                 }
-                None => Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("cannot resolve {host}: {e}"),
-                )),
+                None => Err(ResolveError {
+                    host: host.to_owned(),
+                    source: e,
+                }),
             },
         }
     }

@@ -14,6 +14,7 @@ pub mod conn;
 pub mod connect;
 pub mod daemon;
 pub mod destination;
+pub mod dial;
 pub mod dns;
 pub mod health;
 pub mod kernel;

@@ -8,9 +8,10 @@
 //! Two data paths feed the byte counters. The userspace relay increments
 //! `agent_proxy_bytes_total{path="userspace"}` as it copies. Bytes the kernel moves with the
 //! sockmap verdict never pass through userspace, so `path="kernel"` (and
-//! `agent_proxy_kernel_redirects_total`, `agent_proxy_kernel_errors_total`,
-//! `agent_proxy_kernel_map_entries`) are copied from the eBPF maps by the admin endpoint's
-//! `refresh` hook just before each scrape.
+//! `agent_proxy_kernel_redirects_total`, `agent_proxy_kernel_errors_total`) are copied from the
+//! eBPF maps by the admin endpoint's `refresh` hook just before each scrape, with
+//! `agent_proxy_kernel_map_entries` (counted by the daemon as it fills the maps, see
+//! `kernel::registry`).
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,

@@ -16,6 +16,9 @@
 //! - **Retries.** A failed connect (or establish step, e.g. a TLS handshake) is retried on a
 //!   server not tried yet while one is up (redispatch), up to `retries` more attempts, each
 //!   bounded by `connect_timeout`. No server up refuses at once ([`ConnectError::NoServer`]).
+mod balance;
+mod error;
+
 use std::{
     net::{IpAddr, SocketAddr},
     sync::{
@@ -25,17 +28,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rand::Rng as _;
+use prometheus::Histogram;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{Backend, Balance, DnsTtl, HealthCheck, Host, Passive, ServerSpec},
+    dial::DialError,
     dns::Dns,
-    health,
+    health::{self, ProbeError},
     metrics::Metrics,
-    tls::ClientTls,
+    report::error_chain,
+    tls::{ClientTls, HandshakeError},
 };
+
+pub use error::{AttemptError, ConnectError};
+
+use balance::smooth_wheel;
 
 /// One address of one configured server.
 #[derive(Debug)]
@@ -148,23 +157,9 @@ pub struct Pool {
     view: RwLock<Arc<View>>,
     next: AtomicUsize,
     metrics: Arc<Metrics>,
-}
-
-/// Why no connection was made.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// Every address is down (or none is known): the client is refused at once.
-    #[error("backend {backend:?} has no server up")]
-    NoServer { backend: String },
-    /// Every attempt failed; `last` says how the last one did.
-    #[error(
-        "no server of backend {backend:?} accepted the connection after {attempts} attempts (last: {last})"
-    )]
-    Failed {
-        backend: String,
-        attempts: u32,
-        last: String,
-    },
+    /// This backend's `agent_proxy_backend_connect_seconds`, resolved once: it is observed on
+    /// every connection.
+    connect_seconds: Histogram,
 }
 
 impl Pool {
@@ -199,6 +194,9 @@ impl Pool {
             groups,
             view: RwLock::new(Arc::new(View::default())),
             next: AtomicUsize::new(0),
+            connect_seconds: metrics
+                .backend_connect_seconds
+                .with_label_values(&[backend.name.as_str()]),
             metrics,
         });
         pool.rebuild_view();
@@ -379,7 +377,7 @@ impl Pool {
         &self,
         server: &Server,
         check: &HealthCheck,
-        result: Result<(), String>,
+        result: Result<(), ProbeError>,
     ) {
         let now = Instant::now();
         let was_up = server.is_up(now);
@@ -403,11 +401,8 @@ impl Pool {
             }
         }
         if server.is_up(now) != was_up {
-            self.log_transition(
-                server,
-                result.as_ref().err().map(String::as_str),
-                "health check",
-            );
+            let reason = result.as_ref().err().map(|e| error_chain(e));
+            self.log_transition(server, reason.as_deref(), "health check");
         }
     }
 
@@ -422,7 +417,7 @@ impl Pool {
         }
     }
 
-    fn connect_failed(&self, server: &Server, reason: &str) {
+    fn connect_failed(&self, server: &Server, reason: &AttemptError) {
         if self.passive.fall == 0 {
             return;
         }
@@ -440,7 +435,7 @@ impl Pool {
             }
         };
         if taken_out {
-            self.log_transition(server, Some(reason), "connect");
+            self.log_transition(server, Some(&error_chain(reason)), "connect");
         }
     }
 
@@ -456,74 +451,23 @@ impl Pool {
         }
     }
 
-    /// The next address for a new connection: up, and not in `tried` while an untried one is
-    /// up.
-    fn pick(&self, view: &View, tried: &[Arc<Server>]) -> Option<Arc<Server>> {
-        let now = Instant::now();
-        let up: Vec<bool> = view.servers.iter().map(|s| s.is_up(now)).collect();
-        let fresh = |i: usize| up[i] && !tried.iter().any(|t| Arc::ptr_eq(t, &view.servers[i]));
-        let any_fresh = (0..view.servers.len()).any(fresh);
-        let eligible = |i: usize| if any_fresh { fresh(i) } else { up[i] };
-        if view.wheel.is_empty() || !(0..view.servers.len()).any(eligible) {
-            return None;
-        }
-        let len = view.wheel.len();
-        let slot = |k: usize| view.wheel[k % len] as usize;
-        let chosen = match self.balance {
-            Balance::RoundRobin => {
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..len).map(|k| slot(start + k)).find(|&i| eligible(i))
-            }
-            Balance::LeastConn => {
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..len)
-                    .map(|k| slot(start + k))
-                    .filter(|&i| eligible(i))
-                    .reduce(|best, i| {
-                        if lighter(&view.servers[i], &view.servers[best]) {
-                            i
-                        } else {
-                            best
-                        }
-                    })
-            }
-            Balance::Random => {
-                // Weighted picks: a random slot of the wheel, moved to the next eligible one.
-                let mut rng = rand::rng();
-                let mut sample = || {
-                    let start = rng.random_range(0..len);
-                    (0..len).map(|k| slot(start + k)).find(|&i| eligible(i))
-                };
-                match (sample(), sample()) {
-                    (Some(a), Some(b)) if lighter(&view.servers[b], &view.servers[a]) => Some(b),
-                    (a, _) => a,
-                }
-            }
-        };
-        chosen.map(|i| Arc::clone(&view.servers[i]))
-    }
-
     /// Dials a server, moving to another one on failure.
-    pub async fn connect(&self, metrics: &Metrics) -> Result<(TcpStream, Lease), ConnectError> {
-        self.connect_with(metrics, |stream, _server| std::future::ready(Ok(stream)))
+    pub async fn connect(&self) -> Result<(TcpStream, Lease), ConnectError> {
+        self.connect_with(|stream, _server| std::future::ready(Ok(stream)))
             .await
     }
 
-    /// Dials a server and runs `establish` on the new TCP connection (a TLS handshake, say)
-    /// before it counts as connected. A failed `establish` counts as a failed connect to that
-    /// server - its message is the reason - and another server is tried, within `retries`.
-    pub async fn connect_with<T, F, Fut>(
-        &self,
-        metrics: &Metrics,
-        establish: F,
-    ) -> Result<(T, Lease), ConnectError>
+    /// Dials a server and runs `establish` on the new TCP connection (the backend's TLS
+    /// handshake) before it counts as connected. A failed `establish` counts as a failed connect
+    /// to that server - its error is the reason - and another server is tried, within `retries`.
+    pub async fn connect_with<T, F, Fut>(&self, establish: F) -> Result<(T, Lease), ConnectError>
     where
         F: Fn(TcpStream, Arc<Server>) -> Fut,
-        Fut: Future<Output = Result<T, String>>,
+        Fut: Future<Output = Result<T, HandshakeError>>,
     {
         let attempts = self.retries.saturating_add(1);
         let mut tried: Vec<Arc<Server>> = Vec::new();
-        let mut last = String::new();
+        let mut last = None;
         for attempt in 0..attempts {
             let view = self.view();
             let Some(server) = self.pick(&view, &tried) else {
@@ -537,67 +481,52 @@ impl Pool {
             let started = Instant::now();
             let result =
                 tokio::time::timeout(self.connect_timeout, crate::net::connect(server.addr)).await;
+            let addr = server.addr;
             let result = match result {
-                Ok(Ok(stream)) => establish(stream, Arc::clone(&server)).await,
-                Ok(Err(e)) => Err(format!("{}: {e}", server.addr)),
-                Err(_) => Err(format!(
-                    "{}: connect timeout after {:?}",
-                    server.addr, self.connect_timeout
-                )),
+                Ok(Ok(stream)) => establish(stream, Arc::clone(&server))
+                    .await
+                    .map_err(|source| AttemptError::Handshake { addr, source }),
+                Ok(Err(e)) => Err(AttemptError::Dial {
+                    addr,
+                    source: e.into(),
+                }),
+                Err(_) => Err(AttemptError::Dial {
+                    addr,
+                    source: DialError::Timeout(self.connect_timeout),
+                }),
             };
             match result {
                 Ok(stream) => {
-                    metrics
-                        .backend_connect_seconds
-                        .with_label_values(&[self.name.as_str()])
+                    self.connect_seconds
                         .observe(started.elapsed().as_secs_f64());
                     self.connected(&server);
                     server.active.fetch_add(1, Ordering::Relaxed);
                     return Ok((stream, Lease(server)));
                 }
                 Err(reason) => {
-                    metrics
+                    self.metrics
                         .backend_connect_errors_total
                         .with_label_values(&[self.name.as_str(), server.name.as_str()])
                         .inc();
                     self.connect_failed(&server, &reason);
-                    last = reason;
+                    last = Some(reason);
                     tried.push(server);
                 }
             }
         }
-        Err(ConnectError::Failed {
-            backend: self.name.clone(),
-            attempts: tried.len() as u32,
-            last,
-        })
-    }
-}
-
-/// Whether `a` carries less per unit of weight than `b`.
-fn lighter(a: &Server, b: &Server) -> bool {
-    (a.active() as u64) * u64::from(b.weight) < (b.active() as u64) * u64::from(a.weight)
-}
-
-/// Smooth weighted round robin (as nginx): every index appears `weight` times, spread out, so
-/// that a run of new connections never piles onto the heaviest server.
-fn smooth_wheel(weights: &[u32]) -> Vec<u32> {
-    let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
-    let mut current = vec![0i64; weights.len()];
-    let mut wheel = Vec::with_capacity(total as usize);
-    for _ in 0..total {
-        for (c, &w) in current.iter_mut().zip(weights) {
-            *c += i64::from(w);
+        match last {
+            Some(last) => Err(ConnectError::Failed {
+                backend: self.name.clone(),
+                attempts: tried.len() as u32,
+                last,
+            }),
+            // Not reached: the loop runs at least once, and a pass that neither returns nor
+            // records a failure only ends it after one did.
+            None => Err(ConnectError::NoServer {
+                backend: self.name.clone(),
+            }),
         }
-        let (best, _) = current
-            .iter()
-            .enumerate()
-            .max_by_key(|&(i, &c)| (c, std::cmp::Reverse(i)))
-            .expect("weights is not empty when total > 0");
-        current[best] -= total;
-        wheel.push(best as u32);
     }
-    wheel
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ pub async fn run(
         Box::pin(tls::run(conn, client, pool, tls, backend_tls)).await;
         return;
     }
-    let (upstream, lease) = match Box::pin(pool.connect(&conn.shared.metrics)).await {
+    let (upstream, lease) = match Box::pin(pool.connect()).await {
         Ok(pair) => pair,
         Err(e) => return conn.unconnected(client, e),
     };

@@ -10,8 +10,12 @@ use tokio::net::TcpStream;
 
 use super::request::{self, MAX_HEAD, Peeked, Request, RequestError, Step};
 use crate::destination::{Target, TargetHost};
-use crate::dns::Dns;
 use crate::peek::{self, Seen};
+use crate::{
+    dial::DialError,
+    dns::{Dns, ResolveError},
+    report::error_chain,
+};
 
 /// How reading the head failed.
 #[derive(Debug)]
@@ -127,7 +131,7 @@ fn gone(e: io::Error) -> HeadError {
 /// The addresses of a destination: literals as they are, names through the daemon's shared
 /// DNS cache ([`Dns::resolve`]). A trailing dot is kept: it stops the resolver from trying
 /// search domains.
-pub async fn resolve(dns: &Dns, target: &Target) -> io::Result<Vec<SocketAddr>> {
+pub async fn resolve(dns: &Dns, target: &Target) -> Result<Vec<SocketAddr>, ResolveError> {
     match &target.host {
         TargetHost::Ip(ip) => Ok(vec![SocketAddr::new(*ip, target.port)]),
         TargetHost::Name { name, fqdn } => {
@@ -137,30 +141,71 @@ pub async fn resolve(dns: &Dns, target: &Target) -> io::Result<Vec<SocketAddr>> 
     }
 }
 
-/// How dialing every address failed.
-#[derive(Debug)]
-pub struct DialError {
-    /// Every attempt timed out (504); otherwise at least one was refused or unreachable (502).
-    pub timed_out: bool,
-    pub detail: String,
+/// How dialing the addresses of a destination failed. Its text is the 502/504 answer's (and
+/// the log line's `detail`): `ADDR: ` and how the last attempt failed. That attempt's error is
+/// written into the message, so it is not also a `source`.
+#[derive(Debug, thiserror::Error)]
+pub enum DialFailed {
+    /// Not reached: a resolution answers at least one address.
+    #[error("no address to dial")]
+    NoAddress,
+    #[error("{addr}: {}", worded(.last))]
+    Attempts {
+        /// The last address tried.
+        addr: SocketAddr,
+        last: DialError,
+        /// Every attempt timed out; otherwise at least one was refused or unreachable.
+        timed_out: bool,
+    },
+}
+
+impl DialFailed {
+    /// Answered 504 (every attempt timed out) rather than 502.
+    pub fn timed_out(&self) -> bool {
+        matches!(
+            self,
+            DialFailed::Attempts {
+                timed_out: true,
+                ..
+            }
+        )
+    }
+}
+
+/// A CONNECT answer has always said "no answer within" for a timeout.
+fn worded(last: &DialError) -> String {
+    match last {
+        DialError::Timeout(within) => format!("no answer within {within:?}"),
+        other => error_chain(other),
+    }
 }
 
 /// Dials `addrs` in order, each attempt bounded by `timeout`; the first that connects wins.
 pub async fn dial(
     addrs: &[SocketAddr],
     timeout: Duration,
-) -> Result<(TcpStream, SocketAddr), DialError> {
-    let mut timed_out = true;
-    let mut detail = String::new();
+) -> Result<(TcpStream, SocketAddr), DialFailed> {
+    let mut failed = DialFailed::NoAddress;
     for &addr in addrs {
-        match tokio::time::timeout(timeout, crate::net::connect(addr)).await {
+        let last = match tokio::time::timeout(timeout, crate::net::connect(addr)).await {
             Ok(Ok(stream)) => return Ok((stream, addr)),
-            Ok(Err(e)) => {
-                timed_out = false;
-                detail = format!("{addr}: {e}");
-            }
-            Err(_) => detail = format!("{addr}: no answer within {timeout:?}"),
-        }
+            Ok(Err(e)) => DialError::from(e),
+            Err(_) => DialError::Timeout(timeout),
+        };
+        let timed_out = matches!(last, DialError::Timeout(_))
+            && matches!(
+                failed,
+                DialFailed::NoAddress
+                    | DialFailed::Attempts {
+                        timed_out: true,
+                        ..
+                    }
+            );
+        failed = DialFailed::Attempts {
+            addr,
+            last,
+            timed_out,
+        };
     }
-    Err(DialError { timed_out, detail })
+    Err(failed)
 }

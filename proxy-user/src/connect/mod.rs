@@ -31,6 +31,7 @@ mod tests;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use prometheus::IntCounter;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
@@ -39,6 +40,8 @@ use crate::config::ConnectMode;
 use crate::conn::{Conn, End, Outcome, Path, Route};
 use crate::destination::{Judgement, Policy};
 use crate::dns::Dns;
+use crate::metrics::Metrics;
+use crate::report::error_chain;
 use handshake::HeadError;
 use request::RequestError;
 
@@ -49,15 +52,29 @@ pub struct Settings {
     pub policy: Policy,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// The frontend's series every tunnel adds to, resolved once rather than per connection:
+    /// `agent_proxy_connect_requests_total{status="200"}`, and the userspace upstream bytes of
+    /// `agent_proxy_bytes_total` (where the early bytes count).
+    tunnels: IntCounter,
+    early_bytes: IntCounter,
 }
 
 impl Settings {
-    pub fn new(config: &ConnectMode) -> Self {
+    /// `frontend`: the frontend's name, the label of its metrics.
+    pub fn new(config: &ConnectMode, metrics: &Metrics, frontend: &str) -> Self {
         Self {
             users: auth::Users::new(&config.users),
             policy: Policy::new(config.allow_destinations.clone()),
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
+            tunnels: metrics
+                .connect_requests_total
+                .with_label_values(&[frontend, "200"]),
+            early_bytes: metrics.bytes_total.with_label_values(&[
+                frontend,
+                "upstream",
+                "userspace",
+            ]),
         }
     }
 }
@@ -184,7 +201,7 @@ pub async fn run(conn: &Conn<'_>, mut client: TcpStream, settings: &Settings) {
     };
     match negotiated {
         Ok(tunnel) => {
-            count("200");
+            settings.tunnels.inc();
             for stream in [&client, &tunnel.upstream] {
                 let _ = stream.set_nodelay(true);
             }
@@ -192,11 +209,7 @@ pub async fn run(conn: &Conn<'_>, mut client: TcpStream, settings: &Settings) {
             // The early bytes were copied here, in userspace: count them so.
             outcome.bytes_up += tunnel.early;
             outcome.copied_up += tunnel.early;
-            shared
-                .metrics
-                .bytes_total
-                .with_label_values(&[frontend.name.as_str(), "upstream", "userspace"])
-                .inc_by(tunnel.early);
+            settings.early_bytes.inc_by(tunnel.early);
             let route = Route {
                 server: &tunnel.server.to_string(),
                 destination: &tunnel.destination,
@@ -318,7 +331,7 @@ async fn negotiate(
         Refusal::new(
             Status::BadGateway,
             &destination,
-            format!("cannot resolve {destination}: {e}"),
+            format!("cannot resolve {destination}: {}", error_chain(&e)),
         )
     })?;
     let mut admitted = Vec::with_capacity(addrs.len());
@@ -353,7 +366,7 @@ async fn negotiate(
     let (upstream, server) = handshake::dial(&admitted, settings.connect_timeout)
         .await
         .map_err(|e| {
-            let status = if e.timed_out {
+            let status = if e.timed_out() {
                 Status::GatewayTimeout
             } else {
                 Status::BadGateway
@@ -361,7 +374,7 @@ async fn negotiate(
             Refusal::new(
                 status,
                 &destination,
-                format!("cannot connect to {destination}: {}", e.detail),
+                format!("cannot connect to {destination}: {e}"),
             )
         })?;
     let gone = |detail: String| Refusal {

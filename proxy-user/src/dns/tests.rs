@@ -11,6 +11,7 @@ use hickory_proto::rr::{
 use tokio::net::UdpSocket;
 
 use super::*;
+use crate::report::error_chain;
 
 /// What the fake nameserver answers for A questions; AAAA questions get `FakeNameserver::v6`
 /// (or an empty NOERROR).
@@ -170,9 +171,13 @@ async fn resolve_caches_for_the_ttl_then_asks_again_and_keeps_the_last_good_answ
         "a destination name became a label:\n{families}"
     );
 
-    // A name never resolved has no last answer.
+    // A name never resolved has no last answer; the 502's text reads as it did as a string.
     let err = dns.resolve("unknown.example.", 443).await.unwrap_err();
-    assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    assert!(matches!(err.source, LookupError::Failed(_)), "{err:?}");
+    assert_eq!(
+        error_chain(&err),
+        format!("cannot resolve unknown.example.: {}", err.source)
+    );
     // IP literals never reach DNS.
     let before = ns.questions();
     assert_eq!(
@@ -200,5 +205,28 @@ async fn a_and_aaaa_answers_are_all_addresses() {
             "10.0.0.9".parse::<IpAddr>().unwrap(),
             "2001:db8::9".parse().unwrap()
         ]
+    );
+}
+
+#[test]
+fn set_up_errors_render_as_before() {
+    let cause = || NetError::from(std::io::Error::other("no nameservers found in config"));
+    assert_eq!(
+        error_chain(&DnsError::SystemConfig(cause())),
+        format!(
+            "cannot set up the DNS resolver: /etc/resolv.conf: {}",
+            cause()
+        )
+    );
+    assert_eq!(
+        error_chain(&DnsError::Build(cause())),
+        format!("cannot set up the DNS resolver: {}", cause())
+    );
+    assert_eq!(
+        error_chain(&ResolveError {
+            host: "a.example".into(),
+            source: LookupError::Empty,
+        }),
+        "cannot resolve a.example: no A or AAAA record"
     );
 }

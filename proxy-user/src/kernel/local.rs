@@ -23,7 +23,7 @@ use crate::config::LocalAgentsMode;
 
 use super::{
     KernelError,
-    registry::{ignore_missing, map_err, reopen},
+    registry::{EntryCount, ignore_missing, map_err, reopen},
     take,
 };
 
@@ -39,13 +39,14 @@ struct Maps {
     counters: PerCpuArray<MapData, RouteCounters>,
 }
 
-/// The scrape's own handles to the per-socket maps, so that walking their keys never holds the
-/// lock that pairing and the gates (same-host flow control) take (see `registry`).
+/// The scrape's own handles, so that reading never holds the lock that pairing and the gates
+/// (same-host flow control) take (see `registry`). `LOCAL_SOCKS` and `LOCAL_STATE` get their
+/// entries from the kernel (`local_sock_ops`, as agents connect), so the daemon cannot count
+/// them as it does `LOCAL_TARGETS` and `LOCAL_GATES`: the scrape walks their keys, one per
+/// same-host agent socket.
 struct Scrape {
     socks: SockHash<MapData, FlowKey>,
-    targets: SockHash<MapData, FlowKey>,
     state: HashMap<MapData, FlowKey, LocalSend>,
-    gates: HashMap<MapData, FlowKey, LocalGate>,
     counters: PerCpuArray<MapData, RouteCounters>,
 }
 
@@ -55,9 +56,7 @@ impl Scrape {
         use std::os::fd::AsFd as _;
         Ok(Self {
             socks: reopen(maps.socks.fd().as_fd(), Map::SockHash)?,
-            targets: reopen(maps.targets.fd().as_fd(), Map::SockHash)?,
             state: reopen(IterableMap::map(&maps.state).fd().as_fd(), Map::HashMap)?,
-            gates: reopen(IterableMap::map(&maps.gates).fd().as_fd(), Map::HashMap)?,
             counters: reopen(
                 IterableMap::map(&maps.counters).fd().as_fd(),
                 Map::PerCpuArray,
@@ -69,6 +68,9 @@ impl Scrape {
 pub struct LocalAgents {
     maps: Mutex<Maps>,
     scrape: Mutex<Scrape>,
+    /// Entries the daemon put in `LOCAL_TARGETS` and `LOCAL_GATES` (see `registry`).
+    targets: EntryCount,
+    gates: EntryCount,
     /// The cgroup v2 directory the `sock_ops` program is attached to.
     pub cgroup: PathBuf,
 }
@@ -114,6 +116,8 @@ impl LocalAgents {
         Ok(Self {
             scrape: Mutex::new(Scrape::new(&maps)?),
             maps: Mutex::new(maps),
+            targets: EntryCount::default(),
+            gates: EntryCount::default(),
             cgroup,
         })
     }
@@ -175,10 +179,12 @@ impl LocalAgents {
         maps.gates
             .insert(key, gate, 0)
             .map_err(map_err("insert gate"))?;
+        self.gates.added(1);
         if let Err(e) = maps.targets.insert(key, upstream_fd, 0) {
-            let _ = maps.gates.remove(&key);
+            self.gates.removed(maps.gates.remove(&key));
             return Err(map_err("insert target")(e));
         }
+        self.targets.added(1);
         Ok(Some(key))
     }
 
@@ -195,11 +201,12 @@ impl LocalAgents {
     }
 
     /// Ends the pairing: no message goes to the upstream socket after this returns. Returns the
-    /// last counters, if the agent socket was still open.
+    /// last counters, if the agent socket was still open. Called once per [`Self::pair`] that
+    /// returned the key.
     pub fn unpair(&self, key: &FlowKey) -> Option<LocalSend> {
         let mut maps = self.lock();
-        let _ = ignore_missing(maps.gates.remove(key));
-        let _ = ignore_missing(maps.targets.remove(key));
+        self.gates.removed(maps.gates.remove(key));
+        self.targets.removed(maps.targets.remove(key));
         let last = maps.state.get(key, 0).ok();
         let _ = ignore_missing(maps.state.remove(key));
         let _ = ignore_missing(maps.socks.remove(key));
@@ -237,17 +244,15 @@ impl LocalAgents {
         out
     }
 
-    /// `(map name, entries)` of the per-socket maps (walks the keys, without the hot lock).
+    /// `(map name, entries)` of the per-socket maps: counted, or walked for the two the kernel
+    /// fills (see [`Scrape`]), without the hot lock.
     pub fn entries(&self) -> [(&'static str, u64); 4] {
         let maps = self.scrape();
         [
             (proxy_common::LOCAL_SOCKS, maps.socks.keys().count() as u64),
-            (
-                proxy_common::LOCAL_TARGETS,
-                maps.targets.keys().count() as u64,
-            ),
+            (proxy_common::LOCAL_TARGETS, self.targets.get()),
             (proxy_common::LOCAL_STATE, maps.state.keys().count() as u64),
-            (proxy_common::LOCAL_GATES, maps.gates.keys().count() as u64),
+            (proxy_common::LOCAL_GATES, self.gates.get()),
         ]
     }
 }

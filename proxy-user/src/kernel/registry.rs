@@ -8,12 +8,17 @@
 //!   caller removes a pair only once both directions are drained (or the connection is reset).
 //!
 //! The lock that keeps those orders is on every connection's hot path (inserts, removes,
-//! flow-control bounds). The `/metrics` and `/stats` scrape never takes it: it reads through a
-//! second set of handles to the same maps ([`Scrape`]), under a lock of its own, so walking
-//! every key at 10,000 connections (some 80,000 syscalls) no longer holds up flow control.
+//! flow-control bounds). The `/metrics` and `/stats` scrape never takes it. The entries of the
+//! connection maps are counted as this type inserts and removes them ([`EntryCount`]): walking
+//! every key instead cost some 80,000 syscalls at 10,000 connections, on the 2 cores that also
+//! carry the traffic. Only the per-CPU counters the verdict writes are read from the kernel,
+//! through a second set of handles ([`Scrape`]) under a lock of their own.
 use std::{
     os::fd::{AsFd as _, RawFd},
-    sync::Mutex,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use aya::maps::{HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, SockHash};
@@ -61,14 +66,40 @@ pub struct SpliceRegistry {
     maps: Mutex<Maps>,
     /// The scrape's own handles (see the module doc).
     scrape: Mutex<Scrape>,
+    /// Entries of each connection map, updated under `maps`' lock, read without it.
+    socks: EntryCount,
+    peers: EntryCount,
+    conns: EntryCount,
+    limits: EntryCount,
 }
 
-/// Handles to the same kernel maps as [`Maps`], for reading counters and walking keys.
+/// The entries the daemon holds in one map, counted as it inserts and removes them.
+///
+/// An entry counts from a successful insert until a removal finds it gone - removed then, or
+/// already: a sockhash drops a socket's entry by itself when the socket closes. An entry that
+/// could not be removed stays counted: it is still in the map.
+#[derive(Debug, Default)]
+pub(super) struct EntryCount(AtomicU64);
+
+impl EntryCount {
+    pub(super) fn added(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts the removal of an entry this count holds; `result` is the map's answer.
+    pub(super) fn removed(&self, result: Result<(), MapError>) {
+        if ignore_missing(result).is_ok() {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Handles to the per-CPU counter maps of [`Maps`], for the scrape.
 struct Scrape {
-    socks: SockHash<MapData, u64>,
-    peers: SockHash<MapData, u64>,
-    conns: HashMap<MapData, u64, SpliceSide>,
-    limits: HashMap<MapData, u64, SpliceLimit>,
     routes: PerCpuArray<MapData, RouteCounters>,
     errors: PerCpuArray<MapData, u64>,
 }
@@ -76,10 +107,6 @@ struct Scrape {
 impl Scrape {
     fn new(maps: &Maps) -> Result<Self, KernelError> {
         Ok(Self {
-            socks: reopen(maps.socks.fd().as_fd(), Map::SockHash)?,
-            peers: reopen(maps.peers.fd().as_fd(), Map::SockHash)?,
-            conns: reopen(IterableMap::map(&maps.conns).fd().as_fd(), Map::HashMap)?,
-            limits: reopen(IterableMap::map(&maps.limits).fd().as_fd(), Map::HashMap)?,
             routes: reopen(
                 IterableMap::map(&maps.routes).fd().as_fd(),
                 Map::PerCpuArray,
@@ -122,6 +149,10 @@ impl SpliceRegistry {
         Ok(Self {
             scrape: Mutex::new(Scrape::new(&maps)?),
             maps: Mutex::new(maps),
+            socks: EntryCount::default(),
+            peers: EntryCount::default(),
+            conns: EntryCount::default(),
+            limits: EntryCount::default(),
         })
     }
 
@@ -141,8 +172,17 @@ impl SpliceRegistry {
     pub fn insert(&self, pair: &SplicePair) -> Result<(), KernelError> {
         let mut maps = self.lock();
         let result = Self::insert_locked(&mut maps, pair);
-        if result.is_err() {
-            Self::remove_locked(&mut maps, pair);
+        match result {
+            // Counted once whole: a failed insert is undone, and its undo counts nothing.
+            Ok(()) => {
+                self.conns.added(2);
+                self.limits.added(2);
+                self.peers.added(2);
+                self.socks.added(1);
+            }
+            Err(_) => {
+                let _ = Self::remove_locked(&mut maps, pair);
+            }
         }
         result
     }
@@ -184,24 +224,42 @@ impl SpliceRegistry {
     }
 
     /// Removes the pair and returns its final counters: (client side = bytes sent upstream,
-    /// upstream side = bytes sent downstream).
-    pub fn remove(&self, pair: &SplicePair) -> (SpliceSide, SpliceSide) {
+    /// upstream side = bytes sent downstream). `client_joined`: [`Self::join`] took the client
+    /// socket (else its `SPLICE_SOCKS` entry was never there to count).
+    pub fn remove(&self, pair: &SplicePair, client_joined: bool) -> (SpliceSide, SpliceSide) {
         let mut maps = self.lock();
-        Self::remove_locked(&mut maps, pair)
+        let removed = Self::remove_locked(&mut maps, pair);
+        let [client_sock, upstream_sock] = removed.socks;
+        if client_joined {
+            self.socks.removed(client_sock);
+        }
+        self.socks.removed(upstream_sock);
+        for result in removed.conns {
+            self.conns.removed(result);
+        }
+        for result in removed.limits {
+            self.limits.removed(result);
+        }
+        for result in removed.peers {
+            self.peers.removed(result);
+        }
+        removed.sides
     }
 
-    fn remove_locked(maps: &mut Maps, pair: &SplicePair) -> (SpliceSide, SpliceSide) {
+    fn remove_locked(maps: &mut Maps, pair: &SplicePair) -> Removed {
         let cookies = [pair.client_cookie, pair.upstream_cookie];
-        for cookie in cookies {
-            let _ = ignore_missing(maps.socks.remove(&cookie));
-        }
+        let socks = cookies.map(|cookie| maps.socks.remove(&cookie));
         let sides = cookies.map(|cookie| maps.conns.get(&cookie, 0).unwrap_or_default());
-        for cookie in cookies {
-            let _ = ignore_missing(maps.conns.remove(&cookie));
-            let _ = ignore_missing(maps.limits.remove(&cookie));
-            let _ = ignore_missing(maps.peers.remove(&cookie));
+        let conns = cookies.map(|cookie| maps.conns.remove(&cookie));
+        let limits = cookies.map(|cookie| maps.limits.remove(&cookie));
+        let peers = cookies.map(|cookie| maps.peers.remove(&cookie));
+        Removed {
+            socks,
+            conns,
+            limits,
+            peers,
+            sides: (sides[0], sides[1]),
         }
-        (sides[0], sides[1])
     }
 
     /// Adds a socket to `SPLICE_SOCKS` (the client socket of a pair, after [`Self::insert`]).
@@ -209,7 +267,9 @@ impl SpliceRegistry {
         self.lock()
             .socks
             .insert(cookie, fd, 0)
-            .map_err(map_err("join"))
+            .map_err(map_err("join"))?;
+        self.socks.added(1);
+        Ok(())
     }
 
     /// The live counters of one side.
@@ -251,17 +311,50 @@ impl SpliceRegistry {
         totals
     }
 
-    /// `(map name, entries)` of each connection map (walks the keys, without the hot lock).
+    /// `(map name, entries)` of each connection map, as counted (see [`EntryCount`]).
     pub fn entries(&self) -> [(&'static str, u64); 4] {
-        let maps = self.scrape();
         [
-            (proxy_common::SPLICE_SOCKS, maps.socks.keys().count() as u64),
-            (proxy_common::SPLICE_PEERS, maps.peers.keys().count() as u64),
-            (proxy_common::SPLICE_CONNS, maps.conns.keys().count() as u64),
-            (
-                proxy_common::SPLICE_LIMITS,
-                maps.limits.keys().count() as u64,
-            ),
+            (proxy_common::SPLICE_SOCKS, self.socks.get()),
+            (proxy_common::SPLICE_PEERS, self.peers.get()),
+            (proxy_common::SPLICE_CONNS, self.conns.get()),
+            (proxy_common::SPLICE_LIMITS, self.limits.get()),
         ]
+    }
+}
+
+/// The maps' answers to removing a pair's entries (client socket first), and its last
+/// counters.
+struct Removed {
+    socks: [Result<(), MapError>; 2],
+    conns: [Result<(), MapError>; 2],
+    limits: [Result<(), MapError>; 2],
+    peers: [Result<(), MapError>; 2],
+    sides: (SpliceSide, SpliceSide),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn syscall_error(errno: i32) -> MapError {
+        MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_delete_elem",
+            io_error: std::io::Error::from_raw_os_error(errno),
+        })
+    }
+
+    #[test]
+    fn an_entry_counts_until_a_removal_finds_it_gone() {
+        let count = EntryCount::default();
+        count.added(3);
+        count.removed(Ok(()));
+        // Gone already: a sockhash dropped the entry of a socket that closed.
+        count.removed(Err(syscall_error(libc::ENOENT)));
+        assert_eq!(count.get(), 1);
+        // Not removed: still in the map, still counted.
+        count.removed(Err(syscall_error(libc::EINVAL)));
+        assert_eq!(count.get(), 1);
+        count.removed(Err(MapError::KeyNotFound));
+        assert_eq!(count.get(), 0);
     }
 }

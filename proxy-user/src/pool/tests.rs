@@ -6,6 +6,14 @@ use tokio::net::TcpListener;
 use super::*;
 use crate::config::{self, ServerAddr};
 
+/// A refused connect to `server`, as a failed attempt.
+fn refused(server: &Server) -> AttemptError {
+    AttemptError::Dial {
+        addr: server.addr,
+        source: DialError::Refused(std::io::Error::from_raw_os_error(libc::ECONNREFUSED)),
+    }
+}
+
 fn backend(servers: &[(&str, u32)], balance: Balance) -> Backend {
     Backend {
         name: "be".into(),
@@ -130,9 +138,9 @@ fn passive_health_takes_a_server_out_for_the_backoff() {
     };
     let pool = Pool::new(&b, Arc::new(Metrics::new()));
     let bad = Arc::clone(&pool.servers()[0]);
-    pool.connect_failed(&bad, "refused");
+    pool.connect_failed(&bad, &refused(&bad));
     assert!(bad.is_up(Instant::now()), "one failure is below fall");
-    pool.connect_failed(&bad, "refused");
+    pool.connect_failed(&bad, &refused(&bad));
     assert!(!bad.is_up(Instant::now()));
     let counts = spread(&pool, 10, false);
     assert_eq!(
@@ -145,7 +153,7 @@ fn passive_health_takes_a_server_out_for_the_backoff() {
         "back after the backoff"
     );
     // One more failure on the trial connection takes it out again at once.
-    pool.connect_failed(&bad, "refused");
+    pool.connect_failed(&bad, &refused(&bad));
     assert!(!bad.is_up(Instant::now()));
     pool.connected(&bad);
     assert!(bad.is_up(Instant::now()), "a success clears the back-off");
@@ -162,7 +170,7 @@ fn active_checks_use_rise_and_fall() {
         fall: 3,
         http: None,
     };
-    let fail = || Err("refused".to_string());
+    let fail = || Err(ProbeError::Status(503));
     pool.check_result(&server, &check, fail());
     pool.check_result(&server, &check, fail());
     assert!(server.is_up(Instant::now()));
@@ -190,7 +198,7 @@ fn active_checks_use_rise_and_fall() {
         pool.check_result(&server, &check, Ok(()));
     }
     for _ in 0..Passive::default().fall {
-        pool.connect_failed(&server, "refused");
+        pool.connect_failed(&server, &refused(&server));
     }
     assert!(!server.is_up(Instant::now()));
     pool.check_result(&server, &check, Ok(()));
@@ -214,13 +222,13 @@ async fn retries_go_to_another_server_and_no_server_up_refuses_at_once() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().to_string()
     };
-    let metrics = Metrics::new();
-    let pool = pool(&[(&dead, 1), (&good, 1)], Balance::RoundRobin);
+    let metrics = Arc::new(Metrics::new());
+    let pool = Pool::new(
+        &backend(&[(&dead, 1), (&good, 1)], Balance::RoundRobin),
+        Arc::clone(&metrics),
+    );
     for _ in 0..4 {
-        let (stream, lease) = pool
-            .connect(&metrics)
-            .await
-            .expect("retry reaches the good server");
+        let (stream, lease) = pool.connect().await.expect("retry reaches the good server");
         assert_eq!(stream.peer_addr().unwrap().to_string(), good);
         assert_eq!(lease.server().active(), 1);
         drop(lease);
@@ -244,13 +252,15 @@ async fn retries_go_to_another_server_and_no_server_up_refuses_at_once() {
 
     // An establish step that fails counts as a failed connect and moves on.
     let (_, lease) = pool
-        .connect_with(&metrics, |stream, server| {
+        .connect_with(|stream, server| {
             let ok = server.addr.to_string() == good;
             async move {
                 if ok {
                     Ok(stream)
                 } else {
-                    Err("handshake failed".to_string())
+                    Err(HandshakeError::Failed(std::io::Error::other(
+                        "handshake failed",
+                    )))
                 }
             }
         })
@@ -258,15 +268,42 @@ async fn retries_go_to_another_server_and_no_server_up_refuses_at_once() {
         .unwrap();
     assert_eq!(lease.server().addr.to_string(), good);
     drop(lease);
+    // The handle resolved at start feeds the backend's series: one sample per connection.
+    assert_eq!(
+        metrics
+            .backend_connect_seconds
+            .with_label_values(&["be"])
+            .get_sample_count(),
+        5
+    );
 
     let all_dead = self::pool(&[(&dead, 1)], Balance::RoundRobin);
-    let err = all_dead.connect(&metrics).await.unwrap_err();
+    let err = all_dead.connect().await.unwrap_err();
     assert!(
-        matches!(err, ConnectError::Failed { attempts: 3, .. }),
-        "{err}"
+        matches!(
+            err,
+            ConnectError::Failed {
+                attempts: 3,
+                last: AttemptError::Dial {
+                    source: DialError::Refused(_),
+                    ..
+                },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // The log line's `detail`, as it read when the reason was a string.
+    let os = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "no server of backend \"be\" accepted the connection after 3 attempts \
+             (last: {dead}: {os})"
+        )
     );
     let started = Instant::now();
-    let err = all_dead.connect(&metrics).await.unwrap_err();
+    let err = all_dead.connect().await.unwrap_err();
     assert!(matches!(err, ConnectError::NoServer { .. }), "{err}");
     assert!(
         started.elapsed() < Duration::from_millis(100),
@@ -312,4 +349,28 @@ fn new_addresses_keep_the_state_of_those_that_remain() {
         "a gone address leaves the metrics:\n{text}"
     );
     assert!(text.contains(r#"address="10.0.0.3:443""#), "{text}");
+}
+
+#[test]
+fn attempt_errors_render_as_before() {
+    let addr: SocketAddr = "10.0.0.1:443".parse().unwrap();
+    let timeout = AttemptError::Dial {
+        addr,
+        source: DialError::Timeout(Duration::from_secs(2)),
+    };
+    assert_eq!(
+        error_chain(&timeout),
+        "10.0.0.1:443: connect timeout after 2s"
+    );
+    let handshake = AttemptError::Handshake {
+        addr,
+        source: HandshakeError::Timeout {
+            within: Duration::from_secs(3),
+            server: false,
+        },
+    };
+    assert_eq!(
+        error_chain(&handshake),
+        "10.0.0.1:443: tls handshake: not complete within 3s"
+    );
 }

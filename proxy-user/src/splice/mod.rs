@@ -256,7 +256,7 @@ pub async fn splice(
     // The agent's messages stop going to the upstream socket before anything else is undone.
     let local_up = splice.unpair_local();
     drop(splice.watch);
-    let (up, down) = kernel.registry.remove(&pair);
+    let (up, down) = kernel.registry.remove(&pair, splice.sides[0].joined);
     let (end, detail) = match result {
         Ok(end) => (end, String::new()),
         Err((end, detail)) => {

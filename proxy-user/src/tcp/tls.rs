@@ -93,19 +93,18 @@ async fn dial(
     shared: &Shared,
 ) -> Result<(UpstreamStream, Lease), ConnectError> {
     let Some(tls) = tls else {
-        let (tcp, lease) = pool.connect(&shared.metrics).await?;
+        let (tcp, lease) = pool.connect().await?;
         let _ = net::set_nodelay(tcp.as_raw_fd());
         return Ok((Stream::Plain(tcp), lease));
     };
     let handshake_errors = &shared.metrics.tls_handshake_errors_total;
     let (stream, lease) = pool
-        .connect_with(&shared.metrics, |tcp, server| async move {
+        .connect_with(|tcp, server| async move {
             let _ = net::set_nodelay(tcp.as_raw_fd());
-            tls.connect(tcp, &server.host).await.map_err(|e| {
+            tls.connect(tcp, &server.host).await.inspect_err(|e| {
                 handshake_errors
                     .with_label_values(&["backend", pool.name.as_str(), e.reason()])
                     .inc();
-                format!("{}: {e}", server.addr)
             })
         })
         .await?;

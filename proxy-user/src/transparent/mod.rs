@@ -139,7 +139,7 @@ async fn forward(
 ) {
     let destination = original.to_string();
     let (upstream, server, lease) = match &settings.backend {
-        Some(pool) => match Box::pin(pool.connect(&conn.shared.metrics)).await {
+        Some(pool) => match Box::pin(pool.connect()).await {
             Ok((upstream, lease)) => {
                 let server = lease.server().name.clone();
                 (upstream, server, Some(lease))
