@@ -38,6 +38,7 @@ use tokio::net::TcpStream;
 use crate::config::TransparentMode;
 use crate::conn::{Conn, End, Reject, Route};
 use crate::destination::{Judgement, Policy, Target, TargetHost};
+use crate::dial::DialError;
 use crate::dns::Dns;
 use crate::net;
 use crate::peek::{self, Seen};
@@ -149,10 +150,10 @@ async fn forward(
         None => {
             match tokio::time::timeout(settings.connect_timeout, net::connect(original)).await {
                 Ok(Ok(upstream)) => (upstream, destination.clone(), None),
-                Ok(Err(e)) => return unreachable(conn, client, &destination, host, e.to_string()),
+                Ok(Err(e)) => return unreachable(conn, client, &destination, host, e.into()),
                 Err(_) => {
-                    let detail = format!("no answer within {:?}", settings.connect_timeout);
-                    return unreachable(conn, client, &destination, host, detail);
+                    let e = DialError::Timeout(settings.connect_timeout);
+                    return unreachable(conn, client, &destination, host, e);
                 }
             }
         }
@@ -173,7 +174,7 @@ async fn forward(
 
 /// The original destination could not be dialed: the client gets a reset, as it would have
 /// from a destination that refused it, and the log line says why.
-fn unreachable(conn: &Conn<'_>, client: TcpStream, destination: &str, host: &str, why: String) {
+fn unreachable(conn: &Conn<'_>, client: TcpStream, destination: &str, host: &str, why: DialError) {
     let _ = net::set_linger_zero(client.as_raw_fd());
     drop(client);
     let route = Route {
