@@ -478,10 +478,10 @@ impl Pool {
                 }
                 break;
             };
+            let addr = server.addr;
             let started = Instant::now();
             let result =
                 tokio::time::timeout(self.connect_timeout, crate::net::connect(server.addr)).await;
-            let addr = server.addr;
             let result = match result {
                 Ok(Ok(stream)) => establish(stream, Arc::clone(&server))
                     .await

@@ -170,6 +170,24 @@ impl DialFailed {
             }
         )
     }
+
+    /// What dialing came to after one more failed attempt, at `addr`.
+    fn then(self, addr: SocketAddr, last: DialError) -> Self {
+        let timed_out = matches!(last, DialError::Timeout(_))
+            && matches!(
+                self,
+                DialFailed::NoAddress
+                    | DialFailed::Attempts {
+                        timed_out: true,
+                        ..
+                    }
+            );
+        DialFailed::Attempts {
+            addr,
+            last,
+            timed_out,
+        }
+    }
 }
 
 /// A CONNECT answer has always said "no answer within" for a timeout.
@@ -187,25 +205,49 @@ pub async fn dial(
 ) -> Result<(TcpStream, SocketAddr), DialFailed> {
     let mut failed = DialFailed::NoAddress;
     for &addr in addrs {
-        let last = match tokio::time::timeout(timeout, crate::net::connect(addr)).await {
+        match tokio::time::timeout(timeout, crate::net::connect(addr)).await {
             Ok(Ok(stream)) => return Ok((stream, addr)),
-            Ok(Err(e)) => DialError::from(e),
-            Err(_) => DialError::Timeout(timeout),
-        };
-        let timed_out = matches!(last, DialError::Timeout(_))
-            && matches!(
-                failed,
-                DialFailed::NoAddress
-                    | DialFailed::Attempts {
-                        timed_out: true,
-                        ..
-                    }
-            );
-        failed = DialFailed::Attempts {
-            addr,
-            last,
-            timed_out,
-        };
+            Ok(Err(e)) => failed = failed.then(addr, DialError::from(e)),
+            Err(_) => failed = failed.then(addr, DialError::Timeout(timeout)),
+        }
     }
     Err(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 502/504 choice and the answer's text, as they were when the detail was a string.
+    #[test]
+    fn dial_failures_read_as_before() {
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "192.0.2.1:443".parse().unwrap(),
+            "192.0.2.2:443".parse().unwrap(),
+        );
+        let os = || io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        let timeout = || DialError::Timeout(Duration::from_secs(5));
+
+        let silent = DialFailed::NoAddress.then(a, timeout()).then(b, timeout());
+        assert!(silent.timed_out(), "every attempt timed out: 504");
+        assert_eq!(silent.to_string(), "192.0.2.2:443: no answer within 5s");
+
+        let refused_then_silent = DialFailed::NoAddress
+            .then(a, os().into())
+            .then(b, timeout());
+        assert!(!refused_then_silent.timed_out(), "one was refused: 502");
+        assert_eq!(
+            refused_then_silent.to_string(),
+            "192.0.2.2:443: no answer within 5s"
+        );
+
+        let silent_then_refused = DialFailed::NoAddress
+            .then(a, timeout())
+            .then(b, os().into());
+        assert!(!silent_then_refused.timed_out());
+        assert_eq!(
+            silent_then_refused.to_string(),
+            format!("192.0.2.2:443: {}", os())
+        );
+    }
 }

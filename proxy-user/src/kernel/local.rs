@@ -245,7 +245,7 @@ impl LocalAgents {
     }
 
     /// `(map name, entries)` of the per-socket maps: counted, or walked for the two the kernel
-    /// fills (see [`Scrape`]), without the hot lock.
+    /// fills (see `Scrape`), without the hot lock.
     pub fn entries(&self) -> [(&'static str, u64); 4] {
         let maps = self.scrape();
         [

@@ -311,7 +311,7 @@ impl SpliceRegistry {
         totals
     }
 
-    /// `(map name, entries)` of each connection map, as counted (see [`EntryCount`]).
+    /// `(map name, entries)` of each connection map, as counted (see `EntryCount`).
     pub fn entries(&self) -> [(&'static str, u64); 4] {
         [
             (proxy_common::SPLICE_SOCKS, self.socks.get()),

@@ -31,13 +31,13 @@ impl Splice<'_> {
 
     /// Side `i` crossed its flow-control mark (or is due for another look).
     pub(super) fn on_mark(&mut self, i: usize) -> Step {
-        if self.sides[i].offer.is_some() {
+        if self.sides[i].dir.offer().is_some() {
             // Also how a taken offer is reported (EVENT_RESUMED).
             self.check_offer(i)?;
         }
-        let side = &self.sides[i];
-        if side.tail || side.eof {
-            self.sides[i].mark_recheck = false;
+        let dir = &mut self.sides[i].dir;
+        if dir.is_carried() || dir.fin_was_seen() {
+            dir.set_mark_recheck(false);
             return Ok(());
         }
         loop {
@@ -50,10 +50,10 @@ impl Splice<'_> {
             // catches up (the tick looks again) or the verdict reaches the limit and hands the
             // direction to userspace.
             if backlog > window - window / 8 {
-                self.sides[i].mark_recheck = true;
+                self.sides[i].dir.set_mark_recheck(true);
                 return Ok(());
             }
-            self.sides[i].mark_recheck = false;
+            self.sides[i].dir.set_mark_recheck(false);
             let bounds = Self::bounds(window, now.redirected, backlog);
             self.kernel
                 .registry
@@ -88,12 +88,8 @@ impl Splice<'_> {
 
     /// The verdict reached side `i`'s limit: the rest of that direction goes through userspace.
     pub(super) fn on_passing(&mut self, i: usize) -> Step {
-        let side = &mut self.sides[i];
-        if !side.tail {
+        if self.sides[i].dir.hand_to_userspace() {
             tracing::trace!(side = i, "direction handed to userspace");
-            side.tail = true;
-            side.pauses += 1;
-            side.mark_recheck = false;
             // Closes a same-host agent's gate for good.
             self.refresh_local()?;
         }
@@ -104,18 +100,18 @@ impl Splice<'_> {
     /// drained (so the copied bytes come after the redirected ones), until end-of-stream.
     pub(super) fn copy_tail(&mut self, i: usize) -> Step {
         let p = 1 - i;
-        if self.sides[i].offer.is_some() {
+        if self.sides[i].dir.offer().is_some() {
             // Nothing is read while the verdict may take the direction back.
             return self.check_offer(i);
         }
-        if self.sides[i].carry.is_empty() && !self.sides[i].drained {
+        if self.sides[i].carry.is_empty() && !self.sides[i].dir.is_drained() {
             // Nothing is redirected any more in this direction, so once the redirect queue is
             // seen empty it stays empty, and the copied bytes come after every redirected one.
             let now = self.progress(i)?;
             if now.handed_over < now.forwarded {
                 return Ok(());
             }
-            self.sides[i].drained = true;
+            self.sides[i].dir.set_drained();
         }
         loop {
             if !self.sides[i].carry.is_empty() {
@@ -134,7 +130,7 @@ impl Splice<'_> {
             let side = &mut self.sides[i];
             match side.carry.fill_from(&side.stream) {
                 Ok(0) => {
-                    side.eof = true;
+                    side.dir.fin_seen();
                     self.first_eof.get_or_insert(i);
                     return self.forward_fin(i);
                 }
@@ -151,8 +147,9 @@ impl Splice<'_> {
     /// by then it has passed nothing more than userspace carried, so that buffer queues behind
     /// every carried byte. Until the outcome is known, nothing is read (see [`Self::check_offer`]).
     fn offer(&mut self, i: usize) -> Step {
-        // Called with the carry buffer empty and no offer open (see copy_tail).
-        if !self.sides[i].joined || self.sides[i].eof {
+        // Called with the carry buffer empty and no offer open (see copy_tail); a detached
+        // direction, or one whose FIN was seen, is never offered.
+        if !self.sides[i].dir.may_offer() {
             return Ok(());
         }
         let now = self.progress(i)?;
@@ -172,10 +169,9 @@ impl Splice<'_> {
             .registry
             .set_limit(self.sides[i].cookie, bounds)
             .map_err(internal)?;
-        self.sides[i].offer = Some(Offer {
-            redirected: now.redirected,
-            bounds,
-        });
+        self.sides[i]
+            .dir
+            .make_offer(Offer::new(now.redirected, bounds));
         Ok(())
     }
 
@@ -185,7 +181,7 @@ impl Splice<'_> {
     /// shows something to read (end-of-stream, which no buffer will follow), since reading
     /// while the verdict may still take the offer would let its next redirect overtake.
     pub(super) fn check_offer(&mut self, i: usize) -> Step {
-        let Some(offer) = self.sides[i].offer else {
+        let Some(offer) = self.sides[i].dir.offer() else {
             return Ok(());
         };
         let cookie = self.sides[i].cookie;
@@ -211,25 +207,16 @@ impl Splice<'_> {
         if counted.bytes != offer.redirected {
             return self.offer_taken(i, counted.passing != 0);
         }
-        self.sides[i].offer = None;
+        self.sides[i].dir.withdraw_offer();
         self.copy_tail(i)
     }
 
     fn offer_taken(&mut self, i: usize, passing_again: bool) -> Step {
         tracing::trace!(side = i, passing_again, "direction back in the kernel");
-        let side = &mut self.sides[i];
-        side.offer = None;
-        // Whatever is redirected from now on must reach the peer before the next carried byte.
-        side.drained = false;
-        side.resumes += 1;
-        if passing_again {
-            side.pauses += 1;
-            return Ok(());
-        }
-        side.tail = false;
-        // The offer's bounds hold as after a mark; `on_mark` (now, when it is the caller, or on
-        // the next tick) looks at them again.
-        side.mark_recheck = true;
+        // Passing again: whatever was redirected must reach the peer before the next carried
+        // byte, so the copy waits for a drain again. Otherwise the offer's bounds hold as after
+        // a mark; `on_mark` (now, when it is the caller, or on the next tick) looks at them.
+        self.sides[i].dir.offer_taken(passing_again);
         Ok(())
     }
 }
@@ -241,6 +228,12 @@ pub(super) struct Offer {
     redirected: u64,
     /// The bounds written with it; `resume` is the bytes carried (all that was passed) then.
     bounds: SpliceLimit,
+}
+
+impl Offer {
+    pub(super) fn new(redirected: u64, bounds: SpliceLimit) -> Self {
+        Self { redirected, bounds }
+    }
 }
 
 /// The bytes of a carried direction between a read and the write that passes them on: one

@@ -94,7 +94,7 @@ impl Splice<'_> {
         };
         let key = pairing.key;
         let mut gate = pairing.gate;
-        if self.sides.iter().any(|s| s.pauses > 0) {
+        if self.sides.iter().any(|s| s.dir.pauses() > 0) {
             // A direction is (or was) carried in userspace: the gate closes for good (see the
             // module docs), so that nothing is queued on the upstream socket but by the splice
             // and the copy from here on.
@@ -118,7 +118,7 @@ impl Splice<'_> {
             self.set_recheck(false);
             return Ok(());
         };
-        if self.sides[0].eof {
+        if self.sides[0].dir.fin_was_seen() {
             self.set_recheck(false);
             return Ok(());
         }

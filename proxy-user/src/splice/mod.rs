@@ -28,6 +28,7 @@
 //!   task keeps that gate: open only once every byte the agent sent over TCP has reached the
 //!   upstream socket's send queue, and only for as much as that socket has room for.
 //! - **Resets** on either side reset the other; all map entries go before the fds are closed.
+mod direction;
 mod flow;
 mod local;
 
@@ -87,34 +88,14 @@ struct Side {
     rcv_base: u64,
     /// Bytes ever queued for sending on this socket when the splice started.
     snd_base: u64,
-    /// A FIN was seen on this socket.
-    eof: bool,
-    /// That FIN was forwarded to the peer (shutdown of the peer's write side).
-    fin_forwarded: bool,
-    /// The backlog was high at the last mark: look again on the next tick.
-    mark_recheck: bool,
-    /// This direction is carried in userspace: the verdict passes its bytes (flow control; until
-    /// it takes an offer back), or the socket could not join `SPLICE_SOCKS` (it was no longer
-    /// established; for good). The copy starts once the redirect queue has drained, so nothing
-    /// is reordered.
-    tail: bool,
-    /// In `SPLICE_SOCKS`. A socket that could not join stays in userspace for good.
-    joined: bool,
-    /// While carried: the redirect queue was seen empty, so copying may go on.
-    drained: bool,
+    /// The direction of the bytes this socket receives: who carries them, and its FIN.
+    dir: direction::Direction,
     /// Bytes of this side copied to the peer in userspace (the tail).
     copied: u64,
-    /// 1 once this direction was handed to userspace (flow control, or a socket that could not
-    /// join the map), else 0.
-    pauses: u32,
     /// Tail bytes read but not yet written to the peer.
     carry: flow::Carry,
     /// Bytes seen in the socket's own queue while the kernel should be carrying it: look again on the next tick.
     stray_rechecks: u32,
-    /// While carried: the verdict was offered to take the direction back (see `flow`).
-    offer: Option<flow::Offer>,
-    /// Times the verdict took this direction back from userspace.
-    resumes: u32,
 }
 
 impl Side {
@@ -240,23 +221,23 @@ pub async fn splice(
     };
     if let Err(e) = kernel.registry.join(pair.client_cookie, pair.client_fd) {
         tracing::debug!(error = %e, "client socket cannot join the kernel path; copying its side");
-        splice.sides[0].tail = true;
-        splice.sides[0].joined = false;
-        splice.sides[0].pauses = 1;
+        splice.sides[0].dir.detach();
     }
     let span = tracing::trace_span!(
         "splice",
         client = pair.client_cookie,
         upstream = pair.upstream_cookie
     );
-    if splice.sides[0].joined {
+    if splice.sides[0].dir.is_joined() {
         splice.pair_local(&pair);
     }
     let result = tracing::Instrument::instrument(splice.run(&wakes, cancel), span).await;
     // The agent's messages stop going to the upstream socket before anything else is undone.
     let local_up = splice.unpair_local();
     drop(splice.watch);
-    let (up, down) = kernel.registry.remove(&pair, splice.sides[0].joined);
+    let (up, down) = kernel
+        .registry
+        .remove(&pair, splice.sides[0].dir.is_joined());
     let (end, detail) = match result {
         Ok(end) => (end, String::new()),
         Err((end, detail)) => {
@@ -275,8 +256,8 @@ pub async fn splice(
         detail,
         copied_up: client.copied,
         copied_down: upstream.copied,
-        pauses: client.pauses + upstream.pauses,
-        resumes: client.resumes + upstream.resumes,
+        pauses: client.dir.pauses() + upstream.dir.pauses(),
+        resumes: client.dir.resumes() + upstream.dir.resumes(),
         direct_up: local_up,
     })
 }
@@ -302,18 +283,10 @@ fn new_side(stream: StdStream, sndbuf: u32) -> io::Result<Side> {
         rcv_base: 0,
         snd_base: bytes.queued_for_send,
         stream,
-        eof: false,
-        fin_forwarded: false,
-        mark_recheck: false,
-        tail: false,
-        joined: true,
-        drained: false,
+        dir: direction::Direction::new(),
         copied: 0,
-        pauses: 0,
         carry: flow::Carry::default(),
         stray_rechecks: 0,
-        offer: None,
-        resumes: 0,
     })
 }
 
@@ -351,7 +324,7 @@ impl Splice<'_> {
                     match wake {
                         Wake::Socket(i) => {
                             tracing::trace!(side = i, "socket event");
-                            if self.sides[i].tail {
+                            if self.sides[i].dir.is_carried() {
                                 // Readable (or FIN, reset): the read in copy_tail tells.
                                 self.copy_tail(i)?;
                             } else {
@@ -359,7 +332,7 @@ impl Splice<'_> {
                             }
                             // Writable, for the direction carried towards this socket.
                             let o = 1 - i;
-                            if self.sides[o].tail && !self.sides[o].carry.is_empty() {
+                            if self.sides[o].dir.is_carried() && !self.sides[o].carry.is_empty() {
                                 self.copy_tail(o)?;
                             }
                         }
@@ -387,7 +360,7 @@ impl Splice<'_> {
     }
 
     fn finished(&self) -> Option<End> {
-        let done = self.sides.iter().all(|s| s.fin_forwarded);
+        let done = self.sides.iter().all(|s| s.dir.is_finished());
         let end = End::closed(self.first_eof.map(outcome::Side::from_index));
         done.then_some(end)
     }
@@ -396,7 +369,7 @@ impl Splice<'_> {
     /// carried direction is blocked on; FIN/reset/error only otherwise.
     fn sync_interest(&mut self) -> Step {
         for i in 0..2 {
-            let carried = |s: &Side| s.tail && !s.fin_forwarded;
+            let carried = |s: &Side| s.dir.is_carried() && !s.dir.is_finished();
             let o = &self.sides[1 - i];
             let want = (carried(&self.sides[i]), carried(o) && !o.carry.is_empty());
             if want != self.interest[i] {
@@ -412,10 +385,10 @@ impl Splice<'_> {
     fn has_pending(&self) -> bool {
         self.local.as_ref().is_some_and(|l| l.recheck)
             || self.sides.iter().any(|s| {
-                s.mark_recheck
-                    || s.tail && !s.fin_forwarded
+                s.dir.mark_recheck()
+                    || s.dir.is_carried() && !s.dir.is_finished()
                     || s.stray_rechecks > 0
-                    || (s.eof && !s.fin_forwarded)
+                    || (s.dir.fin_was_seen() && !s.dir.is_finished())
             })
     }
 
@@ -425,7 +398,7 @@ impl Splice<'_> {
         if let Some(err) = net::take_error(fd).map_err(internal)? {
             return Err(reset_end_at(i, "socket error", &err));
         }
-        if self.sides[i].eof {
+        if self.sides[i].dir.fin_was_seen() {
             return Ok(());
         }
         match net::peek(fd) {
@@ -434,7 +407,7 @@ impl Splice<'_> {
                 self.sides[i].stray_rechecks = 0;
                 return Ok(());
             }
-            Ok(Peek::Data) if self.sides[i].tail => return Ok(()),
+            Ok(Peek::Data) if self.sides[i].dir.is_carried() => return Ok(()),
             Ok(Peek::Data) => {
                 // Bytes in the socket's own queue while the verdict is attached: it passed them
                 // (flow control, its event not handled yet) or has not run yet.
@@ -459,7 +432,7 @@ impl Splice<'_> {
                 // same-host agent's send straight into the upstream socket takes it (the agent
                 // gets the reset). A socket we have not shut down ourselves is closed only by a
                 // reset: end the connection as one.
-                if !self.sides[1 - i].fin_forwarded && net::is_closed(fd).map_err(internal)? {
+                if !self.sides[1 - i].dir.is_finished() && net::is_closed(fd).map_err(internal)? {
                     let reset = io::Error::from(io::ErrorKind::ConnectionReset);
                     return Err(reset_end_at(i, "closed without FIN", &reset));
                 }
@@ -467,7 +440,7 @@ impl Splice<'_> {
         }
         tracing::trace!(side = i, "fin");
         let side = &mut self.sides[i];
-        side.eof = true;
+        side.dir.fin_seen();
         side.stray_rechecks = 0;
         self.first_eof.get_or_insert(i);
         self.forward_fin(i)
@@ -512,7 +485,7 @@ impl Splice<'_> {
         if let Err(err) = net::shutdown_write(self.sides[p].fd()) {
             return Err(reset_end(p, &err));
         }
-        self.sides[i].fin_forwarded = true;
+        self.sides[i].dir.fin_forwarded();
         Ok(())
     }
 
@@ -522,19 +495,19 @@ impl Splice<'_> {
             self.refresh_local()?;
         }
         for i in 0..2 {
-            if self.sides[i].mark_recheck {
+            if self.sides[i].dir.mark_recheck() {
                 self.on_mark(i)?;
             }
             // Also after a FIN: the FIN can be seen while passed bytes are still on their way
             // into the socket's queue (the kernel's worker moves them), so only a read that
             // returns end-of-stream, with everything accounted for, ends a carried direction.
-            if self.sides[i].tail && !self.sides[i].fin_forwarded {
+            if self.sides[i].dir.is_carried() && !self.sides[i].dir.is_finished() {
                 self.copy_tail(i)?;
             }
             if self.sides[i].stray_rechecks > 0 {
                 self.on_socket(i)?;
             }
-            if self.sides[i].eof && !self.sides[i].fin_forwarded {
+            if self.sides[i].dir.fin_was_seen() && !self.sides[i].dir.is_finished() {
                 self.forward_fin(i)?;
             }
         }
