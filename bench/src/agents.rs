@@ -30,7 +30,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_PARALLELISM: usize = 256;
 
 #[derive(Clone, Debug)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub target: SocketAddr,
     pub agents: usize,
     pub body_len: usize,
@@ -41,7 +41,7 @@ pub struct Plan {
 }
 
 #[derive(Clone, Debug)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// Agents that connected and got their first answer.
     pub connected: usize,
     /// Failed connects, failed or timed-out requests and non-200 answers, both phases.
@@ -58,7 +58,7 @@ pub struct Outcome {
     pub mem_active: Option<Memory>,
 }
 
-pub async fn run(plan: Plan) -> anyhow::Result<Outcome> {
+pub(crate) async fn run(plan: Plan) -> anyhow::Result<Outcome> {
     let mem = || plan.proxy_pid.map(Memory::read).transpose();
     let mem_start = mem()?;
     let request = Arc::new(request(plan.body_len));
@@ -182,7 +182,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Outcome> {
 }
 
 /// An agent's POST: a line-protocol-like body of `body_len` bytes.
-pub fn request(body_len: usize) -> Vec<u8> {
+pub(crate) fn request(body_len: usize) -> Vec<u8> {
     let mut r = format!(
         "POST /v1/write/metric HTTP/1.1\r\nHost: intake\r\nContent-Type: text/plain\r\n\
          Content-Length: {body_len}\r\n\r\n"
@@ -193,7 +193,7 @@ pub fn request(body_len: usize) -> Vec<u8> {
 }
 
 /// `len` bytes of line-protocol-like text (DataKit's metric.data is line protocol).
-pub fn body(len: usize) -> Vec<u8> {
+pub(crate) fn body(len: usize) -> Vec<u8> {
     let line = b"cpu,host=agent usage_user=1.5,usage_system=0.5 1700000000000000000\n";
     line.iter().copied().cycle().take(len).collect()
 }
@@ -239,7 +239,7 @@ async fn read_response(s: &mut TcpStream) -> anyhow::Result<u16> {
 
 /// Status and total length (head + Content-Length body) of a response whose head is complete
 /// in `buf`; `None` while the head is incomplete.
-pub fn response_length(buf: &[u8]) -> anyhow::Result<Option<(u16, usize)>> {
+pub(crate) fn response_length(buf: &[u8]) -> anyhow::Result<Option<(u16, usize)>> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut r = httparse::Response::new(&mut headers);
     let httparse::Status::Complete(head) = r.parse(buf).context("bad HTTP response")? else {

@@ -43,7 +43,7 @@ const COLORS: [RGBColor; Row::ALL.len()] = [
 ];
 
 /// Relative-to-HAProxy values (higher is better) per item present in `results`.
-pub fn bars(results: &Results) -> Vec<(&'static str, Vec<(Row, f64)>)> {
+pub(crate) fn bars(results: &Results) -> Vec<(&'static str, Vec<(Row, f64)>)> {
     ITEMS
         .iter()
         .filter_map(|&(label, scenario, metric)| {
@@ -66,7 +66,7 @@ pub fn bars(results: &Results) -> Vec<(&'static str, Vec<(Row, f64)>)> {
 }
 
 /// The SVG text, or `None` when no item was measured against HAProxy.
-pub fn svg(results: &Results) -> anyhow::Result<Option<String>> {
+pub(crate) fn svg(results: &Results) -> anyhow::Result<Option<String>> {
     let items = bars(results);
     if items.is_empty() {
         return Ok(None);

@@ -14,7 +14,7 @@ use crate::results::Machine;
 const TOOLS: &[&str] = &["ip", "nginx", "haproxy", "hey", "sockperf", "iperf3"];
 
 /// Root, the tools, and the agent-proxy release binary.
-pub fn preflight() -> anyhow::Result<()> {
+pub(crate) fn preflight() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the bench needs root (network namespaces, the eBPF kernel path); run it as root");
@@ -44,7 +44,7 @@ pub fn preflight() -> anyhow::Result<()> {
 /// Per-namespace sysctls: room for 10,000 agents' connections twice over (client to proxy and
 /// proxy to intake share the namespace's ephemeral ports), reuse of TIME-WAIT ports between
 /// runs, and listen backlogs that a connection ramp does not overflow.
-pub fn tune_namespace(ns: &NetNs) -> anyhow::Result<()> {
+pub(crate) fn tune_namespace(ns: &NetNs) -> anyhow::Result<()> {
     ns.run(|| -> anyhow::Result<()> {
         for (key, value) in [
             ("net/ipv4/ip_local_port_range", "10000 65000"),
@@ -61,7 +61,7 @@ pub fn tune_namespace(ns: &NetNs) -> anyhow::Result<()> {
 
 /// CPU, memory, kernel, HAProxy version, and how busy the machine is over `sample` with the
 /// bench idle.
-pub fn describe(sample: Duration) -> anyhow::Result<Machine> {
+pub(crate) fn describe(sample: Duration) -> anyhow::Result<Machine> {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu_model = cpuinfo
         .lines()
@@ -98,7 +98,7 @@ pub fn describe(sample: Duration) -> anyhow::Result<Machine> {
 }
 
 /// The commit measured, with `-dirty` when the tree has changes.
-pub fn commit(root: &Path) -> String {
+pub(crate) fn commit(root: &Path) -> String {
     let rev = output_in(root, "git", &["rev-parse", "--short=12", "HEAD"]);
     let rev = rev.trim();
     if rev.is_empty() {
@@ -115,7 +115,7 @@ pub fn commit(root: &Path) -> String {
 }
 
 /// Now, UTC, to the second.
-pub fn now() -> String {
+pub(crate) fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         .to_string()
         .replace('T', " ")

@@ -5,7 +5,7 @@ use anyhow::{Context as _, bail};
 
 /// Latency figures in microseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Latency {
+pub(crate) struct Latency {
     pub avg: f64,
     pub p50: f64,
     pub p90: f64,
@@ -16,7 +16,7 @@ pub struct Latency {
 
 /// What `hey` printed.
 #[derive(Clone, Debug, PartialEq)]
-pub struct HeyReport {
+pub(crate) struct HeyReport {
     pub requests_per_second: f64,
     pub latency: Latency,
     /// Responses with status 200.
@@ -27,7 +27,7 @@ pub struct HeyReport {
 
 /// Parses hey's default text summary. hey prints seconds with 4 decimals, so its latencies
 /// are quantised to 100 us.
-pub fn hey(text: &str) -> anyhow::Result<HeyReport> {
+pub(crate) fn hey(text: &str) -> anyhow::Result<HeyReport> {
     let secs = |value: &str| -> anyhow::Result<f64> {
         Ok(value
             .split_whitespace()
@@ -107,7 +107,7 @@ pub fn hey(text: &str) -> anyhow::Result<HeyReport> {
 
 /// What `sockperf ping-pong` printed: half round trip latencies and the message rate.
 #[derive(Clone, Debug, PartialEq)]
-pub struct SockperfReport {
+pub(crate) struct SockperfReport {
     pub latency: Latency,
     /// Messages received over the whole run, sockperf's warm-up included (the bytes that the
     /// CPU measurement, which spans the whole client process, saw moving).
@@ -118,7 +118,7 @@ pub struct SockperfReport {
     pub round_trips_per_second: f64,
 }
 
-pub fn sockperf(text: &str) -> anyhow::Result<SockperfReport> {
+pub(crate) fn sockperf(text: &str) -> anyhow::Result<SockperfReport> {
     let text = strip_ansi(text);
     let mut avg = None;
     let mut pct = [None; 4];
@@ -183,19 +183,19 @@ pub fn sockperf(text: &str) -> anyhow::Result<SockperfReport> {
 
 /// What `iperf3 -c ... -J` reported, as the receiver saw it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct IperfReport {
+pub(crate) struct IperfReport {
     pub bytes: u64,
     pub seconds: f64,
 }
 
 impl IperfReport {
     /// 10^9 bytes per second.
-    pub fn gigabytes_per_second(&self) -> f64 {
+    pub(crate) fn gigabytes_per_second(&self) -> f64 {
         self.bytes as f64 / self.seconds / 1e9
     }
 }
 
-pub fn iperf3(json: &str) -> anyhow::Result<IperfReport> {
+pub(crate) fn iperf3(json: &str) -> anyhow::Result<IperfReport> {
     let v: serde_json::Value =
         serde_json::from_str(json).context("iperf3 -J output is not JSON")?;
     if let Some(err) = v.get("error").and_then(|e| e.as_str()) {

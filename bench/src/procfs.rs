@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 
 /// The aggregate `cpu` line of /proc/stat, in clock ticks (USER_HZ).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CpuTimes {
+pub(crate) struct CpuTimes {
     pub user: u64,
     pub nice: u64,
     pub system: u64,
@@ -23,7 +23,7 @@ pub struct CpuTimes {
 impl CpuTimes {
     /// Parses the first `cpu ` line of /proc/stat text. guest and guest_nice are already
     /// counted in user and nice, so they are not added again.
-    pub fn parse(stat: &str) -> anyhow::Result<Self> {
+    pub(crate) fn parse(stat: &str) -> anyhow::Result<Self> {
         let line = stat
             .lines()
             .find(|l| l.starts_with("cpu "))
@@ -49,21 +49,21 @@ impl CpuTimes {
         })
     }
 
-    pub fn read() -> anyhow::Result<Self> {
+    pub(crate) fn read() -> anyhow::Result<Self> {
         Self::parse(&std::fs::read_to_string("/proc/stat").context("read /proc/stat")?)
     }
 
     /// Ticks in which a CPU did work: user + nice + system + irq + softirq + steal.
-    pub fn busy(&self) -> u64 {
+    pub(crate) fn busy(&self) -> u64 {
         self.user + self.nice + self.system + self.irq + self.softirq + self.steal
     }
 
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.busy() + self.idle + self.iowait
     }
 
     /// What happened between `self` (earlier) and `later`.
-    pub fn until(&self, later: &Self) -> CpuDelta {
+    pub(crate) fn until(&self, later: &Self) -> CpuDelta {
         CpuDelta {
             busy_ticks: later.busy().saturating_sub(self.busy()),
             total_ticks: later.total().saturating_sub(self.total()),
@@ -73,19 +73,19 @@ impl CpuTimes {
 
 /// Busy and total ticks over an interval, summed over all CPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CpuDelta {
+pub(crate) struct CpuDelta {
     pub busy_ticks: u64,
     pub total_ticks: u64,
 }
 
 impl CpuDelta {
     /// CPU seconds of work, all CPUs together.
-    pub fn busy_seconds(&self, ticks_per_second: u64) -> f64 {
+    pub(crate) fn busy_seconds(&self, ticks_per_second: u64) -> f64 {
         self.busy_ticks as f64 / ticks_per_second as f64
     }
 
     /// Fraction of the machine's capacity that was busy (0..=1).
-    pub fn busy_fraction(&self) -> f64 {
+    pub(crate) fn busy_fraction(&self) -> f64 {
         if self.total_ticks == 0 {
             0.0
         } else {
@@ -95,19 +95,19 @@ impl CpuDelta {
 }
 
 /// CPU seconds per GB (10^9 bytes) moved.
-pub fn seconds_per_gb(cpu_seconds: f64, bytes: u64) -> Option<f64> {
+pub(crate) fn seconds_per_gb(cpu_seconds: f64, bytes: u64) -> Option<f64> {
     (bytes > 0).then(|| cpu_seconds / (bytes as f64 / 1e9))
 }
 
 /// USER_HZ, the unit of /proc/stat and /proc/PID/stat (100 on every Linux build seen).
-pub fn ticks_per_second() -> u64 {
+pub(crate) fn ticks_per_second() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     u64::try_from(hz).ok().filter(|&h| h > 0).unwrap_or(100)
 }
 
 /// utime + stime of a process (all its threads), in ticks, from /proc/PID/stat text.
-pub fn parse_process_ticks(stat: &str) -> anyhow::Result<u64> {
+pub(crate) fn parse_process_ticks(stat: &str) -> anyhow::Result<u64> {
     // The command name (field 2) is in parentheses and may hold spaces: count from the last ')'.
     let rest = stat
         .rsplit_once(')')
@@ -124,20 +124,20 @@ pub fn parse_process_ticks(stat: &str) -> anyhow::Result<u64> {
     Ok(field(14)? + field(15)?)
 }
 
-pub fn process_ticks(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn process_ticks(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/stat");
     parse_process_ticks(&std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?)
 }
 
 /// VmRSS and VmHWM (peak RSS) of a process, in KiB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Memory {
+pub(crate) struct Memory {
     pub rss_kib: u64,
     pub hwm_kib: u64,
 }
 
 impl Memory {
-    pub fn parse(status: &str) -> anyhow::Result<Self> {
+    pub(crate) fn parse(status: &str) -> anyhow::Result<Self> {
         let kib = |key: &str| -> anyhow::Result<u64> {
             status
                 .lines()
@@ -153,7 +153,7 @@ impl Memory {
         })
     }
 
-    pub fn read(pid: u32) -> anyhow::Result<Self> {
+    pub(crate) fn read(pid: u32) -> anyhow::Result<Self> {
         let path = format!("/proc/{pid}/status");
         Self::parse(&std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?)
     }

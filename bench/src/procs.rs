@@ -9,7 +9,7 @@ use agent_proxy_tests::netns::NetNs;
 use anyhow::{Context as _, bail};
 
 /// A server or proxy process; SIGTERM on drop, SIGKILL if it lingers.
-pub struct Proc {
+pub(crate) struct Proc {
     child: Child,
     name: String,
     log: PathBuf,
@@ -17,7 +17,12 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `program args` in `ns` with stdout and stderr going to `log`.
-    pub fn spawn(ns: &NetNs, program: &str, args: &[&str], log: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn spawn(
+        ns: &NetNs,
+        program: &str,
+        args: &[&str],
+        log: &Path,
+    ) -> anyhow::Result<Self> {
         let out = File::create(log).with_context(|| format!("create {}", log.display()))?;
         let child = Command::new("ip")
             .args(["netns", "exec", ns.name(), program])
@@ -34,13 +39,13 @@ impl Proc {
         })
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Waits until the process listens on `port` (read from its namespace's /proc/net/tcp, so
     /// that no probe connection reaches a peer such as iperf3 that would take it for a client).
-    pub fn wait_listening(&mut self, port: u16, within: Duration) -> anyhow::Result<()> {
+    pub(crate) fn wait_listening(&mut self, port: u16, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -66,7 +71,7 @@ impl Proc {
     }
 
     /// Fails if the process has exited.
-    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn ensure_running(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!(
                 "{} exited ({status}); its output:\n{}",
@@ -103,7 +108,7 @@ impl Drop for Proc {
 
 /// Runs a client program in `ns` to completion (killed after `limit`) and returns its stdout;
 /// a non-zero exit is an error carrying its stderr.
-pub fn run_client(
+pub(crate) fn run_client(
     ns: &NetNs,
     program: &str,
     args: &[String],
@@ -161,7 +166,7 @@ pub fn run_client(
 }
 
 /// Whether /proc/net/tcp text shows a socket in LISTEN state (0A) on `port`, any address.
-pub fn listening(proc_net_tcp: &str, port: u16) -> bool {
+pub(crate) fn listening(proc_net_tcp: &str, port: u16) -> bool {
     let want = format!("{port:04X}");
     proc_net_tcp.lines().skip(1).any(|line| {
         let f: Vec<&str> = line.split_whitespace().collect();

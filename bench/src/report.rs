@@ -5,13 +5,13 @@ use crate::stats::Stat;
 use crate::targets::Status;
 
 /// A table: header and rows of cells.
-pub struct Table {
+pub(crate) struct Table {
     pub header: Vec<String>,
     pub rows: Vec<Vec<String>>,
 }
 
 /// A number with a precision that suits its size.
-pub fn num(v: f64) -> String {
+pub(crate) fn num(v: f64) -> String {
     let a = v.abs();
     if a >= 100.0 || v.fract() == 0.0 {
         format!("{v:.0}")
@@ -25,7 +25,7 @@ pub fn num(v: f64) -> String {
 }
 
 /// "median (min-max)", or the median alone for a single run.
-pub fn cell(stat: Option<Stat>) -> String {
+pub(crate) fn cell(stat: Option<Stat>) -> String {
     match stat {
         None => "-".to_owned(),
         Some(s) if s.n == 1 || s.min == s.max => num(s.median),
@@ -35,7 +35,7 @@ pub fn cell(stat: Option<Stat>) -> String {
 
 /// One scenario: a row per proxy, a column per figure (median and range), then the headline
 /// figure as a ratio to HAProxy and to direct.
-pub fn scenario_table(sc: &ScenarioResult) -> Table {
+pub(crate) fn scenario_table(sc: &ScenarioResult) -> Table {
     let s = sc.scenario;
     let unit = s.unit();
     let headline = s.headline();
@@ -63,7 +63,7 @@ pub fn scenario_table(sc: &ScenarioResult) -> Table {
     Table { header, rows }
 }
 
-pub fn targets_table(results: &Results) -> Table {
+pub(crate) fn targets_table(results: &Results) -> Table {
     Table {
         header: ["workload", "target", "figures (medians)", "status"]
             .map(str::to_owned)
@@ -88,7 +88,7 @@ pub fn targets_table(results: &Results) -> Table {
 }
 
 impl Table {
-    pub fn markdown(&self) -> String {
+    pub(crate) fn markdown(&self) -> String {
         let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
         let mut out = line(&self.header);
         out += &line(&vec!["---".to_owned(); self.header.len()]);
@@ -99,7 +99,7 @@ impl Table {
     }
 
     /// Aligned columns for the terminal.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let mut width: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
         for r in &self.rows {
             for (w, c) in width.iter_mut().zip(r) {
@@ -124,7 +124,7 @@ impl Table {
 }
 
 /// The whole run for the terminal.
-pub fn terminal(results: &Results) -> String {
+pub(crate) fn terminal(results: &Results) -> String {
     let mut out = String::new();
     for sc in &results.scenarios {
         out += &format!("\n== {} ({})\n", sc.scenario.title(), sc.scenario.name());

@@ -10,7 +10,7 @@ use crate::targets::Verdict;
 
 /// One measured run of one row.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// In the scenario's unit ([`Scenario::unit`]).
     pub throughput: f64,
     pub latency: Option<Latency>,
@@ -46,7 +46,7 @@ pub struct Sample {
 
 /// A figure of a row, as the tables show it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Metric {
+pub(crate) enum Metric {
     Throughput,
     LatAvg,
     LatP50,
@@ -67,7 +67,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub fn value(self, s: &Sample) -> Option<f64> {
+    pub(crate) fn value(self, s: &Sample) -> Option<f64> {
         let gb = |cpu: f64| crate::procfs::seconds_per_gb(cpu, s.bytes);
         match self {
             Metric::Throughput => Some(s.throughput),
@@ -100,7 +100,7 @@ impl Metric {
     }
 
     /// Column header; `unit` is the scenario's throughput unit.
-    pub fn header(self, unit: &str) -> String {
+    pub(crate) fn header(self, unit: &str) -> String {
         match self {
             Metric::Throughput => unit.to_owned(),
             Metric::LatAvg => "avg us".into(),
@@ -122,7 +122,7 @@ impl Metric {
         }
     }
 
-    pub fn higher_is_better(self) -> bool {
+    pub(crate) fn higher_is_better(self) -> bool {
         matches!(
             self,
             Metric::Throughput | Metric::KernelShare | Metric::StraightShare | Metric::Connections
@@ -132,43 +132,43 @@ impl Metric {
 
 /// Every run of one row in one scenario.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RowResult {
+pub(crate) struct RowResult {
     pub row: Row,
     pub samples: Vec<Sample>,
 }
 
 impl RowResult {
-    pub fn stat(&self, metric: Metric) -> Option<Stat> {
+    pub(crate) fn stat(&self, metric: Metric) -> Option<Stat> {
         Stat::of(self.samples.iter().filter_map(|s| metric.value(s)))
     }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ScenarioResult {
+pub(crate) struct ScenarioResult {
     pub scenario: Scenario,
     pub rows: Vec<RowResult>,
 }
 
 impl ScenarioResult {
-    pub fn row(&self, row: Row) -> Option<&RowResult> {
+    pub(crate) fn row(&self, row: Row) -> Option<&RowResult> {
         self.rows
             .iter()
             .find(|r| r.row == row && !r.samples.is_empty())
     }
 
-    pub fn stat(&self, row: Row, metric: Metric) -> Option<Stat> {
+    pub(crate) fn stat(&self, row: Row, metric: Metric) -> Option<Stat> {
         self.row(row)?.stat(metric)
     }
 
     /// Median of `row` over median of `base` for `metric`.
-    pub fn ratio(&self, row: Row, base: Row, metric: Metric) -> Option<f64> {
+    pub(crate) fn ratio(&self, row: Row, base: Row, metric: Metric) -> Option<f64> {
         ratio(self.stat(row, metric), self.stat(base, metric))
     }
 }
 
 /// The machine the figures were taken on.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Machine {
+pub(crate) struct Machine {
     pub cpu_model: String,
     pub cpus: usize,
     pub kernel: String,
@@ -181,7 +181,7 @@ pub struct Machine {
 
 /// The whole run, as written to `target/bench/results.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Results {
+pub(crate) struct Results {
     pub date: String,
     pub command: String,
     pub commit: String,
@@ -198,7 +198,7 @@ pub struct Results {
 }
 
 impl Results {
-    pub fn scenario(&self, scenario: Scenario) -> Option<&ScenarioResult> {
+    pub(crate) fn scenario(&self, scenario: Scenario) -> Option<&ScenarioResult> {
         self.scenarios.iter().find(|s| s.scenario == scenario)
     }
 }
@@ -206,7 +206,7 @@ impl Results {
 #[cfg(test)]
 impl Results {
     /// A run of these scenarios and nothing else, for tests.
-    pub fn of(scenarios: Vec<ScenarioResult>) -> Self {
+    pub(crate) fn of(scenarios: Vec<ScenarioResult>) -> Self {
         Self {
             date: String::new(),
             command: String::new(),

@@ -19,12 +19,12 @@ use crate::procs::Proc;
 use crate::tls::ProxyTls;
 
 /// Where every proxy listens inside the namespace (the daemon's admin is 127.0.0.1:9090).
-pub const PROXY_LISTEN: &str = "127.0.0.1:7000";
-pub const PROXY_PORT: u16 = 7000;
+pub(crate) const PROXY_LISTEN: &str = "127.0.0.1:7000";
+pub(crate) const PROXY_PORT: u16 = 7000;
 /// The address the transparent row's clients connect to: on the bench namespace's `lo`, with
 /// nothing listening on it; the daemon's `OUTPUT` rule captures connections to it (loopback
 /// destinations are never captured, so the backend's 127.0.0.1 cannot serve).
-pub const TRANSPARENT_IP: std::net::IpAddr =
+pub(crate) const TRANSPARENT_IP: std::net::IpAddr =
     std::net::IpAddr::V4(std::net::Ipv4Addr::new(11, 0, 0, 10));
 
 /// Connections agent-proxy must admit: the 10,000-agent scenario plus headroom (HAProxy's
@@ -49,7 +49,7 @@ const HAPROXY_MAXPIPES: u64 = 64;
     clap::ValueEnum,
 )]
 #[serde(rename_all = "kebab-case")]
-pub enum Row {
+pub(crate) enum Row {
     /// Client to server, no proxy: the physical limit.
     Direct,
     /// HAProxy 2.6 `mode tcp`.
@@ -74,7 +74,7 @@ pub enum Row {
 }
 
 impl Row {
-    pub const ALL: [Row; 7] = [
+    pub(crate) const ALL: [Row; 7] = [
         Row::Direct,
         Row::Haproxy,
         Row::HaproxySplice,
@@ -84,7 +84,7 @@ impl Row {
         Row::Transparent,
     ];
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Row::Direct => "direct",
             Row::Haproxy => "haproxy",
@@ -96,7 +96,7 @@ impl Row {
         }
     }
 
-    pub fn title(self) -> &'static str {
+    pub(crate) fn title(self) -> &'static str {
         match self {
             Row::Direct => "direct (no proxy)",
             Row::Haproxy => "HAProxy 2.6 tcp",
@@ -110,7 +110,7 @@ impl Row {
 }
 
 /// A running proxy of one row.
-pub enum Proxy {
+pub(crate) enum Proxy {
     Haproxy(Proc),
     Agent(Box<Daemon>),
 }
@@ -118,7 +118,7 @@ pub enum Proxy {
 impl Proxy {
     /// Starts the proxy of `row` in front of `backend`, with `tls` on one side; `None` for the
     /// direct row.
-    pub fn start(
+    pub(crate) fn start(
         row: Row,
         ns: &NetNs,
         backend: SocketAddr,
@@ -169,14 +169,14 @@ impl Proxy {
         Ok(Some(proxy))
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         match self {
             Proxy::Haproxy(p) => p.pid(),
             Proxy::Agent(d) => d.pid(),
         }
     }
 
-    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn ensure_running(&mut self) -> anyhow::Result<()> {
         match self {
             Proxy::Haproxy(p) => p.ensure_running(),
             Proxy::Agent(d) => d.ensure_running(),
@@ -184,7 +184,7 @@ impl Proxy {
     }
 
     /// agent-proxy's /metrics (`None` for HAProxy).
-    pub fn metrics(&self) -> anyhow::Result<Option<Metrics>> {
+    pub(crate) fn metrics(&self) -> anyhow::Result<Option<Metrics>> {
         match self {
             Proxy::Haproxy(_) => Ok(None),
             Proxy::Agent(d) => d.metrics().map(Some),
@@ -192,7 +192,7 @@ impl Proxy {
     }
 
     /// Stops the proxy; agent-proxy gets SIGTERM and must exit by itself.
-    pub fn stop(self) -> anyhow::Result<()> {
+    pub(crate) fn stop(self) -> anyhow::Result<()> {
         match self {
             Proxy::Haproxy(p) => drop(p),
             Proxy::Agent(mut d) => {
@@ -225,12 +225,12 @@ fn transparent_config(config: &DaemonConfig, backend: SocketAddr) -> String {
 }
 
 /// Online CPUs (for HAProxy's nbthread).
-pub fn cpus() -> usize {
+pub(crate) fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// The soft RLIMIT_NOFILE of this process, which its children inherit.
-pub fn fd_limit() -> anyhow::Result<u64> {
+pub(crate) fn fd_limit() -> anyhow::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -244,7 +244,7 @@ pub fn fd_limit() -> anyhow::Result<u64> {
 
 /// HAProxy refuses to start when maxconn needs more fds than the limit (2 per connection,
 /// 2 per pipe, a few for listeners and logs): the largest maxconn that fits.
-pub fn haproxy_maxconn(fd_limit: u64) -> u64 {
+pub(crate) fn haproxy_maxconn(fd_limit: u64) -> u64 {
     fd_limit.saturating_sub(2 * HAPROXY_MAXPIPES + 256) / 2
 }
 
@@ -252,7 +252,7 @@ pub fn haproxy_maxconn(fd_limit: u64) -> u64 {
 /// keeps connections idle between requests), no logging (agent-proxy's own connection log
 /// goes to a file: the rows pay for their logging as shipped); with `tls`, `ssl` on the bind or
 /// the server line.
-pub fn haproxy_config(
+pub(crate) fn haproxy_config(
     backend: SocketAddr,
     splice: bool,
     threads: usize,

@@ -26,15 +26,15 @@ use crate::tls::{INTAKE_NAME, PROXY_NAME, Pki, ProxyTls, Side};
 
 /// The DataKit workload of seed 004: 16 clients x 100 POSTs of metric.data, whose size is
 /// DataKit's api_post_bytes_total / 1600 = 276,459,200 / 1600.
-pub const DATAKIT_CLIENTS: usize = 16;
-pub const DATAKIT_REQUESTS: usize = 1600;
-pub const DATAKIT_BODY: usize = 172_787;
+pub(crate) const DATAKIT_CLIENTS: usize = 16;
+pub(crate) const DATAKIT_REQUESTS: usize = 1600;
+pub(crate) const DATAKIT_BODY: usize = 172_787;
 /// A many-agents POST: a few KiB of metrics, like an agent's periodic flush.
-pub const AGENT_BODY: usize = 2048;
-pub const AGENT_PERIOD: Duration = Duration::from_secs(1);
+pub(crate) const AGENT_BODY: usize = 2048;
+pub(crate) const AGENT_PERIOD: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
-pub enum Scenario {
+pub(crate) enum Scenario {
     /// 16 clients x 100 POSTs of 170 KB to an intake answering 200 (hey -> nginx).
     #[value(name = "datakit")]
     #[serde(rename = "datakit")]
@@ -76,7 +76,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 9] = [
+    pub(crate) const ALL: [Scenario; 9] = [
         Scenario::Datakit,
         Scenario::Agents1k,
         Scenario::Agents10k,
@@ -89,7 +89,7 @@ impl Scenario {
     ];
     /// What `--quick` runs: the TLS scenarios add 2-3 s to it (1,600 requests per row, no
     /// warm-up) and are the only check of the TLS lines of every peer's config.
-    pub const QUICK: [Scenario; 6] = [
+    pub(crate) const QUICK: [Scenario; 6] = [
         Scenario::Datakit,
         Scenario::Agents1k,
         Scenario::Ping64,
@@ -98,7 +98,7 @@ impl Scenario {
         Scenario::DatakitTlsFrontend,
     ];
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Scenario::Datakit => "datakit",
             Scenario::Agents1k => "agents-1000",
@@ -112,7 +112,7 @@ impl Scenario {
         }
     }
 
-    pub fn title(self) -> &'static str {
+    pub(crate) fn title(self) -> &'static str {
         match self {
             Scenario::Datakit => {
                 "DataKit workload: 16 clients x 100 POSTs of 172,787 B (hey -> nginx)"
@@ -139,7 +139,7 @@ impl Scenario {
     }
 
     /// Which side of the proxy speaks TLS (`None`: plaintext scenarios).
-    pub fn tls_side(self) -> Option<Side> {
+    pub(crate) fn tls_side(self) -> Option<Side> {
         match self {
             Scenario::DatakitTlsOrigination => Some(Side::Origination),
             Scenario::DatakitTlsFrontend => Some(Side::Frontend),
@@ -151,7 +151,7 @@ impl Scenario {
     /// scenarios: HAProxy cannot splice what OpenSSL encrypts or decrypts, so the row would
     /// repeat the plain HAProxy row; so is agent-proxy's remote-agents row (TLS always takes the
     /// userspace relay, local agents or not).
-    pub fn has_row(self, row: Row) -> bool {
+    pub(crate) fn has_row(self, row: Row) -> bool {
         if row == Row::Transparent {
             // Transparent mode beside the tcp rows where agents are: the DataKit workload and
             // latency (its TLS passes through, so the TLS scenarios would not differ).
@@ -164,7 +164,7 @@ impl Scenario {
     }
 
     /// The row's name in this scenario's table: the TLS scenarios say what the rows do there.
-    pub fn row_title(self, row: Row) -> &'static str {
+    pub(crate) fn row_title(self, row: Row) -> &'static str {
         match (self.tls_side(), row) {
             (None, _) => row.title(),
             (Some(_), Row::Direct) => "direct (hey HTTPS to nginx)",
@@ -175,7 +175,7 @@ impl Scenario {
     }
 
     /// The unit of [`Sample::throughput`].
-    pub fn unit(self) -> &'static str {
+    pub(crate) fn unit(self) -> &'static str {
         match self {
             Scenario::Datakit
             | Scenario::Agents1k
@@ -187,7 +187,7 @@ impl Scenario {
         }
     }
 
-    pub fn server(self) -> ServerKind {
+    pub(crate) fn server(self) -> ServerKind {
         match self {
             Scenario::Datakit | Scenario::Agents1k | Scenario::Agents10k => ServerKind::Intake,
             Scenario::Ping64 | Scenario::Ping16k => ServerKind::Sockperf,
@@ -197,7 +197,7 @@ impl Scenario {
     }
 
     /// The columns of this scenario's table.
-    pub fn metrics(self) -> &'static [Metric] {
+    pub(crate) fn metrics(self) -> &'static [Metric] {
         use Metric::*;
         match self {
             Scenario::Datakit | Scenario::DatakitTlsOrigination | Scenario::DatakitTlsFrontend => {
@@ -252,7 +252,7 @@ impl Scenario {
     }
 
     /// The figure the ratio columns compare.
-    pub fn headline(self) -> Metric {
+    pub(crate) fn headline(self) -> Metric {
         match self {
             Scenario::Ping64 | Scenario::Ping16k => Metric::LatAvg,
             Scenario::Agents1k | Scenario::Agents10k => Metric::LatP99,
@@ -263,7 +263,7 @@ impl Scenario {
 
 /// How long each kind of run lasts.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
-pub struct Durations {
+pub(crate) struct Durations {
     /// sockperf and iperf3 runs.
     pub tool: Duration,
     /// The active phase of the many-agents scenarios.
@@ -271,7 +271,7 @@ pub struct Durations {
 }
 
 /// Everything a run needs besides the row.
-pub struct Context<'a> {
+pub(crate) struct Context<'a> {
     /// What the file-descriptor limit allows (two sockets per agent in the proxy).
     pub max_agents: usize,
     pub ns: &'a NetNs,
@@ -287,7 +287,7 @@ pub struct Context<'a> {
 
 /// One run of `row` in `scenario`: starts the row's proxy, drives the load, reads the figures,
 /// stops the proxy.
-pub fn measure(scenario: Scenario, row: Row, cx: &Context<'_>) -> anyhow::Result<Sample> {
+pub(crate) fn measure(scenario: Scenario, row: Row, cx: &Context<'_>) -> anyhow::Result<Sample> {
     let side = scenario.tls_side();
     let (backend, direct, tls) = match side {
         None => (cx.server, cx.server, None),

@@ -17,10 +17,10 @@ use crate::procs::Proc;
 use crate::tls::{INTAKE_TLS_PORT, Pki};
 
 /// nginx's plain HTTP listener.
-pub const INTAKE_PORT: u16 = 8000;
+pub(crate) const INTAKE_PORT: u16 = 8000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ServerKind {
+pub(crate) enum ServerKind {
     /// nginx, `return 200` for any request (HTTP scenarios).
     Intake,
     /// The same nginx with a second, TLS listener (TLS scenarios).
@@ -31,7 +31,7 @@ pub enum ServerKind {
     Iperf3,
 }
 
-pub struct Server {
+pub(crate) struct Server {
     proc: Proc,
     /// The plaintext listener.
     pub addr: SocketAddr,
@@ -41,7 +41,7 @@ pub struct Server {
 
 impl Server {
     /// Starts the server of `kind`; [`ServerKind::IntakeTls`] needs `pki`.
-    pub fn start(
+    pub(crate) fn start(
         kind: ServerKind,
         ns: &NetNs,
         dir: &Path,
@@ -98,7 +98,7 @@ impl Server {
         Ok(server)
     }
 
-    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn ensure_running(&mut self) -> anyhow::Result<()> {
         self.proc.ensure_running()
     }
 }

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 /// The median of a row's runs and their range (min-max): with 5 runs an interquartile range
 /// would rest on one or two values, the full range says more about a noisy machine.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Stat {
+pub(crate) struct Stat {
     pub median: f64,
     pub min: f64,
     pub max: f64,
@@ -14,7 +14,7 @@ pub struct Stat {
 
 impl Stat {
     /// `None` when no run has the figure; NaN values are ignored.
-    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Self> {
+    pub(crate) fn of(values: impl IntoIterator<Item = f64>) -> Option<Self> {
         let mut v: Vec<f64> = values.into_iter().filter(|x| !x.is_nan()).collect();
         if v.is_empty() {
             return None;
@@ -36,7 +36,7 @@ impl Stat {
 }
 
 /// `a / b` of two medians, `None` when either is missing or `b` is 0.
-pub fn ratio(a: Option<Stat>, b: Option<Stat>) -> Option<f64> {
+pub(crate) fn ratio(a: Option<Stat>, b: Option<Stat>) -> Option<f64> {
     let (a, b) = (a?, b?);
     (b.median != 0.0).then(|| a.median / b.median)
 }

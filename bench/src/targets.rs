@@ -8,14 +8,14 @@ use crate::scenarios::Scenario;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Status {
+pub(crate) enum Status {
     Met,
     NotMet,
     NotMeasured,
 }
 
 impl Status {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Status::Met => "met",
             Status::NotMet => "NOT MET",
@@ -25,7 +25,7 @@ impl Status {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     pub workload: String,
     pub target: String,
     pub figures: String,
@@ -33,7 +33,7 @@ pub struct Verdict {
 }
 
 /// Every target, in the order.
-pub fn evaluate(results: &Results) -> Vec<Verdict> {
+pub(crate) fn evaluate(results: &Results) -> Vec<Verdict> {
     let s = |sc| results.scenario(sc);
     let mut v = Vec::new();
     for (metric, what) in [(Metric::LatAvg, "avg"), (Metric::LatP99, "p99")] {

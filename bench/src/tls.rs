@@ -24,15 +24,15 @@ use agent_proxy_tests::tls::{Ca, Validity};
 use anyhow::bail;
 
 /// The name on the intake's certificate, and the SNI both proxies send to it.
-pub const INTAKE_NAME: &str = "intake.test";
+pub(crate) const INTAKE_NAME: &str = "intake.test";
 /// The name on the proxies' frontend certificate.
-pub const PROXY_NAME: &str = "proxy.test";
+pub(crate) const PROXY_NAME: &str = "proxy.test";
 /// nginx's TLS listener (its plain one is [`crate::servers::INTAKE_PORT`]).
-pub const INTAKE_TLS_PORT: u16 = 8443;
+pub(crate) const INTAKE_TLS_PORT: u16 = 8443;
 
 /// Which side of the proxy speaks TLS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     /// Plain client, TLS to the intake.
     Origination,
     /// TLS client, plain to the intake.
@@ -41,7 +41,7 @@ pub enum Side {
 
 /// The certificate files of a bench run: one CA, the intake's certificate and the proxies'.
 #[derive(Clone, Debug)]
-pub struct Pki {
+pub(crate) struct Pki {
     pub ca: PathBuf,
     pub intake_cert: PathBuf,
     pub intake_key: PathBuf,
@@ -54,7 +54,7 @@ pub struct Pki {
 impl Pki {
     /// Makes a CA and two server certificates (for the intake and the proxies, both also valid
     /// for 127.0.0.1) and writes them in `dir`.
-    pub fn generate(dir: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn generate(dir: &Path) -> anyhow::Result<Self> {
         let text = dir.to_string_lossy();
         if text.contains(|c: char| c.is_whitespace() || "\"\\#;".contains(c)) {
             // nginx and HAProxy take the paths unquoted.
@@ -86,7 +86,7 @@ impl Pki {
 
 /// What a proxy row of a TLS scenario needs.
 #[derive(Clone, Copy, Debug)]
-pub struct ProxyTls<'a> {
+pub(crate) struct ProxyTls<'a> {
     pub side: Side,
     pub pki: &'a Pki,
 }
@@ -102,7 +102,7 @@ impl ProxyTls<'_> {
     }
 
     /// Lines appended to agent-proxy's frontend table.
-    pub fn agent_frontend(&self) -> String {
+    pub(crate) fn agent_frontend(&self) -> String {
         self.on(Side::Frontend, |pki| {
             let (cert, key) = (toml_str(&pki.proxy_cert), toml_str(&pki.proxy_key));
             format!("tls = {{ cert = {cert}, key = {key} }}\n")
@@ -110,7 +110,7 @@ impl ProxyTls<'_> {
     }
 
     /// Lines appended to agent-proxy's backend table.
-    pub fn agent_backend(&self) -> String {
+    pub(crate) fn agent_backend(&self) -> String {
         self.on(Side::Origination, |pki| {
             let (ca, sni) = (toml_str(&pki.ca), toml_str(Path::new(INTAKE_NAME)));
             format!("tls = {{ ca_file = {ca}, sni = {sni} }}\n")
@@ -121,14 +121,14 @@ impl ProxyTls<'_> {
     /// client's order of cipher suites and HAProxy by default its own, so hey (Go: AES-128-GCM
     /// first) would get AES-128-GCM from agent-proxy and AES-256-GCM from HAProxy; with it both
     /// proxies decrypt the same cipher, as nginx does in the direct row.
-    pub fn haproxy_bind(&self) -> String {
+    pub(crate) fn haproxy_bind(&self) -> String {
         self.on(Side::Frontend, |pki| {
             format!(" ssl crt {} prefer-client-ciphers", pki.proxy_pem.display())
         })
     }
 
     /// Words appended to HAProxy's `server` line: verified TLS, as agent-proxy's backend.
-    pub fn haproxy_server(&self) -> String {
+    pub(crate) fn haproxy_server(&self) -> String {
         self.on(Side::Origination, |pki| {
             let ca = pki.ca.display();
             format!(" ssl verify required ca-file {ca} sni str({INTAKE_NAME})")
@@ -137,7 +137,7 @@ impl ProxyTls<'_> {
 }
 
 /// nginx's TLS `server` block: the same `return 200` intake as the plain one, on `addr`.
-pub fn nginx_server(pki: &Pki, addr: SocketAddr) -> String {
+pub(crate) fn nginx_server(pki: &Pki, addr: SocketAddr) -> String {
     format!(
         "  server {{\n    listen {addr} ssl backlog=16384;\n    ssl_certificate {};\n    \
          ssl_certificate_key {};\n    ssl_protocols TLSv1.2 TLSv1.3;\n    \
@@ -155,7 +155,7 @@ fn toml_str(path: &Path) -> String {
 #[cfg(test)]
 impl Pki {
     /// The file names [`Pki::generate`] writes, in `dir`, without writing anything.
-    pub fn names_in(dir: &str) -> Self {
+    pub(crate) fn names_in(dir: &str) -> Self {
         let d = Path::new(dir);
         Pki {
             ca: d.join("ca.crt"),

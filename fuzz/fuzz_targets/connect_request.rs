@@ -34,7 +34,7 @@ mod address_class;
 mod destination {
     pub mod policy;
     pub mod target;
-    pub use target::Target;
+    pub(crate) use target::Target;
 }
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

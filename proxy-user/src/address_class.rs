@@ -26,7 +26,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// (`agent_proxy_frontend_rejected_total{reason="address_<class>"}`) and a log field, so the
 /// set is fixed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Special {
+pub(crate) enum Special {
     /// `0.0.0.0/8` ("this network", RFC 791), `::/128`.
     Unspecified,
     /// `127.0.0.0/8`, `::1/128`.
@@ -67,7 +67,7 @@ pub enum Special {
 }
 
 impl Special {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Special::Unspecified => "unspecified",
             Special::Loopback => "loopback",
@@ -92,7 +92,7 @@ impl Special {
 
 /// The `reason` label of `agent_proxy_frontend_rejected_total` for a destination refused for
 /// its address class: `address_CLASS`.
-pub fn reason(class: Special) -> String {
+pub(crate) fn reason(class: Special) -> String {
     format!("address_{class}")
 }
 
@@ -105,7 +105,7 @@ impl fmt::Display for Special {
 /// Why an address is not global unicast: its class, and the IPv4 address it embeds when that
 /// is what was judged (`64:ff9b::7f00:1` is refused as the loopback `127.0.0.1`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refused {
+pub(crate) struct Refused {
     pub class: Special,
     pub embedded: Option<Ipv4Addr>,
 }
@@ -120,7 +120,7 @@ impl fmt::Display for Refused {
 }
 
 /// `Ok(())` for a global unicast address, else the reason it is not.
-pub fn classify(ip: IpAddr) -> Result<(), Refused> {
+pub(crate) fn classify(ip: IpAddr) -> Result<(), Refused> {
     match ip {
         IpAddr::V4(v4) => classify_v4(v4).map_err(|class| Refused {
             class,

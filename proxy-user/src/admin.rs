@@ -46,7 +46,7 @@ const JSON_CONTENT_TYPE: &str = "application/json";
 const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
 /// What the admin endpoint reads; shared by every connection task.
-pub struct AdminState {
+pub(crate) struct AdminState {
     /// The families rendered on `/metrics` and summarized on `/stats`.
     pub metrics: Arc<Metrics>,
     /// Set true once every listener is bound; false again when draining starts.
@@ -74,7 +74,7 @@ impl std::fmt::Debug for AdminState {
 /// connections are told to close after their in-flight request, and this function returns
 /// without waiting for them. Accept errors are logged and never end the loop, so the result is
 /// `Ok` today; it stays `io::Result` so that callers need not change if that ever differs.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -260,7 +260,7 @@ fn respond(
 ///
 /// A frontend appears once any of its counters has a value. `dataplane` is the path whose
 /// `agent_proxy_dataplane` gauge is 1, or `null` before one is chosen. Counts are integers.
-pub fn stats(metrics: &Metrics) -> Value {
+pub(crate) fn stats(metrics: &Metrics) -> Value {
     let mut frontends = Map::new();
     for m in &samples(&metrics.frontend_current_connections) {
         if let Some(name) = label(m, "frontend") {

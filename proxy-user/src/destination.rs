@@ -3,8 +3,9 @@
 //! ([`policy`]) that judges a requested name and every address the proxy would dial.
 //!
 //! A foundation module: config holds its rules, connect and transparent mode apply them.
-pub mod policy;
-pub mod target;
+pub(crate) mod policy;
+pub(crate) mod target;
 
-pub use policy::{DestinationRule, Judgement, Policy};
-pub use target::{Target, TargetHost};
+pub use policy::DestinationRule;
+pub(crate) use policy::{Judgement, Policy};
+pub(crate) use target::{Target, TargetHost};

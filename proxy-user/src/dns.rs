@@ -237,7 +237,7 @@ impl Dns {
 }
 
 /// The `host` label of every lookup of a destination a client named (CONNECT, transparent).
-pub const DESTINATIONS: &str = "(destinations)";
+pub(crate) const DESTINATIONS: &str = "(destinations)";
 
 fn with_port(ips: &[IpAddr], port: u16) -> Vec<SocketAddr> {
     ips.iter().map(|&ip| SocketAddr::new(ip, port)).collect()

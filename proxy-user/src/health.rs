@@ -23,7 +23,7 @@ const MAX_RESPONSE_HEAD: usize = 8192;
 /// Why one check of one address failed: the `reason` of the `server down` line, rendered with
 /// its sources (`connect: Connection refused (os error 111)`).
 #[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
+pub(crate) enum ProbeError {
     #[error("connect")]
     Connect(#[source] DialError),
     #[error(transparent)]
@@ -49,7 +49,7 @@ pub enum ProbeError {
 }
 
 /// Checks the pool's addresses until `stop`.
-pub async fn run(
+pub(crate) async fn run(
     pool: Arc<Pool>,
     check: HealthCheck,
     tls: Option<Arc<ClientTls>>,
@@ -84,7 +84,7 @@ pub async fn run(
 }
 
 /// One check of one address.
-pub async fn probe(
+pub(crate) async fn probe(
     server: &Server,
     http: Option<&HttpCheck>,
     tls: Option<&ClientTls>,

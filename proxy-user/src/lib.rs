@@ -7,27 +7,32 @@
 //! the bytes, see [`kernel`]) or by the userspace [`relay`], and writes its one log line. The
 //! layers and their dependency rule are in [`conn`]'s documentation. Both paths give the same semantics: nothing lost or reordered, half-close
 //! propagated per direction, resets propagated, bounded memory under a slow reader.
-pub mod address_class;
-pub mod admin;
+//!
+//! The public surface is what the `agent-proxy` binary and the kernel tests use: [`config`],
+//! [`daemon`], [`redirect`], and the data path pieces the kernel tests drive directly ([`conn`],
+//! [`kernel`], [`relay`], [`splice`]); every other module is private to the crate, and
+//! `unreachable_pub` keeps `pub` for what is reachable.
+mod address_class;
+mod admin;
 pub mod config;
 pub mod conn;
-pub mod connect;
+mod connect;
 pub mod daemon;
-pub mod destination;
-pub mod dial;
-pub mod dns;
-pub mod health;
+mod destination;
+mod dial;
+mod dns;
+mod health;
 pub mod kernel;
-pub mod listener;
-pub mod metrics;
-pub mod net;
-pub mod outcome;
-pub mod peek;
-pub mod pool;
+mod listener;
+mod metrics;
+mod net;
+mod outcome;
+mod peek;
+mod pool;
 pub mod redirect;
 pub mod relay;
-pub mod report;
+mod report;
 pub mod splice;
-pub mod tcp;
-pub mod tls;
-pub mod transparent;
+mod tcp;
+mod tls;
+mod transparent;

@@ -1,7 +1,7 @@
 //! The listener layer: accepts, admits (client networks, connection limits, the per-client rate
 //! limit - every mode's, [`ratelimit`]), and hands each admitted connection to its frontend's
 //! [`Mode`].
-pub mod ratelimit;
+pub(crate) mod ratelimit;
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// A frontend ready to serve: how it admits, and the mode its connections run in.
-pub struct Listener {
+pub(crate) struct Listener {
     /// What the connection layer knows of the frontend (names, ids, for logs and metrics).
     pub frontend: conn::Frontend,
     pub mode: Mode,
@@ -37,7 +37,7 @@ pub struct Listener {
 }
 
 /// How a frontend's connections start; each is one module that receives a [`Conn`].
-pub enum Mode {
+pub(crate) enum Mode {
     /// `mode = "tcp"`: every connection to this backend, with TLS terminated (`tls`) and/or
     /// originated (`backend_tls`) when configured.
     Tcp {
@@ -54,7 +54,7 @@ pub enum Mode {
 }
 
 /// Accepts until `stop` fires, then drops the listener.
-pub async fn serve(
+pub(crate) async fn serve(
     socket: TcpListener,
     listener: Arc<Listener>,
     shared: Arc<Shared>,
@@ -158,7 +158,7 @@ async fn handle(
 }
 
 /// Binds a listener with a backlog sized for bursts of agents reconnecting at once.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     const BACKLOG: u32 = 4096;
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?

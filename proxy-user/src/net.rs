@@ -81,13 +81,13 @@ const SO_ORIGINAL_DST: libc::c_int = 80;
 static OUTGOING_MARK: AtomicU32 = AtomicU32::new(0);
 
 /// Sets the mark of every socket dialed from now on (0: none).
-pub fn set_outgoing_mark(mark: u32) {
+pub(crate) fn set_outgoing_mark(mark: u32) {
     OUTGOING_MARK.store(mark, Ordering::Relaxed);
 }
 
 /// Dials `addr` from a socket carrying the outgoing mark (see [`set_outgoing_mark`]). Setting
 /// the mark needs CAP_NET_ADMIN: without it the dial fails rather than risk a loop.
-pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+pub(crate) async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -110,7 +110,7 @@ pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
 /// to before the rewrite, from conntrack. `ipv4`: the connection is IPv4 (also when accepted
 /// on a dual-stack IPv6 socket, as an IPv4-mapped peer). A connection that was not rewritten
 /// answers its own local address; one conntrack does not know fails (`ENOENT`).
-pub fn original_destination(fd: RawFd, ipv4: bool) -> io::Result<SocketAddr> {
+pub(crate) fn original_destination(fd: RawFd, ipv4: bool) -> io::Result<SocketAddr> {
     if ipv4 {
         let sa = getsockopt::<libc::sockaddr_in>(fd, libc::SOL_IP, SO_ORIGINAL_DST)?;
         let ip = Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr));
@@ -131,24 +131,24 @@ pub fn original_destination(fd: RawFd, ipv4: bool) -> io::Result<SocketAddr> {
 }
 
 /// The socket's cookie, stable for its lifetime and unique per boot.
-pub fn socket_cookie(fd: RawFd) -> io::Result<u64> {
+pub(crate) fn socket_cookie(fd: RawFd) -> io::Result<u64> {
     getsockopt::<u64>(fd, libc::SOL_SOCKET, SO_COOKIE)
 }
 
 /// Raises the send buffer to `bytes` (forced past `wmem_max` when we have CAP_NET_ADMIN).
-pub fn force_sndbuf(fd: RawFd, bytes: u32) -> io::Result<()> {
+pub(crate) fn force_sndbuf(fd: RawFd, bytes: u32) -> io::Result<()> {
     let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     setsockopt(fd, libc::SOL_SOCKET, SO_SNDBUFFORCE, bytes)
         .or_else(|_| setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, bytes))
 }
 
 /// Disables Nagle: the proxy forwards what it gets at once, as the peers wrote it.
-pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
+pub(crate) fn set_nodelay(fd: RawFd) -> io::Result<()> {
     setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
 }
 
 /// Makes the next close send a reset instead of a FIN (used to propagate a reset).
-pub fn set_linger_zero(fd: RawFd) -> io::Result<()> {
+pub(crate) fn set_linger_zero(fd: RawFd) -> io::Result<()> {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -167,20 +167,20 @@ pub fn set_linger_zero(fd: RawFd) -> io::Result<()> {
 }
 
 /// The pending socket error (`SO_ERROR`), cleared by reading it.
-pub fn take_error(fd: RawFd) -> io::Result<Option<io::Error>> {
+pub(crate) fn take_error(fd: RawFd) -> io::Result<Option<io::Error>> {
     let err = getsockopt::<libc::c_int>(fd, libc::SOL_SOCKET, libc::SO_ERROR)?;
     Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
 }
 
 /// Shuts the socket's write side: the peer reads EOF after the queued bytes.
-pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+pub(crate) fn shutdown_write(fd: RawFd) -> io::Result<()> {
     // SAFETY: plain syscall on an fd we own.
     cvt(unsafe { libc::shutdown(fd, libc::SHUT_WR) }).map(drop)
 }
 
 /// What a non-consuming read found on the socket.
 #[derive(Debug)]
-pub enum Peek {
+pub(crate) enum Peek {
     /// The peer shut its write side and every byte before the FIN has been consumed.
     Eof,
     /// Bytes are waiting in the socket's own receive queue.
@@ -194,7 +194,7 @@ pub enum Peek {
 /// On a socket with a verdict attached, this is also how bytes that were queued before the
 /// socket joined the map get forwarded: the sockmap `recvmsg` takes the socket lock and, finding
 /// the receive queue non-empty, runs `sk_data_ready` (the verdict) over it first.
-pub fn peek(fd: RawFd) -> io::Result<Peek> {
+pub(crate) fn peek(fd: RawFd) -> io::Result<Peek> {
     let mut byte = 0u8;
     // SAFETY: reads at most one byte into a live buffer.
     let n = unsafe {
@@ -221,7 +221,7 @@ pub fn peek(fd: RawFd) -> io::Result<Peek> {
 
 /// TCP byte counters of one socket.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TcpBytes {
+pub(crate) struct TcpBytes {
     /// Every byte the peer sent us that TCP accepted in order (read or not), not counting the
     /// FIN, which `tcpi_bytes_received` counts as one.
     pub received: u64,
@@ -241,7 +241,7 @@ fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
 /// landing between them would make the sum come out short, and a short baseline would later
 /// show bytes as handed over that never were; so the sum is taken only when a second `TCP_INFO`
 /// shows the same acknowledged count as the first.
-pub fn tcp_bytes(fd: RawFd) -> io::Result<TcpBytes> {
+pub(crate) fn tcp_bytes(fd: RawFd) -> io::Result<TcpBytes> {
     const ATTEMPTS: usize = 16;
     let mut info = tcp_info(fd)?;
     let mut outq = 0;
@@ -275,14 +275,14 @@ pub fn tcp_bytes(fd: RawFd) -> io::Result<TcpBytes> {
 }
 
 /// The socket's TCP state is `TCP_CLOSE`: reset, or both directions closed and acknowledged.
-pub fn is_closed(fd: RawFd) -> io::Result<bool> {
+pub(crate) fn is_closed(fd: RawFd) -> io::Result<bool> {
     const TCP_CLOSE: u8 = 7;
     Ok(tcp_info(fd)?.tcpi_state == TCP_CLOSE)
 }
 
 /// Memory the socket may still queue for sending: its send buffer minus what its write queue
 /// holds now, both in the kernel's own accounting (`SO_MEMINFO`: skb overhead included).
-pub fn send_room(fd: RawFd) -> io::Result<u64> {
+pub(crate) fn send_room(fd: RawFd) -> io::Result<u64> {
     const SK_MEMINFO_SNDBUF: usize = 3;
     const SK_MEMINFO_WMEM_QUEUED: usize = 5;
     const SK_MEMINFO_VARS: usize = 9;

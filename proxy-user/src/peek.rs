@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 /// What one peek found; every peek sees the receive queue from its start.
 #[derive(Debug, Clone, Copy)]
-pub enum Seen<'a> {
+pub(crate) enum Seen<'a> {
     /// Everything the client has sent so far; `closed` when its FIN has arrived (nothing more
     /// will come).
     Bytes { bytes: &'a [u8], closed: bool },
@@ -20,7 +20,7 @@ pub enum Seen<'a> {
 
 /// The client closed (FIN) and the decision still waited for more: nothing more can come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stalled {
+pub(crate) struct Stalled {
     /// Bytes the client had sent.
     pub sent: usize,
 }
@@ -36,7 +36,7 @@ pub struct Stalled {
 /// instead of waiting, which would spin without ever returning `Pending` (issue 21: one
 /// client that sent `C` and closed froze the daemon). The caller bounds the whole with its
 /// own timeout.
-pub async fn until<T>(
+pub(crate) async fn until<T>(
     client: &TcpStream,
     buf: &mut [u8],
     mut decide: impl FnMut(Seen<'_>) -> Option<T>,

@@ -42,13 +42,13 @@ use crate::{
     tls::{ClientTls, HandshakeError},
 };
 
-pub use error::{AttemptError, ConnectError};
+pub(crate) use error::{AttemptError, ConnectError};
 
 use balance::smooth_wheel;
 
 /// One address of one configured server.
 #[derive(Debug)]
-pub struct Server {
+pub(crate) struct Server {
     /// The server as configured (`host:port`): the `server` label.
     pub name: String,
     /// The host part as configured (a hostname, or an IP literal): the default TLS SNI.
@@ -98,23 +98,23 @@ impl Server {
     }
 
     /// Whether it may take a new connection at `now`.
-    pub fn is_up(&self, now: Instant) -> bool {
+    pub(crate) fn is_up(&self, now: Instant) -> bool {
         let health = self.health();
         !health.check_down && health.out_until.is_none_or(|until| now >= until)
     }
 
     /// Connections currently carried to it.
-    pub fn active(&self) -> usize {
+    pub(crate) fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
     }
 }
 
 /// Counts a connection against its server while alive.
 #[derive(Debug)]
-pub struct Lease(Arc<Server>);
+pub(crate) struct Lease(Arc<Server>);
 
 impl Lease {
-    pub fn server(&self) -> &Server {
+    pub(crate) fn server(&self) -> &Server {
         &self.0
     }
 }
@@ -145,7 +145,7 @@ struct View {
 }
 
 #[derive(Debug)]
-pub struct Pool {
+pub(crate) struct Pool {
     pub name: String,
     balance: Balance,
     connect_timeout: Duration,
@@ -165,7 +165,7 @@ pub struct Pool {
 impl Pool {
     /// A pool with the backend's IP-literal servers; hostnames get their addresses from
     /// [`Pool::start`].
-    pub fn new(backend: &Backend, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub(crate) fn new(backend: &Backend, metrics: Arc<Metrics>) -> Arc<Self> {
         let groups = backend
             .servers
             .iter()
@@ -207,7 +207,7 @@ impl Pool {
     /// Resolves the hostnames once (so that a pool is ready when the daemon says so), then keeps
     /// them resolved and the addresses checked in background tasks until `stop`.
     /// `tls`: the backend's TLS, which active checks then complete a handshake with.
-    pub async fn start(
+    pub(crate) async fn start(
         self: &Arc<Self>,
         dns: Arc<Dns>,
         tls: Option<Arc<ClientTls>>,
@@ -332,7 +332,7 @@ impl Pool {
 
     /// The configured servers (`host:port`) that have no address known yet: a name whose
     /// first resolution has not answered. `/readyz` is 503 while any backend has one.
-    pub fn unresolved(&self) -> Vec<String> {
+    pub(crate) fn unresolved(&self) -> Vec<String> {
         self.groups
             .iter()
             .filter(|g| {
@@ -346,13 +346,13 @@ impl Pool {
     }
 
     /// The current addresses.
-    pub fn servers(&self) -> Vec<Arc<Server>> {
+    pub(crate) fn servers(&self) -> Vec<Arc<Server>> {
         self.view().servers.clone()
     }
 
     /// Sets `agent_proxy_server_up` of every address from its state now (a passive back-off
     /// ends without an event, so this runs before each scrape too).
-    pub fn refresh_gauges(&self) {
+    pub(crate) fn refresh_gauges(&self) {
         let now = Instant::now();
         for server in &self.view().servers {
             self.set_gauge(server, server.is_up(now));
@@ -452,7 +452,7 @@ impl Pool {
     }
 
     /// Dials a server, moving to another one on failure.
-    pub async fn connect(&self) -> Result<(TcpStream, Lease), ConnectError> {
+    pub(crate) async fn connect(&self) -> Result<(TcpStream, Lease), ConnectError> {
         self.connect_with(|stream, _server| std::future::ready(Ok(stream)))
             .await
     }
@@ -460,7 +460,10 @@ impl Pool {
     /// Dials a server and runs `establish` on the new TCP connection (the backend's TLS
     /// handshake) before it counts as connected. A failed `establish` counts as a failed connect
     /// to that server - its error is the reason - and another server is tried, within `retries`.
-    pub async fn connect_with<T, F, Fut>(&self, establish: F) -> Result<(T, Lease), ConnectError>
+    pub(crate) async fn connect_with<T, F, Fut>(
+        &self,
+        establish: F,
+    ) -> Result<(T, Lease), ConnectError>
     where
         F: Fn(TcpStream, Arc<Server>) -> Fut,
         Fut: Future<Output = Result<T, HandshakeError>>,

@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// Serves one admitted connection of a tcp frontend to its end, log line included.
-pub async fn run(
+pub(crate) async fn run(
     conn: &Conn<'_>,
     client: TcpStream,
     pool: &Pool,

@@ -16,19 +16,19 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 /// A command plus the line that shows it.
-pub struct Cmd {
+pub(crate) struct Cmd {
     command: Command,
     line: String,
 }
 
 impl Cmd {
     /// `program` is looked up in [`search_path`], i.e. with the cargo bin directory in it.
-    pub fn new(program: &str) -> Self {
+    pub(crate) fn new(program: &str) -> Self {
         Self::with_program(program, program)
     }
 
     /// The cargo that runs xtask (`$CARGO`), so that child builds use the same toolchain.
-    pub fn cargo() -> Self {
+    pub(crate) fn cargo() -> Self {
         let program = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         Self::with_program(program, "cargo")
     }
@@ -42,7 +42,7 @@ impl Cmd {
         }
     }
 
-    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+    pub(crate) fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
         let arg = arg.as_ref();
         self.line.push(' ');
         self.line.push_str(&quote(arg));
@@ -50,7 +50,7 @@ impl Cmd {
         self
     }
 
-    pub fn args<I, S>(self, args: I) -> Self
+    pub(crate) fn args<I, S>(self, args: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -59,7 +59,7 @@ impl Cmd {
     }
 
     /// Sets a variable for the child; it is shown in front of the command line.
-    pub fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
+    pub(crate) fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
         let value = value.as_ref();
         self.line = format!("{key}={} {}", quote(value), self.line);
         self.command.env(key, value);
@@ -67,7 +67,7 @@ impl Cmd {
     }
 
     /// Puts `dir` first in the child's PATH.
-    pub fn path_prepend(mut self, dir: &str) -> Self {
+    pub(crate) fn path_prepend(mut self, dir: &str) -> Self {
         let mut path = OsString::from(dir);
         path.push(":");
         path.push(search_path());
@@ -76,13 +76,13 @@ impl Cmd {
         self
     }
 
-    pub fn current_dir(mut self, dir: &Path) -> Self {
+    pub(crate) fn current_dir(mut self, dir: &Path) -> Self {
         self.command.current_dir(dir);
         self
     }
 
     /// Prints the line, runs the command with inherited stdio, fails unless it exits 0.
-    pub fn run(self) -> Result<()> {
+    pub(crate) fn run(self) -> Result<()> {
         let line = self.line.clone();
         let status = self.status()?;
         if !status.success() {
@@ -92,7 +92,7 @@ impl Cmd {
     }
 
     /// Prints the line, runs the command with inherited stdio and returns how it ended.
-    pub fn status(mut self) -> Result<ExitStatus> {
+    pub(crate) fn status(mut self) -> Result<ExitStatus> {
         println!("xtask: {}", self.line);
         self.command
             .status()
@@ -101,7 +101,7 @@ impl Cmd {
 
     /// Like [`Self::status`], but also hands back every line the command printed on stdout
     /// (which still reaches the terminal as it comes).
-    pub fn status_tee(mut self) -> Result<(ExitStatus, Vec<String>)> {
+    pub(crate) fn status_tee(mut self) -> Result<(ExitStatus, Vec<String>)> {
         use std::io::{BufRead as _, Write as _};
         println!("xtask: {}", self.line);
         let mut child = self
@@ -125,7 +125,7 @@ impl Cmd {
     }
 
     /// Prints the line and replaces this process with the command; returns only on failure.
-    pub fn exec(mut self) -> anyhow::Error {
+    pub(crate) fn exec(mut self) -> anyhow::Error {
         println!("xtask: {}", self.line);
         let err = self.command.exec();
         anyhow::Error::new(err).context(format!("cannot start `{}`", self.line))
@@ -133,7 +133,7 @@ impl Cmd {
 
     /// Runs the command silently and returns its output; the error is the spawn error, so that
     /// callers can tell "not installed" (`NotFound`) from "answered no" (non-zero exit).
-    pub fn probe(mut self) -> io::Result<Output> {
+    pub(crate) fn probe(mut self) -> io::Result<Output> {
         self.command
             .stdin(Stdio::null())
             .stderr(Stdio::null())
@@ -142,7 +142,7 @@ impl Cmd {
 }
 
 /// The stdout of a successful probe, or `None`.
-pub fn probe_stdout(cmd: Cmd) -> Option<String> {
+pub(crate) fn probe_stdout(cmd: Cmd) -> Option<String> {
     let out = cmd.probe().ok()?;
     out.status
         .success()
@@ -151,7 +151,7 @@ pub fn probe_stdout(cmd: Cmd) -> Option<String> {
 
 /// `$CARGO_HOME/bin` (default `~/.cargo/bin`): where rustup, cargo and `cargo install` put
 /// binaries such as bpf-linker.
-pub fn cargo_bin_dir() -> Option<PathBuf> {
+pub(crate) fn cargo_bin_dir() -> Option<PathBuf> {
     let home = env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))?;
@@ -160,7 +160,7 @@ pub fn cargo_bin_dir() -> Option<PathBuf> {
 
 /// PATH for children: ours, with the cargo bin directory added in front when it is missing (a
 /// root shell or `sudo` often lacks it, and aya-build finds bpf-linker through PATH).
-pub fn search_path() -> OsString {
+pub(crate) fn search_path() -> OsString {
     let path = env::var_os("PATH").unwrap_or_default();
     let Some(bin) = cargo_bin_dir() else {
         return path;
@@ -172,14 +172,14 @@ pub fn search_path() -> OsString {
 }
 
 /// Finds an executable the way the children will (through [`search_path`]).
-pub fn which(name: &str) -> Option<PathBuf> {
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
     env::split_paths(&search_path())
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
 }
 
 /// Whether we run with effective uid 0 (read from /proc so that no unsafe libc call is needed).
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
@@ -191,7 +191,7 @@ pub fn is_root() -> bool {
 }
 
 /// "exit status 3" / "killed by signal 9".
-pub fn describe(status: ExitStatus) -> String {
+pub(crate) fn describe(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt as _;
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit status {code}"),
@@ -201,7 +201,7 @@ pub fn describe(status: ExitStatus) -> String {
 }
 
 /// `arg` as a shell would need it typed (single-quoted unless plain).
-pub fn quote(arg: &OsStr) -> String {
+pub(crate) fn quote(arg: &OsStr) -> String {
     let s = arg.to_string_lossy();
     let plain = !s.is_empty()
         && s.chars()

@@ -11,15 +11,15 @@ use crate::{
 };
 
 /// The fuzz targets (`fuzz/fuzz_targets/*.rs`).
-pub const TARGETS: &[&str] = &["connect_request"];
+pub(crate) const TARGETS: &[&str] = &["connect_request"];
 /// The toolchain cargo-fuzz runs with (sanitizers need nightly); the moving `nightly`, not the
 /// eBPF pin, which has nothing to do with this.
-pub const TOOLCHAIN: &str = "nightly";
+pub(crate) const TOOLCHAIN: &str = "nightly";
 /// Seconds per target in `cargo xtask test`.
-pub const TEST_SECONDS: u64 = 20;
+pub(crate) const TEST_SECONDS: u64 = 20;
 
 /// Fuzzes every target for `seconds`, printing one line per target.
-pub fn run(seconds: u64) -> Result<()> {
+pub(crate) fn run(seconds: u64) -> Result<()> {
     crate::setup::cargo_fuzz()?;
     for target in TARGETS {
         println!("xtask: fuzzing {target} for {seconds} s");
@@ -41,7 +41,7 @@ pub fn run(seconds: u64) -> Result<()> {
 }
 
 /// Whether `cargo fuzz` answers on [`TOOLCHAIN`].
-pub fn cargo_fuzz_works() -> bool {
+pub(crate) fn cargo_fuzz_works() -> bool {
     probe_stdout(Cmd::new("rustup").args(["run", TOOLCHAIN, "cargo", "fuzz", "--version"]))
         .is_some()
 }

@@ -23,7 +23,7 @@ use crate::cmd::{Cmd, is_root, probe_stdout, which};
 ///
 /// On Debian 12 the LLVM 22 packages come from the stock `bookworm-security` suite
 /// (source package llvm-toolchain-22, version `1:22.1.x-1~deb12u1`), not from bookworm itself.
-pub const BUILD_APT_PACKAGES: &[&str] = &[
+pub(crate) const BUILD_APT_PACKAGES: &[&str] = &[
     "build-essential",
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -38,7 +38,7 @@ pub const BUILD_APT_PACKAGES: &[&str] = &[
 ///
 /// Benchmark peers (haproxy, iperf3, ...) are in [`BENCH_APT_PACKAGES`], which only `bench`
 /// installs.
-pub const TEST_APT_PACKAGES: &[&str] = &[
+pub(crate) const TEST_APT_PACKAGES: &[&str] = &[
     "iproute2",
     "iptables",
     "bpftool",
@@ -51,21 +51,21 @@ pub const TEST_APT_PACKAGES: &[&str] = &[
 
 /// What the CONNECT-mode tests add: `squid` (the reference forward proxy docs/connect.md
 /// compares against), `openssl` (a certificate for the local HTTPS intake).
-pub const CONNECT_TEST_APT_PACKAGES: &[&str] = &["squid", "openssl"];
+pub(crate) const CONNECT_TEST_APT_PACKAGES: &[&str] = &["squid", "openssl"];
 /// Python packages the CONNECT-mode tests drive as real agent clients: `requests` with
 /// `proxies=`, and `datadog` (the Datadog API client) sending metrics through the proxy.
-pub const CONNECT_TEST_PIP_PACKAGES: &[&str] = &["requests", "datadog"];
+pub(crate) const CONNECT_TEST_PIP_PACKAGES: &[&str] = &["requests", "datadog"];
 /// Debian packages `cargo xtask bench` measures with: `haproxy` (2.6 on Debian 12, the peer to
 /// beat), `nginx` (the intake answering 200), `hey` (the DataKit workload's HTTP client),
 /// `sockperf` (ping-pong latency), `iperf3` (bulk throughput).
-pub const BENCH_APT_PACKAGES: &[&str] = &["haproxy", "nginx", "hey", "sockperf", "iperf3"];
+pub(crate) const BENCH_APT_PACKAGES: &[&str] = &["haproxy", "nginx", "hey", "sockperf", "iperf3"];
 
 /// The toolchain aya-build runs (`rustup run EBPF_TOOLCHAIN ...`); `proxy-user/build.rs` must name
 /// the same one. Pinned to rustc 1.97.0-nightly (e50aa6fba 2026-05-19), LLVM 22.1: the nightly the
 /// project was developed with, and verified to build proxy-ebpf with bpf-linker 0.13 for LLVM 22.
 /// The moving `nightly` has since gone to LLVM 23 (1.101.0-nightly of 2026-10-29), whose bitcode
 /// that bpf-linker rejects ("ERROR llvm: Invalid record").
-pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
+pub(crate) const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
 /// The LLVM major version of [`EBPF_TOOLCHAIN`] and of the bpf-linker build; they must agree.
 const LLVM_MAJOR: &str = "22";
 
@@ -74,7 +74,7 @@ const BPF_LINKER_VERSION: &str = "0.13";
 const LLVM_BIN_DIR: &str = "/usr/lib/llvm-22/bin";
 
 /// Every step, in order: apt packages, the eBPF toolchain, its rust-src, bpf-linker.
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     apt_packages(&[BUILD_APT_PACKAGES, TEST_APT_PACKAGES]).context("setup step `apt packages`")?;
     ebpf_toolchain().context("setup step `eBPF toolchain`")?;
     ebpf_component("rust-src").context("setup step `rust-src`")?;
@@ -83,7 +83,7 @@ pub fn run() -> Result<()> {
 }
 
 /// Installs the missing ones of `lists` with apt-get (root only; otherwise says what to run).
-pub fn apt_packages(lists: &[&[&str]]) -> Result<()> {
+pub(crate) fn apt_packages(lists: &[&[&str]]) -> Result<()> {
     let wanted: Vec<&str> = lists.iter().flat_map(|list| list.iter().copied()).collect();
     let mut missing = Vec::new();
     for &package in &wanted {
@@ -209,7 +209,7 @@ fn ebpf_toolchain() -> Result<()> {
 }
 
 /// Adds `component` to [`EBPF_TOOLCHAIN`] unless it is there.
-pub fn ebpf_component(component: &str) -> Result<()> {
+pub(crate) fn ebpf_component(component: &str) -> Result<()> {
     let installed = Cmd::new("rustup")
         .args([
             "component",
@@ -310,7 +310,7 @@ fn inspect_bpf_linker() -> Linker {
 
 /// The tools the CONNECT-mode tests use beyond [`TEST_APT_PACKAGES`]: see
 /// [`CONNECT_TEST_APT_PACKAGES`] and [`CONNECT_TEST_PIP_PACKAGES`].
-pub fn connect_test_tools() -> Result<()> {
+pub(crate) fn connect_test_tools() -> Result<()> {
     apt_packages(&[CONNECT_TEST_APT_PACKAGES]).context("setup step `connect test packages`")?;
     let missing: Vec<&str> = CONNECT_TEST_PIP_PACKAGES
         .iter()
@@ -339,7 +339,7 @@ pub fn connect_test_tools() -> Result<()> {
 
 /// cargo-fuzz, installed with the moving `nightly` toolchain's cargo (the fuzz targets build
 /// with it; sanitizers need nightly).
-pub fn cargo_fuzz() -> Result<()> {
+pub(crate) fn cargo_fuzz() -> Result<()> {
     use crate::fuzz::{TOOLCHAIN, cargo_fuzz_works};
     if cargo_fuzz_works() {
         println!("setup: cargo-fuzz on {TOOLCHAIN}: ok");

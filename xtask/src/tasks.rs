@@ -27,14 +27,14 @@ const KERNEL_NEEDS_ROOT: &str = "xtask: note: not root; the kernel data path nee
     (CAP_BPF, CAP_NET_ADMIN)";
 
 /// The workspace root (xtask lives one level below it).
-pub fn root() -> &'static Path {
+pub(crate) fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask is a member of the workspace")
 }
 
 /// Setup, then `cargo build [--release] -p proxy-user`; returns the binary's absolute path.
-pub fn build(debug: bool) -> Result<PathBuf> {
+pub(crate) fn build(debug: bool) -> Result<PathBuf> {
     setup::run()?;
     let mut cargo = Cmd::cargo().arg("build");
     if !debug {
@@ -60,7 +60,7 @@ pub fn build(debug: bool) -> Result<PathBuf> {
 
 /// Builds the release binary and replaces this process with it, so that signals (SIGTERM drain,
 /// SIGHUP reload) reach the daemon directly.
-pub fn run(args: Vec<OsString>) -> Result<()> {
+pub(crate) fn run(args: Vec<OsString>) -> Result<()> {
     let binary = build(false)?;
     if !is_root() {
         println!(
@@ -83,7 +83,7 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
 /// Builds the release binary, then `cargo test --release --workspace` with `AGENT_PROXY_BIN`
 /// pointing at it; `args` go to cargo test. `--no-fail-fast`: one failing test binary must not
 /// hide the results of the others. The exit code is cargo's.
-pub fn test(args: Vec<OsString>) -> Result<ExitCode> {
+pub(crate) fn test(args: Vec<OsString>) -> Result<ExitCode> {
     let binary = build(false)?;
     setup::connect_test_tools()?;
     if !is_root() {
@@ -158,7 +158,7 @@ const BENCH_PACKAGE: &str = "agent-proxy-bench";
 
 /// Installs the benchmark peers, builds agent-proxy and the bench in release, and runs the bench
 /// with `args`; its exit code is ours. The bench measures; xtask only prepares.
-pub fn bench(args: Vec<OsString>) -> Result<ExitCode> {
+pub(crate) fn bench(args: Vec<OsString>) -> Result<ExitCode> {
     let binary = build(false)?;
     setup::apt_packages(&[setup::BENCH_APT_PACKAGES]).context("setup step `bench peers`")?;
     Cmd::cargo()
@@ -195,7 +195,7 @@ pub fn bench(args: Vec<OsString>) -> Result<ExitCode> {
 /// `cargo fmt --check`, clippy over the host crates, and clippy over the eBPF crate with the eBPF
 /// nightly (as aya-template does: the crate is `no_std`, so its host check needs `panic=abort`,
 /// which needs nightly's `-Zpanic_abort_tests`). Runs all three and names every one that failed.
-pub fn lint() -> Result<()> {
+pub(crate) fn lint() -> Result<()> {
     setup::run()?;
     setup::ebpf_component("clippy").context("setup step `clippy`")?;
     let steps = [

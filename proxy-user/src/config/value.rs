@@ -60,7 +60,7 @@ pub(super) fn network(value: &str) -> Result<IpNet, String> {
 /// The largest value each duration key accepts. Past these a value is a mistake (or an attempt
 /// to turn a safeguard off): `"18446744073709551615s"` used to pass and made the timeouts
 /// never fire and SIGTERM wait forever. Documented in docs/configuration.md ("Durations").
-pub const DURATION_LIMITS: &[(&str, Duration)] = &[
+pub(super) const DURATION_LIMITS: &[(&str, Duration)] = &[
     ("drain_timeout", Duration::from_secs(3600)),
     ("connect_timeout", Duration::from_secs(300)),
     ("request_timeout", Duration::from_secs(300)),

@@ -10,13 +10,13 @@ use base64::Engine as _;
 use subtle::ConstantTimeEq as _;
 
 /// The realm of the `Proxy-Authenticate` challenge.
-pub const REALM: &str = "agent-proxy";
+pub(crate) const REALM: &str = "agent-proxy";
 
-pub use crate::config::User;
+pub(crate) use crate::config::User;
 
 /// The credentials a frontend accepts; empty means no authentication.
 #[derive(Clone, Default)]
-pub struct Users {
+pub(crate) struct Users {
     /// `name:password` of each user, the form the decoded header takes.
     credentials: Vec<Vec<u8>>,
 }
@@ -28,7 +28,7 @@ impl fmt::Debug for Users {
 }
 
 impl Users {
-    pub fn new(users: &[User]) -> Self {
+    pub(crate) fn new(users: &[User]) -> Self {
         let credentials = users
             .iter()
             .map(|u| format!("{}:{}", u.name, u.password()).into_bytes())
@@ -37,13 +37,13 @@ impl Users {
     }
 
     /// Whether requests must authenticate.
-    pub fn required(&self) -> bool {
+    pub(crate) fn required(&self) -> bool {
         !self.credentials.is_empty()
     }
 
     /// Whether `header` (the raw `Proxy-Authorization` value) names one of the users.
     /// Always true when no users are configured.
-    pub fn check(&self, header: Option<&[u8]>) -> bool {
+    pub(crate) fn check(&self, header: Option<&[u8]>) -> bool {
         if !self.required() {
             return true;
         }

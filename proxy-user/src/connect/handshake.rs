@@ -19,7 +19,7 @@ use crate::{
 
 /// How reading the head failed.
 #[derive(Debug)]
-pub enum HeadError {
+pub(crate) enum HeadError {
     /// A bad head: answered 400 or 431.
     Request(RequestError),
     /// Not complete within the request timeout: answered 408.
@@ -35,7 +35,10 @@ pub enum HeadError {
 ///
 /// The head is read with `MSG_PEEK` ([`peek::until`]) until httparse reports it complete;
 /// [`request::step`] decides after each peek, and never waits for a client that has closed.
-pub async fn read_head(client: &mut TcpStream, within: Duration) -> Result<Request, HeadError> {
+pub(crate) async fn read_head(
+    client: &mut TcpStream,
+    within: Duration,
+) -> Result<Request, HeadError> {
     let mut buf = vec![0u8; MAX_HEAD];
     let decided = tokio::time::timeout(
         within,
@@ -87,7 +90,7 @@ pub async fn read_head(client: &mut TcpStream, within: Duration) -> Result<Reque
 /// upstream then received the head twice (seen on 6.18 in the end-to-end test). After this,
 /// every buffer touched by userspace is fully read: a read shorter than the buffer means the
 /// queue was empty.
-pub async fn forward_early_bytes(
+pub(crate) async fn forward_early_bytes(
     client: &TcpStream,
     upstream: &mut TcpStream,
 ) -> Result<usize, String> {
@@ -131,7 +134,7 @@ fn gone(e: io::Error) -> HeadError {
 /// The addresses of a destination: literals as they are, names through the daemon's shared
 /// DNS cache ([`Dns::resolve`]). A trailing dot is kept: it stops the resolver from trying
 /// search domains.
-pub async fn resolve(dns: &Dns, target: &Target) -> Result<Vec<SocketAddr>, ResolveError> {
+pub(crate) async fn resolve(dns: &Dns, target: &Target) -> Result<Vec<SocketAddr>, ResolveError> {
     match &target.host {
         TargetHost::Ip(ip) => Ok(vec![SocketAddr::new(*ip, target.port)]),
         TargetHost::Name { name, fqdn } => {
@@ -145,7 +148,7 @@ pub async fn resolve(dns: &Dns, target: &Target) -> Result<Vec<SocketAddr>, Reso
 /// the log line's `detail`): `ADDR: ` and how the last attempt failed. That attempt's error is
 /// written into the message, so it is not also a `source`.
 #[derive(Debug, thiserror::Error)]
-pub enum DialFailed {
+pub(crate) enum DialFailed {
     /// Not reached: a resolution answers at least one address.
     #[error("no address to dial")]
     NoAddress,
@@ -161,7 +164,7 @@ pub enum DialFailed {
 
 impl DialFailed {
     /// Answered 504 (every attempt timed out) rather than 502.
-    pub fn timed_out(&self) -> bool {
+    pub(crate) fn timed_out(&self) -> bool {
         matches!(
             self,
             DialFailed::Attempts {
@@ -199,7 +202,7 @@ fn worded(last: &DialError) -> String {
 }
 
 /// Dials `addrs` in order, each attempt bounded by `timeout`; the first that connects wins.
-pub async fn dial(
+pub(crate) async fn dial(
     addrs: &[SocketAddr],
     timeout: Duration,
 ) -> Result<(TcpStream, SocketAddr), DialFailed> {

@@ -21,9 +21,9 @@
 //! Every answer is counted in `agent_proxy_connect_requests_total{frontend,status}`, and every
 //! connection ends with the usual one log line, which carries `destination` and `status`.
 
-pub mod auth;
-pub mod handshake;
-pub mod request;
+pub(crate) mod auth;
+pub(crate) mod handshake;
+pub(crate) mod request;
 
 #[cfg(test)]
 mod tests;
@@ -47,7 +47,7 @@ use request::RequestError;
 
 /// What a connect frontend needs at run time, built once from its config.
 #[derive(Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub users: auth::Users,
     pub policy: Policy,
     pub connect_timeout: Duration,
@@ -61,7 +61,7 @@ pub struct Settings {
 
 impl Settings {
     /// `frontend`: the frontend's name, the label of its metrics.
-    pub fn new(config: &ConnectMode, metrics: &Metrics, frontend: &str) -> Self {
+    pub(crate) fn new(config: &ConnectMode, metrics: &Metrics, frontend: &str) -> Self {
         Self {
             users: auth::Users::new(&config.users),
             policy: Policy::new(config.allow_destinations.clone()),
@@ -81,7 +81,7 @@ impl Settings {
 
 /// The answers other than 200.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
+pub(crate) enum Status {
     BadRequest,
     Forbidden,
     MethodNotAllowed,
@@ -93,7 +93,7 @@ pub enum Status {
 }
 
 impl Status {
-    pub fn code(self) -> u16 {
+    pub(crate) fn code(self) -> u16 {
         match self {
             Status::BadRequest => 400,
             Status::Forbidden => 403,
@@ -121,7 +121,7 @@ impl Status {
 
     /// The whole answer: status line, headers, a one-line text body. Always `Connection:
     /// close`: a refused client starts again on a new connection.
-    pub fn response(self, detail: &str) -> String {
+    pub(crate) fn response(self, detail: &str) -> String {
         let body = format!("agent-proxy: {}: {detail}\n", self.reason());
         let extra = match self {
             Status::ProxyAuthenticationRequired => {
@@ -141,7 +141,7 @@ impl Status {
 }
 
 /// The answer that opens a tunnel (Squid's wording).
-pub const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
+pub(crate) const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
 
 /// An open tunnel, 200 already written.
 struct Tunnel {
@@ -182,7 +182,7 @@ impl Refusal {
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves one admitted connection of a connect frontend to its end, log line included.
-pub async fn run(conn: &Conn<'_>, mut client: TcpStream, settings: &Settings) {
+pub(crate) async fn run(conn: &Conn<'_>, mut client: TcpStream, settings: &Settings) {
     let (frontend, shared) = (conn.frontend, conn.shared);
     let count = |status: &str| {
         shared

@@ -10,13 +10,13 @@ use crate::destination::Target;
 /// The largest request head accepted (request line and headers, with the blank line). Agents
 /// send a CONNECT of a few hundred bytes; Squid's default `request_header_max_size` is 64 KiB,
 /// which a CONNECT never needs.
-pub const MAX_HEAD: usize = 16 * 1024;
+pub(crate) const MAX_HEAD: usize = 16 * 1024;
 /// The most header lines accepted.
-pub const MAX_HEADERS: usize = 64;
+pub(crate) const MAX_HEADERS: usize = 64;
 
 /// A complete request head.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+pub(crate) struct Request {
     /// The method as sent (`CONNECT` is case-sensitive, RFC 9110 section 9.1).
     pub method: String,
     /// The CONNECT target; `None` for other methods, whose target is not looked at.
@@ -30,7 +30,7 @@ pub struct Request {
 
 /// Why a head is refused; each maps to one answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RequestError {
+pub(crate) enum RequestError {
     /// Not HTTP/1.x, or a CONNECT target that is not `host:port` (400).
     Malformed(String),
     /// Over [`MAX_HEAD`] bytes or [`MAX_HEADERS`] lines without being complete (431).
@@ -39,7 +39,7 @@ pub enum RequestError {
 
 /// Parses the head at the start of `buf`. `Ok(None)`: incomplete, read more (unless `buf` is
 /// already [`MAX_HEAD`] long, which gives [`RequestError::TooLarge`]).
-pub fn parse(buf: &[u8]) -> Result<Option<Request>, RequestError> {
+pub(crate) fn parse(buf: &[u8]) -> Result<Option<Request>, RequestError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let head_len = match request.parse(buf) {
@@ -77,7 +77,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, RequestError> {
 /// What a peek at the client's receive queue found: every peek sees the queue from its start,
 /// so `bytes` is everything the client has sent so far.
 #[derive(Debug, Clone, Copy)]
-pub enum Peeked<'a> {
+pub(crate) enum Peeked<'a> {
     /// The bytes queued; `closed` when the client's FIN has arrived (nothing more will come).
     Bytes { bytes: &'a [u8], closed: bool },
     /// The client reset the connection (or the socket failed).
@@ -86,7 +86,7 @@ pub enum Peeked<'a> {
 
 /// What the head reader does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// A complete head: consume exactly `head_len` bytes and go on.
     Complete(Request),
     /// A head that can only be refused (400, 431).
@@ -100,7 +100,7 @@ pub enum Step {
 
 /// The head reader's decision after one peek. The one property the daemon's liveness rests on:
 /// it answers [`Step::Wait`] only while the client can still send (the fuzz target checks it).
-pub fn step(peeked: Peeked<'_>) -> Step {
+pub(crate) fn step(peeked: Peeked<'_>) -> Step {
     let (bytes, closed) = match peeked {
         Peeked::Reset => {
             return Step::Gone {

@@ -225,17 +225,21 @@ fn special_addresses_need_a_rule_naming_them() {
         p.judge(addr("127.0.0.1:8080")),
         Judgement::Named(r) if r.class == Special::Loopback
     ));
-    assert!(!p.admits(addr("127.0.0.1:8081")));
-    assert!(!p.admits(addr("[::1]:8080")));
-    assert!(p.admits(addr("10.200.0.1:443")));
+    assert!(!p.judge(addr("127.0.0.1:8081")).dialable());
+    assert!(!p.judge(addr("[::1]:8080")).dialable());
+    assert!(p.judge(addr("10.200.0.1:443")).dialable());
     assert!(
-        p.admits(addr("[::ffff:10.200.0.1]:443")),
+        p.judge(addr("[::ffff:10.200.0.1]:443")).dialable(),
         "mapped form of a named network"
     );
-    assert!(!p.admits(addr("10.200.0.1:80")));
-    assert!(p.admits(addr("[fd00::5]:22")));
-    assert!(!p.admits(addr("[fd01::5]:22")));
-    assert!(!policy(&["localhost:8080"]).admits(addr("127.0.0.1:8080")));
+    assert!(!p.judge(addr("10.200.0.1:80")).dialable());
+    assert!(p.judge(addr("[fd00::5]:22")).dialable());
+    assert!(!p.judge(addr("[fd01::5]:22")).dialable());
+    assert!(
+        !policy(&["localhost:8080"])
+            .judge(addr("127.0.0.1:8080"))
+            .dialable()
+    );
 }
 
 #[test]

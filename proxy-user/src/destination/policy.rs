@@ -186,7 +186,7 @@ impl fmt::Display for DestinationRule {
 
 /// The rules of one frontend.
 #[derive(Debug, Clone, Default)]
-pub struct Policy {
+pub(crate) struct Policy {
     rules: Vec<DestinationRule>,
     /// Per rule: it has let a special-purpose address through, and the log has said so (once
     /// per rule, so that a deliberately allowed internal intake does not log every connection).
@@ -195,7 +195,7 @@ pub struct Policy {
 
 /// What check 2 says of one address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Judgement {
+pub(crate) enum Judgement {
     /// A global unicast address.
     Global,
     /// Not global, but a rule names it: dialed.
@@ -205,32 +205,37 @@ pub enum Judgement {
 }
 
 impl Judgement {
-    pub fn dialable(self) -> bool {
+    /// Whether the address is dialed (the fuzz target's check; the daemon matches instead).
+    #[cfg_attr(
+        not(any(fuzzing, test)),
+        expect(dead_code, reason = "used by the fuzz target and the tests")
+    )]
+    pub(crate) fn dialable(self) -> bool {
         !matches!(self, Judgement::Refused(_))
     }
 }
 
 impl Policy {
-    pub fn new(rules: Vec<DestinationRule>) -> Self {
+    pub(crate) fn new(rules: Vec<DestinationRule>) -> Self {
         let overrode = rules.iter().map(|_| AtomicBool::new(false)).collect();
         Self { rules, overrode }
     }
 
     /// Whether some rule names hosts (`host:port`, `.domain:port`): without one, a transparent
     /// connection whose address no rule names is refused without reading what it sends.
-    pub fn has_name_rules(&self) -> bool {
+    pub(crate) fn has_name_rules(&self) -> bool {
         self.rules
             .iter()
             .any(|rule| matches!(rule.host, RuleHost::Exact(_) | RuleHost::Suffix(_)))
     }
 
     /// Check 1: the requested destination matches a rule.
-    pub fn allows(&self, target: &Target) -> bool {
+    pub(crate) fn allows(&self, target: &Target) -> bool {
         self.rules.iter().any(|rule| rule.matches(target))
     }
 
     /// Check 2 for one address the proxy would dial.
-    pub fn judge(&self, addr: SocketAddr) -> Judgement {
+    pub(crate) fn judge(&self, addr: SocketAddr) -> Judgement {
         let Err(refused) = address_class::classify(addr.ip()) else {
             return Judgement::Global;
         };
@@ -243,10 +248,5 @@ impl Policy {
                  (said once per rule)");
         }
         Judgement::Named(refused)
-    }
-
-    /// Check 2 as a yes or no.
-    pub fn admits(&self, addr: SocketAddr) -> bool {
-        self.judge(addr).dialable()
     }
 }

@@ -8,14 +8,14 @@ use std::net::{IpAddr, Ipv6Addr};
 
 /// The destination of a CONNECT request: `host:port` (RFC 9110 section 9.3.6, authority-form).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Target {
+pub(crate) struct Target {
     pub host: TargetHost,
     pub port: u16,
 }
 
 /// The host part of a [`Target`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum TargetHost {
+pub(crate) enum TargetHost {
     /// An IPv4 literal or a bracketed IPv6 literal.
     Ip(IpAddr),
     /// A DNS name, lower-cased, without its trailing dot.
@@ -29,7 +29,7 @@ pub enum TargetHost {
 
 impl Target {
     /// Parses `host:port`, `[v6]:port`. The port is required (CONNECT has no default).
-    pub fn parse(text: &str) -> Result<Target, String> {
+    pub(crate) fn parse(text: &str) -> Result<Target, String> {
         let bad = |why: &str| format!("invalid CONNECT target {:?}: {why}", clip(text));
         let (host, port) = text
             .rsplit_once(':')

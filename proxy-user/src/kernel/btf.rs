@@ -37,23 +37,23 @@ struct Type {
 
 /// The parsed type section.
 #[derive(Debug)]
-pub struct Btf {
+pub(super) struct Btf {
     /// Index = type id (0 is `void`).
     types: Vec<Type>,
     structs: HashMap<String, u32>,
 }
 
 impl Btf {
-    pub fn from_sys_fs() -> Result<Self, String> {
+    pub(super) fn from_sys_fs() -> Result<Self, String> {
         Self::from_file(Path::new("/sys/kernel/btf/vmlinux"))
     }
 
-    pub fn from_file(path: &Path) -> Result<Self, String> {
+    pub(super) fn from_file(path: &Path) -> Result<Self, String> {
         let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         Self::parse(&data).map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    pub fn parse(data: &[u8]) -> Result<Self, String> {
+    pub(super) fn parse(data: &[u8]) -> Result<Self, String> {
         let u16_at = |at: usize| -> Result<u16, String> {
             data.get(at..at + 2)
                 .map(|b| u16::from_le_bytes([b[0], b[1]]))
@@ -122,7 +122,7 @@ impl Btf {
     }
 
     /// Byte offset of `member` in struct `name`, looking through anonymous members.
-    pub fn offset(&self, name: &str, member: &str) -> Result<u32, String> {
+    pub(super) fn offset(&self, name: &str, member: &str) -> Result<u32, String> {
         let id = *self
             .structs
             .get(name)
@@ -173,7 +173,7 @@ impl Btf {
 }
 
 /// The offsets `local_msg` needs, from the running kernel.
-pub fn kernel_offsets() -> Result<KernelOffsets, String> {
+pub(super) fn kernel_offsets() -> Result<KernelOffsets, String> {
     let btf = Btf::from_sys_fs()?;
     Ok(KernelOffsets {
         sock_socket: btf.offset("sock", "sk_socket")?,

@@ -13,9 +13,9 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 /// Addresses tracked at once, ~48 bytes each: ~3 MiB at most.
-pub const MAX_TRACKED: usize = 65_536;
+pub(crate) const MAX_TRACKED: usize = 65_536;
 
-pub use crate::config::RateLimit;
+pub(crate) use crate::config::RateLimit;
 
 /// One address's current window.
 #[derive(Debug, Clone, Copy)]
@@ -26,14 +26,14 @@ struct Window {
 
 /// The state of one frontend's limit.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     limit: RateLimit,
     capacity: usize,
     windows: Mutex<HashMap<IpAddr, Window>>,
 }
 
 impl RateLimiter {
-    pub fn new(limit: RateLimit) -> Self {
+    pub(crate) fn new(limit: RateLimit) -> Self {
         Self::with_capacity(limit, MAX_TRACKED)
     }
 
@@ -46,7 +46,7 @@ impl RateLimiter {
     }
 
     /// Counts a new connection from `ip` at `now`; false when it is over the limit.
-    pub fn admit(&self, ip: IpAddr, now: Instant) -> bool {
+    pub(crate) fn admit(&self, ip: IpAddr, now: Instant) -> bool {
         let ip = ip.to_canonical();
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         let per = self.limit.per;
@@ -81,7 +81,8 @@ impl RateLimiter {
     }
 
     /// Addresses tracked now (for tests).
-    pub fn tracked(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn tracked(&self) -> usize {
         self.windows.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }

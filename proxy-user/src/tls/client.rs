@@ -15,7 +15,7 @@ use crate::config::BackendTls;
 
 /// The CA bundles of the common distributions, tried in order when `ca_file` is not set:
 /// Debian/Ubuntu, then Red Hat/Fedora. Failing both, the bundled webpki roots are used.
-pub const SYSTEM_CA_BUNDLES: &[&str] = &[
+pub(super) const SYSTEM_CA_BUNDLES: &[&str] = &[
     "/etc/ssl/certs/ca-certificates.crt",
     "/etc/pki/tls/certs/ca-bundle.crt",
 ];

@@ -23,8 +23,10 @@ use std::{
     time::Duration,
 };
 
-pub use client::ClientTls;
-pub use server::ServerTls;
+pub(crate) use client::ClientTls;
+pub(crate) use server::ServerTls;
+// Public through `daemon`, which re-exports them (its start-up error and state name them).
+#[expect(unreachable_pub, reason = "re-exported by `daemon`, which is public")]
 pub use state::{TlsLoadError, TlsState};
 
 /// Why one handshake failed. `Display` is the log line's `detail`; [`HandshakeError::reason`]
@@ -43,7 +45,8 @@ pub enum HandshakeError {
 }
 
 /// The values of the `reason` label, for a handshake that failed.
-pub const HANDSHAKE_REASONS: [&str; 7] = [
+#[cfg(test)]
+pub(crate) const HANDSHAKE_REASONS: [&str; 7] = [
     "timeout",
     "shutdown",
     "certificate",
@@ -54,7 +57,7 @@ pub const HANDSHAKE_REASONS: [&str; 7] = [
 ];
 
 impl HandshakeError {
-    /// One of [`HANDSHAKE_REASONS`]: `timeout`; `certificate` (the peer's certificate was
+    /// One of the reasons the metric's HELP lists (`HANDSHAKE_REASONS` in the tests): `timeout`; `certificate` (the peer's certificate was
     /// refused, or none was presented where one is required); `alert` (the peer sent a fatal
     /// alert, such as a client that does not trust our certificate); `protocol` (not TLS, a
     /// version or cipher the other side does not accept, a malformed message); `closed` (the
@@ -153,7 +156,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// Seeds the provider's random generator now, at start: AWS-LC seeds its CPU-jitter entropy
 /// source on first use, which took 35-60 ms here - the first agents' handshakes would wait for
 /// it (measured by the bench's TLS scenarios: p99 36-130 ms against 13-28 ms once seeded).
-pub fn warm_up_rng() {
+pub(crate) fn warm_up_rng() {
     let mut bytes = [0u8; 32];
     if provider().secure_random.fill(&mut bytes).is_err() {
         tracing::warn!("the TLS random generator failed at start; handshakes will say more");

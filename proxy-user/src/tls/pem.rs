@@ -9,7 +9,7 @@ use rustls_pki_types::{
 use super::TlsError;
 
 /// Every certificate of a PEM file, in file order; at least one.
-pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(super) fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let read = |source| TlsError::Read {
         path: path.to_owned(),
         source,
@@ -27,7 +27,7 @@ pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsErro
 }
 
 /// The first private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
-pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(super) fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|source| match source {
         pem::Error::NoItemsFound => TlsError::NoKey {
             path: path.to_owned(),
@@ -41,7 +41,7 @@ pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 
 /// A root store from the certificates of a PEM bundle; unusable entries are skipped, but at
 /// least one must be usable.
-pub fn root_store(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+pub(super) fn root_store(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
     let certs = certificates(path)?;
     let found = certs.len();
     let mut roots = rustls::RootCertStore::empty();

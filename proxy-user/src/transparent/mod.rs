@@ -26,7 +26,7 @@
 //! A refusal resets the client (it is not a proxy client: there is nobody to read an answer),
 //! counted in `agent_proxy_frontend_rejected_total{reason}` and logged with the original
 //! destination, the name asked for, and why.
-pub mod sniff;
+pub(crate) mod sniff;
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd as _;
@@ -46,7 +46,7 @@ use crate::pool::Pool;
 use sniff::Sniffed;
 
 /// What a transparent frontend needs at run time, built once from its config.
-pub struct Settings {
+pub(crate) struct Settings {
     pub policy: Policy,
     /// Where allowed connections go instead of their original destination.
     pub backend: Option<Arc<Pool>>,
@@ -55,7 +55,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn new(config: &TransparentMode, backend: Option<Arc<Pool>>) -> Self {
+    pub(crate) fn new(config: &TransparentMode, backend: Option<Arc<Pool>>) -> Self {
         Self {
             policy: Policy::new(config.allow_destinations.clone()),
             backend,
@@ -89,7 +89,7 @@ impl Decision {
 }
 
 /// Serves one admitted connection of a transparent frontend to its end, log line included.
-pub async fn run(conn: &Conn<'_>, client: TcpStream, settings: &Settings) {
+pub(crate) async fn run(conn: &Conn<'_>, client: TcpStream, settings: &Settings) {
     let original = match original_destination(&client) {
         Ok(original) => original,
         Err(detail) => {

@@ -7,11 +7,11 @@
 
 /// The most bytes looked at: a ClientHello in one maximal TLS record (16 KiB and its 5-byte
 /// header) with room for a second record, or an HTTP head as large as connect mode accepts.
-pub const MAX_SNIFF: usize = 2 * (16 * 1024 + 5);
+pub(crate) const MAX_SNIFF: usize = 2 * (16 * 1024 + 5);
 
 /// What the first bytes are.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sniffed {
+pub(crate) enum Sniffed {
     /// A TLS ClientHello, with its SNI when it has one.
     Tls { sni: Option<String> },
     /// A plain-HTTP/1.x request head, with its one `Host` value when it has exactly one.
@@ -23,7 +23,7 @@ pub enum Sniffed {
 /// Decides from the bytes sent so far; `None`: too early to tell, wait for more. `closed`: the
 /// client has sent its FIN (or the buffer is full), so nothing more will come and the answer
 /// is never `None`.
-pub fn sniff(bytes: &[u8], closed: bool) -> Option<Sniffed> {
+pub(crate) fn sniff(bytes: &[u8], closed: bool) -> Option<Sniffed> {
     let closed = closed || bytes.len() >= MAX_SNIFF;
     let found = match bytes.first() {
         None => None,
@@ -82,7 +82,7 @@ fn http_head(bytes: &[u8]) -> Option<Sniffed> {
 
 /// The host part of a `Host` header value (`name`, `name:port`, `[v6]:port`), for matching
 /// against the rules with the original destination's port.
-pub fn host_without_port(value: &str) -> &str {
+pub(crate) fn host_without_port(value: &str) -> &str {
     if let Some(v6) = value.strip_prefix('[') {
         return v6.split_once(']').map_or(value, |(ip, _)| ip);
     }
