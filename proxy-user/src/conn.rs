@@ -15,7 +15,7 @@
 //!    upstream side: `pool`, `health`, `dns`;
 //! 6. `kernel` (the eBPF maps and programs), `net` (socket options), `metrics`, `config`,
 //!    `outcome` (what a data path reports), `address_class`, `report`.
-use std::{net::SocketAddr, os::fd::AsRawFd as _, sync::Arc, time::Instant};
+use std::{net::SocketAddr, os::fd::AsFd as _, sync::Arc, time::Instant};
 
 use tokio::{
     net::TcpStream,
@@ -168,7 +168,7 @@ impl<'a> Conn<'a> {
     pub fn refuse(&self, client: TcpStream, reason: &str, route: &Route<'_>, detail: String) {
         count_rejected(self.frontend, self.shared, reason);
         // A reset tells the client at once that it was refused, and leaves no TIME_WAIT here.
-        let _ = net::set_linger_zero(client.as_raw_fd());
+        let _ = net::set_linger_zero(client.as_fd());
         drop(client);
         let outcome = Outcome::nothing(End::Rejected, detail);
         self.finish(route, Path::None, &outcome);
@@ -277,7 +277,7 @@ pub fn reject(
     let reason = reason.as_str();
     count_rejected(frontend, shared, reason);
     // A reset tells the client at once that it was refused, and leaves no TIME_WAIT here.
-    let _ = net::set_linger_zero(client.as_raw_fd());
+    let _ = net::set_linger_zero(client.as_fd());
     let ours = own_address(&client, frontend.local_agents);
     drop(client);
     forget_local_agent(shared, peer, ours);

@@ -6,7 +6,7 @@
 use std::{
     io, mem,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
-    os::fd::{AsRawFd as _, RawFd},
+    os::fd::{AsRawFd as _, BorrowedFd, RawFd},
     sync::atomic::{AtomicU32, Ordering},
 };
 
@@ -110,7 +110,8 @@ pub(crate) async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
 /// to before the rewrite, from conntrack. `ipv4`: the connection is IPv4 (also when accepted
 /// on a dual-stack IPv6 socket, as an IPv4-mapped peer). A connection that was not rewritten
 /// answers its own local address; one conntrack does not know fails (`ENOENT`).
-pub(crate) fn original_destination(fd: RawFd, ipv4: bool) -> io::Result<SocketAddr> {
+pub(crate) fn original_destination(fd: BorrowedFd<'_>, ipv4: bool) -> io::Result<SocketAddr> {
+    let fd = fd.as_raw_fd();
     if ipv4 {
         let sa = getsockopt::<libc::sockaddr_in>(fd, libc::SOL_IP, SO_ORIGINAL_DST)?;
         let ip = Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr));
@@ -131,24 +132,28 @@ pub(crate) fn original_destination(fd: RawFd, ipv4: bool) -> io::Result<SocketAd
 }
 
 /// The socket's cookie, stable for its lifetime and unique per boot.
-pub(crate) fn socket_cookie(fd: RawFd) -> io::Result<u64> {
+pub(crate) fn socket_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let fd = fd.as_raw_fd();
     getsockopt::<u64>(fd, libc::SOL_SOCKET, SO_COOKIE)
 }
 
 /// Raises the send buffer to `bytes` (forced past `wmem_max` when we have CAP_NET_ADMIN).
-pub(crate) fn force_sndbuf(fd: RawFd, bytes: u32) -> io::Result<()> {
+pub(crate) fn force_sndbuf(fd: BorrowedFd<'_>, bytes: u32) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
     let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     setsockopt(fd, libc::SOL_SOCKET, SO_SNDBUFFORCE, bytes)
         .or_else(|_| setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, bytes))
 }
 
 /// Disables Nagle: the proxy forwards what it gets at once, as the peers wrote it.
-pub(crate) fn set_nodelay(fd: RawFd) -> io::Result<()> {
+pub(crate) fn set_nodelay(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
     setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
 }
 
 /// Makes the next close send a reset instead of a FIN (used to propagate a reset).
-pub(crate) fn set_linger_zero(fd: RawFd) -> io::Result<()> {
+pub(crate) fn set_linger_zero(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -167,13 +172,15 @@ pub(crate) fn set_linger_zero(fd: RawFd) -> io::Result<()> {
 }
 
 /// The pending socket error (`SO_ERROR`), cleared by reading it.
-pub(crate) fn take_error(fd: RawFd) -> io::Result<Option<io::Error>> {
+pub(crate) fn take_error(fd: BorrowedFd<'_>) -> io::Result<Option<io::Error>> {
+    let fd = fd.as_raw_fd();
     let err = getsockopt::<libc::c_int>(fd, libc::SOL_SOCKET, libc::SO_ERROR)?;
     Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
 }
 
 /// Shuts the socket's write side: the peer reads EOF after the queued bytes.
-pub(crate) fn shutdown_write(fd: RawFd) -> io::Result<()> {
+pub(crate) fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
     // SAFETY: plain syscall on an fd we own.
     cvt(unsafe { libc::shutdown(fd, libc::SHUT_WR) }).map(drop)
 }
@@ -194,7 +201,8 @@ pub(crate) enum Peek {
 /// On a socket with a verdict attached, this is also how bytes that were queued before the
 /// socket joined the map get forwarded: the sockmap `recvmsg` takes the socket lock and, finding
 /// the receive queue non-empty, runs `sk_data_ready` (the verdict) over it first.
-pub(crate) fn peek(fd: RawFd) -> io::Result<Peek> {
+pub(crate) fn peek(fd: BorrowedFd<'_>) -> io::Result<Peek> {
+    let fd = fd.as_raw_fd();
     let mut byte = 0u8;
     // SAFETY: reads at most one byte into a live buffer.
     let n = unsafe {
@@ -241,7 +249,8 @@ fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
 /// landing between them would make the sum come out short, and a short baseline would later
 /// show bytes as handed over that never were; so the sum is taken only when a second `TCP_INFO`
 /// shows the same acknowledged count as the first.
-pub(crate) fn tcp_bytes(fd: RawFd) -> io::Result<TcpBytes> {
+pub(crate) fn tcp_bytes(fd: BorrowedFd<'_>) -> io::Result<TcpBytes> {
+    let fd = fd.as_raw_fd();
     const ATTEMPTS: usize = 16;
     let mut info = tcp_info(fd)?;
     let mut outq = 0;
@@ -275,14 +284,16 @@ pub(crate) fn tcp_bytes(fd: RawFd) -> io::Result<TcpBytes> {
 }
 
 /// The socket's TCP state is `TCP_CLOSE`: reset, or both directions closed and acknowledged.
-pub(crate) fn is_closed(fd: RawFd) -> io::Result<bool> {
+pub(crate) fn is_closed(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let fd = fd.as_raw_fd();
     const TCP_CLOSE: u8 = 7;
     Ok(tcp_info(fd)?.tcpi_state == TCP_CLOSE)
 }
 
 /// Memory the socket may still queue for sending: its send buffer minus what its write queue
 /// holds now, both in the kernel's own accounting (`SO_MEMINFO`: skb overhead included).
-pub(crate) fn send_room(fd: RawFd) -> io::Result<u64> {
+pub(crate) fn send_room(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let fd = fd.as_raw_fd();
     const SK_MEMINFO_SNDBUF: usize = 3;
     const SK_MEMINFO_WMEM_QUEUED: usize = 5;
     const SK_MEMINFO_VARS: usize = 9;
@@ -310,7 +321,7 @@ mod tests {
     use std::{
         io::{Read, Write},
         net::{Shutdown, TcpListener, TcpStream},
-        os::fd::AsRawFd,
+        os::fd::AsFd,
     };
 
     fn pair() -> (TcpStream, TcpStream) {
@@ -324,41 +335,38 @@ mod tests {
     fn counters_follow_the_bytes() {
         let (mut a, mut b) = pair();
         // The connecting side's count includes its acknowledged SYN: callers take a baseline.
-        let base = tcp_bytes(a.as_raw_fd()).unwrap().queued_for_send;
+        let base = tcp_bytes(a.as_fd()).unwrap().queued_for_send;
         a.write_all(&[7u8; 1000]).unwrap();
         let mut buf = [0u8; 400];
         b.read_exact(&mut buf).unwrap();
         // Wait for the acknowledgement to come back on loopback.
         for _ in 0..100 {
-            if tcp_bytes(a.as_raw_fd()).unwrap().queued_for_send == base + 1000
-                && tcp_bytes(b.as_raw_fd()).unwrap().received == 1000
+            if tcp_bytes(a.as_fd()).unwrap().queued_for_send == base + 1000
+                && tcp_bytes(b.as_fd()).unwrap().received == 1000
             {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        assert_eq!(
-            tcp_bytes(a.as_raw_fd()).unwrap().queued_for_send,
-            base + 1000
-        );
-        assert_eq!(tcp_bytes(b.as_raw_fd()).unwrap().received, 1000);
+        assert_eq!(tcp_bytes(a.as_fd()).unwrap().queued_for_send, base + 1000);
+        assert_eq!(tcp_bytes(b.as_fd()).unwrap().received, 1000);
     }
 
     #[test]
     fn cookies_differ_and_peek_sees_eof() {
         let (a, b) = pair();
         let (ca, cb) = (
-            socket_cookie(a.as_raw_fd()).unwrap(),
-            socket_cookie(b.as_raw_fd()).unwrap(),
+            socket_cookie(a.as_fd()).unwrap(),
+            socket_cookie(b.as_fd()).unwrap(),
         );
         assert_ne!(ca, cb);
         b.set_nonblocking(true).unwrap();
-        assert!(matches!(peek(b.as_raw_fd()).unwrap(), Peek::Empty));
+        assert!(matches!(peek(b.as_fd()).unwrap(), Peek::Empty));
         a.shutdown(Shutdown::Write).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
-        assert!(matches!(peek(b.as_raw_fd()).unwrap(), Peek::Eof));
+        assert!(matches!(peek(b.as_fd()).unwrap(), Peek::Eof));
         // The FIN is not a byte.
-        assert_eq!(tcp_bytes(b.as_raw_fd()).unwrap().received, 0);
-        assert!(take_error(b.as_raw_fd()).unwrap().is_none());
+        assert_eq!(tcp_bytes(b.as_fd()).unwrap().received, 0);
+        assert!(take_error(b.as_fd()).unwrap().is_none());
     }
 }

@@ -13,7 +13,7 @@
 //!   stays bounded by the socket buffers plus one buffer.
 use std::{
     io,
-    os::fd::AsRawFd,
+    os::fd::{AsFd, BorrowedFd},
     pin::Pin,
     task::{Context, Poll, ready},
 };
@@ -109,7 +109,7 @@ impl Pump {
                 }
             }
             if self.read_done {
-                net::shutdown_write(to.as_raw_fd()).map_err(write_err)?;
+                net::shutdown_write(to.as_fd()).map_err(write_err)?;
                 self.buf = Vec::new();
                 self.done = true;
                 return Poll::Ready(Ok(()));
@@ -149,7 +149,7 @@ fn both_done(up: bool, down: bool) -> Poll<Result<(), DirectionError>> {
 fn outcome(
     result: Result<(), Option<DirectionError>>,
     first_eof: Option<Side>,
-    fds: [std::os::fd::RawFd; 2],
+    fds: [BorrowedFd<'_>; 2],
     [up, down]: [u64; 2],
 ) -> Outcome {
     let (end, detail) = ending(result, first_eof, fds);
@@ -169,7 +169,7 @@ fn outcome(
 fn ending(
     result: Result<(), Option<DirectionError>>,
     first_eof: Option<Side>,
-    fds: [std::os::fd::RawFd; 2],
+    fds: [BorrowedFd<'_>; 2],
 ) -> (End, String) {
     let failure = match result {
         Ok(()) => {
@@ -216,7 +216,7 @@ pub async fn relay(
         r = both => r.map_err(Some),
         () = cancel.cancelled() => Err(None),
     };
-    let fds = [client.as_raw_fd(), upstream.as_raw_fd()];
+    let fds = [client.as_fd(), upstream.as_fd()];
     outcome(result, first_eof, fds, [up.total, down.total])
 }
 
@@ -345,8 +345,8 @@ pub async fn relay_streams<C, U>(
     cancel: &CancellationToken,
 ) -> Outcome
 where
-    C: AsyncRead + AsyncWrite + AsRawFd + Unpin,
-    U: AsyncRead + AsyncWrite + AsRawFd + Unpin,
+    C: AsyncRead + AsyncWrite + TcpUnder + Unpin,
+    U: AsyncRead + AsyncWrite + TcpUnder + Unpin,
 {
     let mut up = Flow::new(Side::Client, Side::Upstream);
     let mut down = Flow::new(Side::Upstream, Side::Client);
@@ -380,6 +380,30 @@ where
         r = both => r.map_err(Some),
         () = cancel.cancelled() => Err(None),
     };
-    let fds = [client.as_raw_fd(), upstream.as_raw_fd()];
+    let fds = [client.tcp(), upstream.tcp()];
     outcome(result, first_eof, fds, [up.total, down.total])
+}
+
+/// The TCP socket under a stream the relay carries: its own, or the one its TLS session runs
+/// over (for the resets that end a connection abortively).
+pub trait TcpUnder {
+    fn tcp(&self) -> BorrowedFd<'_>;
+}
+
+impl TcpUnder for TcpStream {
+    fn tcp(&self) -> BorrowedFd<'_> {
+        self.as_fd()
+    }
+}
+
+impl TcpUnder for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> BorrowedFd<'_> {
+        self.get_ref().0.as_fd()
+    }
+}
+
+impl TcpUnder for tokio_rustls::client::TlsStream<TcpStream> {
+    fn tcp(&self) -> BorrowedFd<'_> {
+        self.get_ref().0.as_fd()
+    }
 }

@@ -3,7 +3,7 @@
 //! side ([`tls`]), the handshakes run here and the relay carries the bytes.
 mod tls;
 
-use std::os::fd::AsRawFd as _;
+use std::os::fd::AsFd as _;
 
 use tokio::net::TcpStream;
 
@@ -43,6 +43,6 @@ pub(crate) async fn run(
 /// Sets TCP_NODELAY (best effort). Takes the stream by value: a borrow of a local in an
 /// `async fn` keeps the local's storage in the future even after it is moved away.
 fn nodelay(stream: TcpStream) -> TcpStream {
-    let _ = net::set_nodelay(stream.as_raw_fd());
+    let _ = net::set_nodelay(stream.as_fd());
     stream
 }

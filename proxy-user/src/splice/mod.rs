@@ -35,7 +35,7 @@ mod local;
 use std::{
     io,
     net::TcpStream as StdStream,
-    os::fd::{AsRawFd, RawFd},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
     sync::Arc,
     time::Duration,
 };
@@ -99,8 +99,8 @@ struct Side {
 }
 
 impl Side {
-    fn fd(&self) -> RawFd {
-        self.stream.as_raw_fd()
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
     }
 }
 
@@ -271,7 +271,7 @@ fn both<T>(a: io::Result<T>, b: io::Result<T>, what: &str) -> Result<(T, T), Out
 }
 
 fn new_side(stream: StdStream, sndbuf: u32) -> io::Result<Side> {
-    let fd = stream.as_raw_fd();
+    let fd = stream.as_fd();
     if sndbuf > 0 {
         // Best effort: a larger send buffer lets the redirect worker move more per run; without
         // CAP_NET_ADMIN the kernel caps it at wmem_max, which is still correct.

@@ -1,6 +1,6 @@
 //! One tcp-mode connection with TLS on at least one side: the client's handshake, the dial
 //! with the server's handshake as its last step, and the userspace relay.
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd as _;
 
 use tokio::net::TcpStream;
 
@@ -40,7 +40,7 @@ pub(super) async fn run(
     backend_tls: Option<&ClientTls>,
 ) {
     let (frontend, shared) = (conn.frontend, conn.shared);
-    let _ = net::set_nodelay(client.as_raw_fd());
+    let _ = net::set_nodelay(client.as_fd());
     // The client's handshake comes first: nothing is dialed for a client that cannot complete it
     // (a plaintext or garbage client on a TLS port), and it runs here, in the connection's task,
     // so a slow one never holds up the accept loop.
@@ -94,13 +94,13 @@ async fn dial(
 ) -> Result<(UpstreamStream, Lease), ConnectError> {
     let Some(tls) = tls else {
         let (tcp, lease) = pool.connect().await?;
-        let _ = net::set_nodelay(tcp.as_raw_fd());
+        let _ = net::set_nodelay(tcp.as_fd());
         return Ok((Stream::Plain(tcp), lease));
     };
     let handshake_errors = &shared.metrics.tls_handshake_errors_total;
     let (stream, lease) = pool
         .connect_with(|tcp, server| async move {
-            let _ = net::set_nodelay(tcp.as_raw_fd());
+            let _ = net::set_nodelay(tcp.as_fd());
             tls.connect(tcp, &server.host).await.inspect_err(|e| {
                 handshake_errors
                     .with_label_values(&["backend", pool.name.as_str(), e.reason()])

@@ -29,7 +29,7 @@
 pub(crate) mod sniff;
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd as _;
+use std::os::fd::AsFd as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -159,7 +159,7 @@ async fn forward(
         }
     };
     for stream in [&client, &upstream] {
-        let _ = net::set_nodelay(stream.as_raw_fd());
+        let _ = net::set_nodelay(stream.as_fd());
     }
     let (path, outcome) = conn.carry(client, upstream, 0).await;
     let route = Route {
@@ -175,7 +175,7 @@ async fn forward(
 /// The original destination could not be dialed: the client gets a reset, as it would have
 /// from a destination that refused it, and the log line says why.
 fn unreachable(conn: &Conn<'_>, client: TcpStream, destination: &str, host: &str, why: DialError) {
-    let _ = net::set_linger_zero(client.as_raw_fd());
+    let _ = net::set_linger_zero(client.as_fd());
     drop(client);
     let route = Route {
         destination,
@@ -195,7 +195,7 @@ fn original_destination(client: &TcpStream) -> Result<SocketAddr, String> {
         .local_addr()
         .map_err(|e| format!("no local address: {e}"))?;
     let ipv4 = local.ip().to_canonical().is_ipv4();
-    let original = net::original_destination(client.as_raw_fd(), ipv4).map_err(|e| {
+    let original = net::original_destination(client.as_fd(), ipv4).map_err(|e| {
         format!("no original destination ({e}): the connection was not redirected by iptables")
     })?;
     let original = SocketAddr::new(original.ip().to_canonical(), original.port());
