@@ -17,6 +17,7 @@
 //!    `outcome` (what a data path reports), `address_class`, `report`.
 use std::{net::SocketAddr, os::fd::AsFd as _, sync::Arc, time::Instant};
 
+use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::{
     net::TcpStream,
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -66,6 +67,68 @@ pub struct Frontend {
     /// Same-host agents connecting here are taken by the kernel's `sock_ops` program
     /// (`local_agents`), so their entries must be dropped when their connection ends.
     pub local_agents: bool,
+    /// Its metric series, resolved once.
+    pub metrics: FrontendMetrics,
+}
+
+/// A frontend's per-connection metric series, resolved once when the frontend is built: each
+/// `with_label_values` is a hash of the labels and a lock, which every accept, every
+/// connection's start and every end would otherwise pay.
+pub struct FrontendMetrics {
+    /// `agent_proxy_frontend_connections_total{frontend}`.
+    pub(crate) accepted: IntCounter,
+    /// `agent_proxy_frontend_current_connections{frontend}`.
+    current: IntGauge,
+    /// `agent_proxy_bytes_total{frontend, direction, path="userspace"}`.
+    copied_up: IntCounter,
+    copied_down: IntCounter,
+    /// `agent_proxy_connection_duration_seconds{frontend}`.
+    duration: Histogram,
+    /// `agent_proxy_connections_ended_total{frontend, path, end}`, indexed by
+    /// [`FrontendMetrics::ended_index`].
+    ended: Vec<IntCounter>,
+}
+
+impl FrontendMetrics {
+    pub fn new(metrics: &Metrics, frontend: &str) -> Self {
+        let copied = |direction| {
+            metrics
+                .bytes_total
+                .with_label_values(&[frontend, direction, "userspace"])
+        };
+        let ended = Path::ALL
+            .iter()
+            .flat_map(|path| {
+                End::ALL.iter().map(move |end| {
+                    metrics.connections_ended_total.with_label_values(&[
+                        frontend,
+                        path.as_str(),
+                        end.as_str(),
+                    ])
+                })
+            })
+            .collect();
+        Self {
+            accepted: metrics
+                .frontend_connections_total
+                .with_label_values(&[frontend]),
+            current: metrics
+                .frontend_current_connections
+                .with_label_values(&[frontend]),
+            copied_up: copied("upstream"),
+            copied_down: copied("downstream"),
+            duration: metrics
+                .connection_duration_seconds
+                .with_label_values(&[frontend]),
+            ended,
+        }
+    }
+
+    fn ended_index(path: Path, end: End) -> usize {
+        let p = Path::ALL.iter().position(|&x| x == path).unwrap_or(0);
+        let e = End::ALL.iter().position(|&x| x == end).unwrap_or(0);
+        p * End::ALL.len() + e
+    }
 }
 
 impl Frontend {
@@ -113,7 +176,6 @@ pub struct Conn<'a> {
     pub shared: &'a Shared,
     pub peer: SocketAddr,
     pub started: Instant,
-    current: prometheus::IntGauge,
     /// Our side's address when a same-host agent's entries are to be dropped at the end.
     ours: Option<SocketAddr>,
     _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
@@ -128,17 +190,12 @@ impl<'a> Conn<'a> {
         peer: SocketAddr,
         permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
     ) -> Self {
-        let current = shared
-            .metrics
-            .frontend_current_connections
-            .with_label_values(&[frontend.name.as_str()]);
-        current.inc();
+        frontend.metrics.current.inc();
         Self {
             frontend,
             shared,
             peer,
             started: Instant::now(),
-            current,
             ours: own_address(client, frontend.local_agents),
             _permits: permits,
         }
@@ -146,15 +203,7 @@ impl<'a> Conn<'a> {
 
     /// The one log line and the end-of-connection metrics.
     pub fn finish(&self, route: &Route<'_>, path: Path, outcome: &Outcome) {
-        finish(
-            self.frontend,
-            self.shared,
-            self.peer,
-            route,
-            path,
-            outcome,
-            self.started,
-        );
+        finish(self.frontend, self.peer, route, path, outcome, self.started);
     }
 
     /// Logs and counts a connection that ended before any byte moved (refused, nothing dialed).
@@ -243,16 +292,9 @@ impl<'a> Conn<'a> {
     /// Bytes copied in userspace: the whole connection on the relay, or the tail of a direction
     /// that had to leave the kernel path.
     pub fn relay_counters(&self) -> RelayCounters {
-        let bytes = |direction| {
-            self.shared.metrics.bytes_total.with_label_values(&[
-                self.frontend.name.as_str(),
-                direction,
-                "userspace",
-            ])
-        };
         RelayCounters {
-            up: bytes("upstream"),
-            down: bytes("downstream"),
+            up: self.frontend.metrics.copied_up.clone(),
+            down: self.frontend.metrics.copied_down.clone(),
         }
     }
 }
@@ -260,7 +302,7 @@ impl<'a> Conn<'a> {
 impl Drop for Conn<'_> {
     fn drop(&mut self) {
         forget_local_agent(self.shared, self.peer, self.ours);
-        self.current.dec();
+        self.frontend.metrics.current.dec();
     }
 }
 
@@ -282,15 +324,7 @@ pub fn reject(
     drop(client);
     forget_local_agent(shared, peer, ours);
     let outcome = Outcome::nothing(End::Rejected, reason);
-    finish(
-        frontend,
-        shared,
-        peer,
-        &Route::NONE,
-        Path::None,
-        &outcome,
-        started,
-    );
+    finish(frontend, peer, &Route::NONE, Path::None, &outcome, started);
 }
 
 /// One more `agent_proxy_frontend_rejected_total{frontend, reason}`.
@@ -323,7 +357,6 @@ fn forget_local_agent(shared: &Shared, peer: SocketAddr, ours: Option<SocketAddr
 /// The one log line and the end-of-connection metrics.
 fn finish(
     frontend: &Frontend,
-    shared: &Shared,
     peer: SocketAddr,
     route: &Route<'_>,
     path: Path,
@@ -331,16 +364,10 @@ fn finish(
     started: Instant,
 ) {
     let elapsed = started.elapsed();
-    let metrics = &shared.metrics;
     let name = frontend.name.as_str();
-    metrics
-        .connections_ended_total
-        .with_label_values(&[name, path.as_str(), outcome.end.as_str()])
-        .inc();
-    metrics
-        .connection_duration_seconds
-        .with_label_values(&[name])
-        .observe(elapsed.as_secs_f64());
+    let series = &frontend.metrics;
+    series.ended[FrontendMetrics::ended_index(path, outcome.end)].inc();
+    series.duration.observe(elapsed.as_secs_f64());
     // An IPv4 client of a dual-stack listener is logged as the IPv4 address it is.
     let client = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     tracing::info!(

@@ -303,6 +303,7 @@ impl Daemon {
                     backend: backend.to_owned(),
                     tls_sides: conn::Frontend::tls_field(client_tls, upstream_tls),
                     local_agents,
+                    metrics: conn::FrontendMetrics::new(&metrics, &fe.name),
                 },
                 mode,
                 allow: fe.allow.clone(),

@@ -75,11 +75,7 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        shared
-            .metrics
-            .frontend_connections_total
-            .with_label_values(&[listener.frontend.name.as_str()])
-            .inc();
+        listener.frontend.metrics.accepted.inc();
         let permits = match admit(&listener, &shared, peer) {
             Ok(permits) => permits,
             Err(reason) => {

@@ -190,6 +190,9 @@ pub enum Path {
 }
 
 impl Path {
+    /// Every path.
+    pub const ALL: [Path; 3] = [Path::Kernel, Path::Userspace, Path::None];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Path::Kernel => "kernel",

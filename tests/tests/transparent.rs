@@ -442,7 +442,9 @@ fn transparent_gateway(dp: Dataplane) -> anyhow::Result<()> {
         ensure!(kernel == 0.0, "kernel bytes {kernel} on the userspace path");
     }
     drop(dns);
-    env.finish()
+    let finished = env.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+    finished
 }
 
 dataplane_tests!(transparent_gateway);

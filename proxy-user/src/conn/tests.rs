@@ -55,6 +55,7 @@ async fn a_panicking_connection_task_releases_what_it_held() {
                 backend: "-".into(),
                 tls_sides: "none",
                 local_agents: true,
+                metrics: super::FrontendMetrics::new(&shared.metrics, "fe"),
             };
             let conn = Conn::admitted(&frontend, &shared, &accepted, peer, permits);
             let gauge = conn
