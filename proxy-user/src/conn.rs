@@ -216,11 +216,15 @@ impl<'a> Conn<'a> {
     /// why.
     pub fn refuse(&self, client: TcpStream, reason: &str, route: &Route<'_>, detail: String) {
         count_rejected(self.frontend, self.shared, reason);
-        // A reset tells the client at once that it was refused, and leaves no TIME_WAIT here.
+        self.reset(client, route, End::Rejected, detail);
+    }
+
+    /// Ends a connection that carried nothing with a reset (the client learns at once, and no
+    /// TIME_WAIT is left here), logged with `end` and `detail`.
+    pub fn reset(&self, client: TcpStream, route: &Route<'_>, end: End, detail: String) {
         let _ = net::set_linger_zero(client.as_fd());
         drop(client);
-        let outcome = Outcome::nothing(End::Rejected, detail);
-        self.finish(route, Path::None, &outcome);
+        self.finish(route, Path::None, &Outcome::nothing(end, detail));
     }
 
     /// Refuses the client with a reset, counted under `reason`.

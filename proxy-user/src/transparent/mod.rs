@@ -36,7 +36,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::config::TransparentMode;
-use crate::conn::{Conn, End, Reject, Route};
+use crate::conn::{Conn, End, Outcome, Path, Reject, Route};
 use crate::destination::{Judgement, Policy, Target, TargetHost};
 use crate::dial::DialError;
 use crate::dns::Dns;
@@ -123,11 +123,18 @@ pub(crate) async fn run(conn: &Conn<'_>, client: TcpStream, settings: &Settings)
                 destination: &destination,
                 ..Route::NONE
             };
-            let outcome = crate::conn::Outcome::nothing(end, detail);
-            return conn.finish(&route, crate::conn::Path::None, &outcome);
+            return conn.finish(&route, Path::None, &Outcome::nothing(end, detail));
         }
     };
-    Box::pin(forward(conn, client, settings, original, &host)).await;
+    Box::pin(forward(
+        conn,
+        client,
+        settings,
+        original,
+        &destination,
+        &host,
+    ))
+    .await;
 }
 
 /// Steps 4 and 5: dial, carry, log.
@@ -136,9 +143,9 @@ async fn forward(
     client: TcpStream,
     settings: &Settings,
     original: SocketAddr,
+    destination: &str,
     host: &str,
 ) {
-    let destination = original.to_string();
     let (upstream, server, lease) = match &settings.backend {
         Some(pool) => match Box::pin(pool.connect()).await {
             Ok((upstream, lease)) => {
@@ -149,11 +156,11 @@ async fn forward(
         },
         None => {
             match tokio::time::timeout(settings.connect_timeout, net::connect(original)).await {
-                Ok(Ok(upstream)) => (upstream, destination.clone(), None),
-                Ok(Err(e)) => return unreachable(conn, client, &destination, host, e.into()),
+                Ok(Ok(upstream)) => (upstream, destination.to_owned(), None),
+                Ok(Err(e)) => return unreachable(conn, client, destination, host, e.into()),
                 Err(_) => {
                     let e = DialError::Timeout(settings.connect_timeout);
-                    return unreachable(conn, client, &destination, host, e);
+                    return unreachable(conn, client, destination, host, e);
                 }
             }
         }
@@ -164,7 +171,7 @@ async fn forward(
     let (path, outcome) = conn.carry(client, upstream, 0).await;
     let route = Route {
         server: &server,
-        destination: &destination,
+        destination,
         host,
         ..Route::NONE
     };
@@ -175,18 +182,13 @@ async fn forward(
 /// The original destination could not be dialed: the client gets a reset, as it would have
 /// from a destination that refused it, and the log line says why.
 fn unreachable(conn: &Conn<'_>, client: TcpStream, destination: &str, host: &str, why: DialError) {
-    let _ = net::set_linger_zero(client.as_fd());
-    drop(client);
     let route = Route {
         destination,
         host,
         ..Route::NONE
     };
-    let outcome = crate::conn::Outcome::nothing(
-        End::ConnectFailed,
-        format!("cannot connect to {destination}: {why}"),
-    );
-    conn.finish(&route, crate::conn::Path::None, &outcome);
+    let detail = format!("cannot connect to {destination}: {why}");
+    conn.reset(client, &route, End::ConnectFailed, detail);
 }
 
 /// Step 2. IPv4-mapped addresses (an IPv4 client of a dual-stack listener) come out as IPv4.
@@ -236,8 +238,9 @@ async fn decide(
     let sniffed = tokio::time::timeout(
         settings.sniff_timeout,
         peek::until(client, &mut buf, |seen| match seen {
-            Seen::Bytes { bytes, closed } => sniff::sniff(bytes, closed).map(Ok),
-            Seen::Reset => Some(Err(End::ClientReset)),
+            // `Some(None)`: the client reset the connection.
+            Seen::Bytes { bytes, closed } => sniff::sniff(bytes, closed).map(Some),
+            Seen::Reset => Some(None),
         }),
     )
     .await;
@@ -253,19 +256,20 @@ async fn decide(
                 ),
             );
         }
-        Ok(Err(_)) | Ok(Ok(Err(End::ClientClose))) => {
+        // `sniff` decides on every closed client, so a stall is a client that closed.
+        Ok(Err(_stalled)) => {
             return Decision::Gone {
                 end: End::ClientClose,
                 detail: "client closed before it named its destination".into(),
             };
         }
-        Ok(Ok(Err(end))) => {
+        Ok(Ok(None)) => {
             return Decision::Gone {
-                end,
+                end: End::ClientReset,
                 detail: "client reset the connection before it named its destination".into(),
             };
         }
-        Ok(Ok(Ok(sniffed))) => match sniffed {
+        Ok(Ok(Some(sniffed))) => match sniffed {
             Sniffed::Tls { sni: Some(name) } => (name, Reject::SniMismatch),
             Sniffed::Http { host: Some(value) } => (
                 sniff::host_without_port(&value).to_owned(),
