@@ -77,3 +77,43 @@ macro_rules! dataplane_tests {
         )+
     };
 }
+
+/// [`dataplane_tests!`] for a scenario that meets the known defect of the kernel path
+/// (docs/architecture.md, "Known defect: duplicated bytes during a userspace carry"): its kernel
+/// variants are `#[ignore]`d, so CI stays readable, and still run with `-- --ignored`; the
+/// userspace variant runs as usual. Remove the scenario from here when the defect is fixed.
+#[macro_export]
+macro_rules! dataplane_tests_known_kernel_defect {
+    ($scenario:ident, $as:ident) => {
+        mod $as {
+            #[test]
+            #[ignore = "kernel path duplicates bytes during a userspace carry (docs/architecture.md, Known defect)"]
+            fn kernel() {
+                $crate::run_scenario(
+                    stringify!($as),
+                    $crate::Dataplane::Kernel,
+                    super::$scenario,
+                );
+            }
+
+            #[test]
+            #[ignore = "kernel path duplicates bytes during a userspace carry (docs/architecture.md, Known defect)"]
+            fn kernel_remote() {
+                $crate::run_scenario(
+                    stringify!($as),
+                    $crate::Dataplane::KernelRemote,
+                    super::$scenario,
+                );
+            }
+
+            #[test]
+            fn userspace() {
+                $crate::run_scenario(
+                    stringify!($as),
+                    $crate::Dataplane::Userspace,
+                    super::$scenario,
+                );
+            }
+        }
+    };
+}
