@@ -14,7 +14,8 @@
 //! 5. the data paths: `splice` (kernel), `relay` (userspace), `tls` (the streams), and the
 //!    upstream side: `pool`, `health`, `dns`;
 //! 6. `kernel` (the eBPF maps and programs), `net` (socket options), `metrics`, `config`,
-//!    `outcome` (what a data path reports), `address_class`, `report`.
+//!    `outcome` (what a data path reports), `cutoff` (what ends a carried connection from
+//!    outside: the drain, the idle timeout), `address_class`, `report`.
 use std::{net::SocketAddr, os::fd::AsFd as _, sync::Arc, time::Instant};
 
 use prometheus::{Histogram, IntCounter, IntGauge};
@@ -24,7 +25,10 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-pub use crate::outcome::{End, Outcome, Path, Reject};
+pub use crate::{
+    cutoff::Cutoff,
+    outcome::{End, Outcome, Path, Reject},
+};
 
 use crate::{
     kernel::Kernel,
@@ -69,6 +73,11 @@ pub struct Frontend {
     pub local_agents: bool,
     /// Its metric series, resolved once.
     pub metrics: FrontendMetrics,
+    /// `idle_timeout`; `None`: never.
+    pub idle_timeout: Option<std::time::Duration>,
+    /// `tcp_keepalive`, set on every upstream socket (the listening socket carries it for the
+    /// accepted ones).
+    pub tcp_keepalive: crate::config::TcpKeepalive,
 }
 
 /// A frontend's per-connection metric series, resolved once when the frontend is built: each
@@ -261,6 +270,8 @@ impl<'a> Conn<'a> {
     ) -> (Path, Outcome) {
         let (frontend, shared) = (self.frontend, self.shared);
         let counters = self.relay_counters();
+        self.keep_alive(upstream.as_fd());
+        let cutoff = self.cutoff();
         let (client, upstream) = match &shared.kernel {
             Some(kernel) => {
                 let settings = SpliceSettings {
@@ -269,8 +280,7 @@ impl<'a> Conn<'a> {
                     sndbuf: shared.kernel_sndbuf,
                     client_consumed: consumed,
                 };
-                let spliced =
-                    splice::splice(kernel, client, upstream, settings, &counters, &shared.abort);
+                let spliced = splice::splice(kernel, client, upstream, settings, &counters, cutoff);
                 match Box::pin(spliced).await {
                     Ok(outcome) => return (Path::Kernel, outcome),
                     Err(declined) => {
@@ -289,8 +299,26 @@ impl<'a> Conn<'a> {
             }
             None => (client, upstream),
         };
-        let outcome = Box::pin(relay::relay(client, upstream, &counters, &shared.abort)).await;
+        let outcome = Box::pin(relay::relay(client, upstream, &counters, cutoff)).await;
         (Path::Userspace, outcome)
+    }
+
+    /// What ends this connection besides its peers: the drain's abort, the frontend's
+    /// `idle_timeout`.
+    pub fn cutoff(&self) -> Cutoff<'a> {
+        Cutoff {
+            abort: &self.shared.abort,
+            idle: self.frontend.idle_timeout,
+        }
+    }
+
+    /// Dead-peer detection (`tcp_keepalive`) on a socket this connection dialed; the accepted
+    /// one inherits it from the listening socket. Best effort: a socket that refuses is still
+    /// carried, and the failure is logged.
+    pub fn keep_alive(&self, upstream: std::os::fd::BorrowedFd<'_>) {
+        if let Err(e) = net::set_keepalive(upstream, &self.frontend.tcp_keepalive) {
+            tracing::debug!(frontend = %self.frontend.name, error = %e, "cannot set tcp_keepalive");
+        }
     }
 
     /// Bytes copied in userspace: the whole connection on the relay, or the tail of a direction

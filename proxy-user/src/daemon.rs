@@ -268,10 +268,12 @@ impl Daemon {
                     (Mode::Transparent(settings), backend)
                 }
             };
-            let socket = listener::bind(fe.listen).map_err(|source| StartError::Bind {
-                frontend: fe.name.clone(),
-                addr: fe.listen,
-                source,
+            let socket = listener::bind(fe.listen, &fe.tcp_keepalive).map_err(|source| {
+                StartError::Bind {
+                    frontend: fe.name.clone(),
+                    addr: fe.listen,
+                    source,
+                }
             })?;
             let (client_tls, upstream_tls) = match &mode {
                 Mode::Tcp {
@@ -304,11 +306,14 @@ impl Daemon {
                     tls_sides: conn::Frontend::tls_field(client_tls, upstream_tls),
                     local_agents,
                     metrics: conn::FrontendMetrics::new(&metrics, &fe.name),
+                    idle_timeout: fe.idle_timeout,
+                    tcp_keepalive: fe.tcp_keepalive,
                 },
                 mode,
                 allow: fe.allow.clone(),
                 limit: Arc::new(Semaphore::new(fe.max_connections)),
                 rate_limit: fe.rate_limit.map(RateLimiter::new),
+                queue: fe.max_connections_queue,
             };
             listeners.push((socket, Arc::new(listener)));
         }

@@ -17,6 +17,7 @@ mod admin;
 pub mod config;
 pub mod conn;
 mod connect;
+mod cutoff;
 pub mod daemon;
 mod destination;
 mod dial;

@@ -3,7 +3,12 @@
 //! [`Mode`].
 pub(crate) mod ratelimit;
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    net::SocketAddr,
+    os::fd::AsFd as _,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use ipnet::IpNet;
 use tokio::{
@@ -34,6 +39,26 @@ pub(crate) struct Listener {
     pub limit: Arc<Semaphore>,
     /// The per-client-IP limit on new connections, when configured.
     pub rate_limit: Option<RateLimiter>,
+    /// `max_connections_queue`: past a connection limit, how long to stop accepting (new
+    /// connections wait in the kernel's accept queue) before refusing; `None`: refuse at once.
+    pub queue: Option<Duration>,
+}
+
+impl Listener {
+    /// Whether a new connection would find no slot, globally or on this frontend.
+    fn full(&self, shared: &Shared) -> bool {
+        shared.global_limit.available_permits() == 0 || self.limit.available_permits() == 0
+    }
+
+    /// Returns once both limits have a free slot at the same moment (nothing is taken: the
+    /// accept that follows admits the connection as usual).
+    async fn slot_freed(&self, shared: &Shared) {
+        while self.full(shared) {
+            // A closed semaphore never happens (they live as long as the listener).
+            drop(self.limit.acquire().await);
+            drop(shared.global_limit.acquire().await);
+        }
+    }
 }
 
 /// How a frontend's connections start; each is one module that receives a [`Conn`].
@@ -54,13 +79,31 @@ pub(crate) enum Mode {
 }
 
 /// Accepts until `stop` fires, then drops the listener.
+///
+/// With `max_connections_queue`, a full limit stops the accepting for up to that long, so that
+/// new connections wait in the kernel's accept queue (the listen backlog) instead of being
+/// reset, and are admitted as slots free up. If no slot frees within the bound, the queue is
+/// drained: what waits is accepted and refused, and so is every new connection until a slot
+/// is free again - an overload that lasts is answered at once, not after a wait.
 pub(crate) async fn serve(
     socket: TcpListener,
     listener: Arc<Listener>,
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
+    let mut waited_out = false;
     loop {
+        if let Some(bound) = listener.queue
+            && !waited_out
+            && listener.full(&shared)
+        {
+            tokio::select! {
+                freed = tokio::time::timeout(bound, listener.slot_freed(&shared)) => {
+                    waited_out = freed.is_err();
+                }
+                () = stop.cancelled() => return,
+            }
+        }
         let accepted = tokio::select! {
             accepted = socket.accept() => accepted,
             () = stop.cancelled() => return,
@@ -77,7 +120,10 @@ pub(crate) async fn serve(
         };
         listener.frontend.metrics.accepted.inc();
         let permits = match admit(&listener, &shared, peer) {
-            Ok(permits) => permits,
+            Ok(permits) => {
+                waited_out = false;
+                permits
+            }
             Err(reason) => {
                 conn::reject(
                     &listener.frontend,
@@ -153,8 +199,13 @@ async fn handle(
     }
 }
 
-/// Binds a listener with a backlog sized for bursts of agents reconnecting at once.
-pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds a listener with a backlog sized for bursts of agents reconnecting at once. The
+/// accepted sockets inherit `keepalive` from it (the kernel copies the listener's socket
+/// options into each one), which costs no system call per connection.
+pub(crate) fn bind(
+    addr: SocketAddr,
+    keepalive: &crate::config::TcpKeepalive,
+) -> std::io::Result<TcpListener> {
     const BACKLOG: u32 = 4096;
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
@@ -162,6 +213,7 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    crate::net::set_keepalive(socket.as_fd(), keepalive)?;
     socket.bind(addr)?;
     socket.listen(BACKLOG)
 }
@@ -180,9 +232,10 @@ mod tests {
     /// the future's largest state. These bounds keep a large state (a handshake, a buffer, an
     /// argument copied down the call chain) from creeping back into the carried path; see
     /// docs/benchmarks.md, "Idle connection memory", before raising one. Sizes when last set
-    /// (debug build; release is a little smaller): task 576 (480 before the connection value and
-    /// the tcp mode's own `async fn`), relay 416, splice 1048 bytes; the task was 5.6 KiB
-    /// before that work. The bounds leave room for small additions.
+    /// (debug build; release is a little smaller): task 632, relay 488, splice 1160 bytes, with
+    /// the idle timeout's `Cutoff` and boxed timer (576, 416 and 1048 before it; the task was
+    /// 480 before the connection value and the tcp mode's own `async fn`, 5.6 KiB before that
+    /// work). The bounds leave room for small additions.
     #[test]
     fn idle_connection_futures_stay_small() {
         let task = future_size(|(c, p, l, s, permits)| handle(c, p, l, s, permits));

@@ -12,6 +12,8 @@ use std::{
 
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::config::TcpKeepalive;
+
 /// `SO_COOKIE` (include/uapi/asm-generic/socket.h): the 64-bit id the eBPF maps use as key.
 const SO_COOKIE: libc::c_int = 57;
 /// `SO_SNDBUFFORCE`: like `SO_SNDBUF` but above `net.core.wmem_max`; needs CAP_NET_ADMIN.
@@ -149,6 +151,28 @@ pub(crate) fn force_sndbuf(fd: BorrowedFd<'_>, bytes: u32) -> io::Result<()> {
 pub(crate) fn set_nodelay(fd: BorrowedFd<'_>) -> io::Result<()> {
     let fd = fd.as_raw_fd();
     setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
+}
+
+/// Turns on TCP keepalive probes and `TCP_USER_TIMEOUT` at their total, as `keepalive` says
+/// (see [`TcpKeepalive`]). On a listening socket, the accepted sockets inherit both.
+pub(crate) fn set_keepalive(fd: BorrowedFd<'_>, keepalive: &TcpKeepalive) -> io::Result<()> {
+    let socket = socket2::SockRef::from(&fd);
+    let probes = socket2::TcpKeepalive::new()
+        .with_time(keepalive.idle)
+        .with_interval(keepalive.interval)
+        .with_retries(keepalive.count);
+    socket.set_tcp_keepalive(&probes)?;
+    socket.set_tcp_user_timeout(Some(keepalive.detection()))
+}
+
+/// How long ago the socket last received or sent a data segment (`tcpi_last_data_recv`,
+/// `tcpi_last_data_sent`: TCP's own timestamps, kept whichever path moves the bytes - the
+/// verdict, a same-host agent's `sendmsg` into the socket, or userspace). Keepalive probes and
+/// bare ACKs are not data and do not count; a retransmission does.
+pub(crate) fn quiet_for(fd: BorrowedFd<'_>) -> io::Result<std::time::Duration> {
+    let info = tcp_info(fd.as_raw_fd())?;
+    let ms = info.tcpi_last_data_recv.min(info.tcpi_last_data_sent);
+    Ok(std::time::Duration::from_millis(u64::from(ms)))
 }
 
 /// Makes the next close send a reset instead of a FIN (used to propagate a reset).
@@ -350,6 +374,34 @@ mod tests {
         }
         assert_eq!(tcp_bytes(a.as_fd()).unwrap().queued_for_send, base + 1000);
         assert_eq!(tcp_bytes(b.as_fd()).unwrap().received, 1000);
+    }
+
+    #[test]
+    fn quiet_time_restarts_with_data_not_with_keepalive() {
+        let (mut a, mut b) = pair();
+        let keepalive = TcpKeepalive {
+            idle: std::time::Duration::from_secs(1),
+            interval: std::time::Duration::from_secs(1),
+            count: 3,
+        };
+        set_keepalive(a.as_fd(), &keepalive).unwrap();
+        let socket = socket2::SockRef::from(&a);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), keepalive.idle);
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 3);
+        assert_eq!(
+            socket.tcp_user_timeout().unwrap(),
+            Some(std::time::Duration::from_secs(4))
+        );
+        // Probes go out after 1 s and are answered; they are not data.
+        std::thread::sleep(std::time::Duration::from_millis(1600));
+        let quiet = quiet_for(a.as_fd()).unwrap();
+        assert!(quiet >= std::time::Duration::from_millis(1400), "{quiet:?}");
+        a.write_all(b"x").unwrap();
+        let mut byte = [0u8; 1];
+        b.read_exact(&mut byte).unwrap();
+        assert!(quiet_for(a.as_fd()).unwrap() < std::time::Duration::from_millis(500));
+        assert!(quiet_for(b.as_fd()).unwrap() < std::time::Duration::from_millis(500));
     }
 
     #[test]

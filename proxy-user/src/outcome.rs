@@ -21,6 +21,8 @@ pub enum End {
     Refused,
     /// The client's TLS handshake failed or timed out (the detail says why); nothing dialed.
     TlsHandshakeFailed,
+    /// No byte in either direction for the frontend's `idle_timeout`: both sides closed.
+    IdleTimeout,
     /// Cut when the drain timeout expired at shutdown.
     Shutdown,
     /// The proxy itself failed (see the error field).
@@ -29,7 +31,7 @@ pub enum End {
 
 impl End {
     /// Every end, in the order the metric's HELP text lists them.
-    pub const ALL: [End; 10] = [
+    pub const ALL: [End; 11] = [
         End::ClientClose,
         End::UpstreamClose,
         End::ClientReset,
@@ -38,6 +40,7 @@ impl End {
         End::Rejected,
         End::Refused,
         End::TlsHandshakeFailed,
+        End::IdleTimeout,
         End::Shutdown,
         End::Error,
     ];
@@ -52,6 +55,7 @@ impl End {
             End::Rejected => "rejected",
             End::Refused => "refused",
             End::TlsHandshakeFailed => "tls_handshake_failed",
+            End::IdleTimeout => "idle_timeout",
             End::Shutdown => "shutdown",
             End::Error => "error",
         }

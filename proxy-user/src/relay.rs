@@ -20,12 +20,12 @@ use std::{
 
 use prometheus::IntCounter;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
     net::TcpStream,
 };
-use tokio_util::sync::CancellationToken;
 
 use crate::{
+    cutoff::Cutoff,
     net,
     outcome::{End, Outcome, Side},
 };
@@ -42,6 +42,22 @@ pub struct RelayCounters {
 struct DirectionError {
     failed: Side,
     error: io::Error,
+}
+
+/// Why a relay stopped before both directions finished.
+enum Stop {
+    /// A read or write failed on one side.
+    Failed(DirectionError),
+    /// No byte moved for the idle timeout.
+    Idle,
+    /// The drain timeout expired at shutdown.
+    Drain,
+}
+
+impl From<DirectionError> for Stop {
+    fn from(error: DirectionError) -> Self {
+        Stop::Failed(error)
+    }
 }
 
 /// One direction of [`relay`]: reads `from` into a buffer and writes it to `to`, until EOF.
@@ -133,26 +149,34 @@ impl Pump {
     }
 }
 
-/// `Ready` once both directions are done.
-fn both_done(up: bool, down: bool) -> Poll<Result<(), DirectionError>> {
+/// `Ready` once both directions are done, or once the connection has been idle for the
+/// timeout (`idle`, over the two sockets `fds`).
+fn both_done(
+    up: bool,
+    down: bool,
+    cx: &mut Context<'_>,
+    idle: &mut crate::cutoff::IdleTimer,
+    fds: [BorrowedFd<'_>; 2],
+) -> Poll<Result<(), Stop>> {
     if up && down {
         Poll::Ready(Ok(()))
     } else {
-        Poll::Pending
+        idle.poll_expired(cx, fds).map(|()| Err(Stop::Idle))
     }
 }
 
 /// The outcome of a relayed connection: `result` is `Ok` when both directions finished (the side
-/// whose EOF came first, `first_eof`, names the end), else the failed direction, or `None` when
-/// cut by `cancel`. An abortive end resets both sockets (`fds`), so the survivor's peer learns
-/// at once. `totals`: bytes relayed up and down.
+/// whose EOF came first, `first_eof`, names the end), else why it stopped. An abortive end
+/// resets both sockets (`fds`), so the survivor's peer learns at once; an idle one closes them
+/// (FIN). `totals`: bytes relayed up and down.
 fn outcome(
-    result: Result<(), Option<DirectionError>>,
+    result: Result<(), Stop>,
     first_eof: Option<Side>,
     fds: [BorrowedFd<'_>; 2],
     [up, down]: [u64; 2],
+    cutoff: &Cutoff<'_>,
 ) -> Outcome {
-    let (end, detail) = ending(result, first_eof, fds);
+    let (end, detail) = ending(result, first_eof, fds, cutoff);
     Outcome {
         bytes_up: up,
         bytes_down: down,
@@ -167,36 +191,42 @@ fn outcome(
 }
 
 fn ending(
-    result: Result<(), Option<DirectionError>>,
+    result: Result<(), Stop>,
     first_eof: Option<Side>,
     fds: [BorrowedFd<'_>; 2],
+    cutoff: &Cutoff<'_>,
 ) -> (End, String) {
-    let failure = match result {
-        Ok(()) => {
-            return (End::closed(first_eof), String::new());
+    let reset_both = || {
+        for fd in fds {
+            let _ = net::set_linger_zero(fd);
         }
-        Err(failure) => failure,
     };
-    for fd in fds {
-        let _ = net::set_linger_zero(fd);
-    }
-    match failure {
-        Some(DirectionError { failed, error }) => (End::reset_by(failed), error.to_string()),
-        None => (End::Shutdown, "drain timeout".to_string()),
+    match result {
+        Ok(()) => (End::closed(first_eof), String::new()),
+        Err(Stop::Idle) => (End::IdleTimeout, cutoff.idle_detail()),
+        Err(Stop::Failed(DirectionError { failed, error })) => {
+            reset_both();
+            (End::reset_by(failed), error.to_string())
+        }
+        Err(Stop::Drain) => {
+            reset_both();
+            (End::Shutdown, "drain timeout".to_string())
+        }
     }
 }
 
-/// Relays until both directions finished, one side failed, or `cancel` fires; both directions
-/// run in this one task.
+/// Relays until both directions finished, one side failed, or the `cutoff` ends it (idle, or
+/// the drain timeout); both directions run in this one task.
 pub async fn relay(
     client: TcpStream,
     upstream: TcpStream,
     counters: &RelayCounters,
-    cancel: &CancellationToken,
+    cutoff: Cutoff<'_>,
 ) -> Outcome {
     let mut up = Pump::new(Side::Client, Side::Upstream);
     let mut down = Pump::new(Side::Upstream, Side::Client);
     let mut first_eof = None;
+    let mut idle = cutoff.idle_timer();
     let both = std::future::poll_fn(|cx| {
         if !up.done
             && let Poll::Ready(r) = up.poll(cx, &client, &upstream, &counters.up)
@@ -210,14 +240,15 @@ pub async fn relay(
             r?;
             first_eof.get_or_insert(Side::Upstream);
         }
-        both_done(up.done, down.done)
+        let fds = [client.as_fd(), upstream.as_fd()];
+        both_done(up.done, down.done, cx, &mut idle, fds)
     });
     let result = tokio::select! {
-        r = both => r.map_err(Some),
-        () = cancel.cancelled() => Err(None),
+        r = both => r,
+        () = cutoff.abort.cancelled() => Err(Stop::Drain),
     };
     let fds = [client.as_fd(), upstream.as_fd()];
-    outcome(result, first_eof, fds, [up.total, down.total])
+    outcome(result, first_eof, fds, [up.total, down.total], &cutoff)
 }
 
 /// Bytes read per call on [`relay_streams`]: 4 TLS records of plaintext (see docs/tls.md for
@@ -328,7 +359,9 @@ impl Flow {
 }
 
 /// Relays between two byte streams (TLS or plain) until both directions finished, one side
-/// failed, or `cancel` fires; both directions run in this one task.
+/// failed, or the `cutoff` ends it; both directions run in this one task. An idle connection
+/// is closed cleanly: a close_notify then a FIN on each TLS side (given a second), a FIN on a
+/// plain one.
 ///
 /// Through TLS, half-close works per direction as TLS allows: EOF read on one side (a
 /// close_notify, or a TCP FIN without one) becomes a close_notify followed by a FIN on the
@@ -342,7 +375,7 @@ pub async fn relay_streams<C, U>(
     mut client: C,
     mut upstream: U,
     counters: &RelayCounters,
-    cancel: &CancellationToken,
+    cutoff: Cutoff<'_>,
 ) -> Outcome
 where
     C: AsyncRead + AsyncWrite + TcpUnder + Unpin,
@@ -351,6 +384,7 @@ where
     let mut up = Flow::new(Side::Client, Side::Upstream);
     let mut down = Flow::new(Side::Upstream, Side::Client);
     let mut first_eof = None;
+    let mut idle = cutoff.idle_timer();
     let both = std::future::poll_fn(|cx| {
         if !up.done
             && let Poll::Ready(r) = up.poll(
@@ -374,14 +408,23 @@ where
             r?;
             first_eof.get_or_insert(Side::Upstream);
         }
-        both_done(up.done, down.done)
+        let fds = [client.tcp(), upstream.tcp()];
+        both_done(up.done, down.done, cx, &mut idle, fds)
     });
     let result = tokio::select! {
-        r = both => r.map_err(Some),
-        () = cancel.cancelled() => Err(None),
+        r = both => r,
+        () = cutoff.abort.cancelled() => Err(Stop::Drain),
     };
+    if let Err(Stop::Idle) = result {
+        // Nothing is in flight: say goodbye as TLS would, but never wait on a peer for long.
+        let close = async {
+            let _ = client.shutdown().await;
+            let _ = upstream.shutdown().await;
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), close).await;
+    }
     let fds = [client.tcp(), upstream.tcp()];
-    outcome(result, first_eof, fds, [up.total, down.total])
+    outcome(result, first_eof, fds, [up.total, down.total], &cutoff)
 }
 
 /// The TCP socket under a stream the relay carries: its own, or the one its TLS session runs

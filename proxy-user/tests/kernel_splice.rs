@@ -10,13 +10,18 @@ use std::{
 };
 
 use agent_proxy::{
-    conn::End,
+    conn::{Cutoff, End},
     kernel::Kernel,
     relay::RelayCounters,
     splice::{SpliceSettings, splice},
 };
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
+
+/// No idle timeout, and a drain that never comes.
+fn never_cut(abort: &CancellationToken) -> Cutoff<'_> {
+    Cutoff { abort, idle: None }
+}
 
 fn counters() -> RelayCounters {
     let counter = || prometheus::IntCounter::new("c", "c").unwrap();
@@ -168,7 +173,7 @@ fn queued_bytes_and_half_close() {
                     upstream,
                     settings,
                     &counters(),
-                    &CancellationToken::new(),
+                    never_cut(&CancellationToken::new()),
                 ),
             )
             .await
@@ -244,7 +249,8 @@ fn slow_reader_is_bounded_then_complete() {
             let upstream = tokio::net::TcpStream::from_std(r.proxy_upstream).unwrap();
             let k = std::sync::Arc::clone(&kernel);
             let task = tokio::spawn(async move {
-                splice(&k, client, upstream, settings, &counters(), &CancellationToken::new()).await
+                let abort = CancellationToken::new();
+                splice(&k, client, upstream, settings, &counters(), never_cut(&abort)).await
             });
             // Push for three seconds without the intake reading. The amount must plateau: TCP
             // buffers (up to the tcp_rmem/tcp_wmem maxima) plus the kernel window, and no growth

@@ -13,12 +13,12 @@ use toml::Spanned;
 
 use super::raw::{
     Int, List, RawBackend, RawBackendTls, RawCertFiles, RawConfig, RawFrontend, RawFrontendTls,
-    RawGlobal, RawLocalAgents, RawRateLimit,
+    RawGlobal, RawKeepalive, RawLocalAgents, RawRateLimit,
 };
 use super::{
     Backend, BackendTls, Balance, CertFiles, Config, ConnectMode, Dataplane, DestinationRule,
-    Frontend, FrontendMode, FrontendTls, Global, LocalAgentsMode, LogFormat, RateLimit, User, pool,
-    value,
+    Frontend, FrontendMode, FrontendTls, Global, LocalAgentsMode, LogFormat, RateLimit,
+    TcpKeepalive, User, pool, value,
 };
 
 /// Connection limits above this are refused: no fd limit allows that many sockets, and the
@@ -87,7 +87,7 @@ pub(super) fn config(raw: RawConfig) -> Result<Config> {
     let mut frontends: Vec<Frontend> = Vec::with_capacity(raw_frontends.len());
     let mut backend_refs = Vec::with_capacity(raw_frontends.len());
     for raw in raw_frontends {
-        let (frontend, backend_ref) = self::frontend(raw, &frontends)?;
+        let (frontend, backend_ref) = self::frontend(raw, &frontends, &global)?;
         frontends.push(frontend);
         backend_refs.push(backend_ref);
     }
@@ -195,7 +195,45 @@ fn global(raw: RawGlobal) -> Result<Global> {
     if let Some(spanned) = &raw.outgoing_mark {
         global.outgoing_mark = int("outgoing_mark", spanned, 1, i64::from(u32::MAX))?;
     }
+    if let Some(spanned) = &raw.tcp_keepalive {
+        global.tcp_keepalive = tcp_keepalive(spanned)?;
+    }
     Ok(global)
+}
+
+/// `tcp_keepalive = { idle, interval, count }`, each key defaulting to
+/// [`TcpKeepalive::default`]'s; whole seconds, as the socket options take them.
+fn tcp_keepalive(spanned: &Spanned<RawKeepalive>) -> Result<TcpKeepalive> {
+    let raw = spanned.get_ref();
+    let default = TcpKeepalive::default();
+    let seconds = |key: &str, value: Option<&Spanned<String>>, default| match value {
+        None => Ok(default),
+        Some(spanned) => parse_at(spanned, |text| {
+            let duration = value::duration(key, text)?;
+            if duration.subsec_nanos() != 0 || duration.is_zero() {
+                return Err(format!(
+                    "invalid {key} \"{text}\": expected whole seconds, at least 1s"
+                ));
+            }
+            Ok(duration)
+        }),
+    };
+    let idle = seconds("tcp_keepalive idle", raw.idle.as_ref(), default.idle)?;
+    let interval = seconds(
+        "tcp_keepalive interval",
+        raw.interval.as_ref(),
+        default.interval,
+    )?;
+    // TCP_KEEPCNT takes at most 127.
+    let count = match &raw.count {
+        Some(spanned) => int("tcp_keepalive count", spanned, 1, 127)?,
+        None => default.count,
+    };
+    Ok(TcpKeepalive {
+        idle,
+        interval,
+        count,
+    })
 }
 
 /// Converts one frontend; returns it with the span of its backend name (tcp mode), which is
@@ -203,6 +241,7 @@ fn global(raw: RawGlobal) -> Result<Global> {
 fn frontend(
     spanned: Spanned<RawFrontend>,
     earlier: &[Frontend],
+    global: &Global,
 ) -> Result<(Frontend, Option<Range<usize>>)> {
     let header = spanned.span();
     let raw = spanned.into_inner();
@@ -247,6 +286,23 @@ fn frontend(
     };
     let rate_limit = raw.rate_limit.as_ref().map(rate_limit).transpose()?;
     let tls = raw.tls.as_ref().map(frontend_tls).transpose()?;
+    // "0s" turns them off.
+    let idle_timeout = match &raw.idle_timeout {
+        Some(spanned) => parse_at(spanned, |text| value::duration("idle_timeout", text))?,
+        None => Frontend::DEFAULT_IDLE_TIMEOUT,
+    };
+    let idle_timeout = (!idle_timeout.is_zero()).then_some(idle_timeout);
+    let max_connections_queue = match &raw.max_connections_queue {
+        Some(spanned) => parse_at(spanned, |text| {
+            value::duration("max_connections_queue", text)
+        })?,
+        None => std::time::Duration::ZERO,
+    };
+    let max_connections_queue = (!max_connections_queue.is_zero()).then_some(max_connections_queue);
+    let tcp_keepalive = match &raw.tcp_keepalive {
+        Some(spanned) => tcp_keepalive(spanned)?,
+        None => global.tcp_keepalive,
+    };
 
     let kind = match &raw.mode {
         Some(mode) => parse_at(mode, |text| match text.as_str() {
@@ -316,6 +372,9 @@ fn frontend(
         max_connections,
         rate_limit,
         tls,
+        idle_timeout,
+        tcp_keepalive,
+        max_connections_queue,
     };
     Ok((frontend, backend_span))
 }

@@ -52,6 +52,38 @@ impl RateLimit {
     pub const DEFAULT_PER: Duration = Duration::from_secs(1);
 }
 
+/// `tcp_keepalive = { idle, interval, count }` (`[global]`, or a frontend's own): how a peer
+/// that vanished without a FIN or reset (host gone, link cut) is noticed, on both sockets of
+/// every connection. TCP keepalive probes start after `idle` without traffic, go out every
+/// `interval`, and `count` unanswered ones end the connection; `TCP_USER_TIMEOUT` is set to the
+/// same total ([`TcpKeepalive::detection`]), so that bytes sent to a vanished peer are given up
+/// on as quickly instead of after TCP's ~15 minutes of retransmissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpKeepalive {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub count: u32,
+}
+
+impl TcpKeepalive {
+    /// How long a vanished peer can go unnoticed: `idle + interval * count`.
+    pub fn detection(&self) -> Duration {
+        self.idle + self.interval * self.count
+    }
+}
+
+impl Default for TcpKeepalive {
+    /// 60 s + 6 x 10 s: a vanished peer is noticed within two minutes, and an idle connection
+    /// costs one probe a minute.
+    fn default() -> Self {
+        TcpKeepalive {
+            idle: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            count: 6,
+        }
+    }
+}
+
 /// One `users` entry of a connect frontend. The password never prints: `Debug` shows `***`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct User {
@@ -145,6 +177,8 @@ pub struct Global {
     /// host's own connections (`intercept.local`): their `OUTPUT` rules let marked packets pass,
     /// so the proxy never captures itself. Pick a value no other mark user on the host takes.
     pub outgoing_mark: u32,
+    /// The keepalive of frontends that set none of their own.
+    pub tcp_keepalive: TcpKeepalive,
 }
 
 /// `global.local_agents`.
@@ -182,6 +216,7 @@ impl Default for Global {
             kernel_window: 4 * 1024 * 1024,
             local_agents: LocalAgentsMode::On,
             outgoing_mark: Global::DEFAULT_OUTGOING_MARK,
+            tcp_keepalive: TcpKeepalive::default(),
         }
     }
 }
@@ -235,6 +270,15 @@ pub struct Frontend {
     pub rate_limit: Option<RateLimit>,
     /// TLS terminated on this frontend (`tls = { cert, key, ... }`); `None` is plaintext.
     pub tls: Option<FrontendTls>,
+    /// A carried connection with no byte in either direction for this long is closed (both
+    /// sides, with a FIN; `end=idle_timeout`); `None` (`"0s"`): never.
+    pub idle_timeout: Option<Duration>,
+    /// Dead-peer detection on both sockets of its connections: its own `tcp_keepalive`, else
+    /// `global.tcp_keepalive`.
+    pub tcp_keepalive: TcpKeepalive,
+    /// Past a connection limit, how long new connections may wait in the kernel's accept queue
+    /// for a slot before they are refused; `None`: refused at once.
+    pub max_connections_queue: Option<Duration>,
 }
 
 /// TLS on a frontend: the certificates it presents, and optionally the CA its clients' must
@@ -279,6 +323,11 @@ pub struct BackendTls {
 impl Frontend {
     /// The default of [`Frontend::max_connections`].
     pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+    /// The default of [`Frontend::idle_timeout`]: longer than the idle pools of agents' HTTP
+    /// clients (Go's keeps an idle connection 90 s), so that the agent, which knows when it
+    /// will reuse a connection, is the one that closes it; short enough that connections
+    /// nobody uses do not hold slots for long.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 }
 
 /// How a frontend routes its connections.

@@ -38,6 +38,16 @@ pub(super) struct RawGlobal {
     pub kernel_window: Option<Spanned<Int>>,
     pub local_agents: Option<Spanned<RawLocalAgents>>,
     pub outgoing_mark: Option<Spanned<Int>>,
+    pub tcp_keepalive: Option<Spanned<RawKeepalive>>,
+}
+
+/// `tcp_keepalive = { idle, interval, count }`; a key left out takes its default.
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields, expecting = "a table { idle, interval, count }")]
+pub(super) struct RawKeepalive {
+    pub idle: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub count: Option<Spanned<Int>>,
 }
 
 /// `local_agents = true | false | "always"`.
@@ -58,6 +68,9 @@ pub(super) struct RawFrontend {
     pub allow: Option<Spanned<List<Spanned<String>>>>,
     pub max_connections: Option<Spanned<Int>>,
     pub tls: Option<Spanned<RawFrontendTls>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub tcp_keepalive: Option<Spanned<RawKeepalive>>,
+    pub max_connections_queue: Option<Spanned<String>>,
     // Connect mode (`allow_destinations` and `connect_timeout` also transparent mode).
     pub users: Option<Spanned<List<Spanned<RawUser>>>>,
     pub allow_destinations: Option<Spanned<List<Spanned<String>>>>,

@@ -66,6 +66,9 @@ fn contract_example_parses_to_the_documented_values() {
             max_connections: 4096,
             rate_limit: None,
             tls: None,
+            idle_timeout: Some(Frontend::DEFAULT_IDLE_TIMEOUT),
+            tcp_keepalive: TcpKeepalive::default(),
+            max_connections_queue: None,
         }]
     );
     assert_eq!(
@@ -192,6 +195,7 @@ retries = 0
             kernel_window: 65536,
             local_agents: LocalAgentsMode::Off,
             outgoing_mark: 0x4150,
+            tcp_keepalive: TcpKeepalive::default(),
         }
     );
     assert_eq!(config.backends[0].balance, Balance::LeastConn);
@@ -493,5 +497,65 @@ tls = { verify = false }
              anyone on the path can impersonate them (use only in a lab)"
                 .to_owned()
         ]
+    );
+}
+
+#[test]
+fn timeouts_and_keepalive_defaults_and_overrides() {
+    let config = ok(r#"
+[global]
+tcp_keepalive = { idle = "30s", count = 3 }
+
+[[frontend]]
+name = "defaults"
+listen = "127.0.0.1:1"
+backend = "b"
+
+[[frontend]]
+name = "own"
+listen = "127.0.0.1:2"
+backend = "b"
+idle_timeout = "90s"
+max_connections_queue = "2s"
+tcp_keepalive = { interval = "2s" }
+
+[[frontend]]
+name = "never"
+listen = "127.0.0.1:3"
+backend = "b"
+idle_timeout = "0s"
+
+[[backend]]
+name = "b"
+servers = ["127.0.0.1:9"]
+"#);
+    let global = TcpKeepalive {
+        idle: Duration::from_secs(30),
+        interval: Duration::from_secs(10),
+        count: 3,
+    };
+    assert_eq!(config.global.tcp_keepalive, global);
+    assert_eq!(global.detection(), Duration::from_secs(60));
+    let [defaults, own, never] = &config.frontends[..] else {
+        panic!("three frontends")
+    };
+    assert_eq!(defaults.idle_timeout, Some(Duration::from_secs(300)));
+    assert_eq!(defaults.tcp_keepalive, global);
+    assert_eq!(defaults.max_connections_queue, None);
+    assert_eq!(own.idle_timeout, Some(Duration::from_secs(90)));
+    assert_eq!(own.max_connections_queue, Some(Duration::from_secs(2)));
+    // A frontend's own table starts from the built-in defaults, not from the global one.
+    assert_eq!(
+        own.tcp_keepalive,
+        TcpKeepalive {
+            idle: Duration::from_secs(60),
+            interval: Duration::from_secs(2),
+            count: 6,
+        }
+    );
+    assert_eq!(never.idle_timeout, None);
+    assert_eq!(
+        TcpKeepalive::default().detection(),
+        Duration::from_secs(120)
     );
 }

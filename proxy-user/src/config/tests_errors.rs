@@ -34,7 +34,7 @@ fn syntax_errors() {
         global_err("retries = 1"),
         "t.toml:2:1: unknown field `retries`, expected one of `max_connections`, `dataplane`, \
          `admin`, `drain_timeout`, `log_format`, `nameservers`, `kernel_sndbuf`, `kernel_window`, `local_agents`, \
-         `outgoing_mark`"
+         `outgoing_mark`, `tcp_keepalive`"
     );
     assert_eq!(
         global_err("dataplane = \"auto\"\ndataplane = \"kernel\""),
@@ -47,7 +47,8 @@ fn unknown_keys_point_at_the_key() {
     assert_eq!(
         err("[[frontend]]\nname = \"a\"\n  lisen = \"x\"\n"),
         "t.toml:3:3: unknown field `lisen`, expected one of `name`, `listen`, `mode`, `backend`, \
-         `allow`, `max_connections`, `tls`, `users`, `allow_destinations`, `connect_timeout`, \
+         `allow`, `max_connections`, `tls`, `idle_timeout`, `tcp_keepalive`, `max_connections_queue`, \
+         `users`, `allow_destinations`, `connect_timeout`, \
          `request_timeout`, `rate_limit`, `intercept`, `sniff_timeout`"
     );
     assert_eq!(
@@ -479,6 +480,12 @@ fn with_duration(key: &str, value: &str) -> String {
             "dns = {{ min_ttl = \"{value}\", max_ttl = \"24h\" }}"
         )),
         "max_ttl" => backend(&format!("dns = {{ max_ttl = \"{value}\" }}")),
+        "idle_timeout" | "max_connections_queue" => connect(&format!("{key} = \"{value}\"")),
+        "tcp_keepalive idle" => connect(&format!("tcp_keepalive = {{ idle = \"{value}\" }}")),
+        "tcp_keepalive interval" => format!(
+            "[global]\ntcp_keepalive = {{ interval = \"{value}\" }}\n[[frontend]]\nname = \"a\"\n\
+             listen = \"127.0.0.1:1\"\nbackend = \"b\"\n{TAIL}"
+        ),
         other => panic!("duration key {other:?} has no case here: add one"),
     }
 }
@@ -536,4 +543,38 @@ fn control_characters_are_escaped_in_messages() {
     assert!(e.contains("\\u{1b}[31mred\\u{7}"), "{e}");
     let e = global_err("drain_timeout = \"x\u{202e}y\"");
     assert!(e.contains("x\\u{202e}y"), "bidi override not escaped: {e}");
+}
+
+#[test]
+fn bad_timeouts_and_keepalives() {
+    let cases = [
+        (
+            "idle_timeout = \"soon\"",
+            "t.toml:5:16: invalid idle_timeout \"soon\": expected a duration such as \"5s\" or \"500ms\"",
+        ),
+        (
+            "tcp_keepalive = { idle = \"1500ms\" }",
+            "t.toml:5:26: invalid tcp_keepalive idle \"1500ms\": expected whole seconds, at least 1s",
+        ),
+        (
+            "tcp_keepalive = { interval = \"0s\" }",
+            "t.toml:5:30: invalid tcp_keepalive interval \"0s\": expected whole seconds, at least 1s",
+        ),
+        (
+            "tcp_keepalive = { count = 128 }",
+            "t.toml:5:27: invalid tcp_keepalive count 128: expected at most 127",
+        ),
+        (
+            "tcp_keepalive = { idle = \"1s\", probes = 3 }",
+            "t.toml:5:32: unknown field `probes`, expected one of `idle`, `interval`, `count`",
+        ),
+        (
+            "max_connections_queue = 5",
+            "t.toml:5:25: invalid type: integer `5`, expected a string",
+        ),
+    ];
+    for (line, expected) in cases {
+        let body = format!("name = \"a\"\nlisten = \"127.0.0.1:1\"\nbackend = \"b\"\n{line}");
+        assert_eq!(frontend_err(&body), expected, "for {line}");
+    }
 }

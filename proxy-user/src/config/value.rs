@@ -72,6 +72,11 @@ pub(super) const DURATION_LIMITS: &[(&str, Duration)] = &[
     ("backoff", Duration::from_secs(3600)),
     ("min_ttl", Duration::from_secs(86_400)),
     ("max_ttl", Duration::from_secs(86_400)),
+    ("idle_timeout", Duration::from_secs(7 * 86_400)),
+    ("max_connections_queue", Duration::from_secs(300)),
+    // The kernel's bounds: TCP_KEEPIDLE and TCP_KEEPINTVL take at most 32,767 s.
+    ("tcp_keepalive idle", Duration::from_secs(32_767)),
+    ("tcp_keepalive interval", Duration::from_secs(32_767)),
 ];
 
 /// The bound of `key` in [`DURATION_LIMITS`]; a key missing there is a bug, caught by the unit

@@ -56,6 +56,8 @@ async fn a_panicking_connection_task_releases_what_it_held() {
                 tls_sides: "none",
                 local_agents: true,
                 metrics: super::FrontendMetrics::new(&shared.metrics, "fe"),
+                idle_timeout: None,
+                tcp_keepalive: crate::config::TcpKeepalive::default(),
             };
             let conn = Conn::admitted(&frontend, &shared, &accepted, peer, permits);
             let gauge = conn

@@ -42,11 +42,11 @@ use std::{
 
 use prometheus::IntCounter;
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 use proxy_common::{FlowKey, LocalGate, LocalSend, SpliceLimit};
 
 use crate::{
+    cutoff::Cutoff,
     kernel::{Kernel, KernelError, SplicePair, Wake, Wakes, WatchGuard},
     net::{self, Peek},
     outcome::{self, End, Outcome},
@@ -151,14 +151,15 @@ fn internal(err: impl std::fmt::Display) -> (End, String) {
 
 type Step = Result<(), (End, String)>;
 
-/// Carries the connection in the kernel until it ends, is reset, or `cancel` fires.
+/// Carries the connection in the kernel until it ends, is reset, or the `cutoff` ends it (idle:
+/// both sockets closed with a FIN once out of the maps; the drain timeout: reset).
 pub async fn splice(
     kernel: &Kernel,
     client: TcpStream,
     upstream: TcpStream,
     settings: SpliceSettings,
     counters: &RelayCounters,
-    cancel: &CancellationToken,
+    cutoff: Cutoff<'_>,
 ) -> Result<Outcome, Declined> {
     // Out of tokio's reactor: it would be woken for every forwarded buffer (see kernel::events).
     let (client, upstream) = match both(
@@ -231,7 +232,7 @@ pub async fn splice(
     if splice.sides[0].dir.is_joined() {
         splice.pair_local(&pair);
     }
-    let result = tracing::Instrument::instrument(splice.run(&wakes, cancel), span).await;
+    let result = tracing::Instrument::instrument(splice.run(&wakes, cutoff), span).await;
     // The agent's messages stop going to the upstream socket before anything else is undone.
     let local_up = splice.unpair_local();
     drop(splice.watch);
@@ -239,6 +240,7 @@ pub async fn splice(
         .registry
         .remove(&pair, splice.sides[0].dir.is_joined());
     let (end, detail) = match result {
+        Ok(End::IdleTimeout) => (End::IdleTimeout, cutoff.idle_detail()),
         Ok(end) => (end, String::new()),
         Err((end, detail)) => {
             // Abortive ends: make the close a reset on whichever side is still there.
@@ -303,16 +305,13 @@ fn decline(sides: [Side; 2], error: KernelError) -> Declined {
 }
 
 impl Splice<'_> {
-    async fn run(
-        &mut self,
-        wakes: &Wakes,
-        cancel: &CancellationToken,
-    ) -> Result<End, (End, String)> {
+    async fn run(&mut self, wakes: &Wakes, cutoff: Cutoff<'_>) -> Result<End, (End, String)> {
         // Forward whatever arrived before the insert, and catch a FIN that came with it.
         self.on_socket(0)?;
         self.on_socket(1)?;
         self.refresh_local()?;
         let mut tick = TICK_MIN;
+        let mut idle = cutoff.idle_timer();
         loop {
             if let Some(end) = self.finished() {
                 return Ok(end);
@@ -352,7 +351,13 @@ impl Splice<'_> {
                         (tick * 2).min(TICK_MAX)
                     };
                 }
-                () = cancel.cancelled() => {
+                () = std::future::poll_fn(|cx| {
+                    idle.poll_expired(cx, [self.sides[0].fd(), self.sides[1].fd()])
+                }) => {
+                    // Nothing in flight, nothing queued: a clean close on both sides.
+                    return Ok(End::IdleTimeout);
+                }
+                () = cutoff.abort.cancelled() => {
                     return Err((End::Shutdown, "drain timeout".into()));
                 }
             }

@@ -31,6 +31,16 @@ impl ClientStream {
     }
 }
 
+impl UpstreamStream {
+    /// The TCP socket under the stream.
+    fn tcp(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Stream::Plain(tcp) => tcp.as_fd(),
+            Stream::Tls(tls) => relay::TcpUnder::tcp(&**tls),
+        }
+    }
+}
+
 /// tcp mode with `tls` on the frontend, the backend, or both.
 pub(super) async fn run(
     conn: &Conn<'_>,
@@ -67,15 +77,16 @@ pub(super) async fn run(
         Ok(pair) => pair,
         Err(e) => return conn.unconnected(client.into_tcp(), e),
     };
+    conn.keep_alive(upstream.tcp());
     let counters = conn.relay_counters();
-    let abort = &shared.abort;
+    let cut = conn.cutoff();
     // TLS on either side: the bytes must be decrypted or encrypted here, so the relay.
     let outcome = match (client, upstream) {
-        (Stream::Tls(c), Stream::Plain(u)) => relay::relay_streams(*c, u, &counters, abort).await,
-        (Stream::Plain(c), Stream::Tls(u)) => relay::relay_streams(c, *u, &counters, abort).await,
-        (Stream::Tls(c), Stream::Tls(u)) => relay::relay_streams(*c, *u, &counters, abort).await,
+        (Stream::Tls(c), Stream::Plain(u)) => relay::relay_streams(*c, u, &counters, cut).await,
+        (Stream::Plain(c), Stream::Tls(u)) => relay::relay_streams(c, *u, &counters, cut).await,
+        (Stream::Tls(c), Stream::Tls(u)) => relay::relay_streams(*c, *u, &counters, cut).await,
         // Not reached (plaintext both sides goes through `Conn::carry`), but relaying is right.
-        (Stream::Plain(c), Stream::Plain(u)) => relay::relay_streams(c, u, &counters, abort).await,
+        (Stream::Plain(c), Stream::Plain(u)) => relay::relay_streams(c, u, &counters, cut).await,
     };
     let route = crate::conn::Route {
         server: &lease.server().name,
