@@ -58,6 +58,8 @@ pub(crate) struct AdminState {
     ///
     /// Runs on the async runtime, so it must be quick (a few map reads), not block on I/O.
     pub refresh: Box<dyn Fn() + Send + Sync>,
+    /// The `reload` object of `/stats`: how many reloads, and the last one's result and error.
+    pub reload: Arc<std::sync::Mutex<Value>>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -215,7 +217,13 @@ fn handle(state: &AdminState, method: &Method, path: &str) -> Response<Full<Byte
         // "/stats", the only route left.
         _ => {
             (state.refresh)();
-            let mut body = stats(&state.metrics).to_string();
+            let mut document = stats(&state.metrics);
+            document["reload"] = state
+                .reload
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let mut body = document.to_string();
             body.push('\n');
             respond(StatusCode::OK, JSON_CONTENT_TYPE, body)
         }

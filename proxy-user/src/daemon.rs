@@ -1,10 +1,11 @@
 //! `agent-proxy run`: build the parts from a config, serve until a signal, drain, exit.
+mod generation;
+
 use std::{
-    collections::HashMap,
     net::SocketAddr,
-    os::fd::AsRawFd as _,
+    path::PathBuf,
     sync::{
-        Arc,
+        Arc, Mutex, RwLock,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -15,19 +16,16 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     admin::{self, AdminState},
-    config::{Config, Dataplane, DnsTtl, FrontendMode, LocalAgentsMode},
-    conn::{self, Shared},
-    connect,
-    dns::{Dns, DnsError},
+    config::{Config, Dataplane, LocalAgentsMode},
+    dns::DnsError,
     kernel::{Kernel, KernelError, KernelMirror},
-    listener::{self, Listener, Mode, ratelimit::RateLimiter},
     metrics::Metrics,
     net,
     pool::Pool,
     redirect::{self, Plan, RedirectError},
     tls::TlsLoadError,
-    transparent,
 };
+use generation::Generation;
 
 /// How long connection tasks get to clean up (map entries, fds) after being cut at the end of
 /// the drain.
@@ -61,28 +59,6 @@ pub enum StartError {
 }
 
 pub use crate::tls::TlsState;
-
-/// Reloads the TLS files on each SIGHUP until `stop` fires.
-async fn reload_on_sighup(
-    tls: Arc<TlsState>,
-    mut hup: tokio::signal::unix::Signal,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            received = hup.recv() => {
-                if received.is_none() {
-                    return;
-                }
-                tracing::info!("SIGHUP: re-reading the TLS certificates (the config file itself is not re-read yet)");
-                let tls = Arc::clone(&tls);
-                // File reads and key parsing block: keep them off the runtime's workers.
-                let _ = tokio::task::spawn_blocking(move || tls.reload()).await;
-            }
-            () = stop.cancelled() => return,
-        }
-    }
-}
 
 /// Loads the kernel path as `dataplane` asks. `auto` falls back to userspace and says why, once.
 pub fn load_kernel(
@@ -129,38 +105,81 @@ pub fn validate(config: &Config) -> Result<TlsState, StartError> {
     Ok(TlsState::load(config)?)
 }
 
-/// A daemon built from its config and bound, not yet serving: [`Daemon::build`] then
-/// [`Daemon::serve`]. Split so that each step reads on its own, and so that a later reload can
-/// build the next generation beside the one serving.
-pub struct Daemon {
-    config: Config,
-    tls: Arc<TlsState>,
-    hup: Option<tokio::signal::unix::Signal>,
-    shared: Arc<Shared>,
-    listeners: Vec<(TcpListener, Arc<Listener>)>,
-    admin: Option<(TcpListener, Arc<AdminState>)>,
+/// What a reload never changes: the parts of the process built once at start.
+pub(crate) struct Process {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) kernel: Option<Arc<Kernel>>,
+    /// `global.max_connections`, resized by reloads.
+    pub(crate) global_limit: Arc<Semaphore>,
+    /// Cancelled when the drain timeout expires: connections still open are cut.
+    pub(crate) abort: CancellationToken,
+    /// Every connection task of every generation, for the drain.
+    pub(crate) tracker: TaskTracker,
+    /// Parent of every pool's token: stops DNS refreshes and health checks at exit.
+    pub(crate) stop_background: CancellationToken,
+    /// Parent of every accept loop's token: stops accepting at shutdown.
+    pub(crate) stop_accepting: CancellationToken,
     ready: Arc<AtomicBool>,
-    /// Stops DNS refreshes and health checks when the daemon stops.
-    stop_background: CancellationToken,
-    /// The transparent frontends' iptables rules were installed: removed when accepting stops.
+    /// What the admin endpoint shows of the generation serving.
+    view: Arc<RwLock<AdminView>>,
+    /// The last reload, for `/stats`.
+    reload_status: Arc<Mutex<serde_json::Value>>,
+}
+
+/// The admin endpoint's view of the generation serving.
+#[derive(Default)]
+struct AdminView {
+    /// Frontend names by id, for the kernel counters.
+    names: Vec<String>,
+    pools: Vec<Arc<Pool>>,
+}
+
+/// A daemon built from its config and bound, not yet serving: [`Daemon::build`] then
+/// [`Daemon::serve`]. A SIGHUP builds the next [`Generation`] beside the one serving and swaps
+/// it in ([`Daemon::reload`]).
+pub struct Daemon {
+    /// The config file, re-read on SIGHUP.
+    path: PathBuf,
+    process: Process,
+    generation: Generation,
+    hup: Option<tokio::signal::unix::Signal>,
+    admin: Option<(TcpListener, Arc<AdminState>)>,
+    /// The transparent frontends' iptables rules are installed: removed when accepting stops.
     redirecting: bool,
 }
 
-/// Runs the proxy until `shutdown` resolves, then drains for `drain_timeout`.
+/// Runs the proxy until `shutdown` resolves, then drains for `drain_timeout`. `path`: the file
+/// `config` came from, re-read on SIGHUP.
 pub async fn run(
     config: Config,
+    path: PathBuf,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), StartError> {
-    Daemon::build(config).await?.serve(shutdown).await
+    Daemon::build(config, path).await?.serve(shutdown).await
+}
+
+/// Why a reload was refused: the old config keeps serving.
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{file}: {message}")]
+    Static { file: String, message: String },
+    #[error("{file}: {}", error_chain(.source))]
+    Start {
+        file: String,
+        #[source]
+        source: StartError,
+    },
 }
 
 impl Daemon {
     /// Everything before serving: validation, the kernel path, metrics, DNS and the pools'
     /// first resolutions, the listeners and the admin endpoint bound.
-    pub async fn build(config: Config) -> Result<Self, StartError> {
+    pub async fn build(config: Config, path: PathBuf) -> Result<Self, StartError> {
         // Installed first: from here on a SIGHUP reloads instead of killing the process.
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let tls = Arc::new(validate(&config)?);
+        let tls = validate(&config)?;
         raise_fd_limit();
         for warning in config.warnings() {
             tracing::warn!("{warning}");
@@ -169,15 +188,17 @@ impl Daemon {
             tracing::info!(backend = %name, trust = %backend.trust, "tls to the servers");
         }
         let plan = Plan::new(&config);
-        if plan.local {
-            // Before anything dials (health checks, first connections): the OUTPUT rules let
-            // only marked sockets pass.
-            net::set_outgoing_mark(config.global.outgoing_mark);
-        }
+        // Before anything dials (health checks, first connections): the OUTPUT rules let only
+        // marked sockets pass.
+        net::set_outgoing_mark(if plan.local {
+            config.global.outgoing_mark
+        } else {
+            0
+        });
         let kernel = load_kernel(config.global.dataplane, config.global.local_agents)?;
         release_freed_memory();
         let metrics = Arc::new(Metrics::new());
-        let path = if kernel.is_some() {
+        let path_name = if kernel.is_some() {
             "kernel"
         } else {
             "userspace"
@@ -186,279 +207,306 @@ impl Daemon {
             metrics
                 .dataplane
                 .with_label_values(&[p])
-                .set(i64::from(p == path));
+                .set(i64::from(p == path_name));
         }
-        tracing::info!(dataplane = path, "data path selected");
+        for result in ["ok", "error"] {
+            metrics.config_reloads_total.with_label_values(&[result]);
+        }
+        tracing::info!(dataplane = path_name, "data path selected");
 
-        // hickory's own cache must not outlive the shortest bounds any backend asks for.
-        let bounds = config
-            .backends
-            .iter()
-            .fold(DnsTtl::default(), |acc, b| DnsTtl {
-                min_ttl: acc.min_ttl.min(b.dns.min_ttl),
-                max_ttl: acc.max_ttl.min(b.dns.max_ttl),
-            });
-        let dns = Arc::new(Dns::new(
-            &config.global.nameservers,
-            bounds,
-            Arc::clone(&metrics),
-        )?);
-        // Stops DNS refreshes and health checks when the daemon stops.
-        let stop_background = CancellationToken::new();
-        let pools: HashMap<String, Arc<Pool>> = config
-            .backends
-            .iter()
-            .map(|b| (b.name.clone(), Pool::new(b, Arc::clone(&metrics))))
-            .collect();
-        let mut starting = tokio::task::JoinSet::new();
-        for pool in pools.values() {
-            let (pool, dns, stop) = (Arc::clone(pool), Arc::clone(&dns), stop_background.clone());
-            // Checks of a TLS backend complete a handshake, as a real connection would.
-            let check_tls = tls.backends.get(&pool.name).cloned();
-            starting.spawn(async move { pool.start(dns, check_tls, stop).await });
-        }
-        starting.join_all().await;
-        for pool in pools.values() {
-            let servers = pool.servers();
-            if servers.is_empty() {
-                tracing::warn!(backend = %pool.name, "no server address known yet; clients are refused until DNS answers");
-            }
-            for server in servers {
-                tracing::info!(backend = %pool.name, server = %server.name, address = %server.addr, weight = server.weight, "server");
-            }
-        }
-
-        let shared = Arc::new(Shared {
+        let process = Process {
             metrics: Arc::clone(&metrics),
             kernel: kernel.clone(),
             global_limit: Arc::new(Semaphore::new(config.global.max_connections)),
             abort: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            kernel_window: config.global.kernel_window,
-            kernel_sndbuf: config.global.kernel_sndbuf,
-            dns: Arc::clone(&dns),
-        });
+            stop_background: CancellationToken::new(),
+            stop_accepting: CancellationToken::new(),
+            ready: Arc::new(AtomicBool::new(false)),
+            view: Arc::default(),
+            reload_status: Arc::new(Mutex::new(serde_json::json!({ "reloads": 0 }))),
+        };
+        let admin_addr = config.global.admin;
+        let generation = Generation::build(&process, config, &tls, None).await?;
+        *process.view.write().unwrap_or_else(|e| e.into_inner()) = AdminView {
+            names: generation.names(),
+            pools: generation.pool_list(),
+        };
 
-        let mut listeners = Vec::new();
-        for (id, fe) in config.frontends.iter().enumerate() {
-            let (mode, backend) = match &fe.mode {
-                FrontendMode::Tcp { backend } => (
-                    Mode::Tcp {
-                        pool: Arc::clone(&pools[backend]),
-                        tls: tls.frontends.get(&fe.name).cloned(),
-                        backend_tls: tls.backends.get(backend).cloned(),
-                    },
-                    backend.as_str(),
-                ),
-                FrontendMode::Connect(connect) => {
-                    if connect.users.is_empty() {
-                        tracing::warn!(frontend = %fe.name,
-                            "connect frontend without users: any client allowed by `allow` may open \
-                             tunnels to allow_destinations");
-                    }
-                    (
-                        Mode::Connect(connect::Settings::new(connect, &metrics, &fe.name)),
-                        "-",
-                    )
-                }
-                FrontendMode::Transparent(transparent) => {
-                    let pool = transparent.backend.as_ref().map(|b| Arc::clone(&pools[b]));
-                    let settings = transparent::Settings::new(transparent, pool);
-                    let backend = transparent.backend.as_deref().unwrap_or("-");
-                    (Mode::Transparent(settings), backend)
-                }
-            };
-            let socket = listener::bind(fe.listen, &fe.tcp_keepalive).map_err(|source| {
-                StartError::Bind {
-                    frontend: fe.name.clone(),
-                    addr: fe.listen,
-                    source,
-                }
-            })?;
-            let (client_tls, upstream_tls) = match &mode {
-                Mode::Tcp {
-                    tls, backend_tls, ..
-                } => (tls.is_some(), backend_tls.is_some()),
-                Mode::Connect(_) | Mode::Transparent(_) => (false, false),
-            };
-            tracing::info!(frontend = %fe.name, listen = %fe.listen, backend, "listening");
-            // Agents on this host that connect here may send straight into the upstream socket,
-            // unless TLS on a side keeps the connection in userspace anyway. A transparent
-            // frontend's agents connect to their intake's address, never to the listener's,
-            // so the kernel cannot pair them by it (docs/transparent.md, "Same-host agents").
-            let mut local_agents = false;
-            if let Some(local) = kernel.as_ref().and_then(|k| k.local.as_ref())
-                && !client_tls
-                && !upstream_tls
-                && !matches!(mode, Mode::Transparent(_))
-            {
-                match local.listen(socket.as_raw_fd(), fe.listen, id as u32) {
-                    Ok(()) => local_agents = true,
-                    Err(e) => tracing::warn!(frontend = %fe.name, error = %error_chain(&e),
-                        "same-host agents of this frontend use the splice like remote ones"),
-                }
-            }
-            let listener = Listener {
-                frontend: conn::Frontend {
-                    id: id as u32,
-                    name: fe.name.clone(),
-                    backend: backend.to_owned(),
-                    tls_sides: conn::Frontend::tls_field(client_tls, upstream_tls),
-                    local_agents,
-                    metrics: conn::FrontendMetrics::new(&metrics, &fe.name),
-                    idle_timeout: fe.idle_timeout,
-                    tcp_keepalive: fe.tcp_keepalive,
-                },
-                mode,
-                allow: fe.allow.clone(),
-                limit: Arc::new(Semaphore::new(fe.max_connections)),
-                rate_limit: fe.rate_limit.map(RateLimiter::new),
-                queue: fe.max_connections_queue,
-            };
-            listeners.push((socket, Arc::new(listener)));
-        }
-
-        let ready = Arc::new(AtomicBool::new(false));
-        let admin = match config.global.admin {
+        let admin = match admin_addr {
             Some(addr) => {
                 let listener = TcpListener::bind(addr)
                     .await
                     .map_err(|source| StartError::Admin { addr, source })?;
-                let state = admin_state(&config, &metrics, kernel.as_ref(), &pools, &ready);
                 tracing::info!(%addr, "admin endpoint");
-                Some((listener, state))
+                Some((listener, admin_state(&process)))
             }
             None => None,
         };
 
         // Last, once every listener is bound: a redirected connection finds its frontend.
         // Whatever an earlier (killed) daemon left in the chains is replaced.
-        let redirecting = !plan.is_empty();
+        let redirecting = !generation.plan.is_empty();
         if redirecting {
-            redirect::install(&plan).map_err(StartError::Redirect)?;
-            tracing::info!(
-                ipv4 = plan.v4.prerouting.len() + plan.v4.output.len(),
-                ipv6 = plan.v6.prerouting.len() + plan.v6.output.len(),
-                "iptables rules of the transparent frontends installed"
-            );
+            install_rules(&generation.plan).map_err(StartError::Redirect)?;
         }
         Ok(Self {
-            config,
-            tls,
+            path,
+            process,
+            generation,
             hup,
-            shared,
-            listeners,
             admin,
-            ready,
-            stop_background,
             redirecting,
         })
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting and drains for `drain_timeout`.
+    /// Serves until `shutdown` resolves, reloading on SIGHUP, then stops accepting and drains
+    /// for `drain_timeout`.
     pub async fn serve(
-        self,
+        mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), StartError> {
-        let Self {
-            config,
-            tls,
-            hup,
-            shared,
-            listeners,
-            admin,
-            ready,
-            stop_background,
-            redirecting,
-        } = self;
         let stop_admin = CancellationToken::new();
-        let admin_task = admin.map(|(listener, state)| {
+        let admin_task = self.admin.take().map(|(listener, state)| {
             let stop = stop_admin.clone();
             tokio::spawn(admin::serve(listener, state, async move {
                 stop.cancelled().await
             }))
         });
-        let stop_accepting = CancellationToken::new();
-        let accept_tasks: Vec<_> = listeners
-            .into_iter()
-            .map(|(socket, listener)| {
-                tokio::spawn(listener::serve(
-                    socket,
-                    listener,
-                    Arc::clone(&shared),
-                    stop_accepting.clone(),
-                ))
-            })
-            .collect();
-        let reload_task = hup.map(|hup| {
-            tokio::spawn(reload_on_sighup(
-                Arc::clone(&tls),
-                hup,
-                stop_accepting.clone(),
-            ))
-        });
-        ready.store(true, Ordering::SeqCst);
+        self.generation.commit(&self.process, None);
+        let pid_file = self.generation.config.global.pid_file.clone();
+        if let Some(file) = &pid_file
+            && let Err(e) = std::fs::write(file, format!("{}\n", std::process::id()))
+        {
+            tracing::error!(file = %file.display(), error = %e, "cannot write the pid file");
+        }
+        self.process.ready.store(true, Ordering::SeqCst);
 
-        shutdown.await;
-        tracing::info!(drain_timeout = ?config.global.drain_timeout, "stopping: no new connections, draining");
-        ready.store(false, Ordering::SeqCst);
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut hup = self.hup.take();
+        loop {
+            let reload = async {
+                match hup.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = &mut shutdown => break,
+                received = reload => {
+                    if received.is_none() {
+                        hup = None;
+                        continue;
+                    }
+                    self.reload().await;
+                }
+            }
+        }
+
+        let (process, generation) = (&self.process, &self.generation);
+        let drain_timeout = generation.config.global.drain_timeout;
+        tracing::info!(?drain_timeout, "stopping: no new connections, draining");
+        process.ready.store(false, Ordering::SeqCst);
         // New connections now go where they were sent (routed), not to a proxy that no longer
         // accepts; the ones already redirected keep their conntrack entry and are drained.
-        if redirecting {
+        if self.redirecting {
             match redirect::remove() {
                 Ok(()) => tracing::info!("iptables rules of the transparent frontends removed"),
                 Err(e) => tracing::error!(error = %error_chain(&e),
                     "cannot remove the iptables rules; run `agent-proxy redirect remove`"),
             }
         }
-        stop_accepting.cancel();
-        for task in accept_tasks.into_iter().chain(reload_task) {
-            let _ = task.await;
+        process.stop_accepting.cancel();
+        for fe in &generation.frontends {
+            if let Some(task) = fe.bound.take_task() {
+                let _ = task.await;
+            }
         }
-        shared.tracker.close();
-        if tokio::time::timeout(config.global.drain_timeout, shared.tracker.wait())
+        let tracker = &process.tracker;
+        tracker.close();
+        if tokio::time::timeout(drain_timeout, tracker.wait())
             .await
             .is_err()
         {
             tracing::warn!(
-                open = shared.tracker.len(),
+                open = tracker.len(),
                 "drain timeout: cutting open connections"
             );
-            shared.abort.cancel();
-            let _ = tokio::time::timeout(ABORT_GRACE, shared.tracker.wait()).await;
+            process.abort.cancel();
+            let _ = tokio::time::timeout(ABORT_GRACE, tracker.wait()).await;
         }
-        stop_background.cancel();
+        process.stop_background.cancel();
         stop_admin.cancel();
         if let Some(task) = admin_task {
             let _ = task.await;
         }
+        if let Some(file) = &pid_file {
+            let _ = std::fs::remove_file(file);
+        }
         tracing::info!("stopped");
+        Ok(())
+    }
+
+    /// SIGHUP: re-reads the config file and puts it in service, or refuses it and keeps the
+    /// one serving; either way counted, logged and shown on `/stats`.
+    async fn reload(&mut self) {
+        tracing::info!(file = %self.path.display(), "SIGHUP: reloading the configuration");
+        let result = self.try_reload().await;
+        let metrics = &self.process.metrics;
+        let (label, error) = match &result {
+            Ok(()) => ("ok", None),
+            Err(e) => ("error", Some(e.to_string())),
+        };
+        metrics
+            .config_reloads_total
+            .with_label_values(&[label])
+            .inc();
+        metrics
+            .config_last_reload_successful
+            .set(i64::from(error.is_none()));
+        let mut status = self
+            .process
+            .reload_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let count = status["reloads"].as_u64().unwrap_or(0) + 1;
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        *status = serde_json::json!({
+            "reloads": count,
+            "last": { "result": label, "at_unix": at, "error": error },
+        });
+        match error {
+            None => tracing::info!(
+                frontends = self.generation.frontends.len(),
+                backends = self.generation.pools.len(),
+                "reloaded"
+            ),
+            Some(error) => {
+                tracing::error!(%error, "reload refused; the previous configuration keeps serving")
+            }
+        }
+    }
+
+    async fn try_reload(&mut self) -> Result<(), ReloadError> {
+        let file = self.path.display().to_string();
+        let config = crate::config::load(&self.path)?;
+        fixed_at_start(&self.generation.config, &config).map_err(|message| {
+            ReloadError::Static {
+                file: file.clone(),
+                message,
+            }
+        })?;
+        let start_error = |source| ReloadError::Start {
+            file: file.clone(),
+            source,
+        };
+        let tls = validate(&config).map_err(start_error)?;
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
+        let next = Generation::build(&self.process, config, &tls, Some(&self.generation))
+            .await
+            .map_err(start_error)?;
+        // The rules, before anything else changes: a failure leaves the old ones and the old
+        // generation in place.
+        let plan_changed = next.plan != self.generation.plan;
+        if plan_changed {
+            if next.plan.is_empty() {
+                if let Err(e) = redirect::remove() {
+                    return Err(start_error(StartError::Redirect(e)));
+                }
+                tracing::info!("iptables rules of the transparent frontends removed");
+            } else if let Err(e) = install_rules(&next.plan) {
+                if self.redirecting {
+                    let _ = install_rules(&self.generation.plan);
+                }
+                return Err(start_error(StartError::Redirect(e)));
+            }
+            self.redirecting = !next.plan.is_empty();
+        }
+        net::set_outgoing_mark(if next.plan.local {
+            next.config.global.outgoing_mark
+        } else {
+            0
+        });
+        let old = std::mem::replace(&mut self.generation, next);
+        self.generation.commit(&self.process, Some(old));
+        *self.process.view.write().unwrap_or_else(|e| e.into_inner()) = AdminView {
+            names: self.generation.names(),
+            pools: self.generation.pool_list(),
+        };
         Ok(())
     }
 }
 
+/// Installs the transparent frontends' rules and says so.
+fn install_rules(plan: &Plan) -> Result<(), RedirectError> {
+    redirect::install(plan)?;
+    tracing::info!(
+        ipv4 = plan.v4.prerouting.len() + plan.v4.output.len(),
+        ipv6 = plan.v6.prerouting.len() + plan.v6.output.len(),
+        "iptables rules of the transparent frontends installed"
+    );
+    Ok(())
+}
+
+/// The settings a running daemon cannot change (docs/operations.md, "Reload"): `Err` names
+/// the first that differs.
+fn fixed_at_start(running: &Config, next: &Config) -> Result<(), String> {
+    let (a, b) = (&running.global, &next.global);
+    let differs = [
+        (
+            "dataplane",
+            a.dataplane != b.dataplane,
+            "the data path is chosen at start",
+        ),
+        (
+            "local_agents",
+            a.local_agents != b.local_agents,
+            "the kernel programs are attached at start",
+        ),
+        (
+            "admin",
+            a.admin != b.admin,
+            "the admin endpoint is bound at start",
+        ),
+        (
+            "log_format",
+            a.log_format != b.log_format,
+            "logging is set up at start",
+        ),
+        (
+            "pid_file",
+            a.pid_file != b.pid_file,
+            "the pid file is written at start",
+        ),
+    ];
+    match differs.iter().find(|(_, changed, _)| *changed) {
+        Some((key, _, why)) => Err(format!(
+            "global.{key} cannot change on reload ({why}): restart the daemon to apply it"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// What the admin endpoint reads: the metrics, readiness and its reasons, and the refresh that
-/// copies the kernel's counters into the metrics before a scrape.
-fn admin_state(
-    config: &Config,
-    metrics: &Arc<Metrics>,
-    kernel: Option<&Arc<Kernel>>,
-    pools: &HashMap<String, Arc<Pool>>,
-    ready: &Arc<AtomicBool>,
-) -> Arc<AdminState> {
-    let names: Vec<String> = config.frontends.iter().map(|f| f.name.clone()).collect();
+/// copies the kernel's counters into the metrics before a scrape - of whichever generation is
+/// serving.
+fn admin_state(process: &Process) -> Arc<AdminState> {
     let mirror = KernelMirror::default();
-    let refresh_metrics = Arc::clone(metrics);
-    let refresh_kernel = kernel.cloned();
-    let refresh_pools: Vec<Arc<Pool>> = pools.values().cloned().collect();
-    let mut pending_pools = refresh_pools.clone();
-    pending_pools.sort_by(|a, b| a.name.cmp(&b.name));
-    let pending_kernel = kernel.cloned();
+    let (refresh_metrics, refresh_kernel) = (Arc::clone(&process.metrics), process.kernel.clone());
+    let (refresh_view, pending_view) = (Arc::clone(&process.view), Arc::clone(&process.view));
+    let pending_kernel = process.kernel.clone();
     Arc::new(AdminState {
-        metrics: Arc::clone(metrics),
-        ready: Arc::clone(ready),
+        metrics: Arc::clone(&process.metrics),
+        ready: Arc::clone(&process.ready),
+        reload: Arc::clone(&process.reload_status),
         pending: Box::new(move || {
-            let mut reasons: Vec<String> = pending_pools
+            let view = pending_view.read().unwrap_or_else(|e| e.into_inner());
+            let mut reasons: Vec<String> = view
+                .pools
                 .iter()
                 .flat_map(|pool| {
                     pool.unresolved().into_iter().map(move |server| {
@@ -477,10 +525,11 @@ fn admin_state(
             reasons
         }),
         refresh: Box::new(move || {
+            let view = refresh_view.read().unwrap_or_else(|e| e.into_inner());
             if let Some(kernel) = &refresh_kernel {
-                mirror.refresh(kernel, &refresh_metrics, &names);
+                mirror.refresh(kernel, &refresh_metrics, &view.names);
             }
-            for pool in &refresh_pools {
+            for pool in &view.pools {
                 pool.refresh_gauges();
             }
         }),

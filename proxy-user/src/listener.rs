@@ -13,7 +13,7 @@ use std::{
 use ipnet::IpNet;
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore},
+    sync::{OwnedSemaphorePermit, Semaphore, watch},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -37,8 +37,9 @@ pub(crate) struct Listener {
     pub allow: Vec<IpNet>,
     /// `max_connections` of this frontend.
     pub limit: Arc<Semaphore>,
-    /// The per-client-IP limit on new connections, when configured.
-    pub rate_limit: Option<RateLimiter>,
+    /// The per-client-IP limit on new connections, when configured (kept across reloads that
+    /// do not change it, with its windows).
+    pub rate_limit: Option<Arc<RateLimiter>>,
     /// `max_connections_queue`: past a connection limit, how long to stop accepting (new
     /// connections wait in the kernel's accept queue) before refusing; `None`: refuse at once.
     pub queue: Option<Duration>,
@@ -59,6 +60,14 @@ impl Listener {
             drop(shared.global_limit.acquire().await);
         }
     }
+}
+
+/// What a frontend's accept loop admits and dispatches new connections with: replaced as a
+/// whole by a reload, while the loop and its listening socket stay. Connections keep the one
+/// they started with.
+pub(crate) struct Serving {
+    pub listener: Arc<Listener>,
+    pub shared: Arc<Shared>,
 }
 
 /// How a frontend's connections start; each is one module that receives a [`Conn`].
@@ -85,20 +94,23 @@ pub(crate) enum Mode {
 /// reset, and are admitted as slots free up. If no slot frees within the bound, the queue is
 /// drained: what waits is accepted and refused, and so is every new connection until a slot
 /// is free again - an overload that lasts is answered at once, not after a wait.
+/// The frontend's settings are read from `serving` for each connection, so a reload applies
+/// from the next accept on.
 pub(crate) async fn serve(
-    socket: TcpListener,
-    listener: Arc<Listener>,
-    shared: Arc<Shared>,
+    socket: Arc<TcpListener>,
+    serving: watch::Receiver<Arc<Serving>>,
     stop: CancellationToken,
 ) {
     let mut waited_out = false;
     loop {
+        let current = Arc::clone(&serving.borrow());
+        let (listener, shared) = (&current.listener, &current.shared);
         if let Some(bound) = listener.queue
             && !waited_out
-            && listener.full(&shared)
+            && listener.full(shared)
         {
             tokio::select! {
-                freed = tokio::time::timeout(bound, listener.slot_freed(&shared)) => {
+                freed = tokio::time::timeout(bound, listener.slot_freed(shared)) => {
                     waited_out = freed.is_err();
                 }
                 () = stop.cancelled() => return,
@@ -113,13 +125,16 @@ pub(crate) async fn serve(
             Err(e) => {
                 // EMFILE/ENFILE and friends: back off instead of spinning; the kernel keeps the
                 // pending connections in the backlog meanwhile.
-                tracing::warn!(frontend = %listener.frontend.name, error = %e, "accept failed");
+                tracing::warn!(frontend = %current.listener.frontend.name, error = %e, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
+        // A reload while this loop waited applies to this connection already.
+        let current = Arc::clone(&serving.borrow());
+        let (listener, shared) = (&current.listener, &current.shared);
         listener.frontend.metrics.accepted.inc();
-        let permits = match admit(&listener, &shared, peer) {
+        let permits = match admit(listener, shared, peer) {
             Ok(permits) => {
                 waited_out = false;
                 permits
@@ -127,7 +142,7 @@ pub(crate) async fn serve(
             Err(reason) => {
                 conn::reject(
                     &listener.frontend,
-                    &shared,
+                    shared,
                     client,
                     peer,
                     reason,
@@ -139,8 +154,8 @@ pub(crate) async fn serve(
         let task = handle(
             client,
             peer,
-            Arc::clone(&listener),
-            Arc::clone(&shared),
+            Arc::clone(listener),
+            Arc::clone(shared),
             permits,
         );
         shared.tracker.spawn(task);

@@ -77,8 +77,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Redirect { action } => redirect(action),
-        Command::Run { config } => {
-            let config = match config::load(&config) {
+        Command::Run { config: path } => {
+            let config = match config::load(&path) {
                 Ok(config) => config,
                 Err(e) => {
                     eprintln!("{e}");
@@ -96,7 +96,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(daemon::run(config, shutdown_signal())) {
+            match runtime.block_on(daemon::run(config, path, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %daemon::error_chain(&e), "cannot start");

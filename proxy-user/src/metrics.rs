@@ -76,6 +76,10 @@ pub struct Metrics {
     /// `agent_proxy_dns_stale{host}` (extension): 1 while the last resolution of a host failed
     /// and its last good answer is in use.
     pub dns_stale: IntGaugeVec,
+    /// `agent_proxy_config_reloads_total{result}`: SIGHUP reloads, `ok` or `error`.
+    pub config_reloads_total: IntCounterVec,
+    /// `agent_proxy_config_last_reload_successful`: 0 after a refused reload, until one succeeds.
+    pub config_last_reload_successful: prometheus::IntGauge,
 }
 
 impl Metrics {
@@ -208,6 +212,23 @@ impl Metrics {
                 ),
                 &["frontend", "path", "end"],
             ),
+            config_reloads_total: counter(
+                r,
+                "agent_proxy_config_reloads_total",
+                "Configuration reloads (SIGHUP), by result (ok, error: the old config kept serving)",
+                &["result"],
+            ),
+            config_last_reload_successful: {
+                let g = prometheus::IntGauge::new(
+                    "agent_proxy_config_last_reload_successful",
+                    "1 when the last reload succeeded (or none was tried), 0 when it was refused",
+                )
+                .expect("valid gauge definition");
+                r.register(Box::new(g.clone()))
+                    .expect("gauge registered once");
+                g.set(1);
+                g
+            },
             registry,
         }
     }
@@ -306,6 +327,7 @@ mod tests {
         m.tls_handshake_errors_total
             .with_label_values(&["frontend", "fe", "certificate"])
             .inc();
+        m.config_reloads_total.with_label_values(&["ok"]).inc();
         m.dns_resolutions_total
             .with_label_values(&["a", "ok"])
             .inc();
@@ -339,6 +361,8 @@ mod tests {
         ("agent_proxy_connection_duration_seconds", "histogram"),
         ("agent_proxy_connections_ended_total", "counter"),
         ("agent_proxy_dns_stale", "gauge"),
+        ("agent_proxy_config_reloads_total", "counter"),
+        ("agent_proxy_config_last_reload_successful", "gauge"),
     ];
 
     #[test]

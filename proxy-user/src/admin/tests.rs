@@ -56,6 +56,7 @@ async fn start_with_timeout(header_read_timeout: Duration) -> Server {
             let pending = Arc::clone(&pending);
             Box::new(move || pending.lock().unwrap().clone())
         },
+        reload: Arc::new(std::sync::Mutex::new(serde_json::json!({ "reloads": 0 }))),
     });
     let (stop, stopped) = oneshot::channel::<()>();
     let shutdown = async move {
@@ -290,6 +291,7 @@ async fn stats_summarizes_frontends_and_maps() {
                 ],
             },
             "kernel_map_entries": { "sockmap": 4 },
+            "reload": { "reloads": 0 },
         })
     );
 }

@@ -198,6 +198,14 @@ fn global(raw: RawGlobal) -> Result<Global> {
     if let Some(spanned) = &raw.tcp_keepalive {
         global.tcp_keepalive = tcp_keepalive(spanned)?;
     }
+    if let Some(spanned) = &raw.pid_file {
+        global.pid_file = Some(parse_at(spanned, |text| {
+            if text.is_empty() {
+                return Err("pid_file must not be empty".to_owned());
+            }
+            Ok(std::path::PathBuf::from(text))
+        })?);
+    }
     Ok(global)
 }
 

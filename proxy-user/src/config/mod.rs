@@ -179,6 +179,8 @@ pub struct Global {
     pub outgoing_mark: u32,
     /// The keepalive of frontends that set none of their own.
     pub tcp_keepalive: TcpKeepalive,
+    /// Written with the daemon's PID once it serves, removed when it exits; for scripts.
+    pub pid_file: Option<PathBuf>,
 }
 
 /// `global.local_agents`.
@@ -217,6 +219,7 @@ impl Default for Global {
             local_agents: LocalAgentsMode::On,
             outgoing_mark: Global::DEFAULT_OUTGOING_MARK,
             tcp_keepalive: TcpKeepalive::default(),
+            pid_file: None,
         }
     }
 }

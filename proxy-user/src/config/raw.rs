@@ -39,6 +39,7 @@ pub(super) struct RawGlobal {
     pub local_agents: Option<Spanned<RawLocalAgents>>,
     pub outgoing_mark: Option<Spanned<Int>>,
     pub tcp_keepalive: Option<Spanned<RawKeepalive>>,
+    pub pid_file: Option<Spanned<String>>,
 }
 
 /// `tcp_keepalive = { idle, interval, count }`; a key left out takes its default.

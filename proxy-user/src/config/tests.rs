@@ -196,6 +196,7 @@ retries = 0
             local_agents: LocalAgentsMode::Off,
             outgoing_mark: 0x4150,
             tcp_keepalive: TcpKeepalive::default(),
+            pid_file: None,
         }
     );
     assert_eq!(config.backends[0].balance, Balance::LeastConn);

@@ -34,7 +34,7 @@ fn syntax_errors() {
         global_err("retries = 1"),
         "t.toml:2:1: unknown field `retries`, expected one of `max_connections`, `dataplane`, \
          `admin`, `drain_timeout`, `log_format`, `nameservers`, `kernel_sndbuf`, `kernel_window`, `local_agents`, \
-         `outgoing_mark`, `tcp_keepalive`"
+         `outgoing_mark`, `tcp_keepalive`, `pid_file`"
     );
     assert_eq!(
         global_err("dataplane = \"auto\"\ndataplane = \"kernel\""),

@@ -149,6 +149,24 @@ impl LocalAgents {
         Ok(())
     }
 
+    /// Undoes [`Self::listen`]: agents connecting to `addr` are no longer taken (a frontend
+    /// removed by a reload). `listener`: the listening socket, still open.
+    pub fn unlisten(&self, listener: RawFd, addr: SocketAddr) {
+        let Ok(netns) = netns_cookie(listener) else {
+            return;
+        };
+        let mut maps = self.lock();
+        for (family, ip) in listen_ips(addr.ip()) {
+            let key = ListenKey {
+                netns,
+                family,
+                port: u32::from(addr.port()),
+                ip,
+            };
+            let _ = ignore_missing(maps.listeners.remove(&key));
+        }
+    }
+
     /// Pairs the agent socket behind `accepted` (the daemon's accepted socket) with `upstream`, if
     /// the agent is on this host and `sock_ops` took its socket. The gate starts closed; call
     /// [`Splice`](crate::splice) logic to open it.

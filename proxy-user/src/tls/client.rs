@@ -10,7 +10,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, client::TlsStream};
 
-use super::{HandshakeError, Swap, TlsError, VERSIONS, pem, provider};
+use super::{HandshakeError, TlsError, VERSIONS, pem, provider};
 use crate::config::BackendTls;
 
 /// The CA bundles of the common distributions, tried in order when `ca_file` is not set:
@@ -24,7 +24,7 @@ pub(super) const SYSTEM_CA_BUNDLES: &[&str] = &[
 pub struct ClientTls {
     settings: BackendTls,
     timeout: Duration,
-    config: Swap<ClientConfig>,
+    config: Arc<ClientConfig>,
     /// Where the trusted roots came from, for the start-up log line.
     pub trust: String,
 }
@@ -36,15 +36,9 @@ impl ClientTls {
         Ok(Self {
             settings: settings.clone(),
             timeout,
-            config: Swap::new(config),
+            config: Arc::new(config),
             trust,
         })
-    }
-
-    /// Re-reads `ca_file` (or the system bundle); on error the config in use stays.
-    pub fn reload(&self) -> Result<(), TlsError> {
-        self.config.set(build(&self.settings)?.0);
-        Ok(())
     }
 
     /// The name sent as SNI and verified: `sni`, else the server's configured host (a DNS
@@ -61,7 +55,7 @@ impl ClientTls {
         host: &str,
     ) -> Result<TlsStream<TcpStream>, HandshakeError> {
         let name = self.server_name(host)?;
-        let connector = TlsConnector::from(self.config.get());
+        let connector = TlsConnector::from(Arc::clone(&self.config));
         match tokio::time::timeout(self.timeout, connector.connect(name, tcp)).await {
             Ok(Ok(stream)) => Ok(stream),
             Ok(Err(e)) => Err(HandshakeError::Failed(e)),

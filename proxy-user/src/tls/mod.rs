@@ -5,9 +5,9 @@
 //! - [`ClientTls`] originates verified TLS from a backend to its servers: the chain against the
 //!   system CA bundle (or `ca_file`, or the bundled webpki roots), the name against the SNI.
 //!
-//! Both hold their rustls config behind a lock as an `Arc`: a handshake takes the current one,
-//! and [`ServerTls::reload`] / [`ClientTls::reload`] (on SIGHUP) swap in a config rebuilt from
-//! the files, or keep the old one and say why. A connection keeps the config it started with.
+//! Both are built from the files when the config is loaded, at start and by each reload
+//! (SIGHUP), which builds new ones for the connections that follow; a connection keeps the
+//! config it started with.
 //!
 //! A connection with TLS on either side is carried by the userspace relay (`crate::tcp`,
 //! [`crate::relay::relay_streams`]); the kernel cannot splice bytes it would have to encrypt.
@@ -16,12 +16,7 @@ mod pem;
 mod server;
 mod state;
 
-use std::{
-    fmt, io,
-    path::PathBuf,
-    sync::{Arc, RwLock},
-    time::Duration,
-};
+use std::{fmt, io, path::PathBuf, sync::Arc, time::Duration};
 
 pub(crate) use client::ClientTls;
 pub(crate) use server::ServerTls;
@@ -166,20 +161,3 @@ pub(crate) fn warm_up_rng() {
 /// TLS 1.2 and 1.3: agents in the field still speak 1.2.
 const VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
-
-/// A value swapped whole on reload; readers clone the `Arc` and keep it for their connection.
-struct Swap<T>(RwLock<Arc<T>>);
-
-impl<T> Swap<T> {
-    fn new(value: T) -> Self {
-        Self(RwLock::new(Arc::new(value)))
-    }
-
-    fn get(&self) -> Arc<T> {
-        Arc::clone(&self.0.read().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    fn set(&self, value: T) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(value);
-    }
-}

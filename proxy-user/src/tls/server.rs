@@ -1,4 +1,4 @@
-//! The TLS a frontend terminates: certificates chosen by SNI, optional mTLS, reload.
+//! The TLS a frontend terminates: certificates chosen by SNI, optional mTLS.
 use std::{fmt, sync::Arc, time::Duration};
 
 use rustls::{
@@ -9,28 +9,22 @@ use rustls::{
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
-use super::{HandshakeError, Swap, TlsError, VERSIONS, pem, provider};
+use super::{HandshakeError, TlsError, VERSIONS, pem, provider};
 use crate::config::{CertFiles, FrontendTls};
 
 /// A frontend's TLS: the settings (file paths) and the config built from them.
 pub struct ServerTls {
     settings: FrontendTls,
-    config: Swap<ServerConfig>,
+    config: Arc<ServerConfig>,
 }
 
 impl ServerTls {
     /// Reads the files and builds the config.
     pub fn load(settings: &FrontendTls) -> Result<Self, TlsError> {
         Ok(Self {
-            config: Swap::new(build(settings)?),
+            config: Arc::new(build(settings)?),
             settings: settings.clone(),
         })
-    }
-
-    /// Re-reads the files; on error the config in use stays and the error says why.
-    pub fn reload(&self) -> Result<(), TlsError> {
-        self.config.set(build(&self.settings)?);
-        Ok(())
     }
 
     pub fn handshake_timeout(&self) -> Duration {
@@ -41,7 +35,7 @@ impl ServerTls {
     /// for the log line. rustls sends the client an alert when it can (a plaintext request
     /// gets one); the caller then closes the socket.
     pub async fn accept(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, HandshakeError> {
-        let acceptor = TlsAcceptor::from(self.config.get());
+        let acceptor = TlsAcceptor::from(Arc::clone(&self.config));
         match tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(tcp)).await {
             Ok(Ok(stream)) => Ok(stream),
             Ok(Err(e)) => Err(HandshakeError::Failed(e)),

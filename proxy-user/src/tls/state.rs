@@ -2,7 +2,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use super::{ClientTls, ServerTls, TlsError};
-use crate::{config::Config, report::error_chain};
+use crate::config::Config;
 
 /// A frontend's or backend's TLS files could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -50,31 +50,5 @@ impl TlsState {
             super::warm_up_rng();
         }
         Ok(state)
-    }
-
-    /// Re-reads every file; a frontend or backend whose files fail keeps its current config,
-    /// and the log says why. Returns how many failed.
-    pub fn reload(&self) -> usize {
-        let mut failed = 0;
-        let results = self
-            .frontends
-            .iter()
-            .map(|(name, tls)| ("frontend", name, tls.reload()))
-            .chain(
-                self.backends
-                    .iter()
-                    .map(|(name, tls)| ("backend", name, tls.reload())),
-            );
-        for (section, name, result) in results {
-            match result {
-                Ok(()) => tracing::info!(section, name = %name, "tls: certificates reloaded"),
-                Err(e) => {
-                    failed += 1;
-                    tracing::error!(section, name = %name, error = %error_chain(&e),
-                        "tls: reload failed; the previous certificates stay in use");
-                }
-            }
-        }
-        failed
     }
 }
