@@ -452,7 +452,7 @@ fn install_rules(plan: &Plan) -> Result<(), RedirectError> {
     Ok(())
 }
 
-/// The settings a running daemon cannot change (docs/operations.md, "Reload"): `Err` names
+/// The settings a running daemon cannot change (docs/configuration.md, "Reload"): `Err` names
 /// the first that differs.
 fn fixed_at_start(running: &Config, next: &Config) -> Result<(), String> {
     let (a, b) = (&running.global, &next.global);

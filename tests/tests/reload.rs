@@ -145,10 +145,8 @@ async fn paced<W: tokio::io::AsyncWrite + Unpin>(mut w: W, seed: u64) -> anyhow:
 /// Sends SIGHUP and waits until `agent_proxy_config_reloads_total{result}` reaches `count`.
 fn reload(env: &TestEnv, result: &str, count: u64) -> anyhow::Result<()> {
     // SAFETY: signalling the daemon this test started.
-    ensure!(
-        unsafe { libc::kill(env.daemon.pid() as libc::pid_t, libc::SIGHUP) } == 0,
-        "SIGHUP"
-    );
+    let sent = unsafe { libc::kill(env.daemon.pid() as libc::pid_t, libc::SIGHUP) };
+    ensure!(sent == 0, "SIGHUP");
     let m = env.daemon.settle(Duration::from_secs(10), |m| {
         m.count("agent_proxy_config_reloads_total", &[("result", result)]) >= count
     })?;

@@ -1,6 +1,6 @@
 //! One running configuration ([`Generation`]): the pools, the DNS resolver and the frontends'
 //! accept loops new connections are served with, built beside the one serving and swapped in
-//! by a reload (docs/operations.md, "Reload").
+//! by a reload (docs/configuration.md, "Reload").
 //!
 //! What a reload keeps: a listening socket whose configured address did not change (never
 //! re-bound, so no connection is refused while it happens), with its accept loop; a pool whose

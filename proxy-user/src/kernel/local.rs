@@ -135,13 +135,7 @@ impl LocalAgents {
     ) -> Result<(), KernelError> {
         let netns = netns_cookie(listener).map_err(KernelError::Socket)?;
         let mut maps = self.lock();
-        for (family, ip) in listen_ips(addr.ip()) {
-            let key = ListenKey {
-                netns,
-                family,
-                port: u32::from(addr.port()),
-                ip,
-            };
+        for key in listen_keys(netns, addr) {
             maps.listeners
                 .insert(key, frontend, 0)
                 .map_err(map_err("insert listener"))?;
@@ -156,13 +150,7 @@ impl LocalAgents {
             return;
         };
         let mut maps = self.lock();
-        for (family, ip) in listen_ips(addr.ip()) {
-            let key = ListenKey {
-                netns,
-                family,
-                port: u32::from(addr.port()),
-                ip,
-            };
+        for key in listen_keys(netns, addr) {
             let _ = ignore_missing(maps.listeners.remove(&key));
         }
     }
@@ -292,6 +280,18 @@ where
         ))?
         .try_into()
         .map_err(KernelError::Program)
+}
+
+/// The `LOCAL_LISTENERS` keys of a listener on `addr` in network namespace `netns`.
+fn listen_keys(netns: u64, addr: SocketAddr) -> impl Iterator<Item = ListenKey> {
+    listen_ips(addr.ip())
+        .into_iter()
+        .map(move |(family, ip)| ListenKey {
+            netns,
+            family,
+            port: u32::from(addr.port()),
+            ip,
+        })
 }
 
 /// `(family, address)` pairs a listener on `ip` accepts: an unspecified IPv6 address also takes
