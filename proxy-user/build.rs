@@ -17,6 +17,10 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("no parent for {}", package.manifest_path))?;
+    println!(
+        "cargo:rustc-env=AGENT_PROXY_COMMIT={}",
+        commit(root.as_str())
+    );
     println!("cargo:rustc-check-cfg=cfg(ebpf_skipped)");
     if std::env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v == "true") {
         println!("cargo:rustc-cfg=ebpf_skipped");
@@ -31,4 +35,26 @@ fn main() -> anyhow::Result<()> {
         // one bpf-linker is built against; newer nightlies emit bitcode it cannot read.
         aya_build::Toolchain::Custom("nightly-2026-05-20"),
     )
+}
+
+/// The commit the tree is at (`git describe --always --dirty`), or "unknown" outside a git
+/// checkout (a source tarball). Rebuilt when HEAD moves.
+fn commit(ebpf_root: &str) -> String {
+    let repo = std::path::Path::new(ebpf_root).join("..");
+    for file in [".git/HEAD", ".git/index"] {
+        let path = repo.join(file);
+        if path.exists() {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
+    }
+    std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty", "--abbrev=10"])
+        .current_dir(&repo)
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
 }

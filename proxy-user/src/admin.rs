@@ -44,6 +44,22 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 const JSON_CONTENT_TYPE: &str = "application/json";
 const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+const HTML_CONTENT_TYPE: &str = "text/html; charset=utf-8";
+
+/// Whether the request's `Accept` lists `text/html` (browsers put it first; curl, Prometheus
+/// and scripts do not send it).
+fn wants_html<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get_all(hyper::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            item.split(';')
+                .next()
+                .is_some_and(|t| t.trim() == "text/html")
+        })
+}
 
 /// What the admin endpoint reads; shared by every connection task.
 pub(crate) struct AdminState {
@@ -60,6 +76,41 @@ pub(crate) struct AdminState {
     pub refresh: Box<dyn Fn() + Send + Sync>,
     /// The `reload` object of `/stats`: how many reloads, and the last one's result and error.
     pub reload: Arc<std::sync::Mutex<Value>>,
+    /// The `backends` object of `/stats` from the pools serving (addresses, health, last
+    /// check, connections); `None`: built from `agent_proxy_server_up` alone.
+    pub backends: Box<dyn Fn() -> Option<Value> + Send + Sync>,
+    /// When the daemon started, for `uptime_seconds`.
+    pub started: std::time::Instant,
+}
+
+/// The `backends` object of `/stats` from the pools serving: every address with its health,
+/// weight, open connections and last active check.
+pub(crate) fn backends_status(pools: &[Arc<crate::pool::Pool>]) -> Value {
+    let mut backends = Map::new();
+    for pool in pools {
+        let servers = pool
+            .status()
+            .into_iter()
+            .map(|s| {
+                let last_check = s.last_check.map(|(at, error)| {
+                    let at = at
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    json!({ "at_unix": at, "error": error })
+                });
+                json!({
+                    "server": s.server,
+                    "address": s.address.to_string(),
+                    "up": s.up,
+                    "weight": s.weight,
+                    "active_connections": s.active,
+                    "last_check": last_check,
+                })
+            })
+            .collect();
+        backends.insert(pool.name.clone(), Value::Array(servers));
+    }
+    Value::Object(backends)
 }
 
 impl std::fmt::Debug for AdminState {
@@ -141,18 +192,20 @@ async fn serve_connection(
 ) {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        let html = wants_html(&req);
         let state = Arc::clone(&state);
         async move {
             let response = if matches!(path.as_str(), "/metrics" | "/stats") {
                 // The refresh reads the kernel's per-CPU counters (some 800 `bpf()` calls) and,
                 // with same-host agents, walks two of their maps: off the runtime's workers, so
                 // no connection task waits on it.
-                let blocking = tokio::task::spawn_blocking(move || handle(&state, &method, &path));
+                let blocking =
+                    tokio::task::spawn_blocking(move || handle(&state, &method, &path, html));
                 blocking
                     .await
                     .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"))
             } else {
-                handle(&state, &method, &path)
+                handle(&state, &method, &path, html)
             };
             Ok::<_, Infallible>(response)
         }
@@ -195,7 +248,10 @@ fn readyz(state: &AdminState) -> Response<Full<Bytes>> {
 
 /// Routes one request. Synchronous: every answer is computed from memory (`/metrics` and
 /// `/stats`, which first read the kernel maps, run on the blocking pool).
-fn handle(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes>> {
+///
+/// `html`: the client prefers HTML (`Accept: text/html`, as browsers send): `/stats` is then
+/// the page ([`page`]), JSON otherwise.
+fn handle(state: &AdminState, method: &Method, path: &str, html: bool) -> Response<Full<Bytes>> {
     if !matches!(path, "/metrics" | "/healthz" | "/readyz" | "/stats") {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
@@ -218,11 +274,19 @@ fn handle(state: &AdminState, method: &Method, path: &str) -> Response<Full<Byte
         _ => {
             (state.refresh)();
             let mut document = stats(&state.metrics);
+            document["version"] = json!(crate::VERSION);
+            document["uptime_seconds"] = json!(state.started.elapsed().as_secs());
             document["reload"] = state
                 .reload
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
+            if let Some(backends) = (state.backends)() {
+                document["backends"] = backends;
+            }
+            if html {
+                return respond(StatusCode::OK, HTML_CONTENT_TYPE, page::render(&document));
+            }
             let mut body = document.to_string();
             body.push('\n');
             respond(StatusCode::OK, JSON_CONTENT_TYPE, body)
@@ -295,6 +359,13 @@ pub(crate) fn stats(metrics: &Metrics) -> Value {
         }
     }
 
+    for m in &samples(&metrics.frontend_rejected_total) {
+        if let Some(name) = label(m, "frontend") {
+            let entry = &mut frontend_entry(&mut frontends, name)["rejected"];
+            *entry = json!(entry.as_u64().unwrap_or(0) + m.get_counter().get_value() as u64);
+        }
+    }
+
     let mut maps = Map::new();
     for m in &samples(&metrics.kernel_map_entries) {
         if let Some(map) = label(m, "map") {
@@ -340,6 +411,7 @@ fn frontend_entry<'a>(frontends: &'a mut Map<String, Value>, name: &str) -> &'a 
         json!({
             "current_connections": 0,
             "connections_total": 0,
+            "rejected": 0,
             "bytes": {
                 "upstream": { "kernel": 0, "userspace": 0 },
                 "downstream": { "kernel": 0, "userspace": 0 },
@@ -374,6 +446,8 @@ fn is_resource_exhaustion(err: &std::io::Error) -> bool {
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
 }
+
+mod page;
 
 #[cfg(test)]
 mod tests;

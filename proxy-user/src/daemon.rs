@@ -503,6 +503,14 @@ fn admin_state(process: &Process) -> Arc<AdminState> {
         metrics: Arc::clone(&process.metrics),
         ready: Arc::clone(&process.ready),
         reload: Arc::clone(&process.reload_status),
+        started: std::time::Instant::now(),
+        backends: {
+            let view = Arc::clone(&process.view);
+            Box::new(move || {
+                let view = view.read().unwrap_or_else(|e| e.into_inner());
+                Some(admin::backends_status(&view.pools))
+            })
+        },
         pending: Box::new(move || {
             let view = pending_view.read().unwrap_or_else(|e| e.into_inner());
             let mut reasons: Vec<String> = view

@@ -12,6 +12,14 @@
 //! [`daemon`], [`redirect`], and the data path pieces the kernel tests drive directly ([`conn`],
 //! [`kernel`], [`relay`], [`splice`]); every other module is private to the crate, and
 //! `unreachable_pub` keeps `pub` for what is reachable.
+/// The version `--version` and `/stats` show: the package's, and the commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("AGENT_PROXY_COMMIT"),
+    ")"
+);
+
 mod address_class;
 mod admin;
 pub mod config;

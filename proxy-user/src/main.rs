@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "agent-proxy",
-    version,
+    version = agent_proxy::VERSION,
     about = "Proxy for monitoring-agent traffic, with an eBPF data path"
 )]
 struct Cli {

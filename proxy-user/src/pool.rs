@@ -73,6 +73,19 @@ struct Health {
     connect_failures: u32,
     /// Out of rotation until then (passive health).
     out_until: Option<Instant>,
+    /// The last active check: when, and why it failed (`None`: it passed).
+    last_check: Option<(std::time::SystemTime, Option<String>)>,
+}
+
+/// What the stats page shows of one address of a pool.
+#[derive(Debug, Clone)]
+pub(crate) struct ServerStatus {
+    pub(crate) server: String,
+    pub(crate) address: SocketAddr,
+    pub(crate) weight: u32,
+    pub(crate) up: bool,
+    pub(crate) active: usize,
+    pub(crate) last_check: Option<(std::time::SystemTime, Option<String>)>,
 }
 
 impl Server {
@@ -352,6 +365,23 @@ impl Pool {
 
     /// Sets `agent_proxy_server_up` of every address from its state now (a passive back-off
     /// ends without an event, so this runs before each scrape too).
+    /// Every address of the pool, as the stats page shows it.
+    pub(crate) fn status(&self) -> Vec<ServerStatus> {
+        let now = Instant::now();
+        self.view()
+            .servers
+            .iter()
+            .map(|server| ServerStatus {
+                server: server.name.clone(),
+                address: server.addr,
+                weight: server.weight,
+                up: server.is_up(now),
+                active: server.active(),
+                last_check: server.health().last_check.clone(),
+            })
+            .collect()
+    }
+
     pub(crate) fn refresh_gauges(&self) {
         let now = Instant::now();
         for server in &self.view().servers {
@@ -383,6 +413,8 @@ impl Pool {
         let was_up = server.is_up(now);
         {
             let mut health = server.health();
+            let failure = result.as_ref().err().map(|e| error_chain(e));
+            health.last_check = Some((std::time::SystemTime::now(), failure));
             if result.is_ok() {
                 health.check_failures = 0;
                 health.check_successes = health.check_successes.saturating_add(1);

@@ -34,7 +34,8 @@ pub(crate) const BUILD_APT_PACKAGES: &[&str] = &[
 /// Debian packages the tests use: `iproute2` (`ip netns`, veth), `iptables` (transparent-mode
 /// redirect rules), `bpftool` (inspecting the loaded programs and maps), `curl` (the admin
 /// endpoints, and a TLS client of the TLS tests), `openssl` (`s_client` in the TLS tests),
-/// `python3` (small test peers), `procps` (`sysctl`, `ps`).
+/// `python3` (small test peers), `procps` (`sysctl`, `ps`), `chromium` (the stats page, as a
+/// browser renders it), `prometheus` (`promtool check metrics` on `/metrics`).
 ///
 /// Benchmark peers (haproxy, iperf3, ...) are in [`BENCH_APT_PACKAGES`], which only `bench`
 /// installs.
@@ -47,6 +48,8 @@ pub(crate) const TEST_APT_PACKAGES: &[&str] = &[
     "python3",
     "procps",
     "dnsmasq-base",
+    "chromium",
+    "prometheus",
 ];
 
 /// What the CONNECT-mode tests add: `squid` (the reference forward proxy docs/connect.md

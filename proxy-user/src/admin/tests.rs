@@ -57,6 +57,8 @@ async fn start_with_timeout(header_read_timeout: Duration) -> Server {
             Box::new(move || pending.lock().unwrap().clone())
         },
         reload: Arc::new(std::sync::Mutex::new(serde_json::json!({ "reloads": 0 }))),
+        backends: Box::new(|| None),
+        started: std::time::Instant::now(),
     });
     let (stop, stopped) = oneshot::channel::<()>();
     let shutdown = async move {
@@ -257,11 +259,27 @@ async fn stats_summarizes_frontends_and_maps() {
         .with_label_values(&["be", "intake.example:443", "10.0.0.2:443"])
         .set(0);
 
+    m.frontend_rejected_total
+        .with_label_values(&["fe", "denied"])
+        .inc_by(2);
+    m.frontend_rejected_total
+        .with_label_values(&["fe", "rate_limit"])
+        .inc();
+
     let answer = get(server.addr, "/stats").await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.header("content-type"), Some("application/json"));
     assert_eq!(server.refreshes.load(Ordering::SeqCst), 1);
-    let doc: Value = serde_json::from_str(&answer.body).unwrap();
+    let mut doc: Value = serde_json::from_str(&answer.body).unwrap();
+    let version = doc.as_object_mut().unwrap().remove("version").unwrap();
+    assert_eq!(version, json!(crate::VERSION));
+    assert!(crate::VERSION.starts_with(concat!(env!("CARGO_PKG_VERSION"), " (")));
+    let uptime = doc
+        .as_object_mut()
+        .unwrap()
+        .remove("uptime_seconds")
+        .unwrap();
+    assert!(uptime.as_u64().is_some_and(|s| s < 60), "{uptime}");
     assert_eq!(
         doc,
         json!({
@@ -270,6 +288,7 @@ async fn stats_summarizes_frontends_and_maps() {
                 "fe": {
                     "current_connections": 2,
                     "connections_total": 7,
+                    "rejected": 3,
                     "bytes": {
                         "upstream": { "kernel": 4096, "userspace": 0 },
                         "downstream": { "kernel": 0, "userspace": 10 },
@@ -278,6 +297,7 @@ async fn stats_summarizes_frontends_and_maps() {
                 "other": {
                     "current_connections": 0,
                     "connections_total": 0,
+                    "rejected": 0,
                     "bytes": {
                         "upstream": { "kernel": 0, "userspace": 1 },
                         "downstream": { "kernel": 0, "userspace": 0 },
