@@ -132,7 +132,7 @@ fn page_shows_the_json(dp: Dataplane) -> anyhow::Result<()> {
         ] {
             let shown = cell(row, &format!("class=\"{class}\""))?;
             ensure!(
-                shown == value.to_string(),
+                shown.parse::<u64>().ok() == value.as_u64(),
                 "the page shows {class} = {shown}, /stats says {value}"
             );
         }
