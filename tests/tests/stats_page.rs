@@ -97,7 +97,10 @@ fn page_shows_the_json(dp: Dataplane) -> anyhow::Result<()> {
         if let Ok(mut refused) = socket.connect(addr).await {
             let mut byte = [0u8; 1];
             let read = tokio::io::AsyncReadExt::read(&mut refused, &mut byte).await;
-            ensure!(read.is_err(), "a client outside `allow` was not reset: {read:?}");
+            ensure!(
+                read.is_err(),
+                "a client outside `allow` was not reset: {read:?}"
+            );
         }
         // Let the checks find the dead server and the counters settle.
         tokio::time::sleep(Duration::from_millis(800)).await;

@@ -18,21 +18,21 @@ tr.down td{background:#f8d7d7}tr.up td.state{background:#d4f0d4}\
 /// The page of `document` (see [`super::stats`], with `version`, `uptime_seconds`, `reload`).
 pub(super) fn render(document: &Value) -> String {
     let mut html = String::with_capacity(4096);
-    let _ = write!(
+    let _ = writeln!(
         html,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta http-equiv=\"refresh\" content=\"{REFRESH_SECONDS}\">\
-         <title>agent-proxy stats</title><style>{STYLE}</style></head><body>\n"
+         <title>agent-proxy stats</title><style>{STYLE}</style></head><body>"
     );
     summary(&mut html, document);
     frontends(&mut html, document);
     backends(&mut html, document);
     maps(&mut html, document);
-    let _ = write!(
+    let _ = writeln!(
         html,
         "<p class=\"muted\">Refreshes every {REFRESH_SECONDS} s. The same figures as JSON: \
          <code>curl http://ADMIN/stats</code>; Prometheus: <code>/metrics</code>.</p>\
-         </body></html>\n"
+         </body></html>"
     );
     html
 }
@@ -57,12 +57,12 @@ fn summary(html: &mut String, doc: &Value) {
         }
         None => "<span id=\"reload-result\">none</span>".to_owned(),
     };
-    let _ = write!(
+    let _ = writeln!(
         html,
         "<h1>agent-proxy</h1>\n<p>version <span id=\"version\">{}</span> &middot; up \
          <span id=\"uptime\" data-seconds=\"{}\">{}</span> &middot; data path \
          <span id=\"dataplane\">{}</span> &middot; reloads <span id=\"reloads\">{}</span> \
-         (last: {last})</p>\n",
+         (last: {last})</p>",
         text(&doc["version"]),
         doc["uptime_seconds"].as_u64().unwrap_or(0),
         duration(doc["uptime_seconds"].as_u64().unwrap_or(0)),
@@ -88,12 +88,12 @@ fn frontends(html: &mut String, doc: &Value) {
             } else {
                 format!("{:.1} %", kernel as f64 * 100.0 / (up + down) as f64)
             };
-            let _ = write!(
+            let _ = writeln!(
                 html,
                 "<tr data-frontend=\"{name}\"><td class=\"name\">{name}</td>\
                  <td class=\"current\">{}</td><td class=\"total\">{}</td>\
                  <td class=\"rejected\">{}</td><td class=\"up\">{up}</td>\
-                 <td class=\"down\">{down}</td><td class=\"kernel-share\">{share}</td></tr>\n",
+                 <td class=\"down\">{down}</td><td class=\"kernel-share\">{share}</td></tr>",
                 count(&fe["current_connections"]),
                 count(&fe["connections_total"]),
                 count(&fe["rejected"]),
@@ -125,13 +125,13 @@ fn backends(html: &mut String, doc: &Value) {
                         None => "passed".to_owned(),
                     }
                 };
-                let _ = write!(
+                let _ = writeln!(
                     html,
                     "<tr class=\"{state}\" data-backend=\"{backend}\" data-address=\"{address}\">\
                      <td class=\"name\">{backend}</td><td class=\"name server\">{server_name}</td>\
                      <td class=\"name address\">{address}</td><td class=\"state\">{STATE}</td>\
                      <td class=\"weight\">{weight}</td><td class=\"active\">{active}</td>\
-                     <td class=\"name check\">{last}</td></tr>\n",
+                     <td class=\"name check\">{last}</td></tr>",
                     state = if up { "up" } else { "down" },
                     STATE = if up { "UP" } else { "DOWN" },
                     backend = escape(name),
@@ -157,9 +157,9 @@ fn maps(html: &mut String, doc: &Value) {
         "<h2>Kernel maps</h2>\n<table id=\"maps\"><tr><th class=\"name\">map</th><th>entries</th></tr>\n",
     );
     for (name, entries) in maps {
-        let _ = write!(
+        let _ = writeln!(
             html,
-            "<tr data-map=\"{name}\"><td class=\"name\">{name}</td><td class=\"entries\">{}</td></tr>\n",
+            "<tr data-map=\"{name}\"><td class=\"name\">{name}</td><td class=\"entries\">{}</td></tr>",
             count(entries),
             name = escape(name),
         );
