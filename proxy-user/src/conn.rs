@@ -100,6 +100,7 @@ pub struct FrontendMetrics {
 
 impl FrontendMetrics {
     pub fn new(metrics: &Metrics, frontend: &str) -> Self {
+        metrics.init_frontend(frontend);
         let copied = |direction| {
             metrics
                 .bytes_total

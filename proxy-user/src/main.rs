@@ -4,6 +4,9 @@ use std::{path::PathBuf, process::ExitCode};
 use agent_proxy::{config, daemon};
 use clap::{Parser, Subcommand};
 
+/// Where `run` and `check` read the config unless `-c` says otherwise.
+const DEFAULT_CONFIG: &str = "/etc/agent-proxy/agent-proxy.toml";
+
 #[derive(Parser)]
 #[command(
     name = "agent-proxy",
@@ -20,12 +23,13 @@ enum Command {
     /// Run the proxy in the foreground.
     Run {
         /// Configuration file (TOML).
-        #[arg(short, long, default_value = "/etc/agent-proxy/agent-proxy.toml")]
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Validate a configuration: exit 0, or 1 with FILE:LINE:COL: message.
     Check {
-        #[arg(short, long)]
+        /// Configuration file (TOML).
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// The iptables/ip6tables rules of the transparent frontends (`intercept`), by hand.
@@ -39,17 +43,20 @@ enum Command {
 enum RedirectAction {
     /// Make the proxy's chains hold exactly the config's rules (idempotent).
     Install {
-        #[arg(short, long)]
+        /// Configuration file (TOML).
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Remove the proxy's chains and the jumps to them (idempotent).
     Remove {
-        #[arg(short, long)]
+        /// Configuration file (TOML).
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Show the proxy's chains; exit 0 when they hold what the config asks for, else 1.
     Status {
-        #[arg(short, long)]
+        /// Configuration file (TOML).
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
 }
@@ -160,7 +167,14 @@ fn redirect(action: RedirectAction) -> ExitCode {
 fn init_tracing(format: config::LogFormat) {
     use tracing_subscriber::{EnvFilter, fmt};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal: a file, a pipe or journald gets plain text, and
+    // NO_COLOR (https://no-color.org) turns them off anywhere.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         config::LogFormat::Json => builder.json().init(),
         config::LogFormat::Text => builder.init(),

@@ -80,6 +80,8 @@ pub struct Metrics {
     pub config_reloads_total: IntCounterVec,
     /// `agent_proxy_config_last_reload_successful`: 0 after a refused reload, until one succeeds.
     pub config_last_reload_successful: prometheus::IntGauge,
+    /// `agent_proxy_build_info{version,commit}`: always 1, for joining on the version.
+    pub build_info: IntGaugeVec,
 }
 
 impl Metrics {
@@ -229,7 +231,36 @@ impl Metrics {
                 g.set(1);
                 g
             },
-            registry,
+            build_info: {
+                let info = gauge(
+                    r,
+                    "agent_proxy_build_info",
+                    "Always 1; the labels say which build runs",
+                    &["version", "commit"],
+                );
+                info.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("AGENT_PROXY_COMMIT")])
+                    .set(1);
+                info
+            },
+            registry: {
+                // process_cpu_seconds_total, process_open_fds, process_max_fds,
+                // process_resident_memory_bytes, process_virtual_memory_bytes,
+                // process_start_time_seconds (Linux /proc).
+                let process = prometheus::process_collector::ProcessCollector::for_self();
+                registry
+                    .register(Box::new(process))
+                    .expect("process collector registered once");
+                registry
+            },
+        }
+    }
+
+    /// Creates a frontend's labelled series at zero (every rejection reason), so that alert
+    /// rules and rates see them before the first event.
+    pub fn init_frontend(&self, frontend: &str) {
+        for reason in Reject::ALL {
+            self.frontend_rejected_total
+                .with_label_values(&[frontend, reason.as_str()]);
         }
     }
 
@@ -363,6 +394,7 @@ mod tests {
         ("agent_proxy_dns_stale", "gauge"),
         ("agent_proxy_config_reloads_total", "counter"),
         ("agent_proxy_config_last_reload_successful", "gauge"),
+        ("agent_proxy_build_info", "gauge"),
     ];
 
     #[test]
@@ -381,7 +413,26 @@ mod tests {
                 .unwrap_or_else(|| panic!("missing HELP of {name}"));
             assert!(help.len() > 10, "HELP of {name} too short: {help}");
         }
-        assert_eq!(m.registry.gather().len(), FAMILIES.len());
+        let ours = m
+            .registry
+            .gather()
+            .iter()
+            .filter(|f| f.name().starts_with("agent_proxy_"))
+            .count();
+        assert_eq!(ours, FAMILIES.len());
+        for process in [
+            "process_start_time_seconds",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+        ] {
+            assert!(text.contains(&format!("# TYPE {process} ")), "no {process}");
+        }
+        let build = format!(
+            "agent_proxy_build_info{{commit=\"{}\",version=\"{}\"}} 1",
+            env!("AGENT_PROXY_COMMIT"),
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&build), "no {build} in:\n{text}");
     }
 
     #[test]

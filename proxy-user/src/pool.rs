@@ -382,10 +382,15 @@ impl Pool {
             .collect()
     }
 
+    /// Sets every address's `agent_proxy_server_up`, and creates its connect-error series at
+    /// zero (so that rates and alerts see it before the first error).
     pub(crate) fn refresh_gauges(&self) {
         let now = Instant::now();
         for server in &self.view().servers {
             self.set_gauge(server, server.is_up(now));
+            self.metrics
+                .backend_connect_errors_total
+                .with_label_values(&[self.name.as_str(), server.name.as_str()]);
         }
     }
 

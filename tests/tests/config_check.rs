@@ -262,3 +262,86 @@ fn more_frontends_than_the_kernel_counters_hold_fail_check() {
     );
     let _ = std::fs::remove_dir_all(path.parent().expect("temp dir"));
 }
+
+/// `--version` names the commit; `check` without `-c` reads the same default file as `run`.
+#[test]
+fn version_and_default_config_path() {
+    let bin = require_binary();
+    let out = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .expect("run --version");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "--version: {}", out.status);
+    let version = text.trim().strip_prefix("agent-proxy ").unwrap_or_default();
+    let (number, commit) = version.split_once(' ').unwrap_or_default();
+    assert!(
+        number.split('.').count() == 3
+            && commit.starts_with('(')
+            && commit.ends_with(')')
+            && commit.len() > 8,
+        "--version printed {text:?}, expected `agent-proxy X.Y.Z (COMMIT)`"
+    );
+    let default = std::path::Path::new("/etc/agent-proxy/agent-proxy.toml");
+    if default.exists() {
+        eprintln!(
+            "{} exists here: the default-path half is not checked",
+            default.display()
+        );
+        return;
+    }
+    let out = Command::new(&bin).arg("check").output().expect("run check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "check without -c: {stderr}");
+    assert!(
+        stderr.starts_with("/etc/agent-proxy/agent-proxy.toml: cannot read:"),
+        "check without -c: {stderr}"
+    );
+}
+
+/// Text logs carry no ANSI colour codes when stderr is not a terminal (a file here, as under
+/// journald): the daemon's start-up lines, written to a file, have no escape byte.
+#[test]
+fn text_logs_to_a_file_have_no_colour() {
+    let bin = require_binary();
+    let config = VALID
+        .replace("log_format = \"json\"", "log_format = \"text\"")
+        .replace("dataplane = \"auto\"", "dataplane = \"userspace\"")
+        .replace("127.0.0.1:9090", "127.0.0.1:0")
+        .replace("127.0.0.1:7000", "127.0.0.1:0");
+    let (path, out) = check(&config);
+    assert!(
+        out.status.success(),
+        "check: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = path.with_extension("log");
+    let file = std::fs::File::create(&log).expect("log file");
+    let mut child = Command::new(&bin)
+        .args(["run", "-c"])
+        .arg(&path)
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("dup"))
+        .stderr(file)
+        .spawn()
+        .expect("run the daemon");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("listening") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        text.contains("listening"),
+        "the daemon did not start: {text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a log file: {text:?}"
+    );
+}

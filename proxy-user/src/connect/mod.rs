@@ -67,9 +67,17 @@ impl Settings {
             policy: Policy::new(config.allow_destinations.clone()),
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
-            tunnels: metrics
-                .connect_requests_total
-                .with_label_values(&[frontend, "200"]),
+            tunnels: {
+                // Every answer's series exists from the start, at zero.
+                for status in Status::ALL {
+                    metrics
+                        .connect_requests_total
+                        .with_label_values(&[frontend, &status.code().to_string()]);
+                }
+                metrics
+                    .connect_requests_total
+                    .with_label_values(&[frontend, "200"])
+            },
             early_bytes: metrics.bytes_total.with_label_values(&[
                 frontend,
                 "upstream",
@@ -93,6 +101,17 @@ pub(crate) enum Status {
 }
 
 impl Status {
+    pub(crate) const ALL: [Status; 8] = [
+        Status::BadRequest,
+        Status::Forbidden,
+        Status::MethodNotAllowed,
+        Status::ProxyAuthenticationRequired,
+        Status::RequestTimeout,
+        Status::HeaderFieldsTooLarge,
+        Status::BadGateway,
+        Status::GatewayTimeout,
+    ];
+
     pub(crate) fn code(self) -> u16 {
         match self {
             Status::BadRequest => 400,
