@@ -155,8 +155,9 @@ pub async fn run(
 }
 
 impl Daemon {
-    /// Everything before serving: validation, the kernel path, metrics, DNS and the pools'
-    /// first resolutions, the listeners and the admin endpoint bound.
+    /// Everything before serving: validation, the kernel path, metrics, DNS and the pools
+    /// (whose names resolve in the background from here on), the listeners and the admin
+    /// endpoint bound.
     pub async fn build(config: Config) -> Result<Self, StartError> {
         // Installed first: from here on a SIGHUP reloads instead of killing the process.
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -210,20 +211,13 @@ impl Daemon {
             .iter()
             .map(|b| (b.name.clone(), Pool::new(b, Arc::clone(&metrics))))
             .collect();
-        let mut starting = tokio::task::JoinSet::new();
         for pool in pools.values() {
-            let (pool, dns, stop) = (Arc::clone(pool), Arc::clone(&dns), stop_background.clone());
             // Checks of a TLS backend complete a handshake, as a real connection would.
             let check_tls = tls.backends.get(&pool.name).cloned();
-            starting.spawn(async move { pool.start(dns, check_tls, stop).await });
-        }
-        starting.join_all().await;
-        for pool in pools.values() {
-            let servers = pool.servers();
-            if servers.is_empty() {
-                tracing::warn!(backend = %pool.name, "no server address known yet; clients are refused until DNS answers");
-            }
-            for server in servers {
+            // Resolves in the background: the listeners open at once, and a client that comes
+            // before a backend's first address waits for it (up to its connect_timeout).
+            pool.start(Arc::clone(&dns), check_tls, stop_background.clone());
+            for server in pool.servers() {
                 tracing::info!(backend = %pool.name, server = %server.name, address = %server.addr, weight = server.weight, "server");
             }
         }
