@@ -439,3 +439,38 @@ async fn failed_destination_refreshes_back_off() {
     assert_eq!(dns.resolve("backoff.example.", 443).await.unwrap(), good);
     assert_eq!(errors(), 3, "not asked again after the back-off");
 }
+
+/// The destination cache's bound ([`CACHE_LIMIT`]): a new name in a full cache first makes
+/// room by dropping expired answers, and drops every answer only when none had expired. No
+/// number of names grows it past the bound.
+#[tokio::test]
+async fn the_destination_cache_is_bounded() {
+    let ns = FakeNameserver::start(Script::ServFail).await;
+    let metrics = Arc::new(Metrics::new());
+    let dns = dns(&ns, &metrics);
+    let ip = vec![IpAddr::from([10, 0, 0, 1])];
+    let len = || dns.cache.lock().unwrap().len();
+    let long = Duration::from_secs(60);
+    // Half expired (TTL 0), half live.
+    for i in 0..CACHE_LIMIT {
+        let ttl = if i % 2 == 0 { Duration::ZERO } else { long };
+        dns.store(format!("name-{i}.example."), ip.clone(), ttl, 0);
+    }
+    assert_eq!(len(), CACHE_LIMIT);
+    dns.store("one-more.example.".into(), ip.clone(), long, 0);
+    assert_eq!(len(), CACHE_LIMIT / 2 + 1, "the expired half made room");
+    // Fill it with live answers: the first new name that finds it full with nothing expired
+    // starts it over.
+    let mut smallest = usize::MAX;
+    for i in 0..CACHE_LIMIT {
+        dns.store(format!("live-{i}.example."), ip.clone(), long, 0);
+        assert!(len() <= CACHE_LIMIT);
+        smallest = smallest.min(len());
+    }
+    assert_eq!(smallest, 1, "a full cache of live answers starts over");
+    // A name already cached is replaced in place, however full.
+    let before = len();
+    let last = format!("live-{}.example.", CACHE_LIMIT - 1);
+    dns.store(last, ip.clone(), long, 0);
+    assert_eq!(len(), before);
+}

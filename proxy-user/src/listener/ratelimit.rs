@@ -19,7 +19,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// Addresses tracked at once, ~80 bytes each (table entry and queue entry): ~5 MiB at most.
+/// Addresses tracked at once: at most ~7 MiB (131,072 hash buckets of 49 bytes - the table
+/// grows past 7/8 full - and 65,536 queue entries of 17 bytes).
 pub(crate) const MAX_TRACKED: usize = 65_536;
 
 pub(crate) use crate::config::RateLimit;
