@@ -4,8 +4,16 @@
 //! - **Addresses follow DNS.** Every configured server is a *group*: an IP literal is one
 //!   address; a hostname stands for every A and AAAA address it resolves to, re-resolved when the
 //!   answer's TTL (clamped to the backend's `dns` bounds) has passed ([`Pool::start`]). When DNS
-//!   fails or answers nothing, the last good addresses stay. Established connections hold their
-//!   [`Lease`] and are never touched by a change of addresses.
+//!   fails or answers nothing, the last good addresses stay, and the name is asked again after
+//!   `min_ttl`, doubling with each failure in a row up to `max_ttl`
+//!   ([`DnsTtl::retry_after`]). Established connections hold their [`Lease`] and are never
+//!   touched by a change of addresses.
+//! - **No address yet.** Until the first resolution of some name of the backend has answered
+//!   (it is in flight, or failed and is being retried), the pool has no address at all; a new
+//!   connection then waits for one up to `connect_timeout` before it is refused
+//!   ([`ConnectError::NoServer`]), so that clients arriving while the daemon starts, or while
+//!   its nameserver does, are served rather than reset. A pool that has addresses never goes
+//!   back to none (a failed resolution keeps the last good ones).
 //! - **Health.** Active checks ([`crate::health`]) bring an address down after `fall` failed
 //!   checks and up after `rise` good ones. Passive health: `passive.fall` consecutive failed
 //!   connects take an address out for `passive.backoff`, after which it gets a trial connection.
@@ -15,31 +23,31 @@
 //!   `random` is the power of two choices: two weighted random picks, the less loaded wins.
 //! - **Retries.** A failed connect (or establish step, e.g. a TLS handshake) is retried on a
 //!   server not tried yet while one is up (redispatch), up to `retries` more attempts, each
-//!   bounded by `connect_timeout`. No server up refuses at once ([`ConnectError::NoServer`]).
+//!   bounded by `connect_timeout`. Addresses known but none up refuses at once
+//!   ([`ConnectError::NoServer`]).
 mod balance;
 mod error;
+mod resolve;
 
 use std::{
     net::{IpAddr, SocketAddr},
     sync::{
-        Arc, Mutex, RwLock,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use prometheus::Histogram;
-use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
+use tokio::{net::TcpStream, sync::watch};
 
 use crate::{
     config::{Backend, Balance, DnsTtl, HealthCheck, Host, Passive, ServerSpec},
     dial::DialError,
-    dns::Dns,
-    health::{self, ProbeError},
+    health::ProbeError,
     metrics::Metrics,
     report::error_chain,
-    tls::{ClientTls, HandshakeError},
+    tls::HandshakeError,
 };
 
 pub(crate) use error::{AttemptError, ConnectError};
@@ -167,7 +175,9 @@ pub(crate) struct Pool {
     health_check: Option<HealthCheck>,
     dns_ttl: DnsTtl,
     groups: Vec<Group>,
-    view: RwLock<Arc<View>>,
+    /// Published on every change of addresses; a connection with no address to choose from
+    /// waits on it for the first one.
+    view: watch::Sender<Arc<View>>,
     next: AtomicUsize,
     metrics: Arc<Metrics>,
     /// This backend's `agent_proxy_backend_connect_seconds`, resolved once: it is observed on
@@ -205,7 +215,7 @@ impl Pool {
             health_check: backend.health_check.clone(),
             dns_ttl: backend.dns,
             groups,
-            view: RwLock::new(Arc::new(View::default())),
+            view: watch::Sender::new(Arc::new(View::default())),
             next: AtomicUsize::new(0),
             connect_seconds: metrics
                 .backend_connect_seconds
@@ -217,117 +227,6 @@ impl Pool {
         pool
     }
 
-    /// Resolves the hostnames once (so that a pool is ready when the daemon says so), then keeps
-    /// them resolved and the addresses checked in background tasks until `stop`.
-    /// `tls`: the backend's TLS, which active checks then complete a handshake with.
-    pub(crate) async fn start(
-        self: &Arc<Self>,
-        dns: Arc<Dns>,
-        tls: Option<Arc<ClientTls>>,
-        stop: CancellationToken,
-    ) {
-        let mut first = tokio::task::JoinSet::new();
-        for index in 0..self.groups.len() {
-            let Host::Name(host) = &self.groups[index].spec.addr.host else {
-                continue;
-            };
-            let (pool, dns, host) = (Arc::clone(self), Arc::clone(&dns), host.clone());
-            first.spawn(async move {
-                let next = pool.resolve_group(index, &host, &dns).await;
-                (index, host, next)
-            });
-        }
-        while let Some(done) = first.join_next().await {
-            let Ok((index, host, next)) = done else {
-                continue;
-            };
-            let (pool, dns, stop) = (Arc::clone(self), Arc::clone(&dns), stop.clone());
-            tokio::spawn(async move {
-                let mut wait = next;
-                loop {
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = stop.cancelled() => return,
-                    }
-                    wait = pool.resolve_group(index, &host, &dns).await;
-                }
-            });
-        }
-        if let Some(check) = self.health_check.clone() {
-            tokio::spawn(health::run(Arc::clone(self), check, tls, stop));
-        }
-    }
-
-    /// Resolves one hostname group and applies the answer; returns when to resolve it again.
-    async fn resolve_group(&self, index: usize, host: &str, dns: &Dns) -> Duration {
-        let group = &self.groups[index];
-        match dns.lookup(host).await {
-            Ok(answer) => {
-                if group.stale.swap(false, Ordering::Relaxed) {
-                    tracing::info!(backend = %self.name, server = %group.name, "DNS answers again");
-                }
-                self.metrics.dns_stale.with_label_values(&[host]).set(0);
-                self.set_addresses(index, &answer.ips);
-                self.dns_ttl.clamp(answer.ttl)
-            }
-            Err(e) => {
-                let known = group
-                    .servers
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .len();
-                if !group.stale.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(backend = %self.name, server = %group.name, error = %e,
-                        addresses = known, "DNS resolution failed; keeping the last good answer");
-                }
-                self.metrics.dns_stale.with_label_values(&[host]).set(1);
-                self.dns_ttl.min_ttl
-            }
-        }
-    }
-
-    /// Replaces the addresses of a group, keeping the state of those that remain.
-    fn set_addresses(&self, index: usize, ips: &[IpAddr]) {
-        let group = &self.groups[index];
-        let mut servers = group.servers.lock().unwrap_or_else(|e| e.into_inner());
-        let port = group.spec.addr.port;
-        let unchanged = servers.len() == ips.len()
-            && ips
-                .iter()
-                .all(|ip| servers.iter().any(|s| s.addr == SocketAddr::new(*ip, port)));
-        if unchanged {
-            return;
-        }
-        let next: Vec<Arc<Server>> = ips
-            .iter()
-            .map(|&ip| {
-                let addr = SocketAddr::new(ip, port);
-                servers
-                    .iter()
-                    .find(|s| s.addr == addr)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(Server::new(&group.spec, &group.name, ip)))
-            })
-            .collect();
-        for gone in servers
-            .iter()
-            .filter(|s| !next.iter().any(|n| n.addr == s.addr))
-        {
-            let _ = self.metrics.server_up.remove_label_values(&[
-                self.name.as_str(),
-                gone.name.as_str(),
-                &gone.addr.to_string(),
-            ]);
-        }
-        let addresses: Vec<String> = next.iter().map(|s| s.addr.to_string()).collect();
-        tracing::info!(backend = %self.name, server = %group.name,
-            addresses = %addresses.join(","), "server addresses");
-        *servers = next;
-        drop(servers);
-        self.rebuild_view();
-        self.refresh_gauges();
-    }
-
     fn rebuild_view(&self) {
         let servers: Vec<Arc<Server>> = self
             .groups
@@ -336,11 +235,32 @@ impl Pool {
             .collect();
         let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
         let wheel = smooth_wheel(&weights);
-        *self.view.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(View { servers, wheel });
+        self.view.send_replace(Arc::new(View { servers, wheel }));
     }
 
     fn view(&self) -> Arc<View> {
-        Arc::clone(&self.view.read().unwrap_or_else(|e| e.into_inner()))
+        Arc::clone(&self.view.borrow())
+    }
+
+    /// The current addresses; while there is none at all (no name of the backend has resolved
+    /// yet), waits up to `connect_timeout` for the first (see the module doc). Still none
+    /// after that: the empty view, and the caller refuses.
+    async fn first_view(&self) -> Arc<View> {
+        let view = self.view();
+        if !view.servers.is_empty() {
+            return view;
+        }
+        let mut changes = self.view.subscribe();
+        let waited = tokio::time::timeout(
+            self.connect_timeout,
+            changes.wait_for(|view| !view.servers.is_empty()),
+        )
+        .await;
+        match waited {
+            Ok(Ok(view)) => Arc::clone(&view),
+            // Timed out (or, impossibly, the sender is gone: it lives in `self`).
+            _ => self.view(),
+        }
     }
 
     /// The configured servers (`host:port`) that have no address known yet: a name whose
@@ -509,7 +429,11 @@ impl Pool {
         let mut tried: Vec<Arc<Server>> = Vec::new();
         let mut last = None;
         for attempt in 0..attempts {
-            let view = self.view();
+            let view = if attempt == 0 {
+                self.first_view().await
+            } else {
+                self.view()
+            };
             let Some(server) = self.pick(&view, &tried) else {
                 if attempt == 0 {
                     return Err(ConnectError::NoServer {

@@ -530,6 +530,17 @@ impl DnsTtl {
     pub fn clamp(&self, ttl: Duration) -> Duration {
         ttl.clamp(self.min_ttl, self.max_ttl)
     }
+
+    /// When to ask again after `failures` (at least 1) failed or empty resolutions in a row:
+    /// `min_ttl`, doubling with each further failure, at most `max_ttl`. A nameserver that is
+    /// down is not asked every `min_ttl` forever, and one that comes back is noticed within
+    /// `max_ttl`.
+    pub fn retry_after(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(31);
+        self.min_ttl
+            .saturating_mul(1 << doublings)
+            .min(self.max_ttl)
+    }
 }
 
 /// A server of a backend: an IP address or a hostname (re-resolved at run time), and a port.

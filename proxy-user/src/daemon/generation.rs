@@ -125,7 +125,8 @@ impl Generation {
         };
 
         let mut pools = HashMap::new();
-        let mut starting = tokio::task::JoinSet::new();
+        // The new pools' tokens: if this build fails, their background tasks stop with it.
+        let mut started = StopOnDrop(Vec::new());
         for backend in &config.backends {
             // A TLS backend's health checks hold its TLS settings, which a reload re-reads:
             // such a pool is rebuilt, like one whose resolver changed.
@@ -141,11 +142,12 @@ impl Generation {
                 None => {
                     let pool = Pool::new(backend, Arc::clone(metrics));
                     let stop = process.stop_background.child_token();
-                    let (started, dns, stop_checks) =
-                        (Arc::clone(&pool), Arc::clone(&dns), stop.clone());
+                    started.0.push(stop.clone());
                     // Checks of a TLS backend complete a handshake, as a real connection would.
                     let check_tls = tls.backends.get(&backend.name).cloned();
-                    starting.spawn(async move { started.start(dns, check_tls, stop_checks).await });
+                    // Resolves in the background: a client that comes before the pool's first
+                    // address waits for it (up to the backend's connect_timeout).
+                    pool.start(Arc::clone(&dns), check_tls, stop.clone());
                     PoolEntry {
                         pool,
                         backend: backend.clone(),
@@ -155,15 +157,10 @@ impl Generation {
             };
             pools.insert(backend.name.clone(), entry);
         }
-        starting.join_all().await;
         for entry in pools.values() {
             let pool = &entry.pool;
-            let servers = pool.servers();
-            if servers.is_empty() {
-                tracing::warn!(backend = %pool.name, "no server address known yet; clients are refused until DNS answers");
-            }
-            for server in servers {
-                tracing::debug!(backend = %pool.name, server = %server.name, address = %server.addr, weight = server.weight, "server");
+            for server in pool.servers() {
+                tracing::info!(backend = %pool.name, server = %server.name, address = %server.addr, weight = server.weight, "server");
             }
         }
 
@@ -268,6 +265,8 @@ impl Generation {
             });
         }
         let plan = Plan::new(&config);
+        // Built: the new pools belong to the generation now.
+        started.0.clear();
         Ok(Self {
             config,
             dns,
@@ -457,6 +456,17 @@ fn bind(fe: &crate::config::Frontend) -> Result<TcpListener, StartError> {
         })?;
     tracing::info!(frontend = %fe.name, listen = %fe.listen, "listening");
     Ok(socket)
+}
+
+/// Cancels its tokens when dropped (a build that fails half-way).
+struct StopOnDrop(Vec<CancellationToken>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        for token in &self.0 {
+            token.cancel();
+        }
+    }
 }
 
 /// Moves a semaphore from `from` permits to `to`. Permits held by open connections cannot be

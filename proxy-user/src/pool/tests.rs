@@ -374,3 +374,59 @@ fn attempt_errors_render_as_before() {
         "10.0.0.1:443: tls handshake: not complete within 3s"
     );
 }
+
+/// A backend of one hostname that has not resolved yet, on `port`.
+fn unresolved(port: u16, connect_timeout: Duration) -> Arc<Pool> {
+    let mut b = backend(&[], Balance::RoundRobin);
+    b.servers.push(ServerSpec {
+        addr: ServerAddr {
+            host: Host::Name("intake.test".into()),
+            port,
+        },
+        weight: 1,
+    });
+    b.connect_timeout = connect_timeout;
+    Pool::new(&b, Arc::new(Metrics::new()))
+}
+
+/// A client that comes before the backend's first address waits for it, and is connected to
+/// it as soon as it is known.
+#[tokio::test]
+async fn a_connection_waits_for_the_first_address() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let pool = unresolved(port, Duration::from_secs(5));
+    let started = Instant::now();
+    let waiting = tokio::spawn({
+        let pool = Arc::clone(&pool);
+        async move { pool.connect().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "refused before any address was known"
+    );
+    pool.set_addresses(0, &["127.0.0.1".parse().unwrap()]);
+    let (stream, lease) = waiting.await.unwrap().expect("connected once resolved");
+    assert_eq!(stream.peer_addr().unwrap().port(), port);
+    assert_eq!(lease.server().name, format!("intake.test:{port}"));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+        "took {took:?}"
+    );
+}
+
+/// Still no address after `connect_timeout`: refused as with no server up.
+#[tokio::test]
+async fn with_no_address_a_connection_is_refused_after_connect_timeout() {
+    let pool = unresolved(443, Duration::from_millis(300));
+    let started = Instant::now();
+    let err = pool.connect().await.unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, ConnectError::NoServer { .. }), "{err}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(1),
+        "took {took:?}"
+    );
+}
