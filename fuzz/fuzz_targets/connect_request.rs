@@ -23,19 +23,7 @@ use libfuzzer_sys::fuzz_target;
 #[allow(dead_code)]
 mod request;
 
-/// The destination grammar and policy and the address classifier, laid out as the daemon has
-/// them (they depend on std, ipnet and tracing only): the request module finds the target as
-/// `crate::destination::Target`, the policy finds it as `super::target`.
-#[path = "../../proxy-user/src/address_class.rs"]
-#[allow(dead_code)]
-mod address_class;
-#[path = "../../proxy-user/src/destination"]
-#[allow(dead_code)]
-mod destination {
-    pub mod policy;
-    pub mod target;
-    pub(crate) use target::Target;
-}
+include!("destination_modules.rs");
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::LazyLock;

@@ -14,6 +14,7 @@ use tokio::time::timeout;
 
 use crate::config::{DaemonConfig, Dataplane, FRONTEND};
 use crate::logs::{CONNECTION_CLOSED, json_lines};
+use crate::metrics::Metrics;
 use crate::netns::NetNs;
 use crate::peers::{IO_TIMEOUT, connect};
 
@@ -189,6 +190,18 @@ pub async fn open_tunnel(
         "unexpected tunnel answer {status_line:?} {headers:?}"
     );
     Ok(r)
+}
+
+/// Checks `agent_proxy_connect_requests_total{status}` against `expected` (status, count) pairs.
+pub fn ensure_answer_counts(m: &Metrics, expected: &[(&str, u64)]) -> anyhow::Result<()> {
+    for &(status, expected) in expected {
+        let counted = m.count("agent_proxy_connect_requests_total", &[("status", status)]);
+        ensure!(
+            counted == expected,
+            "agent_proxy_connect_requests_total{{status=\"{status}\"}} = {counted}, expected {expected}"
+        );
+    }
+    Ok(())
 }
 
 /// One "connection closed" line: its fields as JSON.

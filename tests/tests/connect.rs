@@ -1,13 +1,14 @@
 //! `mode = "connect"` end to end: tunnels (a pipelined ClientHello, an IPv6 literal, a
 //! fully-qualified name with its trailing dot) judged on hashes and carried on the kernel path,
-//! every error answer on raw requests, and the per-client rate limit.
+//! every error answer on raw requests, duplicate headers refused, and the per-client rate limit.
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use agent_proxy_tests::checks::{BYTES_TOTAL, assert_bytes, bytes, tail};
 use agent_proxy_tests::connect::{
     ANSWER_WITHIN, Answer, NetnsHosts, PASSWORD, USER, add_loopback_address, basic_auth,
-    closed_lines, connect_config, connect_head, field, open_tunnel, raw_request, read_answer,
+    closed_lines, connect_config, connect_head, ensure_answer_counts, field, open_tunnel,
+    raw_request, read_answer,
 };
 use agent_proxy_tests::connect_cases::{
     AnswerPeers, Case, PUBLIC, answer_cases, blackhole_namespace,
@@ -276,6 +277,107 @@ fn check_answer(case: &Case, answer: &Answer) -> anyhow::Result<()> {
 #[test]
 fn connect_answers_every_error() {
     run_scenario("connect_answers", Dataplane::Kernel, connect_answers);
+}
+
+/// Duplicate `Proxy-Authorization` (a wrong one, then the right one: accepted before issue
+/// 16), `Host` or `Content-Length` headers: 400 naming the header, before credentials or the
+/// destination are looked at, so nothing is dialed; the same request with one of each opens its
+/// tunnel.
+fn connect_duplicate_headers(dp: Dataplane) -> anyhow::Result<()> {
+    let netns = NetNs::new()?;
+    let ns = &netns;
+    ns.block_on(Duration::from_secs(60), move || async move {
+        let upstream = listen(V4).await?;
+        let allowed = format!("127.0.0.1:{}", upstream.local_addr()?.port());
+        let env = TestEnv::start(
+            ns,
+            connect_config(dp, std::slice::from_ref(&allowed), true, ""),
+        )?;
+        let proxy = env.daemon.config.listen;
+        let right = basic_auth(USER, PASSWORD);
+        let wrong = basic_auth(USER, "wrong");
+        let cases = [
+            ("Proxy-Authorization", format!("{wrong}{right}")),
+            (
+                "Proxy-Authorization",
+                format!(
+                    "{right}{}",
+                    wrong.replacen("Proxy-Authorization", "proxy-AUTHORIZATION", 1)
+                ),
+            ),
+            ("Host", format!("host: {allowed}\r\n{right}")),
+            (
+                "Content-Length",
+                format!("Content-Length: 0\r\n{right}CONTENT-LENGTH: 0\r\n"),
+            ),
+        ];
+        for (name, headers) in &cases {
+            let head = connect_head(&allowed, headers);
+            let answer = timeout(ANSWER_WITHIN, raw_request(proxy, head.as_bytes(), false))
+                .await
+                .with_context(|| format!("duplicate {name}: no answer"))??;
+            let body = format!("agent-proxy: Bad Request: duplicate {name} header\n");
+            ensure!(
+                answer.status_line == "HTTP/1.1 400 Bad Request" && answer.body == body.as_bytes(),
+                "duplicate {name}: {answer:?}"
+            );
+        }
+        // Every refusal was answered, so a dial would already be in the accept queue.
+        let dialed = timeout(Duration::from_millis(300), upstream.accept()).await;
+        ensure!(
+            dialed.is_err(),
+            "a refused request reached the destination: {dialed:?}"
+        );
+        tunnel(proxy, upstream, &allowed, 40).await?;
+
+        let n = cases.len() + 1;
+        env.daemon.wait_conn_logs(n, Duration::from_secs(10))?;
+        let lines = closed_lines(&env.daemon.stderr_text());
+        ensure!(
+            lines.len() == n,
+            "{} log lines for {n} connections",
+            lines.len()
+        );
+        for (name, _) in &cases {
+            let detail = format!("duplicate {name} header");
+            let expected = cases.iter().filter(|(n, _)| n == name).count();
+            let logged = lines
+                .iter()
+                .filter(|l| {
+                    field(l, "status") == "400"
+                        && field(l, "end") == "refused"
+                        && field(l, "server") == "-"
+                        && field(l, "detail") == detail
+                })
+                .count();
+            ensure!(
+                logged == expected,
+                "{logged} refused lines with detail {detail:?}, expected {expected}: {lines:?}"
+            );
+        }
+        let tunnels: Vec<_> = lines
+            .iter()
+            .filter(|l| field(l, "status") == "200")
+            .collect();
+        ensure!(
+            tunnels.len() == 1 && field(tunnels[0], "server") == allowed,
+            "the tunnel with one of each header: {tunnels:?}"
+        );
+        let m = env.daemon.metrics()?;
+        ensure_answer_counts(&m, &[("400", cases.len() as u64), ("200", 1), ("407", 0)])?;
+        let log = env.daemon.stderr_text();
+        ensure!(!log.contains(PASSWORD), "the password reached the log");
+        env.finish()
+    })
+}
+
+#[test]
+fn connect_refuses_duplicate_headers() {
+    run_scenario(
+        "connect_duplicate_headers",
+        Dataplane::Kernel,
+        connect_duplicate_headers,
+    );
 }
 
 const RATE: u64 = 3;

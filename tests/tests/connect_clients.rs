@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use agent_proxy_tests::connect::{
     NetnsHosts, PASSWORD, USER, add_loopback_address, basic_auth, connect_config, connect_head,
-    read_answer_head,
+    ensure_answer_counts, read_answer_head,
 };
 use agent_proxy_tests::connect_cases::{
     AnswerPeers, BLACKHOLE, PUBLIC, answer_cases, blackhole_namespace,
@@ -125,13 +125,7 @@ fn connect_real_clients(dp: Dataplane) -> anyhow::Result<()> {
     let n = 6;
     env.daemon.wait_conn_logs(n, Duration::from_secs(10))?;
     let m = env.daemon.metrics()?;
-    for (status, expected) in [("200", 3), ("407", 2), ("405", 1)] {
-        let counted = m.count("agent_proxy_connect_requests_total", &[("status", status)]);
-        ensure!(
-            counted == expected,
-            "connect_requests_total{{status=\"{status}\"}} = {counted}, expected {expected}"
-        );
-    }
+    ensure_answer_counts(&m, &[("200", 3), ("407", 2), ("405", 1)])?;
     let log = env.daemon.stderr_text();
     ensure!(!log.contains(PASSWORD), "the password reached the log");
     env.finish()?;

@@ -48,7 +48,7 @@ enum Task {
         args: Vec<OsString>,
     },
     /// Fuzz the parsers of untrusted input (`fuzz/`) for SECONDS per target (default 600);
-    /// `cargo xtask test` runs them for 20 s.
+    /// `cargo xtask test` runs them for 15 s each.
     Fuzz {
         #[arg(default_value_t = 600)]
         seconds: u64,

@@ -247,7 +247,8 @@ pub(crate) fn lint() -> Result<()> {
 
 /// Where cargo puts its output: `$CARGO_TARGET_DIR` (relative to the root, where the child cargo
 /// runs) or `target/`.
-fn target_dir() -> PathBuf {
+/// The workspace's target directory (`CARGO_TARGET_DIR` or `target/`).
+pub(crate) fn target_dir() -> PathBuf {
     env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), |dir| root().join(dir))
 }
 

@@ -5,10 +5,12 @@
 //! 2. the request head is read with `MSG_PEEK` and exactly its bytes are consumed, so bytes the
 //!    client pipelined behind it (a TLS ClientHello) stay queued in the socket, in order
 //!    ([`handshake::read_head`]), until the tunnel is up;
-//! 3. checks, each with its answer: a head that is not HTTP/1.x or a target that is not
-//!    `host:port` (400), too large (431) or too slow (408); a method other than CONNECT (405:
-//!    absolute-form plain HTTP is not forwarded, see docs/connect.md); credentials (407, when
-//!    `users` is set); the destination policy (403, [`crate::destination`]);
+//! 3. checks, each with its answer: a head that is not HTTP/1.x, a target that is not
+//!    `host:port`, or a second `Host`, `Content-Length` or `Proxy-Authorization` header
+//!    ([`request::SINGLE_HEADERS`]) (400), too large (431) or too slow (408); a method other
+//!    than CONNECT (405: absolute-form plain HTTP is not forwarded, see docs/connect.md);
+//!    credentials (407, when `users` is set); the destination policy (403,
+//!    [`crate::destination`]);
 //! 4. the destination is resolved (the daemon's shared DNS cache, [`crate::dns`]), addresses
 //!    that are not global unicast are dropped unless named by a rule (403 when none is left),
 //!    and the rest are dialed in order, by address (502 refused/unreachable/unresolvable,
@@ -285,18 +287,13 @@ async fn negotiate(
     let request = handshake::read_head(client, settings.request_timeout)
         .await
         .map_err(|e| match e {
-            HeadError::Request(RequestError::Malformed(detail)) => {
-                Refusal::new(Status::BadRequest, "-", detail)
+            HeadError::Request(e) => {
+                let status = match &e {
+                    RequestError::Malformed(_) | RequestError::Duplicate(_) => Status::BadRequest,
+                    RequestError::TooLarge => Status::HeaderFieldsTooLarge,
+                };
+                Refusal::new(status, "-", e.to_string())
             }
-            HeadError::Request(RequestError::TooLarge) => Refusal::new(
-                Status::HeaderFieldsTooLarge,
-                "-",
-                format!(
-                    "request head over {} bytes or {} header lines",
-                    request::MAX_HEAD,
-                    request::MAX_HEADERS
-                ),
-            ),
             HeadError::Timeout => Refusal::new(
                 Status::RequestTimeout,
                 "-",

@@ -2,8 +2,8 @@
 //! the `Proxy-Authorization` value. Parsing is httparse's; this file only gives the result
 //! its meaning and its limits.
 //!
-//! The file depends on std, httparse and [`crate::destination`]'s target only: the fuzz crate
-//! (`fuzz/`) compiles this very file into its target, without the rest of the daemon.
+//! The file depends on std, httparse, thiserror and [`crate::destination`]'s target only: the
+//! fuzz crate (`fuzz/`) compiles this very file into its target, without the rest of the daemon.
 
 use crate::destination::Target;
 
@@ -13,6 +13,14 @@ use crate::destination::Target;
 pub(crate) const MAX_HEAD: usize = 16 * 1024;
 /// The most header lines accepted.
 pub(crate) const MAX_HEADERS: usize = 64;
+/// Headers a head may carry at most once (names compared case-insensitively). Two of them are
+/// ambiguous: which one counts is up to each reader, and a reader that disagrees with the proxy
+/// is how requests get smuggled past it (a wrong `Proxy-Authorization` followed by a right one
+/// was accepted before, issue 16). RFC 9112 section 3.2 answers two `Host` lines with 400, and
+/// section 6.3 makes an invalid `Content-Length` (such as two differing values) an unrecoverable
+/// error; the proxy refuses every repeat, equal values included, since a CONNECT has no content
+/// and an agent sends each of these once.
+pub(crate) const SINGLE_HEADERS: [&str; 3] = ["Host", "Content-Length", "Proxy-Authorization"];
 
 /// A complete request head.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,19 +29,24 @@ pub(crate) struct Request {
     pub method: String,
     /// The CONNECT target; `None` for other methods, whose target is not looked at.
     pub target: Option<Target>,
-    /// The raw value of `Proxy-Authorization`, when present (the last one wins).
+    /// The raw value of `Proxy-Authorization`, when present (a head with two is refused).
     pub authorization: Option<Vec<u8>>,
     /// Bytes of the head, blank line included: what the caller consumes from the socket.
     /// Whatever follows (a pipelined TLS ClientHello) belongs to the tunnel.
     pub head_len: usize,
 }
 
-/// Why a head is refused; each maps to one answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a head is refused; each maps to one answer, whose body is this message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum RequestError {
     /// Not HTTP/1.x, or a CONNECT target that is not `host:port` (400).
+    #[error("{0}")]
     Malformed(String),
+    /// One of [`SINGLE_HEADERS`] (the name as written there) appears more than once (400).
+    #[error("duplicate {0} header")]
+    Duplicate(&'static str),
     /// Over [`MAX_HEAD`] bytes or [`MAX_HEADERS`] lines without being complete (431).
+    #[error("request head over {MAX_HEAD} bytes or {MAX_HEADERS} header lines")]
     TooLarge,
 }
 
@@ -52,6 +65,13 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Request>, RequestError> {
         Err(httparse::Error::TooManyHeaders) => return Err(RequestError::TooLarge),
         Err(e) => return Err(RequestError::Malformed(format!("invalid request: {e}"))),
     };
+    let headers = &*request.headers;
+    if let Some(name) = SINGLE_HEADERS
+        .into_iter()
+        .find(|name| named(headers, name).nth(1).is_some())
+    {
+        return Err(RequestError::Duplicate(name));
+    }
     // Complete implies method and path were parsed.
     let method = request.method.unwrap_or_default().to_owned();
     let path = request.path.unwrap_or_default();
@@ -60,11 +80,8 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Request>, RequestError> {
     } else {
         None
     };
-    let authorization = request
-        .headers
-        .iter()
-        .rev()
-        .find(|h| h.name.eq_ignore_ascii_case("proxy-authorization"))
+    let authorization = named(headers, "proxy-authorization")
+        .next()
         .map(|h| h.value.to_vec());
     Ok(Some(Request {
         method,
@@ -72,6 +89,16 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Request>, RequestError> {
         authorization,
         head_len,
     }))
+}
+
+/// The headers called `name` (compared case-insensitively), in order.
+fn named<'a, 'h>(
+    headers: &'a [httparse::Header<'h>],
+    name: &'a str,
+) -> impl Iterator<Item = &'a httparse::Header<'h>> {
+    headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
 }
 
 /// What a peek at the client's receive queue found: every peek sees the queue from its start,

@@ -78,6 +78,61 @@ fn malformed_heads_are_refused() {
     }
 }
 
+/// A second `Host`, `Content-Length` or `Proxy-Authorization` is refused whatever the case of
+/// the names, the values (equal or not) and the method; one of each, and repeats of any other
+/// header, still parse.
+#[test]
+fn duplicate_single_headers_are_refused() {
+    use super::request::{Peeked, Step, step};
+    let auth = "Proxy-Authorization: Basic YTpi\r\n";
+    let cases = [
+        (
+            "Proxy-Authorization",
+            "Proxy-Authorization: Basic d3Jvbmc6eA==\r\nProxy-Authorization: Basic YTpi\r\n",
+        ),
+        (
+            "Proxy-Authorization",
+            "proxy-authorization: Basic YTpi\r\nPROXY-AUTHORIZATION: Basic YTpi\r\n",
+        ),
+        ("Host", "Host: a:443\r\nhost: b:443\r\n"),
+        ("Host", "HOST: a:443\r\nX-Other: 1\r\nHost: a:443\r\n"),
+        (
+            "Content-Length",
+            "Content-Length: 0\r\ncontent-length: 5\r\n",
+        ),
+        (
+            "Content-Length",
+            "Content-Length: 0\r\nContent-Length: 0\r\n",
+        ),
+    ];
+    for (name, headers) in cases {
+        for method in ["CONNECT a:443", "POST http://a/x"] {
+            let head = format!("{method} HTTP/1.1\r\n{headers}\r\n");
+            let got = parse(head.as_bytes());
+            assert_eq!(got, Err(RequestError::Duplicate(name)), "{head:?}");
+            let message = got.unwrap_err().to_string();
+            assert_eq!(message, format!("duplicate {name} header"));
+            // The head reader refuses it at once (a 400 whose body is that message).
+            let bytes = head.as_bytes();
+            assert_eq!(
+                step(Peeked::Bytes {
+                    bytes,
+                    closed: false
+                }),
+                Step::Refuse(RequestError::Duplicate(name))
+            );
+        }
+    }
+    let single = complete(&format!(
+        "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\nContent-Length: 0\r\n{auth}\
+         Via: 1.1 x\r\nVia: 1.1 y\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2\r\n\r\n"
+    ));
+    assert_eq!(single.authorization.as_deref(), Some(&b"Basic YTpi"[..]));
+    assert_eq!(single.target, Some(target("a:443")));
+    // Names that only start like one of them are other headers.
+    complete("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\nHost-X: b\r\nX-Host: c\r\n\r\n");
+}
+
 #[test]
 fn other_methods_parse_without_a_target() {
     let request =
