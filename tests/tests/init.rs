@@ -13,7 +13,7 @@ use agent_proxy_tests::daemon::require_binary;
 use agent_proxy_tests::dnsmasq::Dnsmasq;
 use agent_proxy_tests::netns::NetNs;
 use agent_proxy_tests::pattern::{Pattern, sha256};
-use agent_proxy_tests::peers::{accept, recv_to_eof, send_pattern};
+use agent_proxy_tests::peers::{recv_to_eof, serve_once};
 use agent_proxy_tests::privileges::require_root;
 use agent_proxy_tests::{Daemon, DaemonConfig, Dataplane};
 use anyhow::{Context as _, ensure};
@@ -203,16 +203,6 @@ fn unknown_options_are_refused_with_what_is_accepted() {
     }
 }
 
-/// The intake of one tunnel: takes one connection, reads to EOF, answers, closes; returns the
-/// SHA-256 of what it read.
-async fn intake_once(listener: TcpListener, seed: u64, len: u64) -> anyhow::Result<[u8; 32]> {
-    let mut s = accept(&listener).await?;
-    let got = recv_to_eof(&mut s, 1 << 20).await?;
-    send_pattern(&mut s, seed, len).await?;
-    s.shutdown().await?;
-    Ok(got.hash)
-}
-
 /// `datadog --site SITE`, as printed, with `nameservers` pointed at the test's dnsmasq.
 fn preset_config(site: &str, nameserver: std::net::SocketAddr) -> anyhow::Result<DaemonConfig> {
     let text = init(&["--preset", "datadog", "--site", site]);
@@ -252,7 +242,7 @@ fn the_datadog_connect_preset_tunnels_to_its_site_only() {
         let seed = 100 + i as u64;
         let outcome = ns.block_on(Duration::from_secs(60), move || async move {
             let listener = TcpListener::bind((public, 443)).await?;
-            let intake = tokio::spawn(intake_once(listener, seed + 1, 300_000));
+            let intake = tokio::spawn(serve_once(listener, 1 << 20, seed + 1, 300_000));
             let payload = Pattern::bytes(seed, 200_000);
             // Agents 7.67+ send the fully qualified name.
             let target = format!("7-72-0-app.agent.{site}.:443");
@@ -263,7 +253,7 @@ fn the_datadog_connect_preset_tunnels_to_its_site_only() {
             conn.get_mut().shutdown().await?;
             let down = recv_to_eof(&mut conn, 1 << 20).await?;
             ensure!(
-                intake.await?? == sha256(&payload),
+                intake.await??.hash == sha256(&payload),
                 "{site}: the intake did not receive what the agent sent"
             );
             ensure!(
