@@ -203,21 +203,47 @@ fn unknown_options_are_refused_with_what_is_accepted() {
     }
 }
 
-/// `datadog --site SITE`, as printed, with `nameservers` pointed at the test's dnsmasq.
-fn preset_config(site: &str, nameserver: std::net::SocketAddr) -> anyhow::Result<DaemonConfig> {
-    let text = init(&["--preset", "datadog", "--site", site]);
+/// `init ARGS`, as printed, with `nameservers` pointed at the test's dnsmasq; the proxy's
+/// listener is `listen`.
+fn preset_config(
+    args: &[&str],
+    listen: &str,
+    nameserver: std::net::SocketAddr,
+) -> anyhow::Result<DaemonConfig> {
+    let text = init(args);
     let (before, after) = text
         .split_once("[global]\n")
         .context("the preset has no [global]")?;
     let mut config = DaemonConfig::new(Dataplane::Kernel, Vec::new());
-    config.listen = "127.0.0.1:3128".parse()?;
+    config.listen = listen.parse()?;
     config.admin = "127.0.0.1:9090".parse()?;
     config.drain_timeout = Duration::from_secs(30);
-    config.mode = "connect";
     config.toml_override = Some(format!(
         "{before}[global]\nnameservers = [\"{nameserver}\"]\n{after}"
     ));
     Ok(config)
+}
+
+/// The StackState preset without `--receiver` starts, and `/readyz` names the placeholder that
+/// must be replaced (it resolves nowhere).
+#[test]
+fn the_stackstate_placeholder_starts_not_ready() {
+    if !require_root("init::the_stackstate_placeholder_starts_not_ready") {
+        return;
+    }
+    let ns = NetNs::new().expect("namespace");
+    let dns = Dnsmasq::start(&ns, &[], 60).expect("dnsmasq");
+    let config =
+        preset_config(&["--preset", "stackstate"], "127.0.0.1:3834", dns.addr).expect("config");
+    let mut daemon = Daemon::start_answering(&ns, config).expect("daemon");
+    let (code, body) = daemon.get("/readyz").expect("GET /readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("backend stackstate: no address known for stackstate-receiver.invalid:443"),
+        "{body}"
+    );
+    assert!(daemon.stop().expect("stop").success(), "exit after SIGTERM");
+    daemon.passed();
 }
 
 #[test]
@@ -236,7 +262,8 @@ fn the_datadog_connect_preset_tunnels_to_its_site_only() {
     let records: Vec<(&str, IpAddr)> = names.iter().map(|n| (n.as_str(), public)).collect();
     let dns = Dnsmasq::start(&ns, &records, 60).expect("dnsmasq");
     for (i, site) in SITES.iter().enumerate() {
-        let config = preset_config(site, dns.addr).expect("config");
+        let args = ["--preset", "datadog", "--site", site];
+        let config = preset_config(&args, "127.0.0.1:3128", dns.addr).expect("config");
         let proxy = config.listen;
         let mut daemon = Daemon::start(&ns, config).expect("daemon");
         let seed = 100 + i as u64;

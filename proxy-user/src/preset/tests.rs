@@ -217,12 +217,11 @@ fn the_ports_style_has_the_haproxy_port_map_with_verified_tls() {
                 "{site}: {server}"
             );
         }
-        let metrics = config.frontends[0].mode.clone();
-        let FrontendMode::Tcp { backend } = metrics else {
-            unreachable!()
-        };
-        let servers = &config.backend(&backend).expect("defined").servers;
-        assert_eq!(servers[0].to_string(), format!("metrics.agent.{site}:443"));
+        let first = &config.backends[0];
+        assert_eq!(
+            first.servers[0].to_string(),
+            format!("metrics.agent.{site}:443")
+        );
     }
 }
 
