@@ -270,7 +270,9 @@ fn ports(out: &mut String, preset: &Preset, site: &str) {
          # The port map of Datadog's HAProxy guide (\"Proxy Example with HAProxy\"): one tcp\n\
          # frontend per intake; each backend originates verified TLS to the intake with the\n\
          # system CA bundle (ca-certificates), the certificate checked against the intake's\n\
-         # name. Names follow their DNS TTLs: no cron reload as with HAProxy.\n\
+         # name. Names follow their DNS TTLs: no cron reload as with HAProxy. Delete the\n\
+         # frontend/backend pairs of products you do not use: /readyz answers 503 while any\n\
+         # backend's name has no address (a product not offered on your site, say).\n\
          #\n\
          # Agents speak plain HTTP to these ports, so they have no certificate to validate and\n\
          # `skip_ssl_validation` stays false; the API key crosses the agent-proxy hop in clear,\n\
