@@ -67,6 +67,7 @@ fn assert_checks(name: &str, text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
     let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir(&dir);
 }
 
 /// Every place in `text` where another site than `own` is named. An occurrence of a site
