@@ -38,6 +38,7 @@ mod net;
 mod outcome;
 mod peek;
 mod pool;
+pub mod preset;
 pub mod redirect;
 pub mod relay;
 mod report;

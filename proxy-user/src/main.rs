@@ -32,6 +32,24 @@ enum Command {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Print a ready, commented config for one kind of agent (it passes `check` as printed).
+    Init {
+        /// datadog, stackstate or datakit.
+        #[arg(long, value_name = "NAME")]
+        preset: String,
+        /// Datadog site: datadoghq.com (default), datadoghq.eu, us3.datadoghq.com,
+        /// us5.datadoghq.com, ap1.datadoghq.com, ddog-gov.com.
+        #[arg(long)]
+        site: Option<String>,
+        /// Datadog: connect (default; a CONNECT proxy for `proxy: https:`) or ports (one port
+        /// per intake, the proxy originating TLS, as Datadog's HAProxy guide).
+        #[arg(long)]
+        style: Option<String>,
+        /// StackState: the receiver, https://HOST[:PORT][/PATH], http://... or HOST:PORT;
+        /// without it a placeholder host to replace.
+        #[arg(long, value_name = "URL")]
+        receiver: Option<String>,
+    },
     /// The iptables/ip6tables rules of the transparent frontends (`intercept`), by hand.
     Redirect {
         #[command(subcommand)]
@@ -83,6 +101,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Init {
+            preset,
+            site,
+            style,
+            receiver,
+        } => init(agent_proxy::preset::Options {
+            preset: &preset,
+            site: site.as_deref(),
+            style: style.as_deref(),
+            receiver: receiver.as_deref(),
+        }),
         Command::Redirect { action } => redirect(action),
         Command::Run { config: path } => {
             let config = match config::load(&path) {
@@ -110,6 +139,20 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Prints the preset's config on stdout; a refused option is a usage error (exit 2, as clap's).
+fn init(options: agent_proxy::preset::Options<'_>) -> ExitCode {
+    match agent_proxy::preset::Preset::from_options(options) {
+        Ok(preset) => {
+            print!("{}", preset.render());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("agent-proxy init: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -93,6 +93,11 @@ pub struct DaemonConfig {
     /// The whole file, when a scenario needs a layout the fields cannot express (several
     /// frontends, no backend). `listen` and `admin` must still be what it uses.
     pub toml_override: Option<String>,
+    /// The binary to run instead of [`crate::daemon::binary`] (a copy others may execute).
+    pub binary: Option<std::path::PathBuf>,
+    /// A command the binary runs under, between `ip netns exec NS` and the binary: `setpriv`
+    /// with another user and capabilities.
+    pub exec_prefix: Vec<String>,
 }
 
 impl DaemonConfig {
@@ -117,6 +122,8 @@ impl DaemonConfig {
             server_entries: Vec::new(),
             local_agents_default: false,
             toml_override: None,
+            binary: None,
+            exec_prefix: Vec::new(),
         }
     }
 

@@ -91,7 +91,7 @@ impl Daemon {
         config: DaemonConfig,
         answered: fn(u16) -> bool,
     ) -> anyhow::Result<Self> {
-        let bin = require_binary();
+        let bin = config.binary.clone().unwrap_or_else(require_binary);
         let dir = std::env::temp_dir().join(format!("agent-proxy-test-{}", ns.name()));
         std::fs::create_dir_all(&dir)?;
         let scratch = Scratch {
@@ -104,6 +104,7 @@ impl Daemon {
         let stderr = File::create(&stderr_path)?;
         let child = Command::new("ip")
             .args(["netns", "exec", ns.name()])
+            .args(&config.exec_prefix)
             .arg(&bin)
             .arg("run")
             .arg("-c")

@@ -55,6 +55,23 @@ pub async fn accept(listener: &TcpListener) -> anyhow::Result<TcpStream> {
     Ok(s)
 }
 
+/// An upstream for one connection: accepts it, reads to EOF (at most `recv_limit` bytes),
+/// answers with `send_len` bytes of stream `seed`, closes. Returns what it read.
+pub async fn serve_once(
+    listener: TcpListener,
+    recv_limit: u64,
+    seed: u64,
+    send_len: u64,
+) -> anyhow::Result<Digest> {
+    let mut s = accept(&listener).await?;
+    let got = recv_to_eof(&mut s, recv_limit).await?;
+    send_pattern(&mut s, seed, send_len).await?;
+    timeout(IO_TIMEOUT, s.shutdown())
+        .await
+        .context("shutdown(Write) stalled")??;
+    Ok(got)
+}
+
 /// Makes the next close of `s` send a RST (SO_LINGER with a zero timeout).
 pub fn linger_zero(s: &TcpStream) -> anyhow::Result<()> {
     socket2::SockRef::from(s).set_linger(Some(Duration::ZERO))?;

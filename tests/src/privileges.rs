@@ -77,6 +77,25 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
+/// Returns true when `tool` (found by `present`) is installed. Otherwise says loudly why `test`
+/// is skipped and how to install it, or panics when `CI=true`: `cargo xtask test` installs it,
+/// so in CI its absence is a failure.
+pub fn require_tool(test: &str, tool: &str, present: bool, install: &str) -> bool {
+    if present {
+        return true;
+    }
+    let why = format!("{tool} is not installed ({install}; `cargo xtask test` does)");
+    if in_ci() {
+        panic!("{test}: cannot run in CI: {why}");
+    }
+    let bar = "!".repeat(80);
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n{bar}\n!! SKIPPED {test}: {why}.\n!! (With CI=true this is a failure, not a skip.)\n{bar}\n"
+    );
+    false
+}
+
 /// The first `name` found on `PATH`.
 pub fn which(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;

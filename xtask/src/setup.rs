@@ -9,7 +9,8 @@
 //! - the BPF object is linked by `bpf-linker` 0.13, built against LLVM 22, hence the LLVM 22
 //!   development packages. bpf-linker reads the compiler's LLVM bitcode, so the nightly's LLVM
 //!   must not be newer than bpf-linker's: that is why the nightly is pinned ([`EBPF_TOOLCHAIN`]);
-//! - the end-to-end tests drive network namespaces, iptables, curl and small Python peers.
+//! - the end-to-end tests drive network namespaces, iptables, curl and small Python peers; the
+//!   deploy tests systemd-analyze, setpriv, podman and kubernetes-validate.
 
 use anyhow::{Context as _, Result, bail};
 
@@ -55,9 +56,20 @@ pub(crate) const TEST_APT_PACKAGES: &[&str] = &[
 /// What the CONNECT-mode tests add: `squid` (the reference forward proxy docs/connect.md
 /// compares against), `openssl` (a certificate for the local HTTPS intake).
 pub(crate) const CONNECT_TEST_APT_PACKAGES: &[&str] = &["squid", "openssl"];
-/// Python packages the CONNECT-mode tests drive as real agent clients: `requests` with
-/// `proxies=`, and `datadog` (the Datadog API client) sending metrics through the proxy.
-pub(crate) const CONNECT_TEST_PIP_PACKAGES: &[&str] = &["requests", "datadog"];
+/// Python packages the tests use, as (PyPI name, module to import): the CONNECT-mode tests
+/// drive `requests` with `proxies=` and `datadog` (the Datadog API client) as real agent
+/// clients; the deploy tests validate the Kubernetes manifests with `kubernetes-validate`
+/// (bundled schemas, offline).
+pub(crate) const TEST_PIP_PACKAGES: &[(&str, &str)] = &[
+    ("requests", "requests"),
+    ("datadog", "datadog"),
+    ("kubernetes-validate", "kubernetes_validate"),
+];
+/// What the deploy tests (tests/tests/deploy.rs) add: `systemd` (`systemd-analyze verify` of
+/// the unit), `util-linux` (`setpriv`: the daemon as `nobody` with the unit's capabilities),
+/// `podman` and `runc` (building and running the container image; podman runs here only with
+/// `--runtime runc`).
+pub(crate) const DEPLOY_TEST_APT_PACKAGES: &[&str] = &["systemd", "util-linux", "podman", "runc"];
 /// Debian packages `cargo xtask bench` measures with: `haproxy` (2.6 on Debian 12, the peer to
 /// beat), `nginx` (the intake answering 200), `hey` (the DataKit workload's HTTP client),
 /// `sockperf` (ping-pong latency), `iperf3` (bulk throughput).
@@ -311,24 +323,29 @@ fn inspect_bpf_linker() -> Linker {
     }
 }
 
-/// The tools the CONNECT-mode tests use beyond [`TEST_APT_PACKAGES`]: see
-/// [`CONNECT_TEST_APT_PACKAGES`] and [`CONNECT_TEST_PIP_PACKAGES`].
-pub(crate) fn connect_test_tools() -> Result<()> {
-    apt_packages(&[CONNECT_TEST_APT_PACKAGES]).context("setup step `connect test packages`")?;
-    let missing: Vec<&str> = CONNECT_TEST_PIP_PACKAGES
+/// The tools the CONNECT-mode and deploy tests use beyond [`TEST_APT_PACKAGES`]: see
+/// [`CONNECT_TEST_APT_PACKAGES`], [`DEPLOY_TEST_APT_PACKAGES`] and [`TEST_PIP_PACKAGES`].
+pub(crate) fn test_tools() -> Result<()> {
+    apt_packages(&[CONNECT_TEST_APT_PACKAGES, DEPLOY_TEST_APT_PACKAGES])
+        .context("setup step `test packages`")?;
+    let missing: Vec<&str> = TEST_PIP_PACKAGES
         .iter()
-        .copied()
-        .filter(|p| {
+        .filter(|(_, module)| {
             !Cmd::new("python3")
-                .args(["-c", &format!("import {p}")])
+                .args(["-c", &format!("import {module}")])
                 .probe()
                 .is_ok_and(|out| out.status.success())
         })
+        .map(|(package, _)| *package)
         .collect();
     if missing.is_empty() {
+        let all: Vec<&str> = TEST_PIP_PACKAGES
+            .iter()
+            .map(|(package, _)| *package)
+            .collect();
         println!(
             "setup: python packages already installed: {}",
-            CONNECT_TEST_PIP_PACKAGES.join(" ")
+            all.join(" ")
         );
         return Ok(());
     }

@@ -85,7 +85,7 @@ pub(crate) fn run(args: Vec<OsString>) -> Result<()> {
 /// hide the results of the others. The exit code is cargo's.
 pub(crate) fn test(args: Vec<OsString>) -> Result<ExitCode> {
     let binary = build(false)?;
-    setup::connect_test_tools()?;
+    setup::test_tools()?;
     if !is_root() {
         println!(
             "{KERNEL_NEEDS_ROOT}; kernel and end-to-end tests will skip (or fail with CI=true)"
