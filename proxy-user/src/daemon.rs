@@ -1,5 +1,6 @@
 //! `agent-proxy run`: build the parts from a config, serve until a signal, drain, exit.
 mod generation;
+mod upgrade;
 
 use std::{
     net::SocketAddr,
@@ -56,6 +57,8 @@ pub enum StartError {
     TooManyFrontends,
     #[error(transparent)]
     Tls(#[from] TlsLoadError),
+    #[error("cannot take over from the process being upgraded")]
+    Inherit(#[source] upgrade::InheritError),
 }
 
 pub use crate::tls::TlsState;
@@ -124,6 +127,8 @@ pub(crate) struct Process {
     view: Arc<RwLock<AdminView>>,
     /// The last reload, for `/stats`.
     reload_status: Arc<Mutex<serde_json::Value>>,
+    /// What this process inherited when it was started by an upgrade (SIGUSR2).
+    inherited: upgrade::Inherited,
 }
 
 /// The admin endpoint's view of the generation serving.
@@ -146,6 +151,10 @@ pub struct Daemon {
     admin: Option<(TcpListener, Arc<AdminState>)>,
     /// The transparent frontends' iptables rules are installed: removed when accepting stops.
     redirecting: bool,
+    /// The binary and arguments an upgrade starts again.
+    command: Option<upgrade::Command>,
+    /// A copy of the admin endpoint's socket, for an upgrade to hand over.
+    admin_socket: Option<std::os::fd::OwnedFd>,
 }
 
 /// Runs the proxy until `shutdown` resolves, then drains for `drain_timeout`. `path`: the file
@@ -179,6 +188,7 @@ impl Daemon {
     pub async fn build(config: Config, path: PathBuf) -> Result<Self, StartError> {
         // Installed first: from here on a SIGHUP reloads instead of killing the process.
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let inherited = upgrade::Inherited::from_env().map_err(StartError::Inherit)?;
         let tls = validate(&config)?;
         raise_fd_limit();
         for warning in config.warnings() {
@@ -225,7 +235,11 @@ impl Daemon {
             ready: Arc::new(AtomicBool::new(false)),
             view: Arc::default(),
             reload_status: Arc::new(Mutex::new(serde_json::json!({ "reloads": 0 }))),
+            inherited,
         };
+        for result in ["ok", "error"] {
+            metrics.upgrades_total.with_label_values(&[result]);
+        }
         let admin_addr = config.global.admin;
         let generation = Generation::build(&process, config, &tls, None).await?;
         *process.view.write().unwrap_or_else(|e| e.into_inner()) = AdminView {
@@ -235,12 +249,30 @@ impl Daemon {
 
         let admin = match admin_addr {
             Some(addr) => {
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Admin { addr, source })?;
+                let error = |source| StartError::Admin { addr, source };
+                let listener = match process.inherited.admin() {
+                    Some(socket) => {
+                        socket.set_nonblocking(true).map_err(error)?;
+                        TcpListener::from_std(socket).map_err(error)?
+                    }
+                    None => TcpListener::bind(addr).await.map_err(error)?,
+                };
                 tracing::info!(%addr, "admin endpoint");
                 Some((listener, admin_state(&process)))
             }
+            None => None,
+        };
+        let admin_socket = match &admin {
+            Some((listener, _)) => Some(
+                std::os::fd::AsFd::as_fd(listener)
+                    .try_clone_to_owned()
+                    .map_err(|source| StartError::Admin {
+                        addr: listener
+                            .local_addr()
+                            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                        source,
+                    })?,
+            ),
             None => None,
         };
 
@@ -257,6 +289,8 @@ impl Daemon {
             hup,
             admin,
             redirecting,
+            command: upgrade::Command::of_this_process(),
+            admin_socket,
         })
     }
 
@@ -281,13 +315,32 @@ impl Daemon {
             tracing::error!(file = %file.display(), error = %e, "cannot write the pid file");
         }
         self.process.ready.store(true, Ordering::SeqCst);
+        // Started by an upgrade: the old process may stop accepting now.
+        self.process.inherited.confirm();
 
         let mut shutdown = std::pin::pin!(shutdown);
         let mut hup = self.hup.take();
+        let mut usr2 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()).ok();
+        let mut upgrading: Option<tokio::task::JoinHandle<Result<u32, String>>> = None;
+        // The pid of the process that took over, once one did.
+        let mut successor = None;
         loop {
             let reload = async {
                 match hup.as_mut() {
                     Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let upgrade_asked = async {
+                match usr2.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let upgraded = async {
+                match upgrading.as_mut() {
+                    Some(task) => task.await,
                     None => std::future::pending().await,
                 }
             };
@@ -300,6 +353,31 @@ impl Daemon {
                     }
                     self.reload().await;
                 }
+                received = upgrade_asked => {
+                    if received.is_none() {
+                        usr2 = None;
+                        continue;
+                    }
+                    if upgrading.is_some() {
+                        tracing::warn!("SIGUSR2 during an upgrade: ignored");
+                        continue;
+                    }
+                    upgrading = self.start_upgrade();
+                }
+                result = upgraded => {
+                    upgrading = None;
+                    let result = result.unwrap_or_else(|e| Err(format!("upgrade task: {e}")));
+                    let label = if result.is_ok() { "ok" } else { "error" };
+                    self.process.metrics.upgrades_total.with_label_values(&[label]).inc();
+                    match result {
+                        Ok(pid) => {
+                            tracing::info!(pid, "upgrade: the new process serves; this one stops accepting and drains");
+                            successor = Some(pid);
+                            break;
+                        }
+                        Err(error) => tracing::error!(%error, "upgrade failed; this process keeps serving"),
+                    }
+                }
             }
         }
 
@@ -309,7 +387,8 @@ impl Daemon {
         process.ready.store(false, Ordering::SeqCst);
         // New connections now go where they were sent (routed), not to a proxy that no longer
         // accepts; the ones already redirected keep their conntrack entry and are drained.
-        if self.redirecting {
+        // After an upgrade the rules are the new process's.
+        if self.redirecting && successor.is_none() {
             match redirect::remove() {
                 Ok(()) => tracing::info!("iptables rules of the transparent frontends removed"),
                 Err(e) => tracing::error!(error = %error_chain(&e),
@@ -317,6 +396,10 @@ impl Daemon {
             }
         }
         process.stop_accepting.cancel();
+        if successor.is_some() {
+            // Scrapes and probes of the shared admin socket go to the new process from now on.
+            stop_admin.cancel();
+        }
         for fe in &generation.frontends {
             if let Some(task) = fe.bound.take_task() {
                 let _ = task.await;
@@ -340,11 +423,40 @@ impl Daemon {
         if let Some(task) = admin_task {
             let _ = task.await;
         }
-        if let Some(file) = &pid_file {
+        // After an upgrade the file holds the new process's pid.
+        if let Some(file) = &pid_file
+            && successor.is_none()
+        {
             let _ = std::fs::remove_file(file);
         }
         tracing::info!("stopped");
         Ok(())
+    }
+
+    /// SIGUSR2: starts the new process with this one's sockets (see [`upgrade`]); `None` when
+    /// it could not even start (counted and logged here).
+    fn start_upgrade(&self) -> Option<tokio::task::JoinHandle<Result<u32, String>>> {
+        let started = match &self.command {
+            Some(command) => upgrade::start(
+                command,
+                &self.generation.listeners(),
+                self.admin_socket.as_ref().map(std::os::fd::AsFd::as_fd),
+            )
+            .map_err(|e| format!("cannot start {}: {e}", command.exe.display())),
+            None => Err("the path of this binary is unknown".to_owned()),
+        };
+        match started {
+            Ok(task) => Some(task),
+            Err(error) => {
+                self.process
+                    .metrics
+                    .upgrades_total
+                    .with_label_values(&["error"])
+                    .inc();
+                tracing::error!(%error, "upgrade failed; this process keeps serving");
+                None
+            }
+        }
     }
 
     /// SIGHUP: re-reads the config file and puts it in service, or refuses it and keeps the
@@ -357,26 +469,29 @@ impl Daemon {
             Ok(()) => ("ok", None),
             Err(e) => ("error", Some(e.to_string())),
         };
+        // /stats and the gauge before the counter: whoever sees the count move sees the rest.
+        {
+            let mut status = self
+                .process
+                .reload_status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let count = status["reloads"].as_u64().unwrap_or(0) + 1;
+            let at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            *status = serde_json::json!({
+                "reloads": count,
+                "last": { "result": label, "at_unix": at, "error": error },
+            });
+        }
+        metrics
+            .config_last_reload_successful
+            .set(i64::from(error.is_none()));
         metrics
             .config_reloads_total
             .with_label_values(&[label])
             .inc();
-        metrics
-            .config_last_reload_successful
-            .set(i64::from(error.is_none()));
-        let mut status = self
-            .process
-            .reload_status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let count = status["reloads"].as_u64().unwrap_or(0) + 1;
-        let at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        *status = serde_json::json!({
-            "reloads": count,
-            "last": { "result": label, "at_unix": at, "error": error },
-        });
         match error {
             None => tracing::info!(
                 frontends = self.generation.frontends.len(),

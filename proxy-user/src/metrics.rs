@@ -82,6 +82,9 @@ pub struct Metrics {
     pub config_last_reload_successful: prometheus::IntGauge,
     /// `agent_proxy_build_info{version,commit}`: always 1, for joining on the version.
     pub build_info: IntGaugeVec,
+    /// `agent_proxy_upgrades_total{result}`: SIGUSR2 upgrades this process started, `ok` (the
+    /// new process serves) or `error` (this one kept serving).
+    pub upgrades_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -231,6 +234,13 @@ impl Metrics {
                 g.set(1);
                 g
             },
+            upgrades_total: counter(
+                r,
+                "agent_proxy_upgrades_total",
+                "In-place upgrades (SIGUSR2) this process started, by result (ok: the new process \
+                 serves; error: this one kept serving)",
+                &["result"],
+            ),
             build_info: {
                 let info = gauge(
                     r,
@@ -359,6 +369,7 @@ mod tests {
             .with_label_values(&["frontend", "fe", "certificate"])
             .inc();
         m.config_reloads_total.with_label_values(&["ok"]).inc();
+        m.upgrades_total.with_label_values(&["ok"]).inc();
         m.dns_resolutions_total
             .with_label_values(&["a", "ok"])
             .inc();
@@ -395,6 +406,7 @@ mod tests {
         ("agent_proxy_config_reloads_total", "counter"),
         ("agent_proxy_config_last_reload_successful", "gauge"),
         ("agent_proxy_build_info", "gauge"),
+        ("agent_proxy_upgrades_total", "counter"),
     ];
 
     #[test]

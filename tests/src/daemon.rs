@@ -348,6 +348,37 @@ impl Daemon {
         Ok(())
     }
 
+    /// Waits (at most `within`) for the daemon to exit by itself, as it does after handing over
+    /// to an upgraded process; its exit status.
+    pub fn wait_exit(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
+        match self.exit_within(within)? {
+            Some(status) => Ok(status),
+            None => bail!(
+                "daemon (pid {}) still running {within:?} later; stderr tail:\n{}",
+                self.pid,
+                tail(&self.stderr_text(), 30)
+            ),
+        }
+    }
+
+    /// The exit status once the daemon exited, or `None` if it still runs after `within`.
+    fn exit_within(&mut self, within: Duration) -> anyhow::Result<Option<ExitStatus>> {
+        if let Some(status) = self.exited {
+            return Ok(Some(status));
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                self.exited = Some(status);
+                return Ok(Some(status));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM, then waits for the exit (at most drain_timeout + 5 s; SIGKILL after that).
     /// Returns the exit status; the caller decides whether it is right.
     pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
@@ -358,20 +389,13 @@ impl Daemon {
         // SAFETY: signalling our own child, which has not been reaped (pid not reused).
         unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
         let within = self.config.drain_timeout + Duration::from_secs(5);
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                self.exited = Some(status);
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let status = self.child.wait()?;
-                self.exited = Some(status);
-                bail!("daemon did not exit within {within:?} of SIGTERM; killed ({status})");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(status) = self.exit_within(within)? {
+            return Ok(status);
         }
+        let _ = self.child.kill();
+        let status = self.child.wait()?;
+        self.exited = Some(status);
+        bail!("daemon did not exit within {within:?} of SIGTERM; killed ({status})");
     }
 }
 

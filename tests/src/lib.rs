@@ -23,6 +23,7 @@ pub mod connect;
 pub mod connect_cases;
 pub mod daemon;
 pub mod dnsmasq;
+pub mod echo;
 pub mod env;
 pub mod gateway;
 pub mod heavy;

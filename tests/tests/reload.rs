@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use agent_proxy_tests::echo::{echo_once, echo_server, paced};
 use agent_proxy_tests::netns::NetNs;
 use agent_proxy_tests::pattern::Pattern;
 use agent_proxy_tests::peers::{V4, accept, connect, listen, recv_checked};
 use agent_proxy_tests::{DaemonConfig, Dataplane, TestEnv, dataplane_tests};
 use anyhow::{Context as _, bail, ensure};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const STREAM: &str = "127.0.0.1:7000";
 const STEADY: &str = "127.0.0.1:7001";
@@ -92,56 +92,6 @@ struct Servers {
     echo: [SocketAddr; 2],
 }
 
-/// Echoes every connection of `listener` back to it, counting them in `accepted`.
-fn echo_server(listener: TcpListener, accepted: Arc<AtomicU64>) {
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            accepted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.into_split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-}
-
-/// One short connection through `to`: 2 KiB out, the same 2 KiB back, checked.
-async fn echo_once(to: SocketAddr, seed: u64) -> anyhow::Result<()> {
-    let mut s = TcpStream::connect(to)
-        .await
-        .with_context(|| format!("connect {to}"))?;
-    let mut out = vec![0u8; 2048];
-    Pattern::new(seed).fill(&mut out);
-    s.write_all(&out).await?;
-    s.shutdown().await?;
-    let mut back = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut back))
-        .await
-        .context("echo stalled")??;
-    ensure!(
-        back == out,
-        "echo through {to} returned {} other bytes",
-        back.len()
-    );
-    Ok(())
-}
-
-/// Writes CHUNKS chunks of stream `seed`, one every PAUSE, then shuts down writing.
-async fn paced<W: tokio::io::AsyncWrite + Unpin>(mut w: W, seed: u64) -> anyhow::Result<()> {
-    let mut pattern = Pattern::new(seed);
-    let mut buf = vec![0u8; CHUNK];
-    for i in 0..CHUNKS {
-        pattern.fill(&mut buf);
-        w.write_all(&buf)
-            .await
-            .with_context(|| format!("paced write {i}"))?;
-        tokio::time::sleep(PAUSE).await;
-    }
-    w.shutdown().await?;
-    Ok(())
-}
-
 /// Sends SIGHUP and waits until `agent_proxy_config_reloads_total{result}` reaches `count`.
 fn reload(env: &TestEnv, result: &str, count: u64) -> anyhow::Result<()> {
     // SAFETY: signalling the daemon this test started.
@@ -200,7 +150,10 @@ fn reloads_keep_connections(dp: Dataplane) -> anyhow::Result<()> {
         let (client_r, client_w) = client.into_split();
         let (up_r, up_w) = upstream.into_split();
         let writers = tokio::spawn(async move {
-            tokio::try_join!(paced(client_w, SEED_UP), paced(up_w, SEED_DOWN))
+            tokio::try_join!(
+                paced(client_w, SEED_UP, CHUNKS, CHUNK, PAUSE),
+                paced(up_w, SEED_DOWN, CHUNKS, CHUNK, PAUSE)
+            )
         });
         let readers = tokio::spawn(async move {
             let (mut client_r, mut up_r) = (client_r, up_r);
@@ -220,7 +173,7 @@ fn reloads_keep_connections(dp: Dataplane) -> anyhow::Result<()> {
                 let mut seed = 1000;
                 while !stop.load(Ordering::SeqCst) {
                     seed += 1;
-                    match echo_once(addr(STEADY), seed).await {
+                    match echo_once(addr(STEADY), seed, 2048).await {
                         Ok(()) => ok += 1,
                         Err(e) => failures.push(format!("{e:#}")),
                     }
@@ -234,7 +187,7 @@ fn reloads_keep_connections(dp: Dataplane) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(300)).await;
         std::fs::write(&file, config_text(dp, &servers, Step::Added))?;
         reload(&env, "ok", 1)?;
-        echo_once(addr(ADDED), 1)
+        echo_once(addr(ADDED), 1, 2048)
             .await
             .context("the added frontend")?;
         ensure!(echoed_b.load(Ordering::SeqCst) >= 1, "echo2 never reached");
@@ -249,7 +202,7 @@ fn reloads_keep_connections(dp: Dataplane) -> anyhow::Result<()> {
         }
         let before = echoed_b.load(Ordering::SeqCst);
         for i in 0..6 {
-            echo_once(addr(STEADY), 50 + i).await?;
+            echo_once(addr(STEADY), 50 + i, 2048).await?;
         }
         ensure!(
             echoed_b.load(Ordering::SeqCst) > before,

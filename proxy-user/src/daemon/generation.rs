@@ -34,7 +34,7 @@ use crate::{
     transparent,
 };
 
-use super::{Process, StartError, error_chain};
+use super::{Process, StartError, error_chain, upgrade::Inherited};
 
 /// A pool and the token that stops its background tasks (DNS refreshes, health checks).
 pub(super) struct PoolEntry {
@@ -193,7 +193,7 @@ impl Generation {
             });
             let socket = match kept {
                 Some(kept) => Socket::Kept(Arc::clone(&kept.bound)),
-                None => Socket::New(Arc::new(bind(fe)?)),
+                None => Socket::New(Arc::new(bind(fe, &process.inherited)?)),
             };
             let raw = socket.listener();
             // Accepted sockets inherit it: a changed value applies to the next accept.
@@ -334,6 +334,14 @@ impl Generation {
         }
     }
 
+    /// Every listening socket by its configured address, for an upgrade to hand over.
+    pub(super) fn listeners(&self) -> Vec<(SocketAddr, std::os::fd::BorrowedFd<'_>)> {
+        self.frontends
+            .iter()
+            .map(|f| (f.bound.configured, f.bound.socket.as_fd()))
+            .collect()
+    }
+
     /// The frontends' names by id, for the kernel counters' metrics ("" for a free id).
     pub(super) fn names(&self) -> Vec<String> {
         let len = self.frontends.iter().map(|f| f.id as usize + 1).max();
@@ -445,15 +453,21 @@ impl Socket {
     }
 }
 
-/// Binds a new listening socket for `fe` (its accept loop starts when the generation is
-/// committed).
-fn bind(fe: &crate::config::Frontend) -> Result<TcpListener, StartError> {
-    let socket =
-        listener::bind(fe.listen, &fe.tcp_keepalive).map_err(|source| StartError::Bind {
-            frontend: fe.name.clone(),
-            addr: fe.listen,
-            source,
-        })?;
+/// The listening socket for `fe`: the one the process this one upgraded had for its address,
+/// else a new one (its accept loop starts when the generation is committed).
+fn bind(fe: &crate::config::Frontend, inherited: &Inherited) -> Result<TcpListener, StartError> {
+    let error = |source| StartError::Bind {
+        frontend: fe.name.clone(),
+        addr: fe.listen,
+        source,
+    };
+    if let Some(socket) = inherited.listener(fe.listen) {
+        socket.set_nonblocking(true).map_err(error)?;
+        let socket = TcpListener::from_std(socket).map_err(error)?;
+        tracing::info!(frontend = %fe.name, listen = %fe.listen, "listening (taken over)");
+        return Ok(socket);
+    }
+    let socket = listener::bind(fe.listen, &fe.tcp_keepalive).map_err(error)?;
     tracing::info!(frontend = %fe.name, listen = %fe.listen, "listening");
     Ok(socket)
 }

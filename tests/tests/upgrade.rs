@@ -1,0 +1,293 @@
+//! SIGUSR2 upgrades in place (issue 18, first part): the daemon starts its binary anew and hands
+//! it the listening sockets; the new process serves, then the old one stops accepting and
+//! drains. Across two upgrades in a row a client connecting every 10 ms sees no failure, a
+//! paced stream opened before them finishes byte-exact in the process that accepted it, each
+//! old process exits by itself once its connections ended, the pid file follows the newest
+//! process, and nothing is left behind. A broken new binary changes nothing: the old process
+//! keeps serving and counts the failure.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use agent_proxy_tests::bpftool;
+use agent_proxy_tests::echo::{echo_once, echo_server, paced};
+use agent_proxy_tests::netns::NetNs;
+use agent_proxy_tests::pattern::Pattern;
+use agent_proxy_tests::peers::{V4, accept, connect, listen, recv_checked};
+use agent_proxy_tests::{DaemonConfig, Dataplane, TestEnv, dataplane_tests};
+use anyhow::{Context as _, bail, ensure};
+
+const CHUNKS: u64 = 160;
+const CHUNK: usize = 16 * 1024;
+const PAUSE: Duration = Duration::from_millis(25);
+
+fn pid_in(file: &std::path::Path) -> Option<u32> {
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+/// Whether `pid` is gone (or a zombie nobody reaped yet).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// SIGUSR2 to `pid`; waits until the pid file names another process that serves.
+async fn upgrade(pid: u32, pid_file: &std::path::Path) -> anyhow::Result<u32> {
+    // SAFETY: signalling a daemon this test started (or its successor).
+    let sent = unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR2) };
+    ensure!(sent == 0, "SIGUSR2 to {pid}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(new) = pid_in(pid_file).filter(|&p| p != pid) {
+            return Ok(new);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no new process in {} 30 s after SIGUSR2",
+                pid_file.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The SPLICE_* maps that exist on the machine.
+fn splice_maps() -> anyhow::Result<usize> {
+    Ok(bpftool::all_maps()?
+        .iter()
+        .filter(|m| m.name.starts_with("SPLICE_"))
+        .count())
+}
+
+fn upgrades_keep_serving(dp: Dataplane) -> anyhow::Result<()> {
+    let netns = NetNs::new()?;
+    let ns = &netns;
+    let maps_before = if dp.is_kernel() { splice_maps()? } else { 0 };
+    let pid_file = std::env::temp_dir().join(format!("agent-proxy-upgrade-{}.pid", ns.name()));
+    let _ = std::fs::remove_file(&pid_file);
+    let result = ns.block_on(Duration::from_secs(120), || async {
+        let echo = listen(V4).await?;
+        let stream_up = listen(V4).await?;
+        let echo_addr = echo.local_addr()?;
+        echo_server(echo, Arc::default());
+        let mut config = DaemonConfig::new(dp, vec![stream_up.local_addr()?]);
+        config.drain_timeout = Duration::from_secs(20);
+        config.global_extra = format!("pid_file = \"{}\"\n", pid_file.display());
+        let mut env = TestEnv::start(ns, config)?;
+        let addr = env.daemon.config.listen;
+        // A second frontend for the many short connections (the first carries the stream).
+        let steady: SocketAddr = "127.0.0.1:7001".parse()?;
+        let text = std::fs::read_to_string(env.daemon.config_path())?
+            + &format!(
+                "\n[[frontend]]\nname = \"steady\"\nlisten = \"{steady}\"\nbackend = \"echo\"\n\
+                 \n[[backend]]\nname = \"echo\"\nservers = [\"{echo_addr}\"]\n"
+            );
+        std::fs::write(env.daemon.config_path(), text)?;
+        // SAFETY: signalling the daemon this test started.
+        ensure!(unsafe { libc::kill(env.daemon.pid() as libc::pid_t, libc::SIGHUP) } == 0);
+        let first = env.daemon.pid();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while echo_once(steady, 1, 1024).await.is_err() {
+            ensure!(
+                Instant::now() < deadline,
+                "the steady frontend never came up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ensure!(
+            pid_in(&pid_file) == Some(first),
+            "pid file before the upgrades"
+        );
+
+        // The paced stream, both ways, accepted by the first process.
+        let client = connect(addr).await?;
+        let upstream = accept(&stream_up).await?;
+        let (client_r, client_w) = client.into_split();
+        let (up_r, up_w) = upstream.into_split();
+        let writers = tokio::spawn(async move {
+            tokio::try_join!(
+                paced(client_w, 11, CHUNKS, CHUNK, PAUSE),
+                paced(up_w, 12, CHUNKS, CHUNK, PAUSE)
+            )
+        });
+        let readers = tokio::spawn(async move {
+            let (mut client_r, mut up_r) = (client_r, up_r);
+            let limit = CHUNKS * CHUNK as u64;
+            tokio::try_join!(
+                recv_checked(&mut up_r, limit, Some(11)),
+                recv_checked(&mut client_r, limit, Some(12))
+            )
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let hammer = {
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                let (mut ok, mut failures) = (0u64, Vec::new());
+                let mut seed = 100;
+                while !stop.load(Ordering::SeqCst) {
+                    seed += 1;
+                    match echo_once(steady, seed, 1024).await {
+                        Ok(()) => ok += 1,
+                        Err(e) => failures.push(format!("{e:#}")),
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                (ok, failures)
+            })
+        };
+
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let second = upgrade(first, &pid_file).await?;
+        eprintln!("upgrade [{dp}]: {first} -> {second}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let third = upgrade(second, &pid_file).await?;
+        eprintln!("upgrade [{dp}]: {second} -> {third}");
+
+        let ((), ()) = writers.await??;
+        let ((up, up_mismatch), (down, down_mismatch)) = readers.await??;
+        let len = CHUNKS * CHUNK as u64;
+        ensure!(
+            up.len == len && up.hash == Pattern::hash(11, len) && up_mismatch.is_none(),
+            "the stream's upstream received {up:?} ({up_mismatch:?})"
+        );
+        ensure!(
+            down.len == len && down.hash == Pattern::hash(12, len) && down_mismatch.is_none(),
+            "the stream's client received {down:?} ({down_mismatch:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::SeqCst);
+        let (ok, failures) = hammer.await?;
+        eprintln!("upgrade [{dp}]: {ok} connections every 10 ms through two upgrades");
+        ensure!(
+            failures.is_empty(),
+            "{} of {} connections failed during the upgrades: {:?}",
+            failures.len(),
+            ok + failures.len() as u64,
+            &failures[..failures.len().min(5)]
+        );
+        ensure!(ok >= 50, "only {ok} connections");
+
+        // The first process exits by itself once its stream ended, with status 0; the second
+        // had nothing left to drain.
+        let status = env.daemon.wait_exit(Duration::from_secs(15))?;
+        ensure!(status.success(), "the first process exited with {status}");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !gone(second) {
+            ensure!(
+                Instant::now() < deadline,
+                "the second process {second} did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ensure!(!gone(third), "the newest process is gone");
+        let log = env.daemon.stderr_text();
+        let served = log.matches("upgrade: the new process serves").count();
+        ensure!(served == 2, "{served} upgrades logged as served:\n{log}");
+        // The stream's log line: carried on the data path asked for, by the first process.
+        let stream = env
+            .daemon
+            .conn_logs()
+            .into_iter()
+            .find(|l| l.frontend == "fe")
+            .context("no log line for the stream")?;
+        ensure!(
+            stream.path == dp.as_str() && stream.bytes_up == len && stream.bytes_down == len,
+            "the stream's log line: {stream:?}"
+        );
+        // The newest process serves /stats and /metrics on the same admin address.
+        let m = env.daemon.metrics()?;
+        let dataplane = m.get("agent_proxy_dataplane", &[("path", dp.as_str())]);
+        ensure!(
+            dataplane == Some(1.0),
+            "the newest process's dataplane: {dataplane:?}"
+        );
+        echo_once(steady, 7, 1024)
+            .await
+            .context("after the upgrades")?;
+
+        // SIGTERM to the newest: it exits 0 and removes the pid file.
+        // SAFETY: signalling the process this test's daemon started.
+        ensure!(unsafe { libc::kill(third as libc::pid_t, libc::SIGTERM) } == 0);
+        let deadline = Instant::now() + Duration::from_secs(25);
+        while !gone(third) {
+            ensure!(
+                Instant::now() < deadline,
+                "the newest process {third} did not stop"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ensure!(!pid_file.exists(), "the pid file outlived the last process");
+        env.daemon.passed();
+        anyhow::Ok(())
+    });
+    // Whatever happened, no process of this test outlives it.
+    if let Some(pid) = pid_in(&pid_file) {
+        // SAFETY: a process this test started.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+    let _ = std::fs::remove_file(&pid_file);
+    result?;
+    if dp.is_kernel() {
+        let after = splice_maps()?;
+        ensure!(
+            after <= maps_before,
+            "{after} SPLICE_* maps after the last process exited, {maps_before} before"
+        );
+    }
+    Ok(())
+}
+
+/// The file at the binary's path replaced by a script that exits 1: SIGUSR2 starts it, it
+/// fails, the old process keeps serving and counts `agent_proxy_upgrades_total{result="error"}`.
+fn broken_binary_keeps_serving(dp: Dataplane) -> anyhow::Result<()> {
+    let netns = NetNs::new()?;
+    let ns = &netns;
+    let dir = std::env::temp_dir().join(format!("agent-proxy-upgrade-bin-{}", ns.name()));
+    std::fs::create_dir_all(&dir)?;
+    let copy = dir.join("agent-proxy");
+    std::fs::copy(agent_proxy_tests::daemon::require_binary(), &copy)?;
+    let result = ns.block_on(Duration::from_secs(60), || async {
+        let echo = listen(V4).await?;
+        let echo_addr = echo.local_addr()?;
+        echo_server(echo, Arc::default());
+        let mut config = DaemonConfig::new(dp, vec![echo_addr]);
+        config.binary = Some(copy.clone());
+        let env = TestEnv::start(ns, config)?;
+        let addr = env.daemon.config.listen;
+        echo_once(addr, 1, 1024).await?;
+        // Replaced as a package upgrade replaces a file: a new file renamed over the old.
+        let script = dir.join("agent-proxy.new");
+        std::fs::write(&script, "#!/bin/sh\nexit 1\n")?;
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        std::fs::rename(&script, &copy)?;
+        // SAFETY: signalling the daemon this test started.
+        ensure!(unsafe { libc::kill(env.daemon.pid() as libc::pid_t, libc::SIGUSR2) } == 0);
+        let m = env.daemon.settle(Duration::from_secs(10), |m| {
+            m.count("agent_proxy_upgrades_total", &[("result", "error")]) >= 1
+        })?;
+        let failed = m.count("agent_proxy_upgrades_total", &[("result", "error")]);
+        let ok = m.count("agent_proxy_upgrades_total", &[("result", "ok")]);
+        ensure!(failed == 1 && ok == 0, "upgrades: {failed} failed, {ok} ok");
+        ensure!(
+            env.daemon
+                .stderr_text()
+                .contains("upgrade failed; this process keeps serving"),
+            "no log line for the failed upgrade"
+        );
+        for i in 0..5 {
+            echo_once(addr, 10 + i, 1024)
+                .await
+                .context("after the failed upgrade")?;
+        }
+        env.finish()
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+dataplane_tests!(upgrades_keep_serving, broken_binary_keeps_serving);
