@@ -56,18 +56,15 @@ async fn upgrade(pid: u32, pid_file: &std::path::Path) -> anyhow::Result<u32> {
     }
 }
 
-/// The SPLICE_* maps that exist on the machine.
-fn splice_maps() -> anyhow::Result<usize> {
-    Ok(bpftool::all_maps()?
-        .iter()
-        .filter(|m| m.name.starts_with("SPLICE_"))
-        .count())
+/// The ids of the eBPF maps `pid` holds.
+fn maps_of(pid: u32) -> std::collections::BTreeSet<u64> {
+    bpftool::map_ids_of(pid).unwrap_or_default()
 }
 
 fn upgrades_keep_serving(dp: Dataplane) -> anyhow::Result<()> {
     let netns = NetNs::new()?;
     let ns = &netns;
-    let maps_before = if dp.is_kernel() { splice_maps()? } else { 0 };
+    let held = std::sync::Mutex::new(std::collections::BTreeSet::new());
     let pid_file = std::env::temp_dir().join(format!("agent-proxy-upgrade-{}.pid", ns.name()));
     let _ = std::fs::remove_file(&pid_file);
     let result = ns.block_on(Duration::from_secs(120), || async {
@@ -142,11 +139,15 @@ fn upgrades_keep_serving(dp: Dataplane) -> anyhow::Result<()> {
         };
 
         tokio::time::sleep(Duration::from_millis(300)).await;
+        held.lock().unwrap().extend(maps_of(first));
         let second = upgrade(first, &pid_file).await?;
         eprintln!("upgrade [{dp}]: {first} -> {second}");
         tokio::time::sleep(Duration::from_millis(500)).await;
+        held.lock().unwrap().extend(maps_of(second));
         let third = upgrade(second, &pid_file).await?;
         eprintln!("upgrade [{dp}]: {second} -> {third}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        held.lock().unwrap().extend(maps_of(third));
 
         let ((), ()) = writers.await??;
         let ((up, up_mismatch), (down, down_mismatch)) = readers.await??;
@@ -232,13 +233,17 @@ fn upgrades_keep_serving(dp: Dataplane) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&pid_file);
     result?;
+    // Every map any of the three processes held is gone with them (nothing pinned, nothing
+    // referenced from elsewhere).
+    let held = held.into_inner().unwrap_or_default();
     if dp.is_kernel() {
-        let after = splice_maps()?;
-        ensure!(
-            after <= maps_before,
-            "{after} SPLICE_* maps after the last process exited, {maps_before} before"
-        );
+        ensure!(!held.is_empty(), "the kernel-path processes held no eBPF map");
     }
+    let left: Vec<_> = bpftool::all_maps()?
+        .into_iter()
+        .filter(|m| held.contains(&m.id))
+        .collect();
+    ensure!(left.is_empty(), "eBPF maps left after the last process exited: {left:?}");
     Ok(())
 }
 
@@ -250,7 +255,14 @@ fn broken_binary_keeps_serving(dp: Dataplane) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("agent-proxy-upgrade-bin-{}", ns.name()));
     std::fs::create_dir_all(&dir)?;
     let copy = dir.join("agent-proxy");
-    std::fs::copy(agent_proxy_tests::daemon::require_binary(), &copy)?;
+    // Copied by `cp`, not by this process: a file this (multi-threaded) test process had open
+    // for writing could be inherited by a child another test forks meanwhile, and exec'ing it
+    // would then fail with ETXTBSY.
+    let copied = std::process::Command::new("cp")
+        .arg(agent_proxy_tests::daemon::require_binary())
+        .arg(&copy)
+        .status()?;
+    ensure!(copied.success(), "cp the binary: {copied}");
     let result = ns.block_on(Duration::from_secs(60), || async {
         let echo = listen(V4).await?;
         let echo_addr = echo.local_addr()?;
@@ -264,6 +276,8 @@ fn broken_binary_keeps_serving(dp: Dataplane) -> anyhow::Result<()> {
         let script = dir.join("agent-proxy.new");
         std::fs::write(&script, "#!/bin/sh\nexit 1\n")?;
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        // (The daemon starts this script itself, so the ETXTBSY race above would only make the
+        // upgrade fail, as it must anyway.)
         std::fs::rename(&script, &copy)?;
         // SAFETY: signalling the daemon this test started.
         ensure!(unsafe { libc::kill(env.daemon.pid() as libc::pid_t, libc::SIGUSR2) } == 0);
