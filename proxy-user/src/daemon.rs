@@ -1,5 +1,6 @@
 //! `agent-proxy run`: build the parts from a config, serve until a signal, drain, exit.
 mod generation;
+mod notify;
 mod upgrade;
 
 use std::{
@@ -315,8 +316,14 @@ impl Daemon {
             tracing::error!(file = %file.display(), error = %e, "cannot write the pid file");
         }
         self.process.ready.store(true, Ordering::SeqCst);
-        // Started by an upgrade: the old process may stop accepting now.
+        // Started by an upgrade: the old process may stop accepting now, and systemd follows
+        // this one.
         self.process.inherited.confirm();
+        if self.process.inherited.upgrade {
+            notify::notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
+        } else {
+            notify::notify("READY=1");
+        }
 
         let mut shutdown = std::pin::pin!(shutdown);
         let mut hup = self.hup.take();
@@ -384,6 +391,10 @@ impl Daemon {
         let (process, generation) = (&self.process, &self.generation);
         let drain_timeout = generation.config.global.drain_timeout;
         tracing::info!(?drain_timeout, "stopping: no new connections, draining");
+        // After an upgrade the service goes on, in the new process.
+        if successor.is_none() {
+            notify::notify("STOPPING=1");
+        }
         process.ready.store(false, Ordering::SeqCst);
         // New connections now go where they were sent (routed), not to a proxy that no longer
         // accepts; the ones already redirected keep their conntrack entry and are drained.
@@ -463,7 +474,9 @@ impl Daemon {
     /// one serving; either way counted, logged and shown on `/stats`.
     async fn reload(&mut self) {
         tracing::info!(file = %self.path.display(), "SIGHUP: reloading the configuration");
+        notify::notify("RELOADING=1");
         let result = self.try_reload().await;
+        notify::notify("READY=1");
         let metrics = &self.process.metrics;
         let (label, error) = match &result {
             Ok(()) => ("ok", None),

@@ -160,6 +160,10 @@ fn systemd_unit_settings() {
         ]
     );
     assert_eq!(setting(&s, "NoNewPrivileges"), ["yes"]);
+    // The daemon speaks sd_notify (tests/tests/upgrade.rs checks what it says), and an
+    // upgraded process names itself the main one: systemd must accept it from any process.
+    assert_eq!(setting(&s, "Type"), ["notify"]);
+    assert_eq!(setting(&s, "NotifyAccess"), ["all"]);
     assert_eq!(setting(&s, "Restart"), ["on-failure"]);
     assert_eq!(setting(&s, "User"), ["agent-proxy"]);
     let nofile: u64 = setting(&s, "LimitNOFILE")[0].parse().expect("a number");

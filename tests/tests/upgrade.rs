@@ -74,6 +74,15 @@ fn upgrades_keep_serving(dp: Dataplane) -> anyhow::Result<()> {
         echo_server(echo, Arc::default());
         let mut config = DaemonConfig::new(dp, vec![stream_up.local_addr()?]);
         config.drain_timeout = Duration::from_secs(20);
+        // systemd's side, played by a datagram socket: the daemon's notifications.
+        let notify_path = std::env::temp_dir().join(format!("agent-proxy-notify-{}", ns.name()));
+        let _ = std::fs::remove_file(&notify_path);
+        let notify = std::os::unix::net::UnixDatagram::bind(&notify_path)?;
+        notify.set_read_timeout(Some(Duration::from_secs(10)))?;
+        config.exec_prefix = vec![
+            "env".into(),
+            format!("NOTIFY_SOCKET={}", notify_path.display()),
+        ];
         config.global_extra = format!("pid_file = \"{}\"\n", pid_file.display());
         let mut env = TestEnv::start(ns, config)?;
         let addr = env.daemon.config.listen;
@@ -211,6 +220,26 @@ fn upgrades_keep_serving(dp: Dataplane) -> anyhow::Result<()> {
             .await
             .context("after the upgrades")?;
 
+        // What systemd heard: ready, a reload, then each new process naming itself the main
+        // one - and no STOPPING from the processes that handed over.
+        let mut heard = Vec::new();
+        notify.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let mut buf = [0u8; 256];
+        while let Ok(n) = notify.recv(&mut buf) {
+            heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        let expected = [
+            "READY=1".to_owned(),
+            "RELOADING=1".to_owned(),
+            "READY=1".to_owned(),
+            format!("MAINPID={second}\nREADY=1"),
+            format!("MAINPID={third}\nREADY=1"),
+        ];
+        ensure!(
+            heard == expected,
+            "systemd heard {heard:?}, expected {expected:?}"
+        );
+
         // SIGTERM to the newest: it exits 0 and removes the pid file.
         // SAFETY: signalling the process this test's daemon started.
         ensure!(unsafe { libc::kill(third as libc::pid_t, libc::SIGTERM) } == 0);
@@ -223,6 +252,16 @@ fn upgrades_keep_serving(dp: Dataplane) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         ensure!(!pid_file.exists(), "the pid file outlived the last process");
+        let mut buf = [0u8; 64];
+        let n = notify
+            .recv(&mut buf)
+            .context("no STOPPING=1 from the last process")?;
+        ensure!(
+            &buf[..n] == b"STOPPING=1",
+            "the last process said {:?}",
+            &buf[..n]
+        );
+        let _ = std::fs::remove_file(&notify_path);
         env.daemon.passed();
         anyhow::Ok(())
     });
@@ -237,13 +276,19 @@ fn upgrades_keep_serving(dp: Dataplane) -> anyhow::Result<()> {
     // referenced from elsewhere).
     let held = held.into_inner().unwrap_or_default();
     if dp.is_kernel() {
-        ensure!(!held.is_empty(), "the kernel-path processes held no eBPF map");
+        ensure!(
+            !held.is_empty(),
+            "the kernel-path processes held no eBPF map"
+        );
     }
     let left: Vec<_> = bpftool::all_maps()?
         .into_iter()
         .filter(|m| held.contains(&m.id))
         .collect();
-    ensure!(left.is_empty(), "eBPF maps left after the last process exited: {left:?}");
+    ensure!(
+        left.is_empty(),
+        "eBPF maps left after the last process exited: {left:?}"
+    );
     Ok(())
 }
 

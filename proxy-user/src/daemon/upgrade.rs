@@ -58,6 +58,8 @@ pub enum InheritError {
 /// an upgrade).
 #[derive(Default)]
 pub(crate) struct Inherited {
+    /// This process was started by an upgrade.
+    pub(crate) upgrade: bool,
     listeners: Mutex<HashMap<SocketAddr, OwnedFd>>,
     admin: Mutex<Option<OwnedFd>>,
     notify: Mutex<Option<OwnedFd>>,
@@ -74,7 +76,10 @@ impl Inherited {
                 version.to_string_lossy().into_owned(),
             ));
         }
-        let inherited = Self::default();
+        let inherited = Self {
+            upgrade: true,
+            ..Self::default()
+        };
         let fds = std::env::var(ENV_FDS).unwrap_or_default();
         for entry in fds.split(';').filter(|e| !e.is_empty()) {
             let malformed = || InheritError::Malformed(entry.to_owned());
