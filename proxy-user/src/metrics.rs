@@ -436,6 +436,7 @@ mod tests {
             "process_start_time_seconds",
             "process_resident_memory_bytes",
             "process_open_fds",
+            "process_max_fds",
         ] {
             assert!(text.contains(&format!("# TYPE {process} ")), "no {process}");
         }

@@ -22,9 +22,12 @@
 //!   lowest connections-to-weight ratio (ties in wheel order, so idle servers share by weight);
 //!   `random` is the power of two choices: two weighted random picks, the less loaded wins.
 //! - **Retries.** A failed connect (or establish step, e.g. a TLS handshake) is retried on a
-//!   server not tried yet while one is up (redispatch), up to `retries` more attempts, each
-//!   bounded by `connect_timeout`. Addresses known but none up refuses at once
-//!   ([`ConnectError::NoServer`]).
+//!   server not tried yet while one is up (redispatch), then on an up one, up to `retries` more
+//!   attempts, each bounded by `connect_timeout`. A connection that found a server makes all
+//!   `retries + 1` attempts: when its own failures took every address it tried out (passive
+//!   health), its retries go back to those (unless active checks hold them down); passive
+//!   health only steers new connections. Addresses known but none up refuses a new connection
+//!   at once ([`ConnectError::NoServer`]).
 mod balance;
 mod error;
 mod resolve;
@@ -122,6 +125,11 @@ impl Server {
     pub(crate) fn is_up(&self, now: Instant) -> bool {
         let health = self.health();
         !health.check_down && health.out_until.is_none_or(|until| now >= until)
+    }
+
+    /// Whether active checks have taken it down (passive health aside).
+    pub(crate) fn held_down_by_checks(&self) -> bool {
+        self.health().check_down
     }
 
     /// Connections currently carried to it.

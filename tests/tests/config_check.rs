@@ -237,6 +237,70 @@ fn docs_examples_pass_check() {
     assert!(checked >= 1, "no ```toml block found in docs/");
 }
 
+/// The config blocks an example keeps commented out (from a `# [[frontend]]` or `# [[backend]]`
+/// line to the first line that is not `# ...` or `#`), uncommented.
+fn commented_blocks(text: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        inside |= line.starts_with("# [[");
+        inside &= line.starts_with("# ") || line == "#";
+        if inside {
+            out.push_str(
+                line.strip_prefix('#')
+                    .unwrap_or(line)
+                    .trim_start_matches(' '),
+            );
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Every file in examples/ passes `check` as shipped, and so does each with its commented-out
+/// frontends and backends uncommented (their comments say they do).
+#[test]
+fn examples_pass_check() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&examples).expect("examples/") {
+        let path = entry.expect("examples entry").path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read example");
+        let uncommented = commented_blocks(&text);
+        let mut variants = vec![("as shipped", text.clone())];
+        if !uncommented.is_empty() {
+            variants.push(("uncommented", format!("{text}\n{uncommented}")));
+        }
+        for (how, body) in variants {
+            let (dir, out) = check(&body);
+            assert!(
+                out.status.success(),
+                "{} ({how}) fails check: {}\n{body}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let _ = std::fs::remove_dir_all(dir.parent().expect("temp dir"));
+        }
+        checked.push(path);
+    }
+    assert!(
+        checked.iter().any(|p| p.ends_with("agent-proxy.toml")),
+        "examples/agent-proxy.toml not checked: {checked:?}"
+    );
+}
+
+#[test]
+fn commented_blocks_are_found() {
+    let text = "a = 1\n# prose\n#\n# [[frontend]]\n# name = \"x\"   # why\n#\n#   listen = 1\n\n# [[backend]]\n";
+    assert_eq!(
+        commented_blocks(text),
+        "[[frontend]]\nname = \"x\"   # why\n\nlisten = 1\n[[backend]]\n"
+    );
+}
+
 /// `check` runs the same start-up validation as `run` (the frontend limit, the TLS files), so a
 /// config that `run` would refuse does not pass `check`.
 #[test]

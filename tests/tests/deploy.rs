@@ -3,7 +3,9 @@
 //! manifests (`kubernetes-validate --strict`, probes, security context, their ConfigMaps pass
 //! `check`), and the container image (built from scratch with podman, serving bytes through a
 //! tcp frontend on the kernel path, and on the userspace relay under the default seccomp
-//! profile). A missing tool skips loudly, or fails with `CI=true`.
+//! profile), and the Prometheus alert rules (`promtool check rules`, their unit tests with
+//! `promtool test rules`, every metric they name exported by the daemon). A missing tool skips
+//! loudly, or fails with `CI=true`.
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -632,4 +634,112 @@ fn container_image_serves_traffic() {
     if let Err(e) = result {
         panic!("{test}: {e:?}");
     }
+}
+
+const RULES: &str = "deploy/prometheus/agent-proxy-rules.yml";
+const RULES_TEST: &str = "deploy/prometheus/agent-proxy-rules.test.yml";
+
+/// The metric names an expression of the rules file uses (`agent_proxy_*`, `process_*`), a
+/// histogram's `_count`/`_bucket`/`_sum` series under their family's name.
+fn rule_metric_names(rules: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in rules.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        let mut rest = line;
+        let next = |text: &str| {
+            ["agent_proxy_", "process_"]
+                .iter()
+                .filter_map(|prefix| text.find(prefix))
+                .min()
+        };
+        while let Some(at) = next(rest) {
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            let family = ["_count", "_bucket", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| f.ends_with("_seconds")))
+                .unwrap_or(name);
+            names.insert(family.to_owned());
+            rest = &tail[end..];
+        }
+    }
+    names
+}
+
+/// `promtool check rules` accepts the rules file, `promtool test rules` passes its unit tests
+/// (each alert fires on the series meant to fire it, at the time its `for` allows, and not on
+/// the healthy ones), and every metric a rule names is one the daemon exports.
+#[test]
+fn prometheus_rules_check_and_fire() {
+    let test = "deploy::prometheus_rules_check_and_fire";
+    if !require_tool(
+        test,
+        "promtool",
+        which("promtool").is_some(),
+        "apt install prometheus",
+    ) {
+        return;
+    }
+    let out = output(
+        Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(repo().join(RULES)),
+    );
+    assert!(
+        out.status.success() && text(&out).contains("SUCCESS"),
+        "promtool check rules {RULES}: {}: {}",
+        out.status,
+        text(&out)
+    );
+    let out = output(
+        Command::new("promtool")
+            .args(["test", "rules", "agent-proxy-rules.test.yml"])
+            .current_dir(repo().join("deploy/prometheus")),
+    );
+    assert!(
+        out.status.success() && text(&out).contains("SUCCESS"),
+        "promtool test rules {RULES_TEST}: {}: {}",
+        out.status,
+        text(&out)
+    );
+    let rules = std::fs::read_to_string(repo().join(RULES)).expect("read the rules");
+    let registry = std::fs::read_to_string(repo().join("proxy-user/src/metrics.rs"))
+        .expect("read proxy-user/src/metrics.rs");
+    let names = rule_metric_names(&rules);
+    assert!(
+        names.len() >= 10,
+        "too few metrics found in the rules: {names:?}"
+    );
+    for name in &names {
+        assert!(
+            registry.contains(&format!("\"{name}\"")),
+            "{RULES} uses {name}, which proxy-user/src/metrics.rs neither registers nor tests"
+        );
+    }
+    // Every alert the rules define is exercised by the unit tests.
+    let tests = std::fs::read_to_string(repo().join(RULES_TEST)).expect("read the rule tests");
+    for alert in rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    {
+        let tested = tests
+            .lines()
+            .any(|l| l.trim() == format!("alertname: {alert}"));
+        assert!(tested, "alert {alert} has no test in {RULES_TEST}");
+    }
+}
+
+#[test]
+fn rule_metric_names_are_found() {
+    let names = rule_metric_names(
+        "# agent_proxy_not_this\n  expr: rate(agent_proxy_backend_connect_seconds_count[5m]) / process_max_fds > 0 and agent_proxy_x_total\n",
+    );
+    let expected = [
+        "agent_proxy_backend_connect_seconds",
+        "agent_proxy_x_total",
+        "process_max_fds",
+    ];
+    assert_eq!(names, expected.iter().map(|s| s.to_string()).collect());
 }

@@ -21,9 +21,9 @@ const PROMPTLY: Duration = Duration::from_secs(3);
 
 /// The only server refuses: each client sees its connection closed within
 /// connect_timeout * retries + 2 s and receives nothing, connect errors are counted. The first
-/// client's attempts take the server out (passive health, 3 failures), so its log says
-/// end=connect_failed and the later clients are refused at once: end=rejected, counted under
-/// reason="no_server".
+/// client's attempts take the server out (passive health, 3 failures; its retries still all
+/// go ahead), so its log says end=connect_failed and the later clients are refused at once:
+/// end=rejected, counted under reason="no_server".
 fn upstream_refuses(dp: Dataplane) -> anyhow::Result<()> {
     const ATTEMPTS: usize = 3;
     let netns = NetNs::new()?;
@@ -93,6 +93,122 @@ fn upstream_refuses(dp: Dataplane) -> anyhow::Result<()> {
         }
         env.finish()
     })
+}
+
+/// SYNs sent to `port` inside `ns`, counted by an iptables rule (added by the first call):
+/// the attempts as the network saw them, not as the daemon reports them.
+fn syns_to(ns: &NetNs, port: u16) -> anyhow::Result<u64> {
+    let iptables = |args: &[&str]| -> anyhow::Result<String> {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", ns.name(), "iptables", "-w"])
+            .args(args)
+            .output()
+            .context("iptables")?;
+        ensure!(
+            out.status.success(),
+            "iptables {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let port = port.to_string();
+    let rule = ["OUTPUT", "-p", "tcp", "--syn", "--dport", port.as_str()];
+    if iptables(&[&["-C"], &rule[..]].concat()).is_err() {
+        iptables(&[&["-A"], &rule[..]].concat())?;
+    }
+    let listing = iptables(&["-L", "OUTPUT", "-v", "-x", "-n"])?;
+    let line = listing
+        .lines()
+        .find(|l| l.contains(&format!("dpt:{port}")))
+        .with_context(|| format!("no counting rule in {listing}"))?;
+    line.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no packet count in {line:?}"))
+}
+
+/// The one server refuses: a client's connection makes exactly `retries + 1` attempts (SYNs
+/// counted by iptables, connect errors by the daemon, and the log's detail), although passive
+/// health takes the server out after `passive.fall` of them: passive health decides what new
+/// connections choose, not how many attempts one makes. The next client is refused at once
+/// (`no_server`) without a SYN.
+fn retries_make_every_attempt() -> anyhow::Result<()> {
+    for (retries, fall) in [(3u32, None), (5, Some(1u32)), (2, Some(10))] {
+        let netns = NetNs::new()?;
+        let ns = &netns;
+        ns.block_on(Duration::from_secs(60), move || async move {
+            let refusing = closed_port(V4)?;
+            let mut config = DaemonConfig::new(Dataplane::Userspace, vec![refusing]);
+            config.retries = retries;
+            if let Some(fall) = fall {
+                config.backend_extra = format!("passive = {{ fall = {fall}, backoff = \"1m\" }}\n");
+            }
+            let case = format!("retries = {retries}, passive fall {fall:?}");
+            let before = syns_to(ns, refusing.port())?;
+            let env = TestEnv::start(ns, config)?;
+            let addr = env.daemon.config.listen;
+            let mut s = connect(addr).await?;
+            let (end, got) = drain_until_end(&mut s, Duration::from_secs(10))
+                .await
+                .with_context(|| format!("{case}: the client was not closed"))?;
+            eprintln!("{case}: client saw {end:?}");
+            ensure!(got == 0, "{case}: the client received {got} bytes");
+            let attempts = u64::from(retries) + 1;
+            let syns = syns_to(ns, refusing.port())? - before;
+            ensure!(
+                syns == attempts,
+                "{case}: {syns} SYNs to the server, expected {attempts}"
+            );
+            let m = env.daemon.settle(Duration::from_secs(3), |m| {
+                m.count(CONNECT_ERRORS, &[("backend", BACKEND)]) >= attempts
+            })?;
+            let errors = m.count(CONNECT_ERRORS, &[("backend", BACKEND)]);
+            ensure!(
+                errors == attempts,
+                "{case}: {CONNECT_ERRORS} = {errors}, expected {attempts}"
+            );
+            let logs = env.daemon.wait_conn_logs(1, Duration::from_secs(5))?;
+            ensure!(
+                logs.len() == 1 && logs[0].end == "connect_failed",
+                "{case}: {logs:?}"
+            );
+            let said = format!("accepted the connection after {attempts} attempts");
+            ensure!(
+                env.daemon.stderr_text().contains(&said),
+                "{case}: the log does not say {said:?}"
+            );
+            // Taken out by passive health (fall reached): the next client is refused without
+            // a dial. With fall above the attempts the server stays in and is dialed again.
+            let out = fall.unwrap_or(3) <= retries + 1;
+            if let Ok(mut s) = connect(addr).await {
+                let _ = drain_until_end(&mut s, Duration::from_secs(10)).await;
+            }
+            env.daemon.wait_conn_logs(2, Duration::from_secs(5))?;
+            let syns = syns_to(ns, refusing.port())? - before;
+            let expected = if out { attempts } else { 2 * attempts };
+            ensure!(
+                syns == expected,
+                "{case}: {syns} SYNs after a second client, expected {expected}"
+            );
+            let rejected = env.daemon.metrics()?.count(
+                "agent_proxy_frontend_rejected_total",
+                &[("reason", "no_server")],
+            );
+            ensure!(
+                rejected == u64::from(out),
+                "{case}: {rejected} refused for no_server"
+            );
+            env.finish()
+        })?;
+    }
+    Ok(())
+}
+
+#[test]
+fn retries_make_every_attempt_userspace() {
+    agent_proxy_tests::run_scenario("retries_make_every_attempt", Dataplane::Userspace, |_| {
+        retries_make_every_attempt()
+    });
 }
 
 fn is_reset(e: &anyhow::Error) -> bool {

@@ -11,14 +11,28 @@ use super::{Pool, Server, View};
 use crate::config::Balance;
 
 impl Pool {
-    /// The next address for a new connection: up, and not in `tried` while an untried one is
-    /// up.
+    /// The next address for a connection's attempt: up, and not in `tried` while an untried one
+    /// is up. When none is up, a retry (`tried` not empty) goes back to the addresses it
+    /// already tried that active checks do not hold down: passive health, which this
+    /// connection's own failures may have triggered, decides which addresses *new* connections
+    /// choose, and never cuts a connection's `retries` short.
     pub(super) fn pick(&self, view: &View, tried: &[Arc<Server>]) -> Option<Arc<Server>> {
         let now = Instant::now();
         let up: Vec<bool> = view.servers.iter().map(|s| s.is_up(now)).collect();
-        let fresh = |i: usize| up[i] && !tried.iter().any(|t| Arc::ptr_eq(t, &view.servers[i]));
+        let was_tried = |i: usize| tried.iter().any(|t| Arc::ptr_eq(t, &view.servers[i]));
+        let fresh = |i: usize| up[i] && !was_tried(i);
         let any_fresh = (0..view.servers.len()).any(fresh);
-        let eligible = |i: usize| if any_fresh { fresh(i) } else { up[i] };
+        let any_up = up.iter().any(|&u| u);
+        let again = |i: usize| was_tried(i) && !view.servers[i].held_down_by_checks();
+        let eligible = |i: usize| {
+            if any_fresh {
+                fresh(i)
+            } else if any_up {
+                up[i]
+            } else {
+                again(i)
+            }
+        };
         if view.wheel.is_empty() || !(0..view.servers.len()).any(eligible) {
             return None;
         }

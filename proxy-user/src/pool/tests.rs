@@ -283,7 +283,7 @@ async fn retries_go_to_another_server_and_no_server_up_refuses_at_once() {
         matches!(
             err,
             ConnectError::Failed {
-                attempts: 3,
+                attempts: 4,
                 last: AttemptError::Dial {
                     source: DialError::Refused(_),
                     ..
@@ -298,7 +298,7 @@ async fn retries_go_to_another_server_and_no_server_up_refuses_at_once() {
     assert_eq!(
         err.to_string(),
         format!(
-            "no server of backend \"be\" accepted the connection after 3 attempts \
+            "no server of backend \"be\" accepted the connection after 4 attempts \
              (last: {dead}: {os})"
         )
     );
@@ -308,6 +308,78 @@ async fn retries_go_to_another_server_and_no_server_up_refuses_at_once() {
     assert!(
         started.elapsed() < Duration::from_millis(100),
         "refused without dialing"
+    );
+}
+
+/// `retries + 1` attempts even when the connection's own failures take every server out
+/// (passive health): passive health steers new connections only. Active checks do stop them.
+#[tokio::test]
+async fn retries_are_not_cut_short_by_passive_health() {
+    let dead = |_| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let (a, b) = (dead(0), dead(1));
+    for (servers, fall, retries) in [
+        (vec![(a.as_str(), 1)], 3, 3),
+        (vec![(a.as_str(), 1)], 1, 5),
+        (vec![(a.as_str(), 1), (b.as_str(), 1)], 1, 3),
+        (vec![(a.as_str(), 1)], 0, 2),
+    ] {
+        let mut be = backend(&servers, Balance::RoundRobin);
+        be.retries = retries;
+        be.passive = Passive {
+            fall,
+            backoff: Duration::from_secs(60),
+        };
+        let metrics = Arc::new(Metrics::new());
+        let pool = Pool::new(&be, Arc::clone(&metrics));
+        let err = pool.connect().await.unwrap_err();
+        let ConnectError::Failed { attempts, .. } = err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(attempts, retries + 1, "servers {servers:?}, fall {fall}");
+        let counted: u64 = servers
+            .iter()
+            .map(|(s, _)| {
+                metrics
+                    .backend_connect_errors_total
+                    .with_label_values(&["be", s])
+                    .get()
+            })
+            .sum();
+        assert_eq!(counted, u64::from(retries + 1), "servers {servers:?}");
+        if fall > 0 {
+            // The next client finds nothing up and is refused without dialing.
+            let err = pool.connect().await.unwrap_err();
+            assert!(matches!(err, ConnectError::NoServer { .. }), "{err}");
+        }
+    }
+
+    // A server active checks took down is not retried: the connection ends there.
+    let pool = pool(&[(a.as_str(), 1)], Balance::RoundRobin);
+    let server = Arc::clone(&pool.servers()[0]);
+    let check = config::HealthCheck {
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_secs(1),
+        rise: 1,
+        fall: 1,
+        http: None,
+    };
+    let tried = vec![Arc::clone(&server)];
+    assert!(pool.pick(&pool.view(), &tried).is_some(), "up: retried");
+    for _ in 0..Passive::default().fall {
+        pool.connect_failed(&server, &refused(&server));
+    }
+    assert!(pool.pick(&pool.view(), &[]).is_none(), "no new connection");
+    assert!(
+        pool.pick(&pool.view(), &tried).is_some(),
+        "out by passive health: still retried"
+    );
+    pool.check_result(&server, &check, Err(ProbeError::Status(503)));
+    assert!(
+        pool.pick(&pool.view(), &tried).is_none(),
+        "down by active checks: not retried"
     );
 }
 
