@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::topology::{INTAKE_NAME, INTAKE_PORT, PROXY_NAME, Ports, ip};
+use crate::topology::{IDLE_TIMEOUT, INTAKE_NAME, INTAKE_PORT, PROXY_NAME, Ports, ip};
 use crate::wire::{Class, Plan, Rx, STALL, Tx};
 
 /// How a client reaches the intake through a daemon.
@@ -29,12 +29,25 @@ pub(crate) enum Mode {
 impl Mode {
     pub(crate) const ALL: [Mode; 4] = [Mode::Tcp, Mode::Tls, Mode::Connect, Mode::Transparent];
 
+    /// The frontend's name in the daemon's config (and its log lines and metrics).
+    pub(crate) fn frontend(self) -> &'static str {
+        match self {
+            Mode::Tcp => "tcp",
+            Mode::Tls => "tls",
+            Mode::Connect => "connect",
+            Mode::Transparent => "transparent",
+        }
+    }
+
     /// Whether the daemon finds the intake through DNS for this mode.
     pub(crate) fn resolves(self) -> bool {
         self != Mode::Transparent
     }
 }
 
+/// How far from the frontend's `idle_timeout` a silent client may see its connection closed:
+/// the proxy checks when the timeout could first expire, and the FIN crosses a lossy link.
+const IDLE_SLACK: Duration = Duration::from_secs(2);
 /// Receive buffer of a slow reader: small, so the backlog builds up in the proxy.
 const SLOW_RCVBUF: usize = 64 * 1024;
 /// A slow reader takes this much per read, then pauses [`SLOW_PAUSE`]: about 3 MB/s.
@@ -156,6 +169,18 @@ pub(crate) async fn run_stream(
 
 async fn drive(mut io: Box<dyn Io>, plan: &Plan, tx: &mut Tx, rx: &mut Rx) -> anyhow::Result<()> {
     match plan.class {
+        Class::Idle if plan.rounds == 0 => {
+            let silent = Instant::now();
+            rx.until_eof(&mut io, 0).await?;
+            let after = silent.elapsed();
+            ensure!(
+                after >= IDLE_TIMEOUT.saturating_sub(IDLE_SLACK)
+                    && after <= IDLE_TIMEOUT + IDLE_SLACK,
+                "the proxy closed the silent connection after {after:.1?}; its idle_timeout is \
+                 {IDLE_TIMEOUT:?}"
+            );
+            shutdown(&mut io).await?;
+        }
         Class::ReqResp | Class::Idle => {
             if plan.class == Class::Idle {
                 tokio::time::sleep(Duration::from_millis(plan.param.into())).await;

@@ -183,6 +183,11 @@ async fn serve(s: &mut TcpStream, st: &mut Serving) -> anyhow::Result<()> {
     let tx = st.tx.insert(Tx::new(plan.down_seed()));
     let rx = st.rx.insert(Rx::new(plan.up_seed()));
     match plan.class {
+        Class::Idle if plan.rounds == 0 => {
+            // The proxy closes it for idleness: EOF, and nothing before it.
+            rx.until_eof(s, 0).await?;
+            s.shutdown().await.context("shutdown")?;
+        }
         Class::ReqResp | Class::Idle => {
             for i in 0..plan.rounds {
                 rx.exact(s, plan.round_len(plan.up, i)).await?;

@@ -7,6 +7,9 @@
 //! - every stream is judged ([`judge`]): exact both ways by hash, or cut by an injected fault,
 //!   or a loss; there must be no loss, and every daemon, mode and class must have streams that
 //!   completed;
+//! - the tcp frontends have `idle_timeout = "3s"`: their Idle clients stay silent and must see
+//!   the proxy close them (EOF at the client and at the intake, `end=idle_timeout` in the log,
+//!   as many as there were such clients), while every busy stream there completes;
 //! - the links must have dropped and held back packets, the kernel path must have handed
 //!   slow readers' directions to userspace (flow control), both addresses of the intake must
 //!   have been reached (DNS followed);
@@ -132,7 +135,10 @@ fn run() -> anyhow::Result<()> {
                     if proxy == 0 && class == Class::SlowReader && !kernel_slow {
                         continue;
                     }
-                    let plan = Plan::new(ids.fetch_add(1, Ordering::Relaxed), class);
+                    let mut plan = Plan::new(ids.fetch_add(1, Ordering::Relaxed), class);
+                    if class == Class::Idle && mode == Mode::Tcp {
+                        plan = plan.idle_cut();
+                    }
                     let record = run_stream(&dialer, proxy, mode, plan).await;
                     let failed = record.error.is_some();
                     records.lock().expect("records").push(record);

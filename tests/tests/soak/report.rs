@@ -28,6 +28,8 @@ pub(crate) struct DaemonEnd {
     /// Of the kernel path's connections (log lines): hand-overs to userspace, hand-backs.
     pub(crate) pauses: u64,
     pub(crate) resumes: u64,
+    /// Log lines with `end=idle_timeout`: (tcp frontend, other frontends).
+    pub(crate) idle_ends: (u64, u64),
 }
 
 impl DaemonEnd {
@@ -42,6 +44,15 @@ impl DaemonEnd {
         let logs = daemon.conn_logs();
         let kernel = logs.iter().filter(|l| l.path == "kernel");
         let (pauses, resumes) = kernel.fold((0, 0), |(p, r), l| (p + l.pauses, r + l.resumes));
+        let idle = logs.iter().filter(|l| l.end == "idle_timeout");
+        let tcp = Mode::Tcp.frontend();
+        let idle_ends = idle.fold((0, 0), |(t, o), l| {
+            if l.frontend == tcp {
+                (t + 1, o)
+            } else {
+                (t, o + 1)
+            }
+        });
         Ok(Self {
             name: daemon.config.dataplane.as_str(),
             rss: daemon.rss_bytes()?,
@@ -50,6 +61,7 @@ impl DaemonEnd {
             bytes: (path("kernel"), path("userspace")),
             pauses,
             resumes,
+            idle_ends,
         })
     }
 }
@@ -102,6 +114,22 @@ impl Summary<'_> {
                     );
                 }
             }
+        }
+        for (proxy, d) in self.daemons.iter().enumerate() {
+            let silent = v
+                .by_path
+                .get(&(proxy, Mode::Tcp, Class::Idle))
+                .map_or(0, |c| c.exact);
+            let counted = d.ended.get("idle_timeout").copied().unwrap_or(0);
+            ensure!(
+                silent > 0 && d.idle_ends == (silent, 0) && counted == silent,
+                "the {} daemon: {silent} silent clients of the tcp frontend were closed for \
+                 idleness, but its log has {} end=idle_timeout lines there and {} elsewhere, \
+                 its metric {counted}",
+                d.name,
+                d.idle_ends.0,
+                d.idle_ends.1
+            );
         }
         for (what, f) in self.links {
             ensure!(
@@ -219,7 +247,8 @@ impl fmt::Display for Summary<'_> {
             writeln!(
                 f,
                 "{} daemon: RSS {:.1} MiB idle, {:.1} MiB peak, {:.1} MiB after; bytes kernel \
-                 {:.1} MiB, userspace {:.1} MiB; hand-overs {}, hand-backs {}; ended {:?}",
+                 {:.1} MiB, userspace {:.1} MiB; hand-overs {}, hand-backs {}; idle_timeout \
+                 ends {:?}; ended {:?}",
                 d.name,
                 idle as f64 / MIB,
                 d.peak_rss as f64 / MIB,
@@ -228,6 +257,7 @@ impl fmt::Display for Summary<'_> {
                 d.bytes.1 as f64 / MIB,
                 d.pauses,
                 d.resumes,
+                d.idle_ends,
                 d.ended
             )?;
         }

@@ -10,6 +10,7 @@
 //! would ([`operator_redirect`]), for another port.
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use agent_proxy_tests::connect::{PASSWORD, USER, run};
 use agent_proxy_tests::dnsmasq::Dnsmasq;
@@ -29,6 +30,10 @@ pub(crate) const PROXY_NAME: &str = "proxy.soak.test";
 /// Every connect timeout of the daemons: a lost SYN is sent again after TCP's initial RTO of 1 s,
 /// so a shorter timeout would fail connections that the lossy links merely delay.
 const CONNECT_TIMEOUT: &str = "3s";
+/// The tcp frontends' `idle_timeout`: their Idle clients stay silent until the proxy closes
+/// them (the other frontends keep the default, 5 min, and their Idle clients speak after a few
+/// seconds).
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 /// TTL of dnsmasq's answers, and the backends' `dns.min_ttl`.
 pub(crate) const DNS_TTL_SECS: u32 = 1;
 
@@ -119,7 +124,8 @@ impl World {
         config.toml_override = Some(format!(
             "[global]\ndataplane = \"{dp}\"\n{extra}{kernel}admin = \"{admin}\"\n\
              drain_timeout = \"2s\"\nlog_format = \"json\"\nnameservers = [\"{dns}\"]\n\n\
-             [[frontend]]\nname = \"tcp\"\nlisten = \"{PROXY_INNER}:{tcp}\"\nbackend = \"intake\"\n\n\
+             [[frontend]]\nname = \"tcp\"\nlisten = \"{PROXY_INNER}:{tcp}\"\nbackend = \"intake\"\n\
+             idle_timeout = \"{idle}s\"\n\n\
              [[frontend]]\nname = \"tls\"\nlisten = \"{PROXY_INNER}:{tls}\"\nbackend = \"intake\"\n\
              tls = {{ cert = \"{cert}\", key = \"{key}\" }}\n\n\
              [[frontend]]\nname = \"connect\"\nlisten = \"{PROXY_INNER}:{connect}\"\nmode = \"connect\"\n\
@@ -132,6 +138,7 @@ impl World {
              connect_timeout = \"{CONNECT_TIMEOUT}\"\nretries = 2\npassive = {{ fall = 3, backoff = \"1s\" }}\n\
              dns = {{ min_ttl = \"{DNS_TTL_SECS}s\", max_ttl = \"5s\" }}\n",
             extra = dp.extra_global(),
+            idle = IDLE_TIMEOUT.as_secs(),
             admin = config.admin,
             dns = self.dns.addr,
             tcp = ports.tcp,

@@ -61,6 +61,7 @@ pub(crate) struct Plan {
     /// Pattern bytes the intake sends.
     pub(crate) down: u64,
     /// Request/answer rounds (ReqResp, Idle): `up` and `down` are split evenly between them.
+    /// An Idle stream with none waits for the proxy's idle timeout to close it ([`Plan::idle_cut`]).
     pub(crate) rounds: u32,
     /// Idle: silence before the round. Reset: down bytes read before the reset.
     pub(crate) param: u32,
@@ -101,6 +102,15 @@ impl Plan {
             rounds: rounds as u32,
             param: param as u32,
         }
+    }
+
+    /// This Idle stream, made one that sends nothing after its header and waits for the
+    /// proxy's idle timeout to close it (a frontend with a short `idle_timeout`).
+    pub(crate) fn idle_cut(mut self) -> Self {
+        self.up = 0;
+        self.down = 0;
+        self.rounds = 0;
+        self
     }
 
     pub(crate) fn up_seed(&self) -> u64 {
@@ -149,7 +159,10 @@ impl Plan {
             rounds: u32_at(32),
             param: u32_at(36),
         };
-        ensure!(plan.rounds >= 1, "no rounds in {plan:?}");
+        ensure!(
+            plan.rounds >= 1 || plan.class == Class::Idle,
+            "no rounds in {plan:?}"
+        );
         Ok(plan)
     }
 }
