@@ -128,6 +128,9 @@ fn fate(
     if s.cut {
         return Fate::Cut;
     }
+    if c.mode.resolves() {
+        *landed.entry(s.local.ip()).or_default() += 1;
+    }
     if let Some(e) = &c.error {
         return Fate::Lost(format!("client: {e}; intake: {:?}", s.error));
     }
@@ -156,7 +159,6 @@ fn fate(
     }
     if c.mode.resolves() {
         let ip = s.local.ip();
-        *landed.entry(ip).or_default() += 1;
         let from = c.started.checked_sub(DNS_GRACE).unwrap_or(c.started);
         let given = timeline.answers_during(from, c.ended);
         if !given.contains(&ip) {

@@ -7,12 +7,12 @@ use agent_proxy_tests::daemon::Daemon;
 use agent_proxy_tests::impair::Figures;
 use anyhow::{bail, ensure};
 
-use crate::RSS_TOLERANCE;
 use crate::clients::Mode;
 use crate::faults::Timeline;
 use crate::judge::Verdict;
 use crate::topology::{INTAKE_ALT, ip};
 use crate::wire::Class;
+use crate::{Mix, RSS_TOLERANCE};
 
 const MIB: f64 = (1u64 << 20) as f64;
 
@@ -82,7 +82,7 @@ pub(crate) struct Summary<'a> {
 
 impl Summary<'_> {
     /// The soak's assertions on the figures (the streams' own are the verdict's losses).
-    pub(crate) fn check(&self, kernel_slow_readers: bool) -> anyhow::Result<()> {
+    pub(crate) fn check(&self, mix: &Mix) -> anyhow::Result<()> {
         let v = self.verdict;
         if !v.losses.is_empty() {
             bail!(
@@ -99,7 +99,7 @@ impl Summary<'_> {
         for proxy in 0..2 {
             for mode in Mode::ALL {
                 for class in Class::ALL {
-                    if proxy == 0 && class == Class::SlowReader && !kernel_slow_readers {
+                    if !mix.runs(proxy, class) {
                         continue;
                     }
                     let c = v
@@ -116,6 +116,9 @@ impl Summary<'_> {
             }
         }
         for (proxy, d) in self.daemons.iter().enumerate() {
+            if !mix.runs(proxy, Class::Idle) {
+                continue;
+            }
             let silent = v
                 .by_path
                 .get(&(proxy, Mode::Tcp, Class::Idle))
@@ -137,7 +140,7 @@ impl Summary<'_> {
                 "the {what} link was not impaired: {f:?}"
             );
         }
-        if kernel_slow_readers {
+        if mix.runs(0, Class::SlowReader) {
             ensure!(
                 self.daemons[0].pauses > 0,
                 "the kernel daemon never handed a direction to userspace: flow control not exercised"
