@@ -258,6 +258,11 @@ pub fn add_loopback_address(ns: &NetNs, cidr: &str) -> anyhow::Result<()> {
 
 /// Runs a command to success.
 pub fn run(args: &[&str]) -> anyhow::Result<()> {
+    output(args).map(drop)
+}
+
+/// Runs a command to success and returns its standard output.
+pub fn output(args: &[&str]) -> anyhow::Result<String> {
     let out = std::process::Command::new(args[0])
         .args(&args[1..])
         .output()
@@ -268,7 +273,7 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Generous bound for one answer (liveness only).

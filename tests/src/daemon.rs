@@ -92,7 +92,12 @@ impl Daemon {
         answered: fn(u16) -> bool,
     ) -> anyhow::Result<Self> {
         let bin = config.binary.clone().unwrap_or_else(require_binary);
-        let dir = std::env::temp_dir().join(format!("agent-proxy-test-{}", ns.name()));
+        // Named by the admin port too: two daemons of one namespace (the soak) keep apart.
+        let dir = std::env::temp_dir().join(format!(
+            "agent-proxy-test-{}-{}",
+            ns.name(),
+            config.admin.port()
+        ));
         std::fs::create_dir_all(&dir)?;
         let scratch = Scratch {
             dir: dir.clone(),
@@ -286,12 +291,22 @@ impl Daemon {
 
     /// Resident memory of the daemon (VmRSS), in bytes.
     pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        self.status_bytes("VmRSS:")
+    }
+
+    /// The most resident memory the daemon ever had (VmHWM), in bytes.
+    pub fn peak_rss_bytes(&self) -> anyhow::Result<u64> {
+        self.status_bytes("VmHWM:")
+    }
+
+    /// A `kB` field of /proc/PID/status, in bytes.
+    fn status_bytes(&self, field: &str) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
         let kb = status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.split_whitespace().next())
-            .context("no VmRSS")?
+            .with_context(|| format!("no {field} in /proc/{}/status", self.pid))?
             .parse::<u64>()?;
         Ok(kb * 1024)
     }

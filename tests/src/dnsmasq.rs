@@ -16,6 +16,7 @@ pub struct Dnsmasq {
     dir: PathBuf,
     /// Where it answers (UDP and TCP), inside the namespace.
     pub addr: SocketAddr,
+    ttl_secs: u32,
 }
 
 impl Dnsmasq {
@@ -25,8 +26,22 @@ impl Dnsmasq {
         let dir = std::env::temp_dir().join(format!("agent-proxy-dns-{}", ns.name()));
         std::fs::create_dir_all(&dir)?;
         let hosts = dir.join("hosts");
-        write_hosts(&hosts, records)?;
-        let addr: SocketAddr = "127.0.0.1:5353".parse()?;
+        let mut dns = Self {
+            child: None,
+            hosts,
+            dir,
+            addr: "127.0.0.1:5353".parse()?,
+            ttl_secs,
+        };
+        dns.restart(ns, records)?;
+        Ok(dns)
+    }
+
+    /// Starts it again (after [`Dnsmasq::stop`]; a running one is stopped first) with
+    /// `records`, on the same address and TTL; waits until it answers.
+    pub fn restart(&mut self, ns: &NetNs, records: &[(&str, IpAddr)]) -> anyhow::Result<()> {
+        self.stop();
+        write_hosts(&self.hosts, records)?;
         let child = Command::new("ip")
             .args(["netns", "exec", ns.name(), "dnsmasq"])
             .args([
@@ -41,21 +56,15 @@ impl Dnsmasq {
                 "--user=root",
                 "--pid-file=",
             ])
-            .arg(format!("--addn-hosts={}", hosts.display()))
-            .arg(format!("--local-ttl={ttl_secs}"))
+            .arg(format!("--addn-hosts={}", self.hosts.display()))
+            .arg(format!("--local-ttl={}", self.ttl_secs))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("start dnsmasq (apt install dnsmasq-base; `cargo xtask test` does)")?;
-        let mut dns = Self {
-            child: Some(child),
-            hosts,
-            dir,
-            addr,
-        };
-        dns.wait_listening(ns)?;
-        Ok(dns)
+        self.child = Some(child);
+        self.wait_listening(ns)
     }
 
     fn wait_listening(&mut self, ns: &NetNs) -> anyhow::Result<()> {

@@ -10,7 +10,10 @@
 //! routed, with its own source address. 11.0.0.0/24 and 2a01:77::/64 stand for public
 //! addresses (the destination policy refuses private ones); they exist only in these
 //! namespaces.
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
 
 use crate::connect::run;
 use crate::netns::NetNs;
@@ -114,6 +117,29 @@ impl Gateway {
             "via",
             via,
         ])
+    }
+}
+
+impl Gateway {
+    /// A listener on the intake host (the socket is made in its namespace), to be used from
+    /// a tokio runtime. The backlog holds a burst of 1,000 connects without SYN cookies.
+    pub fn intake_listener(&self, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+        let std = self
+            .intake
+            .run(|| -> std::io::Result<std::net::TcpListener> {
+                let socket = socket2::Socket::new(
+                    socket2::Domain::for_address(addr),
+                    socket2::Type::STREAM,
+                    None,
+                )?;
+                socket.set_reuse_address(true)?;
+                socket.bind(&addr.into())?;
+                socket.listen(4096)?;
+                Ok(socket.into())
+            })
+            .with_context(|| format!("listen on {addr} in the intake namespace"))?;
+        std.set_nonblocking(true)?;
+        Ok(TcpListener::from_std(std)?)
     }
 }
 

@@ -56,27 +56,6 @@ pub fn transparent_config(dp: Dataplane, dns: SocketAddr, extra: &str) -> Daemon
 /// Who connected to a listener of the intake host, in order.
 type Peers = Arc<Mutex<Vec<IpAddr>>>;
 
-/// A listener on the intake host (the socket is made in its namespace).
-/// The backlog holds a burst of 1,000 connects without SYN cookies.
-fn intake_listener(gw: &Gateway, addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    let std = gw
-        .intake
-        .run(|| -> std::io::Result<std::net::TcpListener> {
-            let socket = socket2::Socket::new(
-                socket2::Domain::for_address(addr),
-                socket2::Type::STREAM,
-                None,
-            )?;
-            socket.set_reuse_address(true)?;
-            socket.bind(&addr.into())?;
-            socket.listen(4096)?;
-            Ok(socket.into())
-        })
-        .with_context(|| format!("listen on {addr} in the intake namespace"))?;
-    std.set_nonblocking(true)?;
-    Ok(TcpListener::from_std(std)?)
-}
-
 /// Answers every HTTP request with `hello` and closes, recording who connected.
 fn http_responder(listeners: Vec<TcpListener>) -> Peers {
     let peers: Peers = Arc::default();
@@ -208,14 +187,14 @@ fn transparent_gateway(dp: Dataplane) -> anyhow::Result<()> {
         .block_on(Duration::from_secs(120), move || async move {
             let mut expected_lines = 0;
             let plain = http_responder(vec![
-                intake_listener(gw, SocketAddr::new(ip(INTAKE), 80))?,
-                intake_listener(gw, SocketAddr::new(ip(INTAKE6), 80))?,
+                gw.intake_listener(SocketAddr::new(ip(INTAKE), 80))?,
+                gw.intake_listener(SocketAddr::new(ip(INTAKE6), 80))?,
             ]);
-            let sink = intake_listener(gw, SocketAddr::new(ip(INTAKE), SINK_PORT))?;
-            let sink6 = intake_listener(gw, SocketAddr::new(ip(INTAKE6), SINK_PORT))?;
+            let sink = gw.intake_listener(SocketAddr::new(ip(INTAKE), SINK_PORT))?;
+            let sink6 = gw.intake_listener(SocketAddr::new(ip(INTAKE6), SINK_PORT))?;
             let mut never = Vec::new();
             for (addr, port) in [(OTHER, 443), (OTHER, 80), (METADATA, 443), (PRIVATE, 443)] {
-                let listener = intake_listener(gw, SocketAddr::new(ip(addr), port))?;
+                let listener = gw.intake_listener(SocketAddr::new(ip(addr), port))?;
                 never.push((format!("{addr}:{port}"), accept_counter(listener)));
             }
             let curl =
@@ -476,7 +455,7 @@ fn bulk_and_many(dp: Dataplane, len: u64) -> anyhow::Result<()> {
     gw.agent
         .block_on(Duration::from_secs(240), move || async move {
             let sink_addr = SocketAddr::new(ip(INTAKE), SINK_PORT);
-            let sink = intake_listener(gw, sink_addr)?;
+            let sink = gw.intake_listener(sink_addr)?;
             if len > 0 {
                 let started = std::time::Instant::now();
                 exchange_through(&sink, sink_addr, len, (0x7a11, 0x7a12)).await?;

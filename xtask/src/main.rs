@@ -47,6 +47,14 @@ enum Task {
         #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
         args: Vec<OsString>,
     },
+    /// Setup, build, then run the soak test alone (`tests/tests/soak`) for MINUTES with its
+    /// figures shown: every client class through both data paths and every frontend mode over
+    /// lossy links, with faults injected (needs root). `cargo xtask test` runs it for 60 s.
+    /// `AGENT_PROXY_SOAK_KERNEL_SLOW_READERS=0` leaves slow readers off the kernel path.
+    Soak {
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+        minutes: u64,
+    },
     /// Fuzz the parsers of untrusted input (`fuzz/`) for SECONDS per target (default 600);
     /// `cargo xtask test` runs them for 15 s each.
     Fuzz {
@@ -78,6 +86,10 @@ fn main() -> ExitCode {
         Task::Build { debug } => tasks::build(debug).map(drop),
         Task::Run { args } => tasks::run(args),
         Task::Test { args } => match tasks::test(args) {
+            Ok(code) => return code,
+            Err(err) => Err(err),
+        },
+        Task::Soak { minutes } => match tasks::soak(minutes) {
             Ok(code) => return code,
             Err(err) => Err(err),
         },

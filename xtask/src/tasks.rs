@@ -138,6 +138,44 @@ pub(crate) fn test(args: Vec<OsString>) -> Result<ExitCode> {
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
+/// The soak: its test binary and test (tests/tests/soak), and the variable that sets its length.
+const SOAK_TEST: &str = "soak";
+const SOAK_SECONDS_VAR: &str = "AGENT_PROXY_SOAK_SECONDS";
+
+/// Builds the release binary, then runs the soak test alone for `minutes`, its output shown;
+/// the exit code is cargo's.
+pub(crate) fn soak(minutes: u64) -> Result<ExitCode> {
+    let binary = build(false)?;
+    if !is_root() {
+        println!("{KERNEL_NEEDS_ROOT}; the soak will skip (or fail with CI=true)");
+    }
+    let status = Cmd::cargo()
+        .env("AGENT_PROXY_BIN", &binary)
+        .env(SOAK_SECONDS_VAR, (minutes * 60).to_string())
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "agent-proxy-tests",
+            "--test",
+            SOAK_TEST,
+        ])
+        .args(["--", "--exact", SOAK_TEST, "--nocapture"])
+        .current_dir(root())
+        .status()
+        .context("step `soak`")?;
+    Ok(exit_code("soak", status))
+}
+
+/// The exit code of a step that ran one child: its own, said when it failed.
+fn exit_code(step: &str, status: std::process::ExitStatus) -> ExitCode {
+    if status.success() {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("xtask: step `{step}` failed: {}", describe(status));
+    ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1))
+}
+
 /// Counts of a libtest summary line: `test result: ok. 3 passed; 0 failed; ...`.
 fn tally(line: &str) -> Option<(u64, u64)> {
     let rest = line.trim().strip_prefix("test result: ")?;
@@ -183,13 +221,7 @@ pub(crate) fn bench(args: Vec<OsString>) -> Result<ExitCode> {
         .current_dir(root())
         .status()
         .context("step `bench`")?;
-    if status.success() {
-        return Ok(ExitCode::SUCCESS);
-    }
-    eprintln!("xtask: step `bench` failed: {}", describe(status));
-    Ok(ExitCode::from(
-        u8::try_from(status.code().unwrap_or(1)).unwrap_or(1),
-    ))
+    Ok(exit_code("bench", status))
 }
 
 /// `cargo fmt --check`, clippy over the host crates, and clippy over the eBPF crate with the eBPF
