@@ -16,7 +16,12 @@
 //! 6. `kernel` (the eBPF maps and programs), `net` (socket options), `metrics`, `config`,
 //!    `outcome` (what a data path reports), `cutoff` (what ends a carried connection from
 //!    outside: the drain, the idle timeout), `address_class`, `report`.
-use std::{net::SocketAddr, os::fd::AsFd as _, sync::Arc, time::Instant};
+use std::{
+    net::{SocketAddr, TcpStream as StdStream},
+    os::fd::{AsFd as _, OwnedFd},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::{
@@ -31,12 +36,13 @@ pub use crate::{
 };
 
 use crate::{
+    handover::{ConnState, Handover, Message, Outgoing},
     kernel::Kernel,
     metrics::Metrics,
     net,
     pool::ConnectError,
     relay::{self, RelayCounters},
-    splice::{self, SpliceSettings},
+    splice::{self, HandedOver, SpliceSettings, Spliced},
 };
 
 /// What every connection task shares.
@@ -54,6 +60,8 @@ pub struct Shared {
     pub kernel_sndbuf: u32,
     /// The resolver and its cache of destinations (CONNECT, transparent).
     pub dns: Arc<crate::dns::Dns>,
+    /// Asked by an upgrade: kernel-spliced connections move to the new process.
+    pub handover: Arc<Handover>,
 }
 
 /// What the connection layer knows of a frontend: its name and ids for metrics and the log
@@ -188,7 +196,9 @@ pub struct Conn<'a> {
     pub started: Instant,
     /// Our side's address when a same-host agent's entries are to be dropped at the end.
     ours: Option<SocketAddr>,
-    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    /// `None` for a connection adopted from a predecessor when the limits were full: it is
+    /// carried anyway (it was admitted once).
+    _permits: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
 }
 
 impl<'a> Conn<'a> {
@@ -207,7 +217,7 @@ impl<'a> Conn<'a> {
             peer,
             started: Instant::now(),
             ours: own_address(client, frontend.local_agents),
-            _permits: permits,
+            _permits: Some(permits),
         }
     }
 
@@ -262,13 +272,9 @@ impl<'a> Conn<'a> {
 
     /// Chooses the data path and runs it: the kernel splice when it is loaded and takes the
     /// sockets, else the userspace relay. `consumed`: bytes already read from the client (a
-    /// CONNECT head), which the kernel path must not wait to see forwarded.
-    pub async fn carry(
-        &self,
-        client: TcpStream,
-        upstream: TcpStream,
-        consumed: u64,
-    ) -> (Path, Outcome) {
+    /// CONNECT head), which the kernel path must not wait to see forwarded. The mode then
+    /// calls [`Conn::finish_carried`] with where the connection went.
+    pub async fn carry(&self, client: TcpStream, upstream: TcpStream, consumed: u64) -> Carried {
         let (frontend, shared) = (self.frontend, self.shared);
         let counters = self.relay_counters();
         self.keep_alive(upstream.as_fd());
@@ -283,7 +289,10 @@ impl<'a> Conn<'a> {
                 };
                 let spliced = splice::splice(kernel, client, upstream, settings, &counters, cutoff);
                 match Box::pin(spliced).await {
-                    Ok(outcome) => return (Path::Kernel, outcome),
+                    Ok(Spliced::Ended(outcome)) => return Carried::Done(Path::Kernel, outcome),
+                    Ok(Spliced::HandedOver(handed)) => {
+                        return Carried::HandedOver(Box::new(handed));
+                    }
                     Err(declined) => {
                         // Typically a client that already closed (the kernel takes only
                         // established sockets); the relay carries it just as well.
@@ -301,16 +310,117 @@ impl<'a> Conn<'a> {
             None => (client, upstream),
         };
         let outcome = Box::pin(relay::relay(client, upstream, &counters, cutoff)).await;
-        (Path::Userspace, outcome)
+        Carried::Done(Path::Userspace, outcome)
+    }
+
+    /// The end of a carried connection: its log line and metrics, with `early_up` bytes copied
+    /// upstream in userspace before the data path took over (a CONNECT request's). When an
+    /// upgrade asked for the connection, what is left to await sends it to the new process
+    /// with where it went (which logs it when it ends): boxed, so that the connection's future,
+    /// which keeps its largest state for its whole life, does not grow by it.
+    pub fn finish_carried<'s>(
+        &'s self,
+        route: &'s Route<'s>,
+        carried: Carried,
+        early_up: u64,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 's>>> {
+        match carried {
+            Carried::Done(path, mut outcome) => {
+                outcome.bytes_up += early_up;
+                outcome.copied_up += early_up;
+                self.finish(route, path, &outcome);
+                None
+            }
+            Carried::HandedOver(handed) => {
+                let kernel = self.shared.kernel.as_ref()?;
+                Some(Box::pin(async move {
+                    let spliced = Spliced::HandedOver(*handed);
+                    let mut outcome = self.spliced(kernel, spliced, route, early_up).await;
+                    if outcome.end != End::HandedOver {
+                        outcome.bytes_up += early_up;
+                        outcome.copied_up += early_up;
+                    }
+                    self.finish(route, Path::Kernel, &outcome);
+                }))
+            }
+        }
     }
 
     /// What ends this connection besides its peers: the drain's abort, the frontend's
-    /// `idle_timeout`.
+    /// `idle_timeout`, an upgrade's hand-over.
     pub fn cutoff(&self) -> Cutoff<'a> {
         Cutoff {
             abort: &self.shared.abort,
             idle: self.frontend.idle_timeout,
+            handover: Some(&self.shared.handover),
         }
+    }
+
+    /// The outcome of a spliced connection; one handed over is sent to the new process (or,
+    /// if the exchange has closed, carried on here).
+    async fn spliced(
+        &self,
+        kernel: &Kernel,
+        mut spliced: Spliced,
+        route: &Route<'_>,
+        early_up: u64,
+    ) -> Outcome {
+        loop {
+            let handed = match spliced {
+                Spliced::Ended(outcome) => return outcome,
+                Spliced::HandedOver(handed) => handed,
+            };
+            let Err(back) = self.hand_over(kernel, handed, route, early_up) else {
+                return Outcome::nothing(End::HandedOver, String::new());
+            };
+            tracing::warn!(frontend = %self.frontend.name,
+                "upgrade: the hand-over closed; this process keeps the connection");
+            let cutoff = Cutoff {
+                handover: None,
+                ..self.cutoff()
+            };
+            let counters = self.relay_counters();
+            let resumed = Box::pin(splice::resume(kernel, &back.0, back.1, &counters, cutoff));
+            spliced = match resumed.await {
+                Ok(spliced) => spliced,
+                Err((end, detail)) => return Outcome::nothing(end, detail),
+            };
+        }
+    }
+
+    /// Sends a handed-over connection to the new process; gives it back if it cannot.
+    fn hand_over(
+        &self,
+        kernel: &Kernel,
+        handed: HandedOver,
+        route: &Route<'_>,
+        early_up: u64,
+    ) -> Result<(), (crate::handover::SpliceState, [StdStream; 2])> {
+        let HandedOver { state, sockets } = handed;
+        let message = Message::Conn(Box::new(ConnState {
+            set: kernel.set,
+            splice: state,
+            frontend: self.frontend.name.clone(),
+            peer: self.peer,
+            age_ms: self.started.elapsed().as_millis() as u64,
+            server: route.server.to_owned(),
+            destination: route.destination.to_owned(),
+            host: route.host.to_owned(),
+            status: route.status.to_owned(),
+            early_up,
+        }));
+        let fds = sockets.into_iter().map(OwnedFd::from).collect();
+        self.shared
+            .handover
+            .send(Outgoing { message, fds })
+            .map_err(|back| {
+                let mut fds = back.fds.into_iter().map(StdStream::from);
+                let sockets = [
+                    fds.next().expect("two sockets"),
+                    fds.next().expect("two sockets"),
+                ];
+                (state, sockets)
+            })
     }
 
     /// Dead-peer detection (`tcp_keepalive`) on a socket this connection dialed; the accepted
@@ -330,6 +440,55 @@ impl<'a> Conn<'a> {
             down: self.frontend.metrics.copied_down.clone(),
         }
     }
+}
+
+/// Carries a connection a predecessor handed over (`crate::handover`), in `kernel` (the set
+/// of maps it is in), to its end and its log line, under `frontend`'s name and limits.
+pub async fn adopt(
+    frontend: &Frontend,
+    shared: &Shared,
+    kernel: &Kernel,
+    state: ConnState,
+    sockets: [StdStream; 2],
+    permits: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+) {
+    frontend.metrics.current.inc();
+    let started = Instant::now()
+        .checked_sub(Duration::from_millis(state.age_ms))
+        .unwrap_or_else(Instant::now);
+    let conn = Conn {
+        frontend,
+        shared,
+        peer: state.peer,
+        started,
+        ours: None,
+        _permits: permits,
+    };
+    let route = Route {
+        server: &state.server,
+        destination: &state.destination,
+        host: &state.host,
+        status: &state.status,
+    };
+    let counters = conn.relay_counters();
+    let resumed = splice::resume(kernel, &state.splice, sockets, &counters, conn.cutoff()).await;
+    let mut outcome = match resumed {
+        Ok(spliced) => Box::pin(conn.spliced(kernel, spliced, &route, state.early_up)).await,
+        Err((end, detail)) => Outcome::nothing(end, detail),
+    };
+    if outcome.end != End::HandedOver {
+        outcome.bytes_up += state.early_up;
+        outcome.copied_up += state.early_up;
+    }
+    conn.finish(&route, Path::Kernel, &outcome);
+}
+
+/// How [`Conn::carry`] left a connection.
+pub enum Carried {
+    /// Ended, on this data path.
+    Done(Path, Outcome),
+    /// Handed over by the kernel path when an upgrade asked ([`Conn::finish_carried`] sends it).
+    HandedOver(Box<HandedOver>),
 }
 
 impl Drop for Conn<'_> {
@@ -396,6 +555,11 @@ fn finish(
     outcome: &Outcome,
     started: Instant,
 ) {
+    if outcome.end == End::HandedOver {
+        tracing::debug!(frontend = %frontend.name, client = %peer,
+            "connection handed over to the new process");
+        return;
+    }
     let elapsed = started.elapsed();
     let name = frontend.name.as_str();
     let series = &frontend.metrics;

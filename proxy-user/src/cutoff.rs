@@ -28,6 +28,9 @@ pub struct Cutoff<'a> {
     pub abort: &'a CancellationToken,
     /// No byte in either direction for this long closes the connection; `None`: never.
     pub idle: Option<Duration>,
+    /// An upgrade asks kernel-spliced connections to move to the new process
+    /// ([`crate::handover`]); `None` in tests and where nothing can be handed over.
+    pub handover: Option<&'a crate::handover::Handover>,
 }
 
 impl Cutoff<'_> {
@@ -116,6 +119,7 @@ mod tests {
         let cutoff = Cutoff {
             abort: &abort,
             idle: Some(Duration::from_millis(300)),
+            handover: None,
         };
         let mut timer = cutoff.idle_timer();
         let start = std::time::Instant::now();
@@ -154,6 +158,7 @@ mod tests {
         let cutoff = Cutoff {
             abort: &abort,
             idle: None,
+            handover: None,
         };
         let mut timer = cutoff.idle_timer();
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -1,5 +1,6 @@
 //! `agent-proxy run`: build the parts from a config, serve until a signal, drain, exit.
 mod generation;
+mod handing;
 mod notify;
 mod upgrade;
 
@@ -130,6 +131,10 @@ pub(crate) struct Process {
     reload_status: Arc<Mutex<serde_json::Value>>,
     /// What this process inherited when it was started by an upgrade (SIGUSR2).
     inherited: upgrade::Inherited,
+    /// Asked by an upgrade: kernel-spliced connections move to the new process.
+    pub(crate) handover: Arc<crate::handover::Handover>,
+    /// Sets of maps adopted from the process this one replaced, with connections of theirs.
+    pub(crate) adopted: Arc<handing::Adopted>,
 }
 
 /// The admin endpoint's view of the generation serving.
@@ -167,6 +172,10 @@ pub async fn run(
 ) -> Result<(), StartError> {
     Daemon::build(config, path).await?.serve(shutdown).await
 }
+
+/// An upgrade under way: resolves with the new process's pid and the hand-over socket once it
+/// serves.
+type UpgradeTask = tokio::task::JoinHandle<Result<(u32, std::os::fd::OwnedFd), String>>;
 
 /// Why a reload was refused: the old config keeps serving.
 #[derive(Debug, thiserror::Error)]
@@ -237,6 +246,8 @@ impl Daemon {
             view: Arc::default(),
             reload_status: Arc::new(Mutex::new(serde_json::json!({ "reloads": 0 }))),
             inherited,
+            handover: Arc::default(),
+            adopted: Arc::default(),
         };
         for result in ["ok", "error"] {
             metrics.upgrades_total.with_label_values(&[result]);
@@ -318,7 +329,11 @@ impl Daemon {
         self.process.ready.store(true, Ordering::SeqCst);
         // Started by an upgrade: the old process may stop accepting now, and systemd follows
         // this one.
-        self.process.inherited.confirm();
+        if let Some(socket) = self.process.inherited.confirm() {
+            let serving = self.generation.serving();
+            let stop = self.process.stop_background.clone();
+            handing::receive(&self.process, socket, serving, stop);
+        }
         if self.process.inherited.upgrade {
             notify::notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
         } else {
@@ -329,9 +344,10 @@ impl Daemon {
         let mut hup = self.hup.take();
         let mut usr2 =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()).ok();
-        let mut upgrading: Option<tokio::task::JoinHandle<Result<u32, String>>> = None;
-        // The pid of the process that took over, once one did.
+        let mut upgrading: Option<UpgradeTask> = None;
+        // The pid of the process that took over, once one did, and the hand-over to it.
         let mut successor = None;
+        let mut giving = None;
         loop {
             let reload = async {
                 match hup.as_mut() {
@@ -369,6 +385,11 @@ impl Daemon {
                         tracing::warn!("SIGUSR2 during an upgrade: ignored");
                         continue;
                     }
+                    if self.process.adopted.predecessor_alive() {
+                        tracing::warn!("SIGUSR2 while the process this one replaced still \
+                            hands connections over: ignored");
+                        continue;
+                    }
                     upgrading = self.start_upgrade();
                 }
                 result = upgraded => {
@@ -377,9 +398,11 @@ impl Daemon {
                     let label = if result.is_ok() { "ok" } else { "error" };
                     self.process.metrics.upgrades_total.with_label_values(&[label]).inc();
                     match result {
-                        Ok(pid) => {
-                            tracing::info!(pid, "upgrade: the new process serves; this one stops accepting and drains");
+                        Ok((pid, socket)) => {
+                            tracing::info!(pid, "upgrade: the new process serves; this one stops accepting, hands its kernel-spliced connections over and drains the rest");
                             successor = Some(pid);
+                            let names = self.generation.names();
+                            giving = Some(handing::Giving::start(&self.process, socket, names));
                             break;
                         }
                         Err(error) => tracing::error!(%error, "upgrade failed; this process keeps serving"),
@@ -429,6 +452,9 @@ impl Daemon {
             process.abort.cancel();
             let _ = tokio::time::timeout(ABORT_GRACE, tracker.wait()).await;
         }
+        if let Some(giving) = giving {
+            giving.finish(process).await;
+        }
         process.stop_background.cancel();
         stop_admin.cancel();
         if let Some(task) = admin_task {
@@ -446,7 +472,7 @@ impl Daemon {
 
     /// SIGUSR2: starts the new process with this one's sockets (see [`upgrade`]); `None` when
     /// it could not even start (counted and logged here).
-    fn start_upgrade(&self) -> Option<tokio::task::JoinHandle<Result<u32, String>>> {
+    fn start_upgrade(&self) -> Option<UpgradeTask> {
         let started = match &self.command {
             Some(command) => upgrade::start(
                 command,
@@ -627,6 +653,7 @@ fn admin_state(process: &Process) -> Arc<AdminState> {
     let (refresh_metrics, refresh_kernel) = (Arc::clone(&process.metrics), process.kernel.clone());
     let (refresh_view, pending_view) = (Arc::clone(&process.view), Arc::clone(&process.view));
     let pending_kernel = process.kernel.clone();
+    let refresh_adopted = Arc::clone(&process.adopted);
     Arc::new(AdminState {
         metrics: Arc::clone(&process.metrics),
         ready: Arc::clone(&process.ready),
@@ -663,7 +690,9 @@ fn admin_state(process: &Process) -> Arc<AdminState> {
         refresh: Box::new(move || {
             let view = refresh_view.read().unwrap_or_else(|e| e.into_inner());
             if let Some(kernel) = &refresh_kernel {
-                mirror.refresh(kernel, &refresh_metrics, &view.names);
+                let adopted = refresh_adopted.refresh(&refresh_metrics);
+                let adopted: Vec<&Kernel> = adopted.iter().map(|k| &**k).collect();
+                mirror.refresh(kernel, &refresh_metrics, &view.names, &adopted);
             }
             for pool in &view.pools {
                 pool.refresh_gauges();

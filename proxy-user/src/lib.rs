@@ -30,6 +30,7 @@ pub mod daemon;
 mod destination;
 mod dial;
 mod dns;
+pub mod handover;
 mod health;
 pub mod kernel;
 mod listener;

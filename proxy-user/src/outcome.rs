@@ -27,6 +27,9 @@ pub enum End {
     Shutdown,
     /// The proxy itself failed (see the error field).
     Error,
+    /// Not an end: the connection moved to the process an upgrade started, which logs it when
+    /// it ends (not in [`End::ALL`]: never counted, never logged).
+    HandedOver,
 }
 
 impl End {
@@ -58,6 +61,7 @@ impl End {
             End::IdleTimeout => "idle_timeout",
             End::Shutdown => "shutdown",
             End::Error => "error",
+            End::HandedOver => "handed_over",
         }
     }
 }

@@ -31,12 +31,14 @@ pub(crate) async fn run(
         Err(e) => return conn.unconnected(client, e),
     };
     let (client, upstream) = (nodelay(client), nodelay(upstream));
-    let (path, outcome) = conn.carry(client, upstream, 0).await;
+    let carried = conn.carry(client, upstream, 0).await;
     let route = Route {
         server: &lease.server().name,
         ..Route::NONE
     };
-    conn.finish(&route, path, &outcome);
+    if let Some(rest) = conn.finish_carried(&route, carried, 0) {
+        rest.await;
+    }
     drop(lease);
 }
 

@@ -19,8 +19,20 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 /// No idle timeout, and a drain that never comes.
+/// The outcome of a splice that ended (nothing is handed over in these tests).
+fn ended(spliced: agent_proxy::splice::Spliced) -> agent_proxy::conn::Outcome {
+    match spliced {
+        agent_proxy::splice::Spliced::Ended(outcome) => outcome,
+        agent_proxy::splice::Spliced::HandedOver(_) => panic!("handed over with no upgrade"),
+    }
+}
+
 fn never_cut(abort: &CancellationToken) -> Cutoff<'_> {
-    Cutoff { abort, idle: None }
+    Cutoff {
+        abort,
+        idle: None,
+        handover: None,
+    }
 }
 
 fn counters() -> RelayCounters {
@@ -178,6 +190,7 @@ fn queued_bytes_and_half_close() {
             )
             .await
             .expect("splice ends")
+            .map(ended)
             .unwrap_or_else(|d| panic!("kernel declined: {}", d.error));
             let (got_up, got_down) = tokio::task::spawn_blocking(move || {
                 (intake_side.join().unwrap(), agent_side.join().unwrap())
@@ -295,6 +308,7 @@ fn slow_reader_is_bounded_then_complete() {
                 .await
                 .expect("splice ends")
                 .unwrap()
+                .map(ended)
                 .unwrap_or_else(|d| panic!("kernel declined: {}", d.error));
             let (got, read) = got;
             assert!(read.is_ok(), "intake read: {read:?}; splice outcome {outcome:?}");

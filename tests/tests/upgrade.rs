@@ -1,10 +1,14 @@
-//! SIGUSR2 upgrades in place (issue 18, first part): the daemon starts its binary anew and hands
-//! it the listening sockets; the new process serves, then the old one stops accepting and
-//! drains. Across two upgrades in a row a client connecting every 10 ms sees no failure, a
-//! paced stream opened before them finishes byte-exact in the process that accepted it, each
-//! old process exits by itself once its connections ended, the pid file follows the newest
-//! process, and nothing is left behind. A broken new binary changes nothing: the old process
-//! keeps serving and counts the failure.
+//! SIGUSR2 upgrades in place (issue 18): the daemon starts its binary anew and hands it the
+//! listening sockets; the new process serves, then the old one stops accepting, hands its
+//! kernel-spliced connections over (their sockets and the maps they are in) and drains the
+//! rest. Across two upgrades in a row a client connecting every 10 ms sees no failure, a paced
+//! stream opened before them finishes byte-exact, the pid file follows the newest process, and
+//! nothing is left behind. On the kernel path for remote agents the stream moves with each
+//! upgrade: each old process exits while it still flows, the newest keeps counting its bytes
+//! as kernel bytes, and logs its one line with its whole life and nothing copied in userspace.
+//! Elsewhere (the relay; a same-host agent's connection, paired with the upstream socket) the
+//! stream finishes in the process that accepted it. A broken new binary changes nothing: the
+//! old process keeps serving and counts the failure.
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +22,7 @@ use agent_proxy_tests::peers::{V4, accept, connect, listen, recv_checked};
 use agent_proxy_tests::{DaemonConfig, Dataplane, TestEnv, dataplane_tests};
 use anyhow::{Context as _, bail, ensure};
 
-const CHUNKS: u64 = 160;
+const CHUNKS: u64 = 320;
 const CHUNK: usize = 16 * 1024;
 const PAUSE: Duration = Duration::from_millis(25);
 
@@ -56,6 +60,47 @@ async fn upgrade(pid: u32, pid_file: &std::path::Path) -> anyhow::Result<u32> {
     }
 }
 
+/// After an upgrade from `old` on the kernel path for remote agents: `old` handed the stream
+/// over and exits while the stream still flows, and the process that serves now counts the
+/// stream's kernel bytes as they move.
+async fn handed_over<T>(
+    old: u32,
+    readers: &tokio::task::JoinHandle<T>,
+    env: &TestEnv,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !gone(old) {
+        ensure!(
+            Instant::now() < deadline,
+            "process {old} still runs 3 s after the upgrade: the stream was not handed over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ensure!(
+        !readers.is_finished(),
+        "the stream ended before process {old} exited: nothing shows it moved"
+    );
+    let kernel_up = |env: &TestEnv| -> anyhow::Result<f64> {
+        let m = env.daemon.metrics()?;
+        Ok(m.sum(
+            "agent_proxy_bytes_total",
+            &[
+                ("frontend", "fe"),
+                ("direction", "upstream"),
+                ("path", "kernel"),
+            ],
+        ))
+    };
+    let before = kernel_up(env)?;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let after = kernel_up(env)?;
+    ensure!(
+        after > before && !readers.is_finished(),
+        "after process {old} exited its successor counted kernel bytes {before} -> {after}"
+    );
+    Ok(())
+}
+
 /// The ids of the eBPF maps `pid` holds.
 fn maps_of(pid: u32) -> std::collections::BTreeSet<u64> {
     bpftool::map_ids_of(pid).unwrap_or_default()
@@ -67,6 +112,9 @@ fn upgrades_keep_serving(dp: Dataplane) -> anyhow::Result<()> {
     let held = std::sync::Mutex::new(std::collections::BTreeSet::new());
     let pid_file = std::env::temp_dir().join(format!("agent-proxy-upgrade-{}.pid", ns.name()));
     let _ = std::fs::remove_file(&pid_file);
+    // Kernel-spliced connections of remote agents move to the new process; a same-host
+    // agent's (paired with the upstream socket) and relayed ones drain in the old.
+    let moves = dp == Dataplane::KernelRemote;
     let result = ns.block_on(Duration::from_secs(120), || async {
         let echo = listen(V4).await?;
         let stream_up = listen(V4).await?;
@@ -151,11 +199,19 @@ fn upgrades_keep_serving(dp: Dataplane) -> anyhow::Result<()> {
         held.lock().unwrap().extend(maps_of(first));
         let second = upgrade(first, &pid_file).await?;
         eprintln!("upgrade [{dp}]: {first} -> {second}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        if moves {
+            handed_over(first, &readers, &env).await?;
+        } else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         held.lock().unwrap().extend(maps_of(second));
         let third = upgrade(second, &pid_file).await?;
         eprintln!("upgrade [{dp}]: {second} -> {third}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if moves {
+            handed_over(second, &readers, &env).await?;
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         held.lock().unwrap().extend(maps_of(third));
 
         let ((), ()) = writers.await??;
@@ -198,17 +254,59 @@ fn upgrades_keep_serving(dp: Dataplane) -> anyhow::Result<()> {
         let log = env.daemon.stderr_text();
         let served = log.matches("upgrade: the new process serves").count();
         ensure!(served == 2, "{served} upgrades logged as served:\n{log}");
-        // The stream's log line: carried on the data path asked for, by the first process.
-        let stream = env
+        // The stream's one log line: carried on the data path asked for - by the first
+        // process, or (moved) by the newest, with its whole life and nothing copied.
+        let streams: Vec<_> = env
             .daemon
             .conn_logs()
             .into_iter()
-            .find(|l| l.frontend == "fe")
-            .context("no log line for the stream")?;
+            .filter(|l| l.frontend == "fe")
+            .collect();
+        ensure!(streams.len() == 1, "the stream's log lines: {streams:?}");
+        let stream = &streams[0];
         ensure!(
             stream.path == dp.as_str() && stream.bytes_up == len && stream.bytes_down == len,
             "the stream's log line: {stream:?}"
         );
+        if moves {
+            ensure!(
+                stream.userspace_up == 0
+                    && stream.userspace_down == 0
+                    && stream.duration_ms >= (CHUNKS as f64 * PAUSE.as_millis() as f64) * 0.9,
+                "the moved stream's log line: {stream:?}"
+            );
+            let complete = agent_proxy_tests::logs::json_lines(&log)
+                .iter()
+                .filter(|l| {
+                    let fields = &l["fields"];
+                    fields["message"]
+                        .as_str()
+                        .is_some_and(|m| m.ends_with("hand-over complete"))
+                        && fields["connections"].as_u64() == Some(1)
+                })
+                .count();
+            ensure!(
+                complete == 2,
+                "{complete} hand-overs of one connection logged:\n{log}"
+            );
+            // The newest process counts the stream's bytes as kernel bytes: the maps it was
+            // spliced in came with it.
+            let m = env.daemon.metrics()?;
+            for (direction, want) in [("upstream", len), ("downstream", len)] {
+                let got = m.get(
+                    "agent_proxy_bytes_total",
+                    &[
+                        ("frontend", "fe"),
+                        ("direction", direction),
+                        ("path", "kernel"),
+                    ],
+                );
+                ensure!(
+                    got == Some(want as f64),
+                    "the newest process's kernel bytes {direction}: {got:?}, want {want}"
+                );
+            }
+        }
         // The newest process serves /stats and /metrics on the same admin address.
         let m = env.daemon.metrics()?;
         let dataplane = m.get("agent_proxy_dataplane", &[("path", dp.as_str())]);

@@ -25,6 +25,7 @@ fn shared(metrics: &Arc<Metrics>) -> Shared {
             )
             .unwrap(),
         ),
+        handover: Arc::default(),
     }
 }
 

@@ -226,10 +226,8 @@ pub(crate) async fn run(conn: &Conn<'_>, mut client: TcpStream, settings: &Setti
             for stream in [&client, &tunnel.upstream] {
                 let _ = stream.set_nodelay(true);
             }
-            let (path, mut outcome) = conn.carry(client, tunnel.upstream, tunnel.consumed).await;
-            // The early bytes were copied here, in userspace: count them so.
-            outcome.bytes_up += tunnel.early;
-            outcome.copied_up += tunnel.early;
+            let carried = conn.carry(client, tunnel.upstream, tunnel.consumed).await;
+            // The early bytes were copied here, in userspace: counted so.
             settings.early_bytes.inc_by(tunnel.early);
             let route = Route {
                 server: &tunnel.server.to_string(),
@@ -237,7 +235,9 @@ pub(crate) async fn run(conn: &Conn<'_>, mut client: TcpStream, settings: &Setti
                 status: "200",
                 ..Route::NONE
             };
-            conn.finish(&route, path, &outcome);
+            if let Some(rest) = conn.finish_carried(&route, carried, tunnel.early) {
+                rest.await;
+            }
         }
         Err(refusal) => {
             if let Some(class) = refusal.class {

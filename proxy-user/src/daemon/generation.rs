@@ -173,6 +173,7 @@ impl Generation {
             kernel_window: config.global.kernel_window,
             kernel_sndbuf: config.global.kernel_sndbuf,
             dns: Arc::clone(&dns),
+            handover: Arc::clone(&process.handover),
         });
 
         let ids = frontend_ids(&config, old)?;
@@ -343,6 +344,14 @@ impl Generation {
     }
 
     /// The frontends' names by id, for the kernel counters' metrics ("" for a free id).
+    /// What each frontend serves with, by name (for connections adopted on an upgrade).
+    pub(super) fn serving(&self) -> Vec<(String, Arc<Serving>)> {
+        self.frontends
+            .iter()
+            .map(|fe| (fe.name.clone(), Arc::clone(&fe.serving)))
+            .collect()
+    }
+
     pub(super) fn names(&self) -> Vec<String> {
         let len = self.frontends.iter().map(|f| f.id as usize + 1).max();
         let mut names = vec![String::new(); len.unwrap_or(0)];

@@ -13,15 +13,13 @@
 //!   rather than guess (the old process then keeps serving).
 //! - `AGENT_PROXY_UPGRADE_FDS`: `ADDRESS=FD` pairs separated by `;`, each a listening socket by
 //!   the address its frontend configures, and `admin=FD`.
-//! - `AGENT_PROXY_UPGRADE_NOTIFY`: the write end of a pipe; the new process writes `ready` and
-//!   closes it once it serves.
-//!
-//! Not yet handed over (docs/operations.md, "Upgrade"): kernel-spliced connections, which stay
-//! in the old process until they end, like every other open connection.
+//! - `AGENT_PROXY_UPGRADE_NOTIFY`: one end of a Unix `SOCK_SEQPACKET` socket pair; the new
+//!   process sends `ready` on it once it serves, and the old one then hands its kernel-spliced
+//!   connections over through it (`crate::handover`, the daemon's `handing` module).
+use crate::handover::Message;
 use std::{
     collections::HashMap,
     ffi::OsString,
-    io::{Read as _, Write as _},
     net::SocketAddr,
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
     path::PathBuf,
@@ -30,7 +28,7 @@ use std::{
 };
 
 /// The version of the hand-over; a binary that does not speak it refuses the takeover.
-pub(super) const PROTOCOL: &str = "1";
+pub(super) const PROTOCOL: &str = "2";
 const ENV_VERSION: &str = "AGENT_PROXY_UPGRADE_VERSION";
 const ENV_FDS: &str = "AGENT_PROXY_UPGRADE_FDS";
 const ENV_NOTIFY: &str = "AGENT_PROXY_UPGRADE_NOTIFY";
@@ -132,18 +130,28 @@ impl Inherited {
     }
 
     /// Tells the predecessor this process serves, and closes what it passed that the config no
-    /// longer listens on.
-    pub(crate) fn confirm(&self) {
+    /// longer listens on; the socket the predecessor hands its connections over through.
+    pub(crate) fn confirm(&self) -> Option<OwnedFd> {
         self.listeners
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        if let Some(fd) = self.notify.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let mut pipe = std::fs::File::from(fd);
-            if let Err(e) = pipe.write_all(b"ready\n") {
+        let socket = self
+            .notify
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        match crate::handover::send(socket.as_fd(), &Message::Ready, &[]) {
+            Err(e) => {
                 tracing::error!(error = %e, "upgrade: cannot confirm to the old process");
-            } else {
-                tracing::info!("upgrade: serving; the old process stops accepting and drains");
+                None
+            }
+            Ok(()) => {
+                tracing::info!(
+                    "upgrade: serving; the old process stops accepting and hands \
+                    its kernel-spliced connections over"
+                );
+                Some(socket)
             }
         }
     }
@@ -225,13 +233,13 @@ impl Command {
 }
 
 /// Starts the new process with the listening sockets (`listeners`, by configured address) and
-/// the admin socket; resolves with its pid once it confirms, or an error once it failed (it
-/// is then killed if still running).
+/// the admin socket; resolves with its pid and the hand-over socket once it confirms, or an
+/// error once it failed (it is then killed if still running).
 pub(super) fn start(
     command: &Command,
     listeners: &[(SocketAddr, BorrowedFd<'_>)],
     admin: Option<BorrowedFd<'_>>,
-) -> std::io::Result<tokio::task::JoinHandle<Result<u32, String>>> {
+) -> std::io::Result<tokio::task::JoinHandle<Result<(u32, OwnedFd), String>>> {
     let mut passed = Vec::new();
     let mut fds = String::new();
     for (addr, fd) in listeners {
@@ -245,8 +253,16 @@ pub(super) fn start(
         passed.push(copy);
     }
     let mut ends = [0 as RawFd; 2];
-    // SAFETY: pipe2 writes two descriptors into the array.
-    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+    // SAFETY: socketpair writes two descriptors into the array.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            ends.as_mut_ptr(),
+        )
+    };
+    if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: both ends were just created and are owned by nothing else.
@@ -259,25 +275,25 @@ pub(super) fn start(
         .env(ENV_NOTIFY, write.as_raw_fd().to_string())
         .stdin(std::process::Stdio::null())
         .spawn()?;
-    // The child has its copies; ours go, so that its exit closes the pipe's last write end.
+    // The child has its copies; ours go, so that its exit ends the socket's stream.
     drop(passed);
     drop(write);
     let pid = child.id().unwrap_or(0);
     tracing::info!(pid, exe = %command.exe.display(), "upgrade: new process started");
     Ok(tokio::spawn(async move {
-        let ready = tokio::task::spawn_blocking(move || {
-            let mut said = String::new();
-            let _ = std::fs::File::from(read).take(64).read_to_string(&mut said);
-            said
-        });
+        let ready =
+            tokio::task::spawn_blocking(move || match crate::handover::recv(read.as_fd()) {
+                Ok(Some((Message::Ready, _))) => Some(read),
+                _ => None,
+            });
         tokio::select! {
             said = ready => match said {
-                Ok(said) if said.starts_with("ready") => Ok(pid),
+                Ok(Some(socket)) => Ok((pid, socket)),
                 _ => {
                     let status = child.wait().await;
                     Err(match status {
                         Ok(status) => format!("the new process exited ({status}) before serving"),
-                        Err(e) => format!("the new process closed its pipe before serving: {e}"),
+                        Err(e) => format!("the new process closed its socket before serving: {e}"),
                     })
                 }
             },

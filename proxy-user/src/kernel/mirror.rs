@@ -30,8 +30,34 @@ struct MirrorState {
 }
 
 impl KernelMirror {
+    /// Copies the kernel's counters into `metrics` (`names`: the frontends' names by id), and
+    /// the map entries of `kernel` and of the sets adopted from a predecessor (`adopted`,
+    /// whose counters their own mirrors copy with [`Self::counters`]).
+    pub fn refresh(
+        &self,
+        kernel: &Kernel,
+        metrics: &Metrics,
+        names: &[String],
+        adopted: &[&Kernel],
+    ) {
+        self.counters(kernel, metrics, names);
+        let local_entries = kernel.local.as_ref().map(LocalAgents::entries);
+        let mut entries = kernel.registry.entries();
+        for set in adopted {
+            for (sum, (_, count)) in entries.iter_mut().zip(set.registry.entries()) {
+                sum.1 += count;
+            }
+        }
+        for (map, count) in entries.iter().chain(local_entries.iter().flatten()) {
+            metrics
+                .kernel_map_entries
+                .with_label_values(&[map])
+                .set(*count as i64);
+        }
+    }
+
     /// Copies the kernel's counters into `metrics` (`names`: the frontends' names by id).
-    pub fn refresh(&self, kernel: &Kernel, metrics: &Metrics, names: &[String]) {
+    pub fn counters(&self, kernel: &Kernel, metrics: &Metrics, names: &[String]) {
         let totals = kernel.registry.totals();
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         for (frontend, direction, counters) in totals.routes {
@@ -81,14 +107,6 @@ impl KernelMirror {
                     .inc_by(counters.bytes.saturating_sub(*seen));
                 *seen = counters.bytes;
             }
-        }
-        let local_entries = kernel.local.as_ref().map(LocalAgents::entries);
-        let entries = kernel.registry.entries();
-        for (map, count) in entries.iter().chain(local_entries.iter().flatten()) {
-            metrics
-                .kernel_map_entries
-                .with_label_values(&[map])
-                .set(*count as i64);
         }
     }
 }

@@ -14,14 +14,17 @@ mod mirror;
 mod registry;
 mod wakes;
 
-use std::sync::Arc;
+use std::{
+    os::fd::OwnedFd,
+    sync::{Arc, Mutex},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf, SockHash},
-    programs::SkSkb,
+    maps::{HashMap, Map, MapData, PerCpuArray, RingBuf, SockHash},
+    programs::{SkSkb, sk_skb::SkSkbLink},
 };
-pub use events::{SpliceEvents, Wake, WatchGuard};
+pub use events::{Forward, SpliceEvents, Wake, WatchGuard};
 pub use local::{LocalAgents, flow_key};
 pub use mirror::KernelMirror;
 use proxy_common::KernelOffsets;
@@ -79,14 +82,23 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 static EBPF_OBJECT: &[u8] = &[];
 
 /// The loaded kernel path. Dropping it detaches the program and frees the maps.
+///
+/// Or a set of maps adopted from the process an upgrade replaced (`crate::handover`): its
+/// connections keep running the predecessor's verdict, which stays attached to the maps as long
+/// as they exist; no new connection joins such a set.
 pub struct Kernel {
+    /// The set's id: the kernel's id of its `SPLICE_SOCKS` map (unique while the map exists).
+    pub set: u32,
     pub registry: SpliceRegistry,
     pub events: Arc<SpliceEvents>,
     /// Same-host agents' sends straight into upstream sockets; `None` when turned off or not
     /// available (the splice carries their bytes as any client's).
     pub local: Option<LocalAgents>,
-    /// Holds the program and its attachment to `SPLICE_SOCKS`.
-    _ebpf: Ebpf,
+    /// The verdict's attachment to `SPLICE_SOCKS`: detached when dropped, unless handed over
+    /// ([`Self::keep_attached`]).
+    verdict_link: Mutex<Option<SkSkbLink>>,
+    /// Holds the programs (`None` for an adopted set).
+    _ebpf: Option<Ebpf>,
 }
 
 impl Kernel {
@@ -157,7 +169,8 @@ impl Kernel {
             .try_into()
             .map_err(KernelError::Program)?;
         program.load().map_err(KernelError::Program)?;
-        program.attach(socks.fd()).map_err(KernelError::Program)?;
+        let link = program.attach(socks.fd()).map_err(KernelError::Program)?;
+        let link = program.take_link(link).map_err(KernelError::Program)?;
 
         let local = if mode != LocalAgentsMode::Off {
             match LocalAgents::load(&mut ebpf, mode) {
@@ -181,20 +194,111 @@ impl Kernel {
             None
         };
         let events = SpliceEvents::start(ring).map_err(KernelError::Socket)?;
+        let maps = registry::Maps {
+            socks,
+            peers,
+            conns,
+            limits,
+            routes,
+            errors,
+        };
+        Self::assemble(maps, events, local, Some(link), Some(ebpf))
+    }
+
+    fn assemble(
+        maps: registry::Maps,
+        events: Arc<SpliceEvents>,
+        local: Option<LocalAgents>,
+        verdict_link: Option<SkSkbLink>,
+        ebpf: Option<Ebpf>,
+    ) -> Result<Self, KernelError> {
         Ok(Self {
-            local,
-            registry: SpliceRegistry::new(registry::Maps {
-                socks,
-                peers,
-                conns,
-                limits,
-                routes,
-                errors,
-            })?,
+            set: set_id(&maps.socks)?,
+            registry: SpliceRegistry::new(maps)?,
             events,
+            local,
+            verdict_link: Mutex::new(verdict_link),
             _ebpf: ebpf,
         })
     }
+
+    /// The set's map descriptors for a hand-over, in `crate::handover::MAP_FDS` order.
+    pub fn handover_fds(&self) -> std::io::Result<Vec<OwnedFd>> {
+        let mut fds = self.registry.map_fds()?;
+        fds.push(self.events.ring_fd()?);
+        Ok(fds)
+    }
+
+    /// From now on, dropping this set leaves the verdict attached to its maps: the successor
+    /// holds them, and the connections handed over keep running through them.
+    pub fn keep_attached(&self) {
+        if let Some(link) = self
+            .verdict_link
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            std::mem::forget(link);
+        }
+    }
+
+    /// A predecessor's set of maps (`fds` in `crate::handover::MAP_FDS` order), for the
+    /// connections it hands over; its ring buffer is read once the predecessor lets go of it
+    /// ([`Self::take_ring`]).
+    pub fn adopt(mut fds: Vec<OwnedFd>) -> Result<(Self, OwnedFd), KernelError> {
+        if fds.len() != crate::handover::MAP_FDS {
+            return Err(KernelError::Socket(std::io::Error::other(format!(
+                "a set of maps has {} descriptors, not {}",
+                fds.len(),
+                crate::handover::MAP_FDS
+            ))));
+        }
+        let ring = fds.pop().expect("checked above");
+        let mut fds = fds.into_iter();
+        let mut next = |kind: fn(MapData) -> Map| {
+            let fd = fds.next().expect("checked above");
+            MapData::from_fd(fd)
+                .map(kind)
+                .map_err(registry::map_err("adopt map"))
+        };
+        let socks: SockHash<MapData, u64> = typed(next(Map::SockHash)?)?;
+        let peers = typed(next(Map::SockHash)?)?;
+        let conns = typed(next(Map::HashMap)?)?;
+        let limits = typed(next(Map::HashMap)?)?;
+        let routes = typed(next(Map::PerCpuArray)?)?;
+        let errors = typed(next(Map::PerCpuArray)?)?;
+        let events = SpliceEvents::start_without_ring().map_err(KernelError::Socket)?;
+        let maps = registry::Maps {
+            socks,
+            peers,
+            conns,
+            limits,
+            routes,
+            errors,
+        };
+        Ok((Self::assemble(maps, events, None, None, None)?, ring))
+    }
+
+    /// Starts reading an adopted set's ring buffer (the predecessor no longer does).
+    pub fn take_ring(&self, ring: OwnedFd) -> Result<(), KernelError> {
+        let data = MapData::from_fd(ring).map_err(registry::map_err("adopt ring"))?;
+        let ring: RingBuf<MapData> = typed(Map::RingBuf(data))?;
+        self.events.take_ring(ring).map_err(KernelError::Socket)
+    }
+}
+
+fn typed<M>(map: Map) -> Result<M, KernelError>
+where
+    M: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    M::try_from(map).map_err(registry::map_err("adopt map"))
+}
+
+/// The kernel's id of a set's `SPLICE_SOCKS` map.
+fn set_id(socks: &SockHash<MapData, u64>) -> Result<u32, KernelError> {
+    use aya::maps::IterableMap as _;
+    let info = socks.map().info().map_err(registry::map_err("map info"))?;
+    Ok(info.id())
 }
 
 /// A per-CPU counter pair summed over CPUs.

@@ -311,6 +311,40 @@ impl SpliceRegistry {
         totals
     }
 
+    /// Copies of the map descriptors, in `crate::handover::MAP_FDS` order (the ring buffer is
+    /// the events' and comes last).
+    pub(super) fn map_fds(&self) -> std::io::Result<Vec<std::os::fd::OwnedFd>> {
+        let maps = self.lock();
+        [
+            IterableMap::map(&maps.socks).fd().as_fd(),
+            IterableMap::map(&maps.peers).fd().as_fd(),
+            IterableMap::map(&maps.conns).fd().as_fd(),
+            IterableMap::map(&maps.limits).fd().as_fd(),
+            IterableMap::map(&maps.routes).fd().as_fd(),
+            IterableMap::map(&maps.errors).fd().as_fd(),
+        ]
+        .into_iter()
+        .map(|fd| fd.try_clone_to_owned())
+        .collect()
+    }
+
+    /// A connection handed over from a predecessor joined this (adopted) set: its entries
+    /// are in the maps already (both sockets, in the steady state), and count from now on.
+    pub fn count_adopted(&self) {
+        self.socks.added(2);
+        self.peers.added(2);
+        self.conns.added(2);
+        self.limits.added(2);
+    }
+
+    /// A connection handed over to the successor: its entries stay in the maps, but are no
+    /// longer this process's.
+    pub fn count_handed_over(&self) {
+        for count in [&self.socks, &self.peers, &self.conns, &self.limits] {
+            count.0.fetch_sub(2, Ordering::Relaxed);
+        }
+    }
+
     /// `(map name, entries)` of each connection map, as counted (see `EntryCount`).
     pub fn entries(&self) -> [(&'static str, u64); 4] {
         [

@@ -23,11 +23,12 @@ impl Wake {
             Wake::Mark(side) => 1 << (2 + side),
             Wake::Passing(side) => 1 << (4 + side),
             Wake::Local => 1 << 6,
+            Wake::Handover => 1 << 7,
         }
     }
 
     /// Every wake-up, in the order [`Wakes::next`] hands them out.
-    const ALL: [Wake; 7] = [
+    const ALL: [Wake; 8] = [
         Wake::Passing(0),
         Wake::Passing(1),
         Wake::Mark(0),
@@ -35,6 +36,7 @@ impl Wake {
         Wake::Local,
         Wake::Socket(0),
         Wake::Socket(1),
+        Wake::Handover,
     ];
 }
 

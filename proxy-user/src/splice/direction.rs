@@ -188,6 +188,21 @@ impl Direction {
         self.fin != Fin::Open
     }
 
+    /// The verdict carries it and no FIN was seen: nothing of it is in userspace's hands, so
+    /// the connection may move to another process (`crate::handover`).
+    pub(super) fn is_steady(&self) -> bool {
+        matches!(self.carrier, Carrier::Kernel { .. }) && self.fin == Fin::Open
+    }
+
+    /// A direction handed over by a predecessor in the steady state, with its counts so far.
+    pub(super) fn adopted(pauses: u32, resumes: u32) -> Self {
+        Self {
+            pauses,
+            resumes,
+            ..Self::new()
+        }
+    }
+
     /// The FIN was forwarded: nothing more moves in this direction.
     pub(super) fn is_finished(&self) -> bool {
         self.fin == Fin::Forwarded

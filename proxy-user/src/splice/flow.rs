@@ -109,7 +109,7 @@ impl Splice<'_> {
             // seen empty it stays empty, and the copied bytes come after every redirected one.
             let now = self.progress(i)?;
             if now.handed_over < now.forwarded {
-                return Ok(());
+                return self.peer_alive(p);
             }
             self.sides[i].dir.set_drained();
         }
@@ -140,6 +140,21 @@ impl Splice<'_> {
                 Err(e) => return Err(reset_end_at(i, "read", &e)),
             }
         }
+    }
+
+    /// Bytes are on their way to side `p`'s send queue: fine while `p` is open, a reset if it
+    /// is closed (reset by its peer), since they can never be delivered - nothing else would
+    /// end the wait, and the connection would stay with its map entries and fds.
+    pub(super) fn peer_alive(&self, p: usize) -> Step {
+        if net::is_closed(self.sides[p].fd()).map_err(|e| reset_end(p, &e))? {
+            let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+            return Err(reset_end_at(
+                p,
+                "closed with bytes on their way to it",
+                &reset,
+            ));
+        }
+        Ok(())
     }
 
     /// Side `i` is carried and caught up (every byte read was written, the socket's queue is

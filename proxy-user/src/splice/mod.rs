@@ -47,6 +47,7 @@ use proxy_common::{FlowKey, LocalGate, LocalSend, SpliceLimit};
 
 use crate::{
     cutoff::Cutoff,
+    handover::SpliceState,
     kernel::{Kernel, KernelError, SplicePair, Wake, Wakes, WatchGuard},
     net::{self, Peek},
     outcome::{self, End, Outcome},
@@ -64,6 +65,20 @@ pub struct SpliceSettings {
     /// Bytes userspace read from the client socket before the splice (a CONNECT request
     /// head); 0 in tcp mode. TCP counts them as received, the verdict never sees them.
     pub client_consumed: u64,
+}
+
+/// How a spliced connection left [`splice`].
+pub enum Spliced {
+    Ended(Outcome),
+    /// Asked to by an upgrade, in its steady state: the maps keep carrying it, and these are
+    /// what the successor needs ([`resume`] there).
+    HandedOver(HandedOver),
+}
+
+pub struct HandedOver {
+    pub state: SpliceState,
+    /// Client, upstream.
+    pub sockets: [StdStream; 2],
 }
 
 /// The kernel would not take the pair; the streams come back untouched for the userspace relay.
@@ -160,7 +175,7 @@ pub async fn splice(
     settings: SpliceSettings,
     counters: &RelayCounters,
     cutoff: Cutoff<'_>,
-) -> Result<Outcome, Declined> {
+) -> Result<Spliced, Declined> {
     // Out of tokio's reactor: it would be woken for every forwarded buffer (see kernel::events).
     let (client, upstream) = match both(
         client.into_std(),
@@ -168,7 +183,7 @@ pub async fn splice(
         "leaving the reactor",
     ) {
         Ok(pair) => pair,
-        Err(outcome) => return Ok(outcome),
+        Err(outcome) => return Ok(Spliced::Ended(outcome)),
     };
     // Taken here, from the 4-byte streams: a borrow keeps a local in this future for good, and
     // `sides` (176 bytes) moves into `Splice` (docs/benchmarks.md, "Idle connection memory").
@@ -179,7 +194,7 @@ pub async fn splice(
         "reading socket state",
     ) {
         Ok(pair) => pair,
-        Err(outcome) => return Ok(outcome),
+        Err(outcome) => return Ok(Spliced::Ended(outcome)),
     };
     let mut sides = [client, upstream];
     sides[0].rcv_base = settings.client_consumed;
@@ -233,35 +248,157 @@ pub async fn splice(
         splice.pair_local(&pair);
     }
     let result = tracing::Instrument::instrument(splice.run(&wakes, cutoff), span).await;
-    // The agent's messages stop going to the upstream socket before anything else is undone.
-    let local_up = splice.unpair_local();
-    drop(splice.watch);
-    let (up, down) = kernel
-        .registry
-        .remove(&pair, splice.sides[0].dir.is_joined());
-    let (end, detail) = match result {
-        Ok(End::IdleTimeout) => (End::IdleTimeout, cutoff.idle_detail()),
-        Ok(end) => (end, String::new()),
-        Err((end, detail)) => {
-            // Abortive ends: make the close a reset on whichever side is still there.
-            for side in &splice.sides {
-                let _ = net::set_linger_zero(side.fd());
-            }
-            (end, detail)
-        }
+    if let Ok(End::HandedOver) = result {
+        return Ok(Spliced::HandedOver(splice.hand_over(settings.frontend)));
+    }
+    Ok(Spliced::Ended(splice.end(&pair, result, cutoff)))
+}
+
+/// Carries a connection a predecessor handed over (see `crate::handover`) in `kernel`, the set
+/// of maps it is in, until it ends; like [`splice`] from there on.
+pub async fn resume(
+    kernel: &Kernel,
+    state: &SpliceState,
+    sockets: [StdStream; 2],
+    counters: &RelayCounters,
+    cutoff: Cutoff<'_>,
+) -> Result<Spliced, (End, String)> {
+    let fds = [sockets[0].as_raw_fd(), sockets[1].as_raw_fd()];
+    let mut sides = Vec::with_capacity(2);
+    for (i, stream) in sockets.into_iter().enumerate() {
+        let cookie = net::socket_cookie(stream.as_fd()).map_err(internal)?;
+        sides.push(Side {
+            stream,
+            cookie,
+            rcv_base: state.rcv_base[i],
+            snd_base: state.snd_base[i],
+            dir: direction::Direction::adopted(state.pauses[i], state.resumes[i]),
+            copied: state.copied[i],
+            carry: flow::Carry::default(),
+            stray_rechecks: 0,
+        });
+    }
+    let [client, upstream]: [Side; 2] = sides.try_into().map_err(|_| internal("two sides"))?;
+    let pair = SplicePair {
+        client_cookie: client.cookie,
+        client_fd: fds[0],
+        upstream_cookie: upstream.cookie,
+        upstream_fd: fds[1],
+        frontend: state.frontend,
+        first_limit: SpliceLimit::new(state.window / 2, state.window),
     };
-    let [client, upstream] = &splice.sides;
-    Ok(Outcome {
-        bytes_up: up.bytes + client.copied + local_up,
-        bytes_down: down.bytes + upstream.copied,
-        end,
-        detail,
-        copied_up: client.copied,
-        copied_down: upstream.copied,
-        pauses: client.dir.pauses() + upstream.dir.pauses(),
-        resumes: client.dir.resumes() + upstream.dir.resumes(),
-        direct_up: local_up,
-    })
+    let wakes = Arc::new(Wakes::default());
+    let watch = kernel
+        .events
+        .watch(
+            [
+                (pair.client_cookie, pair.client_fd),
+                (pair.upstream_cookie, pair.upstream_fd),
+            ],
+            &wakes,
+        )
+        .map_err(internal)?;
+    kernel.registry.count_adopted();
+    let mut splice = Splice {
+        kernel,
+        copied_metric: [counters.up.clone(), counters.down.clone()],
+        sides: [client, upstream],
+        window: state.window,
+        first_eof: None,
+        watch,
+        interest: [(false, false); 2],
+        local: None,
+    };
+    // Events the predecessor read but could not forward may be lost: look at both marks once.
+    splice.on_mark(0)?;
+    splice.on_mark(1)?;
+    let span = tracing::trace_span!(
+        "splice",
+        client = pair.client_cookie,
+        upstream = pair.upstream_cookie
+    );
+    let result = tracing::Instrument::instrument(splice.run(&wakes, cutoff), span).await;
+    if let Ok(End::HandedOver) = result {
+        return Ok(Spliced::HandedOver(splice.hand_over(state.frontend)));
+    }
+    Ok(Spliced::Ended(splice.end(&pair, result, cutoff)))
+}
+
+impl Splice<'_> {
+    /// Leaves the connection in the maps for the successor: stops watching it, forwards its
+    /// ring-buffer events, and gives back what the successor needs.
+    fn hand_over(self, frontend: u32) -> HandedOver {
+        let Self {
+            kernel,
+            sides,
+            window,
+            watch,
+            ..
+        } = self;
+        drop(watch);
+        kernel.events.forward([sides[0].cookie, sides[1].cookie]);
+        kernel.registry.count_handed_over();
+        let state = SpliceState {
+            frontend,
+            window,
+            rcv_base: [sides[0].rcv_base, sides[1].rcv_base],
+            snd_base: [sides[0].snd_base, sides[1].snd_base],
+            copied: [sides[0].copied, sides[1].copied],
+            pauses: [sides[0].dir.pauses(), sides[1].dir.pauses()],
+            resumes: [sides[0].dir.resumes(), sides[1].dir.resumes()],
+        };
+        let [client, upstream] = sides;
+        HandedOver {
+            state,
+            sockets: [client.stream, upstream.stream],
+        }
+    }
+
+    /// Whether the connection may move to another process now (`crate::handover`).
+    fn steady(&self) -> bool {
+        self.local.is_none()
+            && self
+                .sides
+                .iter()
+                .all(|s| s.dir.is_steady() && s.carry.is_empty() && s.stray_rechecks == 0)
+    }
+
+    /// Takes the pair out of the maps and reports the connection's end.
+    fn end(
+        mut self,
+        pair: &SplicePair,
+        result: Result<End, (End, String)>,
+        cutoff: Cutoff<'_>,
+    ) -> Outcome {
+        let kernel = self.kernel;
+        // The agent's messages stop going to the upstream socket before anything else is undone.
+        let local_up = self.unpair_local();
+        drop(self.watch);
+        let (up, down) = kernel.registry.remove(pair, self.sides[0].dir.is_joined());
+        let (end, detail) = match result {
+            Ok(End::IdleTimeout) => (End::IdleTimeout, cutoff.idle_detail()),
+            Ok(end) => (end, String::new()),
+            Err((end, detail)) => {
+                // Abortive ends: make the close a reset on whichever side is still there.
+                for side in &self.sides {
+                    let _ = net::set_linger_zero(side.fd());
+                }
+                (end, detail)
+            }
+        };
+        let [client, upstream] = &self.sides;
+        Outcome {
+            bytes_up: up.bytes + client.copied + local_up,
+            bytes_down: down.bytes + upstream.copied,
+            end,
+            detail,
+            copied_up: client.copied,
+            copied_down: upstream.copied,
+            pauses: client.dir.pauses() + upstream.dir.pauses(),
+            resumes: client.dir.resumes() + upstream.dir.resumes(),
+            direct_up: local_up,
+        }
+    }
 }
 
 /// Both results, or the outcome of a connection that failed at `what`.
@@ -312,9 +449,14 @@ impl Splice<'_> {
         self.refresh_local()?;
         let mut tick = TICK_MIN;
         let mut idle = cutoff.idle_timer();
+        let handover = cutoff.handover;
+        let asked = || handover.is_some_and(crate::handover::Handover::is_requested);
         loop {
             if let Some(end) = self.finished() {
                 return Ok(end);
+            }
+            if asked() && self.steady() {
+                return Ok(End::HandedOver);
             }
             self.sync_interest()?;
             let pending = self.has_pending();
@@ -338,6 +480,8 @@ impl Splice<'_> {
                         Wake::Mark(i) => self.on_mark(i)?,
                         Wake::Passing(i) => self.on_passing(i)?,
                         Wake::Local => self.refresh_local()?,
+                        // The top of the loop looks.
+                        Wake::Handover => {}
                     }
                     tick = TICK_MIN;
                 }
@@ -360,6 +504,7 @@ impl Splice<'_> {
                 () = cutoff.abort.cancelled() => {
                     return Err((End::Shutdown, "drain timeout".into()));
                 }
+
             }
         }
     }
@@ -436,7 +581,8 @@ impl Splice<'_> {
                 // A reset also reads as end-of-stream once its error has been taken - and a
                 // same-host agent's send straight into the upstream socket takes it (the agent
                 // gets the reset). A socket we have not shut down ourselves is closed only by a
-                // reset: end the connection as one.
+                // reset: end the connection as one. (After our FIN, a clean close is CLOSE as
+                // well: the kernel moves the connection to a time-wait socket and closes ours.)
                 if !self.sides[1 - i].dir.is_finished() && net::is_closed(fd).map_err(internal)? {
                     let reset = io::Error::from(io::ErrorKind::ConnectionReset);
                     return Err(reset_end_at(i, "closed without FIN", &reset));
@@ -484,7 +630,10 @@ impl Splice<'_> {
                 "fin waits for the bytes before it"
             );
             // Still in flight: the verdict has not seen the last bytes yet, or they wait in the
-            // peer's redirect queue. The tick looks again.
+            // peer's redirect queue. The tick looks again - unless the peer is gone.
+            if handed_over != forwarded {
+                self.peer_alive(p)?;
+            }
             return Ok(());
         }
         if let Err(err) = net::shutdown_write(self.sides[p].fd()) {

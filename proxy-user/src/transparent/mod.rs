@@ -168,14 +168,16 @@ async fn forward(
     for stream in [&client, &upstream] {
         let _ = net::set_nodelay(stream.as_fd());
     }
-    let (path, outcome) = conn.carry(client, upstream, 0).await;
+    let carried = conn.carry(client, upstream, 0).await;
     let route = Route {
         server: &server,
         destination,
         host,
         ..Route::NONE
     };
-    conn.finish(&route, path, &outcome);
+    if let Some(rest) = conn.finish_carried(&route, carried, 0) {
+        rest.await;
+    }
     drop(lease);
 }
 
