@@ -31,6 +31,7 @@ mod destination;
 mod dial;
 mod dns;
 mod health;
+mod http;
 pub mod kernel;
 mod listener;
 mod metrics;
