@@ -19,6 +19,7 @@ use agent_proxy_tests::pattern::{Pattern, hex, sha256};
 use agent_proxy_tests::{Dataplane, TestEnv, run_scenario};
 use anyhow::{Context as _, ensure};
 use serde_json::Value;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const PORT: u16 = 8080;
 /// The POST bodies: larger than any buffer on the way, so that buffering would show.
@@ -150,6 +151,54 @@ fn plain_http(dp: Dataplane) -> anyhow::Result<()> {
         intake.requests()
     );
 
+    // The same attempts behind a request that passed, on one kept-alive connection: the first
+    // is answered, the second refused with 400, and only the first reaches the intake.
+    let later: Vec<(&str, String)> = vec![
+        (
+            "Content-Length and Transfer-Encoding",
+            "Content-Length: 40\r\nTransfer-Encoding: chunked\r\n".to_owned(),
+        ),
+        (
+            "two equal Content-Length",
+            "Content-Length: 5\r\nContent-Length: 5\r\n".to_owned(),
+        ),
+        ("bare LF", "Content-Length: 5\nX-Bare: lf\r\n".to_owned()),
+    ];
+    for (name, framing) in &later {
+        let before = intake.requests().len();
+        let bytes = [
+            format!("GET {intake_url}/hello HTTP/1.1\r\nHost: intake.test:{PORT}\r\n{auth}\r\n")
+                .into_bytes(),
+            head(framing),
+        ]
+        .concat();
+        let answers = ns.block_on(Duration::from_secs(30), || async {
+            let mut stream = tokio::net::TcpStream::connect(proxy).await?;
+            stream.write_all(&bytes).await?;
+            let mut all = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut all))
+                .await
+                .context("no EOF after the refusal")??;
+            anyhow::Ok(String::from_utf8_lossy(&all).into_owned())
+        })?;
+        let statuses: Vec<&str> = answers
+            .match_indices("HTTP/1.1 ")
+            .map(|(i, _)| &answers[i + 9..i + 12])
+            .collect();
+        ensure!(
+            statuses == ["200", "400"] && answers.contains("hello"),
+            "later head, {name}: answers {answers:?}"
+        );
+        let seen: Vec<Value> = intake.requests().split_off(before);
+        ensure!(
+            seen.iter().filter(|r| r.get("method").is_some()).count() == 1
+                && seen
+                    .iter()
+                    .all(|r| r.get("method").is_none() || r["path"] == "/hello"),
+            "later head, {name}: the intake received {seen:?}"
+        );
+    }
+
     // curl: GET, then without credentials (407).
     let curl = |args: &[&str]| {
         let mut all = vec!["-sS", "-x", &with_auth];
@@ -271,7 +320,7 @@ fn plain_http(dp: Dataplane) -> anyhow::Result<()> {
         .filter(|r| r.get("method").is_some())
         .collect();
     ensure!(
-        seen.len() == 8,
+        seen.len() == 8 + later.len(),
         "the intake saw {} requests: {seen:?}",
         seen.len()
     );
@@ -302,12 +351,13 @@ fn plain_http(dp: Dataplane) -> anyhow::Result<()> {
     // The per-request metrics.
     let m = env.daemon.metrics()?;
     for (method, api, status, n) in [
-        ("GET", "/hello", "200", 4),
+        ("GET", "/hello", "200", 4 + later.len() as u64),
         ("GET", "/hello", "407", 1),
         ("GET", "/hello", "403", 2),
         ("POST", "/api/v2/upload/:id", "202", 2),
         ("POST", "/api/v1/check_run", "202", 1),
         ("POST", "/api/v1/series", "202", 1),
+        ("POST", "/api/v1/series", "400", later.len() as u64),
     ] {
         let got = requests_total(&m, method, api, status);
         ensure!(
@@ -336,7 +386,10 @@ fn plain_http(dp: Dataplane) -> anyhow::Result<()> {
         "agent_proxy_http_request_duration_seconds_count",
         &[("api", "/hello")],
     );
-    ensure!(timed == 7, "duration observations of /hello: {timed}");
+    ensure!(
+        timed == 7 + later.len() as u64,
+        "duration observations of /hello: {timed}"
+    );
 
     // Logs: one line per client connection, no credentials.
     let log = env.daemon.stderr_text();

@@ -43,8 +43,11 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::TcpStream;
 
+use super::heads::{Heads, Verdict};
+use super::request::RequestError;
 use super::{Refusal, Settings, Status};
 use crate::conn::{Conn, End, Outcome, Path, Route};
 use crate::http::{self, Body, Exchange, absolute};
@@ -54,47 +57,83 @@ const MAX_UPSTREAMS: usize = 4;
 
 /// Serves a connection whose first request is an absolute-form plain request, to its end, log
 /// line included.
-pub(super) async fn serve<S>(conn: &Conn<'_>, client: S, settings: &Settings)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+pub(super) async fn serve(conn: &Conn<'_>, mut client: TcpStream, settings: &Settings) {
     let counts = Counts::default();
     let counters = conn.relay_counters();
-    let io = Counted {
-        inner: client,
-        counts: &counts,
-        up: &counters.up,
-        down: &counters.down,
-    };
+    let verdict = Verdict::default();
     let forwarder = Forwarder {
         conn,
         settings,
         upstreams: tokio::sync::Mutex::new(Vec::new()),
         summary: Mutex::new(Summary::default()),
     };
-    let service = hyper::service::service_fn(|request| forwarder.handle(request));
-    let served = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.request_timeout)
-        .max_buf_size(super::request::MAX_HEAD.max(8192) * 4)
-        .serve_connection(TokioIo::new(io), service);
-    let (end, detail) = tokio::select! {
-        result = served => match result {
-            Ok(()) => (End::ClientClose, String::new()),
-            Err(e) if e.is_timeout() => (
-                End::IdleTimeout,
-                format!("no request head within {:?}", settings.request_timeout),
-            ),
-            Err(e) if e.is_incomplete_message() => (End::ClientClose, format!("client: {e}")),
-            Err(e) => (End::ClientReset, format!("client: {e}")),
-        },
-        () = conn.shared.abort.cancelled() => (End::Shutdown, "cut at shutdown".to_owned()),
+    let (end, mut detail) = {
+        let io = Counted {
+            inner: Heads::new(&mut client, &verdict),
+            counts: &counts,
+            up: &counters.up,
+            down: &counters.down,
+        };
+        let service = hyper::service::service_fn(|request| forwarder.handle(request));
+        let served = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.request_timeout)
+            .max_buf_size(super::request::MAX_HEAD.max(8192) * 4)
+            .serve_connection(TokioIo::new(io), service);
+        let mut served = std::pin::pin!(served);
+        // A refused head: hyper finishes the request before it, then stops.
+        let ended = async {
+            tokio::select! {
+                result = served.as_mut() => return result,
+                () = verdict.wait() => {}
+            }
+            served.as_mut().graceful_shutdown();
+            served.await
+        };
+        tokio::select! {
+            result = ended => match result {
+                Ok(()) => (End::ClientClose, String::new()),
+                Err(e) if e.is_timeout() => (
+                    End::IdleTimeout,
+                    format!("no request head within {:?}", settings.request_timeout),
+                ),
+                Err(e) if e.is_incomplete_message() => (End::ClientClose, format!("client: {e}")),
+                Err(e) => (End::ClientReset, format!("client: {e}")),
+            },
+            () = conn.shared.abort.cancelled() => (End::Shutdown, "cut at shutdown".to_owned()),
+        }
     };
-    let summary = forwarder
+    let mut summary = forwarder
         .summary
         .into_inner()
         .unwrap_or_else(|e| e.into_inner());
     drop(forwarder.upstreams);
+    let mut end = end;
+    if let Some((error, head)) = verdict.refused()
+        && end != End::Shutdown
+    {
+        let status = match error {
+            RequestError::TooLarge => Status::HeaderFieldsTooLarge,
+            RequestError::Malformed(_) | RequestError::Duplicate(_) => Status::BadRequest,
+        };
+        let (method, origin) = request_line(head);
+        settings.http.start(&method, &origin).finish(status.code());
+        let answer = status.response(&error.to_string());
+        if tokio::time::timeout(super::ANSWER_TIMEOUT, client.write_all(answer.as_bytes()))
+            .await
+            .is_ok_and(|written| written.is_ok())
+        {
+            counts
+                .down
+                .fetch_add(answer.len() as u64, Ordering::Relaxed);
+            counters.down.inc_by(answer.len() as u64);
+        }
+        super::linger_close(client).await;
+        summary.requests += 1;
+        summary.status = Some(status.code());
+        end = End::Refused;
+        detail = format!("request {}: {error}", summary.requests);
+    }
     let status = summary.status.map(|s| s.to_string());
     let route = Route {
         server: summary.server.as_deref().unwrap_or("-"),
@@ -118,6 +157,23 @@ where
         ..Outcome::nothing(end, detail)
     };
     conn.finish(&route, Path::Userspace, &outcome);
+}
+
+/// The method and origin-form target of a refused head, as far as its request line reads,
+/// for the metrics' labels (which bound them).
+fn request_line(head: &[u8]) -> (String, String) {
+    let line = head
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split(' ');
+    let method = words.next().unwrap_or_default().to_owned();
+    let origin = words
+        .next()
+        .and_then(|target| absolute::parse(target).ok())
+        .map_or_else(|| "/".to_owned(), |a| a.origin);
+    (method, origin)
 }
 
 /// What the log line says of the requests.
@@ -172,10 +228,15 @@ impl Answer {
     }
 
     fn response(self) -> Response<Body> {
-        let mut response = Response::new(http::full(self.status.body(&self.detail)));
+        let body = self.status.body(&self.detail);
+        let length = HeaderValue::from(body.len());
+        let mut response = Response::new(http::full(body));
         *response.status_mut() =
             StatusCode::from_u16(self.status.code()).unwrap_or(StatusCode::BAD_GATEWAY);
         let headers = response.headers_mut();
+        // Stated: the metrics' wrapper hides the body's length from hyper, which would send
+        // it chunked.
+        headers.insert(header::CONTENT_LENGTH, length);
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),

@@ -29,6 +29,7 @@
 pub(crate) mod auth;
 mod forward;
 pub(crate) mod handshake;
+mod heads;
 pub(crate) mod request;
 
 #[cfg(test)]

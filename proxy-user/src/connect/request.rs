@@ -43,9 +43,22 @@ pub(crate) struct Request {
     pub absolute: Option<Absolute>,
     /// The raw value of `Proxy-Authorization`, when present (a head with two is refused).
     pub authorization: Option<Vec<u8>>,
+    /// How the body that follows the head ends.
+    pub framing: Framing,
     /// Bytes of the head, blank line included: what the caller consumes from the socket.
     /// Whatever follows (a pipelined TLS ClientHello) belongs to the tunnel.
     pub head_len: usize,
+}
+
+/// Where the body behind a head ends (RFC 9112 section 6.3, for a request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// Neither `Content-Length` nor `Transfer-Encoding`: no body.
+    Empty,
+    /// `Content-Length: N`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
 }
 
 /// Why a head is refused; each maps to one answer, whose body is this message.
@@ -85,7 +98,7 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Request>, RequestError> {
     {
         return Err(RequestError::Duplicate(name));
     }
-    framing(&buf[..head_len], headers, request.version == Some(0))
+    let framing = framing(&buf[..head_len], headers, request.version == Some(0))
         .map_err(|why| RequestError::Malformed(why.to_owned()))?;
     // Complete implies method and path were parsed.
     let method = request.method.unwrap_or_default().to_owned();
@@ -106,6 +119,7 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Request>, RequestError> {
         target,
         absolute,
         authorization,
+        framing,
         head_len,
     }))
 }
@@ -120,11 +134,13 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Request>, RequestError> {
 ///
 /// A folded header line (obs-fold) and a repeated `Content-Length` are refused before this:
 /// httparse rejects the one in a request, [`SINGLE_HEADERS`] the other.
+///
+/// What is left is one reading, which this returns.
 fn framing(
     head: &[u8],
     headers: &[httparse::Header<'_>],
     http10: bool,
-) -> Result<(), &'static str> {
+) -> Result<Framing, &'static str> {
     if head
         .iter()
         .enumerate()
@@ -134,11 +150,14 @@ fn framing(
     }
     let length = named(headers, "content-length").next();
     let encoding = named(headers, "transfer-encoding").next();
+    let mut framing = Framing::Empty;
     if let Some(length) = length {
         let value = length.value.trim_ascii();
+        // 18 digits always fit a u64.
         if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
             return Err("invalid request: invalid Content-Length");
         }
+        framing = Framing::Length(value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')));
     }
     if let Some(encoding) = encoding {
         if length.is_some() {
@@ -150,8 +169,9 @@ fn framing(
         if !encoding.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
             return Err("invalid request: a Transfer-Encoding other than chunked");
         }
+        framing = Framing::Chunked;
     }
-    Ok(())
+    Ok(framing)
 }
 
 /// The headers called `name` (compared case-insensitively), in order.

@@ -131,6 +131,11 @@ pub(crate) struct Exchange {
 }
 
 impl Exchange {
+    /// Records a request the proxy answered without a body to stream (a refused head).
+    pub(crate) fn finish(mut self, status: u16) {
+        self.record.status = status;
+    }
+
     /// The request's body, counted as it streams.
     pub(crate) fn request_body<B>(&self, body: B) -> Body
     where
