@@ -268,8 +268,10 @@ fn plain_http(dp: Dataplane) -> anyhow::Result<()> {
         "the intake received {posts:?}"
     );
 
-    // Two hosts in one curl run: one proxy connection carries both requests.
+    // Two hosts in one curl run: one proxy connection carries both requests, each on an
+    // upstream connection of its own destination.
     let before = env.daemon.metrics()?;
+    let dialed = intake.accepted();
     let (code, out, err) = curl(&[
         &format!("{intake_url}/hello"),
         &format!("http://other.test:{PORT}/hello"),
@@ -285,6 +287,11 @@ fn plain_http(dp: Dataplane) -> anyhow::Result<()> {
         "two hosts in one curl run took {} proxy connections",
         accepted(&after) - accepted(&before)
     );
+    ensure!(
+        intake.accepted() == dialed + 2,
+        "two hosts took {} upstream connections",
+        intake.accepted() - dialed
+    );
 
     // Python requests (a session: keep-alive) and the datadog API client, plain http.
     let requests = format!(
@@ -296,10 +303,17 @@ fn plain_http(dp: Dataplane) -> anyhow::Result<()> {
          r = s.post('{intake_url}/api/v1/check_run', json={{'check': 'x'}})\n\
          print(r.status_code, r.json()['status'])\n"
     );
+    let dialed = intake.accepted();
     let (code, out, err) = run_in_ns(ns, "python3", &["-c", &requests])?;
     ensure!(
         code == 0 && out == "200 hello 1.1 agent-proxy\n202 ok\n",
         "python requests: exit {code}, {out:?} {err:?}"
+    );
+    // Two requests to one destination: its upstream connection is kept and reused.
+    ensure!(
+        intake.accepted() == dialed + 1,
+        "a session's two requests to one host took {} upstream connections",
+        intake.accepted() - dialed
     );
     let datadog = format!(
         "import json, time\n\

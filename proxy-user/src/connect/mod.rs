@@ -31,6 +31,7 @@ mod forward;
 pub(crate) mod handshake;
 mod heads;
 pub(crate) mod request;
+pub(crate) mod scan;
 
 #[cfg(test)]
 mod tests;
