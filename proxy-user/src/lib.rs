@@ -32,6 +32,7 @@ mod dial;
 mod dns;
 pub mod handover;
 mod health;
+mod http;
 pub mod kernel;
 mod listener;
 mod metrics;

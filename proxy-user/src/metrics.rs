@@ -31,6 +31,12 @@ const DURATION_SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
 ];
 
+/// Upper bounds of `agent_proxy_http_request_duration_seconds`: an intake answers in
+/// milliseconds; a slow one or a long upload takes seconds.
+const REQUEST_SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 /// All metric families of the proxy, registered in [`Metrics::registry`].
 ///
 /// Cheap to share behind an `Arc`: every field is internally reference-counted and atomic.
@@ -69,6 +75,19 @@ pub struct Metrics {
     pub dns_resolutions_total: IntCounterVec,
     /// `agent_proxy_connect_requests_total{frontend,status}`: HTTP CONNECT requests answered.
     pub connect_requests_total: IntCounterVec,
+    /// `agent_proxy_http_requests_total{frontend,method,api,status}`: HTTP requests answered
+    /// (plain requests of connect frontends), `api` the path with ids collapsed (bounded).
+    pub http_requests_total: IntCounterVec,
+    /// `agent_proxy_http_request_duration_seconds{frontend,api}`: from the request head to
+    /// the end of the answer.
+    pub http_request_duration_seconds: HistogramVec,
+    /// `agent_proxy_http_request_bytes_total{frontend,api}` (extension): request body bytes.
+    pub http_request_bytes_total: IntCounterVec,
+    /// `agent_proxy_http_response_bytes_total{frontend,api}` (extension): answer body bytes.
+    pub http_response_bytes_total: IntCounterVec,
+    /// `agent_proxy_http_api_overflow_total{frontend}` (extension): requests counted as
+    /// `api="other"` because the frontend's set of apis was full or the path too long.
+    pub http_api_overflow_total: IntCounterVec,
     /// `agent_proxy_connection_duration_seconds{frontend}`: lifetime of finished connections.
     pub connection_duration_seconds: HistogramVec,
     /// `agent_proxy_connections_ended_total{frontend,path,end}` (extension): how connections ended.
@@ -194,6 +213,40 @@ impl Metrics {
                 "agent_proxy_connect_requests_total",
                 "HTTP CONNECT requests answered, by frontend and response status code",
                 &["frontend", "status"],
+            ),
+            http_requests_total: counter(
+                r,
+                "agent_proxy_http_requests_total",
+                "HTTP requests answered, by frontend, method (the standard ones, else other), api \
+                 (the path with ids collapsed to :id; at most 100 per frontend, then other) and \
+                 status",
+                &["frontend", "method", "api", "status"],
+            ),
+            http_request_duration_seconds: histogram(
+                r,
+                "agent_proxy_http_request_duration_seconds",
+                "Seconds from an HTTP request's head to the end of its answer, by frontend and api",
+                &["frontend", "api"],
+                REQUEST_SECONDS_BUCKETS,
+            ),
+            http_request_bytes_total: counter(
+                r,
+                "agent_proxy_http_request_bytes_total",
+                "Request body bytes of HTTP requests, by frontend and api",
+                &["frontend", "api"],
+            ),
+            http_response_bytes_total: counter(
+                r,
+                "agent_proxy_http_response_bytes_total",
+                "Answer body bytes of HTTP requests, by frontend and api",
+                &["frontend", "api"],
+            ),
+            http_api_overflow_total: counter(
+                r,
+                "agent_proxy_http_api_overflow_total",
+                "HTTP requests counted as api=\"other\": the frontend had 100 apis already, or the \
+                 path was over 128 bytes",
+                &["frontend"],
             ),
             connection_duration_seconds: histogram(
                 r,
@@ -383,6 +436,19 @@ mod tests {
             .with_label_values(&["fe", "kernel", "client_close"])
             .inc();
         m.dns_stale.with_label_values(&["a"]).set(1);
+        m.http_requests_total
+            .with_label_values(&["fe", "GET", "/x", "200"])
+            .inc();
+        m.http_request_duration_seconds
+            .with_label_values(&["fe", "/x"])
+            .observe(0.01);
+        m.http_request_bytes_total
+            .with_label_values(&["fe", "/x"])
+            .inc();
+        m.http_response_bytes_total
+            .with_label_values(&["fe", "/x"])
+            .inc();
+        m.http_api_overflow_total.with_label_values(&["fe"]).inc();
     }
 
     const FAMILIES: &[(&str, &str)] = &[
@@ -402,6 +468,11 @@ mod tests {
         ("agent_proxy_connect_requests_total", "counter"),
         ("agent_proxy_connection_duration_seconds", "histogram"),
         ("agent_proxy_connections_ended_total", "counter"),
+        ("agent_proxy_http_requests_total", "counter"),
+        ("agent_proxy_http_request_duration_seconds", "histogram"),
+        ("agent_proxy_http_request_bytes_total", "counter"),
+        ("agent_proxy_http_response_bytes_total", "counter"),
+        ("agent_proxy_http_api_overflow_total", "counter"),
         ("agent_proxy_dns_stale", "gauge"),
         ("agent_proxy_config_reloads_total", "counter"),
         ("agent_proxy_config_last_reload_successful", "gauge"),

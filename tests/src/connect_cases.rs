@@ -25,6 +25,10 @@ pub struct Case {
     pub name: &'static str,
     pub bytes: Vec<u8>,
     pub status: u16,
+    /// A plain request that passed the first head's checks: answered by the HTTP server of
+    /// plain requests, so counted in `agent_proxy_http_requests_total` (not
+    /// `agent_proxy_connect_requests_total`) and logged with `end=client_close`.
+    pub plain: bool,
 }
 
 /// A namespace with [`PUBLIC`]/24 on `lo` and SYNs to [`BLACKHOLE`] dropped.
@@ -76,6 +80,13 @@ impl AnswerPeers {
     }
 }
 
+/// An absolute-form POST to `allowed` with `framing` headers and a body that, read as chunked,
+/// ends the message early (`0\r\n\r\n`): a smuggling attempt.
+fn smuggled(allowed: &str, auth: &str, framing: &str) -> Vec<u8> {
+    format!("POST http://{allowed}/ HTTP/1.1\r\nHost: {allowed}\r\n{auth}{framing}\r\n0\r\n\r\n")
+        .into_bytes()
+}
+
 /// The raw cases: `allowed` is an allowed literal destination, `internal_port` is allowed by
 /// the name `localhost` only, `closed` is allowed and refuses connections, [`BLACKHOLE`]`:443`
 /// is allowed and drops SYNs.
@@ -98,76 +109,151 @@ pub fn answer_cases(
             name: "no credentials",
             bytes: connect_head(&allowed, "").into(),
             status: 407,
+            plain: false,
         },
         Case {
             name: "wrong password",
             bytes: connect_head(&allowed, &basic_auth(USER, "wrong")).into(),
             status: 407,
+            plain: false,
         },
         Case {
             name: "no credentials, ClientHello pipelined",
             bytes: pipelined_407,
             status: 407,
+            plain: false,
         },
         Case {
             name: "destination not allowed",
             bytes: connect_head("example.com:443", &auth).into(),
             status: 403,
+            plain: false,
         },
         Case {
             name: "IPv6 literal not allowed",
             bytes: connect_head(&allowed.replace("127.0.0.1", "[::1]"), &auth).into(),
             status: 403,
+            plain: false,
         },
         Case {
             name: "name resolving to loopback",
             bytes: connect_head(&format!("localhost:{internal_port}"), &auth).into(),
             status: 403,
+            plain: false,
         },
         Case {
-            name: "absolute-form GET",
-            bytes: format!("GET http://{allowed}/ HTTP/1.1\r\nHost: {allowed}\r\n{auth}\r\n")
-                .into(),
-            status: 405,
-        },
-        Case {
-            name: "absolute-form POST",
+            name: "absolute-form GET, upstream refuses",
             bytes: format!(
-                "POST http://intake.test/api/v1/series HTTP/1.1\r\nHost: intake.test\r\n\
-                 Content-Length: 2\r\n{auth}\r\n{{}}"
+                "GET http://{closed}/ HTTP/1.1\r\nHost: {closed}\r\n{auth}Connection: close\r\n\r\n"
             )
             .into(),
+            status: 502,
+            plain: true,
+        },
+        Case {
+            name: "absolute-form GET, no credentials",
+            bytes: format!(
+                "GET http://{closed}/ HTTP/1.1\r\nHost: {closed}\r\nConnection: close\r\n\r\n"
+            )
+            .into(),
+            status: 407,
+            plain: true,
+        },
+        Case {
+            name: "absolute-form POST, destination not allowed",
+            bytes: format!(
+                "POST http://intake.test/api/v1/series HTTP/1.1\r\nHost: intake.test\r\n\
+                 Content-Length: 2\r\n{auth}Connection: close\r\n\r\n{{}}"
+            )
+            .into(),
+            status: 403,
+            plain: true,
+        },
+        Case {
+            name: "absolute-form, Content-Length and Transfer-Encoding",
+            bytes: smuggled(&allowed, &auth, "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n"),
+            status: 400,
+            plain: false,
+        },
+        Case {
+            name: "absolute-form, two Content-Length",
+            bytes: smuggled(&allowed, &auth, "Content-Length: 4\r\nContent-Length: 4\r\n"),
+            status: 400,
+            plain: false,
+        },
+        Case {
+            name: "absolute-form, obs-fold",
+            bytes: smuggled(&allowed, &auth, "Content-Length: 4\r\nX-Folded: a\r\n b\r\n"),
+            status: 400,
+            plain: false,
+        },
+        Case {
+            name: "absolute-form, bare LF",
+            bytes: format!(
+                "POST http://{allowed}/ HTTP/1.1\nHost: {allowed}\n{}Content-Length: 4\n\n0\r\n\r\n",
+                auth.replace("\r\n", "\n")
+            )
+            .into(),
+            status: 400,
+            plain: false,
+        },
+        Case {
+            name: "absolute-form, oversized headers",
+            bytes: format!(
+                "GET http://{allowed}/ HTTP/1.1\r\nHost: {allowed}\r\n{auth}X-Big: {}\r\n\r\n",
+                "b".repeat(20_000)
+            )
+            .into(),
+            status: 431,
+            plain: false,
+        },
+        Case {
+            name: "absolute-form https URL",
+            bytes: format!("GET https://{allowed}/ HTTP/1.1\r\nHost: {allowed}\r\n{auth}\r\n").into(),
             status: 405,
+            plain: false,
+        },
+        Case {
+            name: "origin-form GET",
+            bytes: format!("GET / HTTP/1.1\r\nHost: {allowed}\r\n{auth}\r\n").into(),
+            status: 405,
+            plain: false,
         },
         Case {
             name: "lower-case connect",
             bytes: format!("connect {allowed} HTTP/1.1\r\n\r\n").into(),
             status: 405,
+            plain: false,
         },
         Case {
             name: "not HTTP",
             bytes: b"\x16\x03\x01\x00\x10hello, not http\r\n\r\n".to_vec(),
             status: 400,
+            plain: false,
         },
         Case {
             name: "target without a port",
             bytes: connect_head("127.0.0.1", &auth).into(),
             status: 400,
+            plain: false,
         },
         Case {
             name: "oversized headers",
             bytes: big.into(),
             status: 431,
+            plain: false,
         },
         Case {
             name: "upstream refuses",
             bytes: connect_head(&closed.to_string(), &auth).into(),
             status: 502,
+            plain: false,
         },
         Case {
             name: "upstream never answers",
             bytes: connect_head(&format!("{BLACKHOLE}:443"), &auth).into(),
             status: 504,
+            plain: false,
         },
     ]
 }

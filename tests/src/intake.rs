@@ -1,7 +1,10 @@
 //! A local HTTPS "intake" for the real-client scenarios: Python's http.server behind TLS with a
-//! throw-away certificate (openssl), run inside the test's namespace. It answers `GET /hello`
-//! with `hello`, and any POST with 202 `{"status": "ok"}`, writing one JSON line per request
-//! (method, path, decompressed body) to its log so the test can see what arrived.
+//! throw-away certificate (openssl), run inside the test's namespace, or in plain HTTP
+//! ([`HttpsIntake::start_plain`]). It answers `GET /hello` with `hello`, and any POST (with a
+//! `Content-Length` or chunked body) with 202 `{"status": "ok", "sha256": ...}`, writing one
+//! JSON line per request (method, path, `Host`, `Via`, whether `Proxy-Authorization` came
+//! through, the body's SHA-256 and length, the decompressed body) and one per accepted
+//! connection (`{"accept": true}`) to its log so the test can see what arrived.
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,7 +16,7 @@ use serde_json::Value;
 use crate::netns::NetNs;
 
 const SERVER: &str = r#"
-import http.server, json, ssl, sys, zlib
+import hashlib, http.server, json, ssl, sys, zlib
 
 cert, key, host, port, log = sys.argv[1:6]
 out = open(log, "a", buffering=1)
@@ -28,26 +31,54 @@ class Intake(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def seen(self):
+        h = self.headers
+        return {"path": self.path, "host": h.get("Host"), "via": h.get_all("Via"),
+                "proxy_authorization": h.get("Proxy-Authorization") is not None,
+                "proxy_connection": h.get("Proxy-Connection") is not None,
+                "chunked": h.get("Transfer-Encoding", "") == "chunked"}
+
+    def body(self):
+        if self.headers.get("Transfer-Encoding", "") == "chunked":
+            data = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length", "0")))
+
     def do_GET(self):
-        out.write(json.dumps({"method": "GET", "path": self.path}) + "\n")
+        out.write(json.dumps(dict(self.seen(), method="GET")) + "\n")
         self.reply(200, b"hello")
 
     def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        body = self.body()
+        digest = hashlib.sha256(body).hexdigest()
         enc = self.headers.get("Content-Encoding", "")
         if enc in ("deflate", "gzip"):
             body = zlib.decompress(body, zlib.MAX_WBITS | 32)
-        out.write(json.dumps({"method": "POST", "path": self.path,
-                              "body": body.decode("utf-8", "replace")}) + "\n")
-        self.reply(202, b'{"status": "ok"}', "application/json")
+        out.write(json.dumps(dict(self.seen(), method="POST", sha256=digest, len=len(body),
+                                  body=body[:4096].decode("utf-8", "replace"))) + "\n")
+        self.reply(202, json.dumps({"status": "ok", "sha256": digest}).encode(), "application/json")
 
     def log_message(self, *args):
         pass
 
-server = http.server.ThreadingHTTPServer((host, int(port)), Intake)
-context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-context.load_cert_chain(cert, key)
-server.socket = context.wrap_socket(server.socket, server_side=True)
+class Server(http.server.ThreadingHTTPServer):
+    def get_request(self):
+        pair = super().get_request()
+        out.write(json.dumps({"accept": True}) + "\n")
+        return pair
+
+server = Server((host, int(port)), Intake)
+if cert != "-":
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
 out.write(json.dumps({"ready": True}) + "\n")
 server.serve_forever()
 "#;
@@ -65,35 +96,40 @@ impl HttpsIntake {
     /// Starts the intake in `ns` on `addr`, with a certificate for `name` and the address, in
     /// `dir`; waits (at most 10 s) until it listens.
     pub fn start(ns: &NetNs, addr: SocketAddr, name: &str, dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(ns, addr, Some(name), dir)
+    }
+
+    /// The intake in plain HTTP (`cert` is then empty).
+    pub fn start_plain(ns: &NetNs, addr: SocketAddr, dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(ns, addr, None, dir)
+    }
+
+    fn start_with(
+        ns: &NetNs,
+        addr: SocketAddr,
+        tls_name: Option<&str>,
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let cert = dir.join("intake.pem");
-        let key = dir.join("intake.key");
-        let status = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            ])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .args(["-subj", &format!("/CN={name}")])
-            .args([
-                "-addext",
-                &format!("subjectAltName=DNS:{name},IP:{}", addr.ip()),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .context("run openssl (apt-get install openssl)")?;
-        ensure!(status.success(), "openssl req failed: {status}");
+        let (cert, key) = match tls_name {
+            Some(name) => certificate(addr, name, dir)?,
+            None => (PathBuf::new(), PathBuf::new()),
+        };
+        let arg = |p: &Path| {
+            if tls_name.is_some() {
+                p.as_os_str().to_owned()
+            } else {
+                "-".into()
+            }
+        };
         let script = dir.join("intake.py");
         std::fs::write(&script, SERVER)?;
         let log = dir.join("intake.log");
         let child = Command::new("ip")
             .args(["netns", "exec", ns.name(), "python3"])
             .arg(&script)
-            .arg(&cert)
-            .arg(&key)
+            .arg(arg(&cert))
+            .arg(arg(&key))
             .arg(addr.ip().to_string())
             .arg(addr.port().to_string())
             .arg(&log)
@@ -119,6 +155,14 @@ impl HttpsIntake {
         Ok(intake)
     }
 
+    /// The connections it accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.get("accept").is_some())
+            .count()
+    }
+
     /// Every line the intake logged (requests, and the "ready" line).
     pub fn requests(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.log)
@@ -134,6 +178,31 @@ impl Drop for HttpsIntake {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A self-signed certificate for `name` and `addr`'s address, and its key, in `dir`.
+fn certificate(addr: SocketAddr, name: &str, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let cert = dir.join("intake.pem");
+    let key = dir.join("intake.key");
+    let status = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .args(["-subj", &format!("/CN={name}")])
+        .args([
+            "-addext",
+            &format!("subjectAltName=DNS:{name},IP:{}", addr.ip()),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("run openssl (apt-get install openssl)")?;
+    ensure!(status.success(), "openssl req failed: {status}");
+    Ok((cert, key))
 }
 
 /// Runs `program args` inside `ns` and returns (exit code, stdout, stderr).

@@ -74,7 +74,8 @@ impl Squid {
                 SquidDestination::Name(n, p) => (format!("dstdomain {n}"), *p),
             };
             acls += &format!("acl dest{i} {host_acl}\nacl port{i} port {port}\n");
-            access += &format!("http_access allow CONNECT dest{i} port{i}\n");
+            // Tunnels and plain requests alike, as a connect frontend allows both.
+            access += &format!("http_access allow dest{i} port{i}\n");
         }
         let config = format!(
             "http_port {addr}\npid_filename none\ncache deny all\ncache_mem 8 MB\n\

@@ -219,7 +219,16 @@ fn connect_answers(dp: Dataplane) -> anyhow::Result<()> {
         ensure!(lines.len() == n, "{} log lines for {n} connections", lines.len());
         let m = env.daemon.metrics()?;
         for status in [200, 400, 403, 405, 407, 408, 431, 502, 504] {
-            let expected = cases.iter().filter(|c| c.status == status).count()
+            let plain = cases.iter().filter(|c| c.plain && c.status == status).count();
+            let answered = m.count(
+                "agent_proxy_http_requests_total",
+                &[("status", &status.to_string())],
+            );
+            ensure!(
+                answered == plain as u64,
+                "agent_proxy_http_requests_total{{status=\"{status}\"}} = {answered}, expected {plain}"
+            );
+            let expected = cases.iter().filter(|c| !c.plain && c.status == status).count()
                 + usize::from(status == 408 || status == 200);
             let counted = m.count("agent_proxy_connect_requests_total", &[("status", &status.to_string())]);
             ensure!(
@@ -227,11 +236,17 @@ fn connect_answers(dp: Dataplane) -> anyhow::Result<()> {
                 "agent_proxy_connect_requests_total{{status=\"{status}\"}} = {counted}, expected {expected}"
             );
             let logged = lines.iter().filter(|l| field(l, "status") == status.to_string()).count();
-            ensure!(logged == expected, "{logged} log lines with status {status}, expected {expected}");
+            ensure!(
+                logged == expected + plain,
+                "{logged} log lines with status {status}, expected {}",
+                expected + plain
+            );
         }
         for line in &lines {
             let end = field(line, "end");
+            let plain = field(line, "detail").starts_with("plain requests: ");
             let expected_end = match field(line, "status").as_str() {
+                _ if plain => "client_close",
                 "200" => "upstream_reset",
                 "502" | "504" => "connect_failed",
                 _ => "refused",

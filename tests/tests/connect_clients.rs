@@ -85,11 +85,13 @@ fn connect_real_clients(dp: Dataplane) -> anyhow::Result<()> {
          r = requests.get('{url}', proxies=p, verify='{cert}')\n\
          print(r.status_code, r.text)\n\
          r = requests.get('http://intake.test:{port}/hello', proxies=p)\n\
-         print(r.status_code, r.headers.get('Allow'))\n"
+         print(r.status_code, r.headers.get('Via'))\n"
     );
     let (code, out, err) = run_in_ns(ns, "python3", &["-c", &requests])?;
+    // The http:// URL goes as a plain request (tests/tests/connect_http.rs), here to a port
+    // that speaks TLS: the upstream closes on it, answered 502.
     ensure!(
-        code == 0 && out == "200 hello\n405 CONNECT\n",
+        code == 0 && out == "200 hello\n502 None\n",
         "python requests: exit {code}, {out:?} {err:?}"
     );
 
@@ -121,11 +123,19 @@ fn connect_real_clients(dp: Dataplane) -> anyhow::Result<()> {
         "the intake received {posted:?}"
     );
 
-    // curl x3, requests x2 (the http:// one is a 405), datadog x1.
+    // curl x3, requests x2 (the http:// one a plain request), datadog x1.
     let n = 6;
     env.daemon.wait_conn_logs(n, Duration::from_secs(10))?;
     let m = env.daemon.metrics()?;
-    ensure_answer_counts(&m, &[("200", 3), ("407", 2), ("405", 1)])?;
+    ensure_answer_counts(&m, &[("200", 3), ("407", 2), ("405", 0)])?;
+    let plain = m.count(
+        "agent_proxy_http_requests_total",
+        &[("method", "GET"), ("api", "/hello"), ("status", "502")],
+    );
+    ensure!(
+        plain == 1,
+        "agent_proxy_http_requests_total of the plain GET = {plain}"
+    );
     let log = env.daemon.stderr_text();
     ensure!(!log.contains(PASSWORD), "the password reached the log");
     env.finish()?;

@@ -14,11 +14,16 @@ use crate::{
 };
 
 /// The fuzz targets (`fuzz/fuzz_targets/*.rs`).
-pub(crate) const TARGETS: &[&str] = &["connect_request", "config", "transparent_sniff"];
+pub(crate) const TARGETS: &[&str] = &[
+    "connect_request",
+    "config",
+    "transparent_sniff",
+    "http_request",
+];
 /// The toolchain cargo-fuzz runs with (sanitizers need nightly); the moving `nightly`, not the
 /// eBPF pin, which has nothing to do with this.
 pub(crate) const TOOLCHAIN: &str = "nightly";
-/// Seconds per target in `cargo xtask test`: 45 s of fuzzing for the three targets, a smoke
+/// Seconds per target in `cargo xtask test`: a minute of fuzzing for the four targets, a smoke
 /// run that catches a new crash on the seeds' neighbourhood; longer runs are `cargo xtask fuzz`.
 pub(crate) const TEST_SECONDS: u64 = 15;
 

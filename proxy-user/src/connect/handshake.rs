@@ -29,7 +29,7 @@ pub(crate) enum HeadError {
     Gone { reset: bool, detail: String },
 }
 
-/// Reads one request head from `client` and consumes exactly its bytes: whatever the client
+/// Reads one request head from `client` and, for a CONNECT, consumes exactly its bytes: whatever the client
 /// sent behind it (a pipelined TLS ClientHello) stays in the socket's receive queue, in order,
 /// for the tunnel - the kernel path forwards bytes queued before the splice.
 ///
@@ -58,11 +58,15 @@ pub(crate) async fn read_head(
     // `step` never waits for a closed client, so a stall is only a closed one (and the
     // closure never returns `Wait`).
     let (reset, sent) = match decided {
+        // A CONNECT's head is consumed: what follows belongs to the tunnel. Any other head
+        // stays queued for the HTTP server that reads it again (`super::forward`).
         Ok(Step::Complete(request)) => {
-            client
-                .read_exact(&mut buf[..request.head_len])
-                .await
-                .map_err(gone)?;
+            if request.target.is_some() {
+                client
+                    .read_exact(&mut buf[..request.head_len])
+                    .await
+                    .map_err(gone)?;
+            }
             return Ok(request);
         }
         Ok(Step::Refuse(e)) => return Err(HeadError::Request(e)),

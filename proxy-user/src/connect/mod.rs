@@ -6,9 +6,12 @@
 //!    client pipelined behind it (a TLS ClientHello) stay queued in the socket, in order
 //!    ([`handshake::read_head`]), until the tunnel is up;
 //! 3. checks, each with its answer: a head that is not HTTP/1.x, a target that is not
-//!    `host:port`, or a second `Host`, `Content-Length` or `Proxy-Authorization` header
-//!    ([`request::SINGLE_HEADERS`]) (400), too large (431) or too slow (408); a method other
-//!    than CONNECT (405: absolute-form plain HTTP is not forwarded, see docs/connect.md);
+//!    `host:port`, a second `Host`, `Content-Length`, `Proxy-Authorization` or
+//!    `Transfer-Encoding` header ([`request::SINGLE_HEADERS`]), or framing that could be read
+//!    two ways (request smuggling) (400), too large (431) or too slow (408); a method other
+//!    than CONNECT whose target is not an absolute `http://` URL (405); an absolute-form plain
+//!    request goes to [`forward`] instead, the head still unread, which checks each request
+//!    of the connection as below and forwards it;
 //!    credentials (407, when `users` is set); the destination policy (403,
 //!    [`crate::destination`]);
 //! 4. the destination is resolved (the daemon's shared DNS cache, [`crate::dns`]), addresses
@@ -24,13 +27,17 @@
 //! connection ends with the usual one log line, which carries `destination` and `status`.
 
 pub(crate) mod auth;
+mod forward;
 pub(crate) mod handshake;
+mod heads;
 pub(crate) mod request;
+pub(crate) mod scan;
 
 #[cfg(test)]
 mod tests;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::IntCounter;
@@ -40,8 +47,10 @@ use tokio::net::TcpStream;
 use crate::address_class::Special;
 use crate::config::ConnectMode;
 use crate::conn::{Conn, End, Outcome, Path, Route};
+use crate::destination::Target;
 use crate::destination::{Judgement, Policy};
 use crate::dns::Dns;
+use crate::http::RequestMetrics;
 use crate::metrics::Metrics;
 use crate::report::error_chain;
 use handshake::HeadError;
@@ -59,11 +68,13 @@ pub(crate) struct Settings {
     /// `agent_proxy_bytes_total` (where the early bytes count).
     tunnels: IntCounter,
     early_bytes: IntCounter,
+    /// The per-request metrics of plain requests forwarded ([`forward`]).
+    http: RequestMetrics,
 }
 
 impl Settings {
     /// `frontend`: the frontend's name, the label of its metrics.
-    pub(crate) fn new(config: &ConnectMode, metrics: &Metrics, frontend: &str) -> Self {
+    pub(crate) fn new(config: &ConnectMode, metrics: &Arc<Metrics>, frontend: &str) -> Self {
         Self {
             users: auth::Users::new(&config.users),
             policy: Policy::new(config.allow_destinations.clone()),
@@ -85,6 +96,7 @@ impl Settings {
                 "upstream",
                 "userspace",
             ]),
+            http: RequestMetrics::new(metrics, frontend),
         }
     }
 }
@@ -140,17 +152,32 @@ impl Status {
         }
     }
 
+    /// The one-line text body of an answer.
+    pub(crate) fn body(self, detail: &str) -> String {
+        format!("agent-proxy: {}: {detail}\n", self.reason())
+    }
+
+    /// The header an answer carries besides the framing, if any: the challenge of a 407, the
+    /// `Allow` of a 405.
+    pub(crate) fn extra_header(self) -> Option<(&'static str, String)> {
+        match self {
+            Status::ProxyAuthenticationRequired => Some((
+                "Proxy-Authenticate",
+                format!("Basic realm=\"{}\"", auth::REALM),
+            )),
+            Status::MethodNotAllowed => Some(("Allow", "CONNECT".to_owned())),
+            _ => None,
+        }
+    }
+
     /// The whole answer: status line, headers, a one-line text body. Always `Connection:
     /// close`: a refused client starts again on a new connection.
     pub(crate) fn response(self, detail: &str) -> String {
-        let body = format!("agent-proxy: {}: {detail}\n", self.reason());
-        let extra = match self {
-            Status::ProxyAuthenticationRequired => {
-                format!("Proxy-Authenticate: Basic realm=\"{}\"\r\n", auth::REALM)
-            }
-            Status::MethodNotAllowed => "Allow: CONNECT\r\n".to_owned(),
-            _ => String::new(),
-        };
+        let body = self.body(detail);
+        let extra = self
+            .extra_header()
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .unwrap_or_default();
         format!(
             "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
              Connection: close\r\n{extra}\r\n{body}",
@@ -173,6 +200,14 @@ struct Tunnel {
     early: u64,
     server: SocketAddr,
     destination: String,
+}
+
+/// What the first request of a connection leads to.
+enum Negotiated {
+    Tunnel(Tunnel),
+    /// An absolute-form plain request, its head still unread: [`forward`] serves the
+    /// connection.
+    Forward,
 }
 
 /// A request that gets no tunnel.
@@ -221,7 +256,8 @@ pub(crate) async fn run(conn: &Conn<'_>, mut client: TcpStream, settings: &Setti
         }
     };
     match negotiated {
-        Ok(tunnel) => {
+        Ok(Negotiated::Forward) => Box::pin(forward::serve(conn, client, settings)).await,
+        Ok(Negotiated::Tunnel(tunnel)) => {
             settings.tunnels.inc();
             for stream in [&client, &tunnel.upstream] {
                 let _ = stream.set_nodelay(true);
@@ -283,7 +319,7 @@ async fn negotiate(
     client: &mut TcpStream,
     settings: &Settings,
     dns: &Dns,
-) -> Result<Tunnel, Refusal> {
+) -> Result<Negotiated, Refusal> {
     let request = handshake::read_head(client, settings.request_timeout)
         .await
         .map_err(|e| match e {
@@ -313,12 +349,16 @@ async fn negotiate(
                 class: None,
             },
         })?;
+    if request.absolute.is_some() {
+        return Ok(Negotiated::Forward);
+    }
     let Some(target) = request.target else {
         return Err(Refusal::new(
             Status::MethodNotAllowed,
             "-",
             format!(
-                "method {:?} is not supported: this proxy only opens CONNECT tunnels",
+                "method {:?} with this target is not supported: this proxy opens CONNECT \
+                 tunnels and forwards absolute-form http:// requests",
                 request.method.chars().take(32).collect::<String>()
             ),
         ));
@@ -343,10 +383,42 @@ async fn negotiate(
             format!("destination {destination} is not allowed"),
         ));
     }
-    let addrs = handshake::resolve(dns, &target).await.map_err(|e| {
+    let (upstream, server) = open(settings, dns, &target, &destination).await?;
+    let gone = |detail: String| Refusal {
+        status: Err(End::ClientClose),
+        destination: destination.clone(),
+        detail,
+        class: None,
+    };
+    client
+        .write_all(ESTABLISHED)
+        .await
+        .map_err(|e| gone(format!("client: {e}")))?;
+    let mut upstream = upstream;
+    let early = handshake::forward_early_bytes(client, &mut upstream)
+        .await
+        .map_err(gone)?;
+    Ok(Negotiated::Tunnel(Tunnel {
+        upstream,
+        consumed: (request.head_len + early) as u64,
+        early: early as u64,
+        server,
+        destination,
+    }))
+}
+
+/// Step 4 of the module doc, for a destination the policy allows: resolves it, keeps the
+/// addresses it may dial, dials them in order.
+async fn open(
+    settings: &Settings,
+    dns: &Dns,
+    target: &Target,
+    destination: &str,
+) -> Result<(TcpStream, SocketAddr), Refusal> {
+    let addrs = handshake::resolve(dns, target).await.map_err(|e| {
         Refusal::new(
             Status::BadGateway,
-            &destination,
+            destination,
             format!("cannot resolve {destination}: {}", error_chain(&e)),
         )
     })?;
@@ -367,7 +439,7 @@ async fn negotiate(
         if admitted.is_empty() {
             let mut refusal = Refusal::new(
                 Status::Forbidden,
-                &destination,
+                destination,
                 format!(
                     "destination {destination} resolves only to addresses that are not global \
                      unicast: {list}; name them in allow_destinations to allow them"
@@ -379,7 +451,7 @@ async fn negotiate(
         tracing::debug!(%destination, refused = %list,
             "addresses that are not global unicast left out of the answer");
     }
-    let (upstream, server) = handshake::dial(&admitted, settings.connect_timeout)
+    handshake::dial(&admitted, settings.connect_timeout)
         .await
         .map_err(|e| {
             let status = if e.timed_out() {
@@ -389,31 +461,10 @@ async fn negotiate(
             };
             Refusal::new(
                 status,
-                &destination,
+                destination,
                 format!("cannot connect to {destination}: {e}"),
             )
-        })?;
-    let gone = |detail: String| Refusal {
-        status: Err(End::ClientClose),
-        destination: destination.clone(),
-        detail,
-        class: None,
-    };
-    client
-        .write_all(ESTABLISHED)
-        .await
-        .map_err(|e| gone(format!("client: {e}")))?;
-    let mut upstream = upstream;
-    let early = handshake::forward_early_bytes(client, &mut upstream)
-        .await
-        .map_err(gone)?;
-    Ok(Tunnel {
-        upstream,
-        consumed: (request.head_len + early) as u64,
-        early: early as u64,
-        server,
-        destination,
-    })
+        })
 }
 
 /// Closes after an error answer without resetting it away: closing a socket with unread bytes

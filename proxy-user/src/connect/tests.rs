@@ -139,8 +139,74 @@ fn other_methods_parse_without_a_target() {
         complete("POST http://intake.example.com/api/v1/series HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(request.method, "POST");
     assert_eq!(request.target, None);
+    let absolute = request.absolute.expect("an absolute-form target");
+    assert_eq!(absolute.target, target("intake.example.com:80"));
+    assert_eq!(absolute.origin, "/api/v1/series");
     // CONNECT is case-sensitive.
-    assert_eq!(complete("connect a:443 HTTP/1.1\r\n\r\n").target, None);
+    let lower = complete("connect a:443 HTTP/1.1\r\n\r\n");
+    assert_eq!((lower.target, lower.absolute), (None, None));
+    assert_eq!(complete("GET / HTTP/1.1\r\n\r\n").absolute, None);
+    assert_eq!(complete("GET https://a/ HTTP/1.1\r\n\r\n").absolute, None);
+}
+
+/// Heads whose framing two readers could take differently are refused whatever the method
+/// (request smuggling); the plain ones around them parse.
+#[test]
+fn ambiguous_framing_is_refused() {
+    for (head, why) in [
+        (
+            "POST http://a/ HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "both Content-Length and Transfer-Encoding",
+        ),
+        (
+            "POST http://a/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            "both Content-Length and Transfer-Encoding",
+        ),
+        ("POST http://a/ HTTP/1.1\nHost: a\r\n\r\n", "bare LF"),
+        ("POST http://a/ HTTP/1.1\r\nHost: a\n\n", "bare LF"),
+        (
+            "POST http://a/ HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+            "invalid Content-Length",
+        ),
+        (
+            "POST http://a/ HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n",
+            "invalid Content-Length",
+        ),
+        (
+            "POST http://a/ HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "other than chunked",
+        ),
+        (
+            "POST http://a/ HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.0",
+        ),
+        (
+            "POST http://a/ HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n",
+            "invalid request",
+        ),
+        (
+            "CONNECT a:443 HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "both",
+        ),
+    ] {
+        match parse(head.as_bytes()) {
+            Err(RequestError::Malformed(message)) => {
+                assert!(message.contains(why), "{head:?}: {message}");
+            }
+            other => panic!("{head:?} must be refused as malformed: {other:?}"),
+        }
+    }
+    assert_eq!(
+        parse(b"POST http://a/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        Err(RequestError::Duplicate("Transfer-Encoding"))
+    );
+    for fine in [
+        "POST http://a/ HTTP/1.1\r\nContent-Length: 3\r\n\r\n",
+        "POST http://a/ HTTP/1.1\r\ntransfer-encoding: Chunked\r\n\r\n",
+        "GET http://a/ HTTP/1.0\r\n\r\n",
+    ] {
+        assert!(complete(fine).absolute.is_some(), "{fine:?}");
+    }
 }
 
 #[test]

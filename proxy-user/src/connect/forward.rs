@@ -1,0 +1,512 @@
+//! Plain-HTTP requests in connect mode: `GET http://host/path HTTP/1.1`, forwarded as Squid
+//! and DataKit's proxy do, under the same rules as a CONNECT.
+//!
+//! The connection's first head was only peeked at ([`super::handshake::read_head`]): hyper's
+//! HTTP/1.1 server reads it again from the socket and serves the connection from there, one
+//! request at a time, keep-alive included. Each request is checked as a CONNECT is: one `Host`
+//! and one `Proxy-Authorization` (400), an absolute `http://` target (400), credentials (407),
+//! the destination policy with port 80 when none is written (403, nothing dialed), the
+//! addresses' classes (403), the dial (502/504). It then goes to the destination over hyper's
+//! HTTP/1.1 client, with the hop-by-hop headers and `Proxy-Authorization` removed, `Host` set
+//! from the target, `Via` added and the target in origin form; the answer comes back the same
+//! way. Bodies stream both ways (hyper re-frames them; nothing is buffered whole).
+//!
+//! Each request may name another destination; an upstream connection is kept per destination
+//! for the next request to it (at most [`MAX_UPSTREAMS`] per client connection, the least
+//! recently used let go first). A kept-alive client that sends no new head within
+//! `request_timeout` is closed (hyper's header read timeout).
+//!
+//! Framing: the first head of the connection passed [`super::request`]'s checks (both
+//! `Content-Length` and `Transfer-Encoding`, two `Content-Length`, bare LF, obs-fold, oversized:
+//! 400 with nothing forwarded). Later heads are hyper's to read, which refuses obs-fold,
+//! invalid or differing `Content-Length` values and a `Transfer-Encoding` other than chunked
+//! with 400; with both framing headers it reads the body as chunked and closes the connection
+//! after the answer. Either way the upstream receives the message as hyper frames it, never the
+//! client's bytes, so the two cannot disagree on where a request ends.
+//!
+//! The connection's one log line carries the first destination, the last server and status,
+//! and the number of requests; each request is counted in the per-request metrics
+//! ([`crate::http::RequestMetrics`]).
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsFd as _;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::heads::{Heads, Verdict};
+use super::request::RequestError;
+use super::{Refusal, Settings, Status};
+use crate::conn::{Conn, End, Outcome, Path, Route};
+use crate::http::{self, Body, Exchange, absolute};
+
+/// Upstream connections kept per client connection, each to one destination.
+const MAX_UPSTREAMS: usize = 4;
+
+/// Serves a connection whose first request is an absolute-form plain request, to its end, log
+/// line included.
+pub(super) async fn serve(conn: &Conn<'_>, mut client: TcpStream, settings: &Settings) {
+    let counts = Counts::default();
+    let counters = conn.relay_counters();
+    let verdict = Verdict::default();
+    let forwarder = Forwarder {
+        conn,
+        settings,
+        upstreams: tokio::sync::Mutex::new(Vec::new()),
+        summary: Mutex::new(Summary::default()),
+    };
+    let (end, mut detail) = {
+        let io = Counted {
+            inner: Heads::new(&mut client, &verdict),
+            counts: &counts,
+            up: &counters.up,
+            down: &counters.down,
+        };
+        let service = hyper::service::service_fn(|request| forwarder.handle(request));
+        let served = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.request_timeout)
+            .max_buf_size(super::request::MAX_HEAD.max(8192) * 4)
+            .serve_connection(TokioIo::new(io), service);
+        let mut served = std::pin::pin!(served);
+        // A refused head: hyper finishes the request before it, then stops.
+        let ended = async {
+            tokio::select! {
+                result = served.as_mut() => return result,
+                () = verdict.wait() => {}
+            }
+            served.as_mut().graceful_shutdown();
+            served.await
+        };
+        tokio::select! {
+            result = ended => match result {
+                Ok(()) => (End::ClientClose, String::new()),
+                Err(e) if e.is_timeout() => (
+                    End::IdleTimeout,
+                    format!("no request head within {:?}", settings.request_timeout),
+                ),
+                Err(e) if e.is_incomplete_message() => (End::ClientClose, format!("client: {e}")),
+                Err(e) => (End::ClientReset, format!("client: {e}")),
+            },
+            () = conn.shared.abort.cancelled() => (End::Shutdown, "cut at shutdown".to_owned()),
+        }
+    };
+    let mut summary = forwarder
+        .summary
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    drop(forwarder.upstreams);
+    let mut end = end;
+    if let Some((error, head)) = verdict.refused()
+        && end != End::Shutdown
+    {
+        let status = match error {
+            RequestError::TooLarge => Status::HeaderFieldsTooLarge,
+            RequestError::Malformed(_) | RequestError::Duplicate(_) => Status::BadRequest,
+        };
+        let (method, origin) = request_line(head);
+        settings.http.start(&method, &origin).finish(status.code());
+        let answer = status.response(&error.to_string());
+        if tokio::time::timeout(super::ANSWER_TIMEOUT, client.write_all(answer.as_bytes()))
+            .await
+            .is_ok_and(|written| written.is_ok())
+        {
+            counts
+                .down
+                .fetch_add(answer.len() as u64, Ordering::Relaxed);
+            counters.down.inc_by(answer.len() as u64);
+        }
+        super::linger_close(client).await;
+        summary.requests += 1;
+        summary.status = Some(status.code());
+        end = End::Refused;
+        detail = format!("request {}: {error}", summary.requests);
+    }
+    let status = summary.status.map(|s| s.to_string());
+    let route = Route {
+        server: summary.server.as_deref().unwrap_or("-"),
+        destination: summary.destination.as_deref().unwrap_or("-"),
+        status: status.as_deref().unwrap_or("-"),
+        ..Route::NONE
+    };
+    let up = counts.up.load(Ordering::Relaxed);
+    let down = counts.down.load(Ordering::Relaxed);
+    let requests = summary.requests;
+    let detail = if detail.is_empty() {
+        format!("plain requests: {requests}")
+    } else {
+        format!("plain requests: {requests}; {detail}")
+    };
+    let outcome = Outcome {
+        bytes_up: up,
+        bytes_down: down,
+        copied_up: up,
+        copied_down: down,
+        ..Outcome::nothing(end, detail)
+    };
+    conn.finish(&route, Path::Userspace, &outcome);
+}
+
+/// The method and origin-form target of a refused head, as far as its request line reads,
+/// for the metrics' labels (which bound them).
+fn request_line(head: &[u8]) -> (String, String) {
+    let line = head
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split(' ');
+    let method = words.next().unwrap_or_default().to_owned();
+    let origin = words
+        .next()
+        .and_then(|target| absolute::parse(target).ok())
+        .map_or_else(|| "/".to_owned(), |a| a.origin);
+    (method, origin)
+}
+
+/// What the log line says of the requests.
+#[derive(Default)]
+struct Summary {
+    requests: u64,
+    /// The first destination named.
+    destination: Option<String>,
+    /// The last server a request went to.
+    server: Option<String>,
+    /// The last answer's status.
+    status: Option<u16>,
+}
+
+/// One upstream connection, kept for the next request to its destination.
+struct Upstream {
+    destination: String,
+    server: SocketAddr,
+    sender: SendRequest<Body>,
+}
+
+struct Forwarder<'c, 'a> {
+    conn: &'c Conn<'a>,
+    settings: &'c Settings,
+    /// Most recently used last. Held across a request: HTTP/1.1 serves one at a time.
+    upstreams: tokio::sync::Mutex<Vec<Upstream>>,
+    summary: Mutex<Summary>,
+}
+
+/// An answer the proxy writes itself.
+struct Answer {
+    status: Status,
+    detail: String,
+    /// Closes the connection after it: the request could not be read as one (400), or the
+    /// client asked for something this connection cannot become (a tunnel).
+    close: bool,
+}
+
+impl Answer {
+    fn new(status: Status, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            detail: detail.into(),
+            close: matches!(status, Status::BadRequest | Status::MethodNotAllowed),
+        }
+    }
+
+    fn from_refusal(refusal: Refusal) -> Self {
+        // `open` only refuses with a status.
+        let status = refusal.status.unwrap_or(Status::BadGateway);
+        Self::new(status, refusal.detail)
+    }
+
+    fn response(self) -> Response<Body> {
+        let body = self.status.body(&self.detail);
+        let length = HeaderValue::from(body.len());
+        let mut response = Response::new(http::full(body));
+        *response.status_mut() =
+            StatusCode::from_u16(self.status.code()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let headers = response.headers_mut();
+        // Stated: the metrics' wrapper hides the body's length from hyper, which would send
+        // it chunked.
+        headers.insert(header::CONTENT_LENGTH, length);
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if let Some((name, value)) = self.status.extra_header()
+            && let Ok(value) = HeaderValue::from_str(&value)
+        {
+            headers.insert(name, value);
+        }
+        if self.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+impl Forwarder<'_, '_> {
+    async fn handle(&self, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+        let origin = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let exchange = self.settings.http.start(request.method().as_str(), &origin);
+        let (response, destination, server) = match self.forward(request, &exchange).await {
+            Ok((response, destination, server)) => (response, Some(destination), Some(server)),
+            Err((answer, destination)) => {
+                tracing::debug!(frontend = %self.conn.frontend.name, status = answer.status.code(),
+                    detail = %answer.detail, "plain request refused");
+                (answer.response(), destination, None)
+            }
+        };
+        let status = response.status().as_u16();
+        {
+            let mut summary = self.summary.lock().unwrap_or_else(|e| e.into_inner());
+            summary.requests += 1;
+            summary.status = Some(status);
+            if summary.destination.is_none() {
+                summary.destination = destination;
+            }
+            if let Some(server) = server {
+                summary.server = Some(server.to_string());
+            }
+        }
+        let (parts, body) = response.into_parts();
+        Ok(Response::from_parts(
+            parts,
+            exchange.response_body(status, body),
+        ))
+    }
+
+    /// Checks one request and forwards it; the answer, the destination and the server.
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        exchange: &Exchange,
+    ) -> Result<(Response<Body>, String, SocketAddr), (Answer, Option<String>)> {
+        let (parts, body) = request.into_parts();
+        if parts.method == Method::CONNECT {
+            return Err((
+                Answer::new(
+                    Status::MethodNotAllowed,
+                    "a CONNECT must be the first request of its connection",
+                ),
+                None,
+            ));
+        }
+        for name in [header::HOST, header::PROXY_AUTHORIZATION] {
+            if parts.headers.get_all(&name).iter().nth(1).is_some() {
+                return Err((
+                    Answer::new(Status::BadRequest, format!("duplicate {name} header")),
+                    None,
+                ));
+            }
+        }
+        let absolute = absolute::parse(&parts.uri.to_string())
+            .map_err(|e| (Answer::new(Status::BadRequest, e), None))?;
+        let destination = absolute.target.to_string();
+        let refuse = |status: Status, detail: String| {
+            Err((Answer::new(status, detail), Some(destination.clone())))
+        };
+        let credentials = parts
+            .headers
+            .get(header::PROXY_AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        if !self.settings.users.check(credentials) {
+            let detail = if credentials.is_some() {
+                "wrong credentials"
+            } else {
+                "credentials required"
+            };
+            return refuse(Status::ProxyAuthenticationRequired, detail.to_owned());
+        }
+        if !self.settings.policy.allows(&absolute.target) {
+            return refuse(
+                Status::Forbidden,
+                format!("destination {destination} is not allowed"),
+            );
+        }
+        let Ok(host) = HeaderValue::from_str(&absolute.host) else {
+            return refuse(Status::BadRequest, "invalid host".to_owned());
+        };
+
+        let mut upstreams = self.upstreams.lock().await;
+        upstreams.retain(|u| !u.sender.is_closed());
+        let mut upstream = match upstreams.iter().position(|u| u.destination == destination) {
+            Some(i) => upstreams.remove(i),
+            None => self
+                .dial(&absolute.target, &destination)
+                .await
+                .map_err(|answer| (answer, Some(destination.clone())))?,
+        };
+
+        let mut headers = parts.headers;
+        http::strip_hop_by_hop(&mut headers);
+        // hyper's server already answered `100 Continue` when the body was first read.
+        headers.remove(header::EXPECT);
+        headers.insert(header::HOST, host);
+        http::add_via(&mut headers);
+        let mut outgoing = Request::new(exchange.request_body(body));
+        *outgoing.method_mut() = parts.method;
+        *outgoing.version_mut() = Version::HTTP_11;
+        *outgoing.headers_mut() = headers;
+        *outgoing.uri_mut() = absolute.origin.parse().map_err(|e| {
+            (
+                Answer::new(Status::BadRequest, format!("invalid path: {e}")),
+                None,
+            )
+        })?;
+
+        let sent = match upstream.sender.ready().await {
+            Ok(()) => upstream.sender.send_request(outgoing).await,
+            Err(e) => Err(e),
+        };
+        let response = sent.map_err(|e| {
+            (
+                Answer::new(
+                    Status::BadGateway,
+                    format!("upstream {}: {e}", upstream.server),
+                ),
+                Some(destination.clone()),
+            )
+        })?;
+        let server = upstream.server;
+        upstreams.push(upstream);
+        if upstreams.len() > MAX_UPSTREAMS {
+            upstreams.remove(0);
+        }
+        drop(upstreams);
+
+        let (mut parts, body) = response.into_parts();
+        http::strip_hop_by_hop(&mut parts.headers);
+        http::add_via(&mut parts.headers);
+        let body = body.map_err(Into::into).boxed();
+        Ok((Response::from_parts(parts, body), destination, server))
+    }
+
+    /// A new upstream connection to an allowed destination: resolved, its addresses judged,
+    /// dialed ([`super::open`]), with hyper's client on it.
+    async fn dial(
+        &self,
+        target: &crate::destination::Target,
+        destination: &str,
+    ) -> Result<Upstream, Answer> {
+        let shared = self.conn.shared;
+        let (tcp, server) = super::open(self.settings, &shared.dns, target, destination)
+            .await
+            .map_err(|refusal| {
+                if let Some(class) = refusal.class {
+                    shared
+                        .metrics
+                        .frontend_rejected_total
+                        .with_label_values(&[
+                            self.conn.frontend.name.as_str(),
+                            &crate::address_class::reason(class),
+                        ])
+                        .inc();
+                }
+                Answer::from_refusal(refusal)
+            })?;
+        let _ = tcp.set_nodelay(true);
+        self.conn.keep_alive(tcp.as_fd());
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| Answer::new(Status::BadGateway, format!("upstream {server}: {e}")))?;
+        // Ends when the sender is dropped (with this client connection, or evicted) or the
+        // server closes.
+        shared.tracker.spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%server, error = %e, "upstream connection of plain requests failed");
+            }
+        });
+        Ok(Upstream {
+            destination: destination.to_owned(),
+            server,
+            sender,
+        })
+    }
+}
+
+/// Bytes through the client stream, for the log line.
+#[derive(Default)]
+struct Counts {
+    up: AtomicU64,
+    down: AtomicU64,
+}
+
+/// The client stream, counting what it carries in the log line's totals and, live, in
+/// `agent_proxy_bytes_total{path="userspace"}`.
+struct Counted<'a, S> {
+    inner: S,
+    counts: &'a Counts,
+    up: &'a prometheus::IntCounter,
+    down: &'a prometheus::IntCounter,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            self.counts.up.fetch_add(n, Ordering::Relaxed);
+            self.up.inc_by(n);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.counts.down.fetch_add(n as u64, Ordering::Relaxed);
+            self.down.inc_by(n as u64);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.counts.down.fetch_add(n as u64, Ordering::Relaxed);
+            self.down.inc_by(n as u64);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
