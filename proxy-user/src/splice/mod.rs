@@ -600,6 +600,11 @@ impl Splice<'_> {
     /// Forwards side `i`'s FIN to its peer once every byte before it has been handed over.
     fn forward_fin(&mut self, i: usize) -> Step {
         let p = 1 - i;
+        if self.sides[i].dir.is_finished() {
+            // Forwarded already (a carried direction reads its end-of-stream again): the
+            // peer's count now includes our FIN, and there is nothing left to wait for.
+            return Ok(());
+        }
         let counted = self
             .kernel
             .registry
@@ -617,6 +622,16 @@ impl Splice<'_> {
         let handed_over = peer.queued_for_send - self.sides[p].snd_base;
         let forwarded = counted.bytes + self.sides[i].copied + direct;
         if forwarded != received || handed_over != forwarded {
+            // What was taken for a FIN may be a reset whose error was read elsewhere (the
+            // kernel's redirect worker, a carried read): a socket we have not shut down
+            // ourselves is closed only by a reset, and its unread bytes are gone with it.
+            if forwarded != received
+                && !self.sides[p].dir.is_finished()
+                && net::is_closed(self.sides[i].fd()).map_err(internal)?
+            {
+                let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+                return Err(reset_end_at(i, "closed without FIN", &reset));
+            }
             if counted.passing != 0 {
                 // Passed bytes wait for us; normally the event said so already, but it may
                 // have been lost (ring buffer full).
