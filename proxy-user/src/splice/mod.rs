@@ -646,9 +646,9 @@ impl Splice<'_> {
             );
             // Still in flight: the verdict has not seen the last bytes yet, or they wait in the
             // peer's redirect queue. The tick looks again - unless the peer is gone.
-            if handed_over != forwarded {
-                self.peer_alive(p)?;
-            }
+            // Nothing of this direction can reach a closed peer: not the bytes in flight, nor
+            // those the verdict could not redirect to it (it left the map when it closed).
+            self.peer_alive(p)?;
             return Ok(());
         }
         if let Err(err) = net::shutdown_write(self.sides[p].fd()) {
