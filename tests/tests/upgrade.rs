@@ -7,8 +7,10 @@
 //! upgrade: each old process exits while it still flows, the newest keeps counting its bytes
 //! as kernel bytes, and logs its one line with its whole life and nothing copied in userspace.
 //! Elsewhere (the relay; a same-host agent's connection, paired with the upstream socket) the
-//! stream finishes in the process that accepted it. A broken new binary changes nothing: the
-//! old process keeps serving and counts the failure.
+//! stream finishes in the process that accepted it. A keep-alive connection idle across both
+//! upgrades answers exactly after them (moved too, on the kernel path for remote agents), and
+//! a TLS connection busy across the first upgrade finishes in the old process, byte-exact. A
+//! broken new binary changes nothing: the old process keeps serving and counts the failure.
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,8 +21,10 @@ use agent_proxy_tests::echo::{echo_once, echo_server, paced};
 use agent_proxy_tests::netns::NetNs;
 use agent_proxy_tests::pattern::Pattern;
 use agent_proxy_tests::peers::{V4, accept, connect, listen, recv_checked};
+use agent_proxy_tests::tls::{Ca, Validity, cert_dir, client_config, tls_connect};
 use agent_proxy_tests::{DaemonConfig, Dataplane, TestEnv, dataplane_tests};
 use anyhow::{Context as _, bail, ensure};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const CHUNKS: u64 = 320;
 const CHUNK: usize = 16 * 1024;
@@ -101,6 +105,22 @@ async fn handed_over<T>(
     Ok(())
 }
 
+/// One echo round on a kept connection: 1,000 bytes of pattern `seed` out and back, exact.
+async fn idle_round<S>(conn: &mut S, seed: u64) -> anyhow::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut out = vec![0u8; 1000];
+    Pattern::new(seed).fill(&mut out);
+    conn.write_all(&out).await?;
+    let mut back = vec![0u8; out.len()];
+    tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut back))
+        .await
+        .context("echo stalled")??;
+    ensure!(back == out, "the echo differs");
+    Ok(())
+}
+
 /// The ids of the eBPF maps `pid` holds.
 fn maps_of(pid: u32) -> std::collections::BTreeSet<u64> {
     bpftool::map_ids_of(pid).unwrap_or_default()
@@ -136,10 +156,21 @@ fn upgrades_keep_serving(dp: Dataplane) -> anyhow::Result<()> {
         let addr = env.daemon.config.listen;
         // A second frontend for the many short connections (the first carries the stream).
         let steady: SocketAddr = "127.0.0.1:7001".parse()?;
+        // And a TLS-terminating one (relayed in userspace whatever the data path).
+        let tls_fe: SocketAddr = "127.0.0.1:7002".parse()?;
+        let dir = cert_dir(ns)?;
+        let ca = Ca::new("upgrade ca")?;
+        let (cert, key) = ca
+            .server(&["proxy.test"], Validity::Now)?
+            .write(&dir, "proxy")?;
         let text = std::fs::read_to_string(env.daemon.config_path())?
             + &format!(
                 "\n[[frontend]]\nname = \"steady\"\nlisten = \"{steady}\"\nbackend = \"echo\"\n\
-                 \n[[backend]]\nname = \"echo\"\nservers = [\"{echo_addr}\"]\n"
+                 \n[[frontend]]\nname = \"tlsfe\"\nlisten = \"{tls_fe}\"\nbackend = \"echo\"\n\
+                 tls = {{ cert = \"{}\", key = \"{}\" }}\n\
+                 \n[[backend]]\nname = \"echo\"\nservers = [\"{echo_addr}\"]\n",
+                cert.display(),
+                key.display()
             );
         std::fs::write(env.daemon.config_path(), text)?;
         // SAFETY: signalling the daemon this test started.
@@ -157,6 +188,13 @@ fn upgrades_keep_serving(dp: Dataplane) -> anyhow::Result<()> {
             pid_in(&pid_file) == Some(first),
             "pid file before the upgrades"
         );
+
+        // A keep-alive connection that is idle across the upgrades: one round before, one
+        // after (on the kernel path for remote agents it moves with each upgrade).
+        let mut idle = connect(steady).await?;
+        idle_round(&mut idle, 1)
+            .await
+            .context("idle connection, before")?;
 
         // The paced stream, both ways, accepted by the first process.
         let client = connect(addr).await?;
@@ -195,6 +233,26 @@ fn upgrades_keep_serving(dp: Dataplane) -> anyhow::Result<()> {
             })
         };
 
+        // A TLS connection relayed by the first process, busy across its upgrade: it finishes
+        // there, byte-exact (20 rounds 50 ms apart, then a clean end).
+        let mut tls = tls_connect(tls_fe, "proxy.test", client_config(&ca, None)?).await?;
+        idle_round(&mut tls, 3)
+            .await
+            .context("TLS connection, first round")?;
+        let tls_task = tokio::spawn(async move {
+            for round in 0..20 {
+                idle_round(&mut tls, 10 + round).await?;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tls.shutdown().await?;
+            let mut rest = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut rest))
+                .await
+                .context("no EOF")??;
+            ensure!(rest.is_empty(), "{} stray bytes", rest.len());
+            anyhow::Ok(())
+        });
+
         tokio::time::sleep(Duration::from_millis(300)).await;
         held.lock().unwrap().extend(maps_of(first));
         let second = upgrade(first, &pid_file).await?;
@@ -224,6 +282,22 @@ fn upgrades_keep_serving(dp: Dataplane) -> anyhow::Result<()> {
         ensure!(
             down.len == len && down.hash == Pattern::hash(12, len) && down_mismatch.is_none(),
             "the stream's client received {down:?} ({down_mismatch:?})"
+        );
+        tls_task
+            .await?
+            .context("the TLS connection open across the first upgrade")?;
+        idle_round(&mut idle, 2)
+            .await
+            .context("idle connection, after the upgrades")?;
+        idle.shutdown().await?;
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut rest))
+            .await
+            .context("idle connection: no EOF")??;
+        ensure!(
+            rest.is_empty(),
+            "idle connection: {} stray bytes",
+            rest.len()
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
         stop.store(true, Ordering::SeqCst);
@@ -282,12 +356,12 @@ fn upgrades_keep_serving(dp: Dataplane) -> anyhow::Result<()> {
                     fields["message"]
                         .as_str()
                         .is_some_and(|m| m.ends_with("hand-over complete"))
-                        && fields["connections"].as_u64() == Some(1)
+                        && fields["connections"].as_u64() == Some(2)
                 })
                 .count();
             ensure!(
                 complete == 2,
-                "{complete} hand-overs of one connection logged:\n{log}"
+                "{complete} hand-overs of the stream and the idle connection logged:\n{log}"
             );
             // The newest process counts the stream's bytes as kernel bytes: the maps it was
             // spliced in came with it.
