@@ -25,12 +25,14 @@ use std::{
     io,
     net::SocketAddr,
     os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
-    sync::Mutex,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 /// Map descriptors of a set, in this order: `SPLICE_SOCKS`, `SPLICE_PEERS`, `SPLICE_CONNS`,
 /// `SPLICE_LIMITS`, `ROUTE_COUNTERS`, `KERNEL_ERRORS`, `SPLICE_EVENTS`.
@@ -104,7 +106,7 @@ pub struct Outgoing {
 /// it is steady.
 #[derive(Default)]
 pub struct Handover {
-    requested: CancellationToken,
+    requested: AtomicBool,
     tx: Mutex<Option<mpsc::UnboundedSender<Outgoing>>>,
     /// The sets of maps the successor was given: only their connections can move.
     sets: Mutex<Vec<u32>>,
@@ -115,11 +117,11 @@ impl Handover {
     pub fn request(&self, tx: mpsc::UnboundedSender<Outgoing>, sets: Vec<u32>) {
         *self.sets.lock().unwrap_or_else(|e| e.into_inner()) = sets;
         *self.tx.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
-        self.requested.cancel();
+        self.requested.store(true, Ordering::Release);
     }
 
     pub fn is_requested(&self) -> bool {
-        self.requested.is_cancelled()
+        self.requested.load(Ordering::Acquire)
     }
 
     /// Queues a record; gives it back if the exchange is closed (the caller keeps its

@@ -260,6 +260,8 @@ pub(crate) struct TcpBytes {
     /// Every byte ever queued for sending on this socket: acknowledged plus still queued (the
     /// connecting side's acknowledged SYN counts as one; callers work from a baseline).
     pub queued_for_send: u64,
+    /// The TCP state is `CLOSE`: reset, or both directions closed and acknowledged.
+    pub closed: bool,
 }
 
 fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
@@ -304,6 +306,7 @@ pub(crate) fn tcp_bytes(fd: BorrowedFd<'_>) -> io::Result<TcpBytes> {
     Ok(TcpBytes {
         received: info.tcpi_bytes_received.saturating_sub(u64::from(fin)),
         queued_for_send: info.tcpi_bytes_acked + outq,
+        closed: info.tcpi_state == CLOSE,
     })
 }
 

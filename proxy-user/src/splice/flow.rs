@@ -26,6 +26,7 @@ impl Splice<'_> {
             passing: side.passing != 0,
             forwarded: side.bytes + self.sides[i].copied + direct,
             handed_over: peer.queued_for_send - self.sides[p].snd_base,
+            peer_closed: peer.closed,
         })
     }
 
@@ -109,7 +110,7 @@ impl Splice<'_> {
             // seen empty it stays empty, and the copied bytes come after every redirected one.
             let now = self.progress(i)?;
             if now.handed_over < now.forwarded {
-                return self.peer_alive(p);
+                return peer_alive(p, now.peer_closed);
             }
             self.sides[i].dir.set_drained();
         }
@@ -140,21 +141,6 @@ impl Splice<'_> {
                 Err(e) => return Err(reset_end_at(i, "read", &e)),
             }
         }
-    }
-
-    /// Bytes are on their way to side `p`'s send queue: fine while `p` is open, a reset if it
-    /// is closed (reset by its peer), since they can never be delivered - nothing else would
-    /// end the wait, and the connection would stay with its map entries and fds.
-    pub(super) fn peer_alive(&self, p: usize) -> Step {
-        if net::is_closed(self.sides[p].fd()).map_err(|e| reset_end(p, &e))? {
-            let reset = io::Error::from(io::ErrorKind::ConnectionReset);
-            return Err(reset_end_at(
-                p,
-                "closed with bytes on their way to it",
-                &reset,
-            ));
-        }
-        Ok(())
     }
 
     /// Side `i` is carried and caught up (every byte read was written, the socket's queue is
@@ -236,6 +222,21 @@ impl Splice<'_> {
     }
 }
 
+/// Bytes are on their way to side `p`'s send queue: fine while `p` is open, a reset if it is
+/// closed (`closed`: reset by its peer), since they can never be delivered - nothing else
+/// would end the wait, and the connection would stay with its map entries and fds.
+pub(super) fn peer_alive(p: usize, closed: bool) -> Step {
+    if closed {
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        return Err(reset_end_at(
+            p,
+            "closed with bytes on their way to it",
+            &reset,
+        ));
+    }
+    Ok(())
+}
+
 /// An offer to the verdict to redirect a carried direction again ([`SpliceLimit::resume`]).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Offer {
@@ -304,6 +305,8 @@ struct Progress {
     forwarded: u64,
     /// Bytes that reached the peer's send queue since the splice started.
     handed_over: u64,
+    /// The peer's TCP state is `CLOSE`.
+    peer_closed: bool,
 }
 
 impl Progress {

@@ -625,10 +625,7 @@ impl Splice<'_> {
             // What was taken for a FIN may be a reset whose error was read elsewhere (the
             // kernel's redirect worker, a carried read): a socket we have not shut down
             // ourselves is closed only by a reset, and its unread bytes are gone with it.
-            if forwarded != received
-                && !self.sides[p].dir.is_finished()
-                && net::is_closed(self.sides[i].fd()).map_err(internal)?
-            {
+            if forwarded != received && !self.sides[p].dir.is_finished() && own.closed {
                 let reset = io::Error::from(io::ErrorKind::ConnectionReset);
                 return Err(reset_end_at(i, "closed without FIN", &reset));
             }
@@ -648,7 +645,7 @@ impl Splice<'_> {
             // peer's redirect queue. The tick looks again - unless the peer is gone.
             // Nothing of this direction can reach a closed peer: not the bytes in flight, nor
             // those the verdict could not redirect to it (it left the map when it closed).
-            self.peer_alive(p)?;
+            flow::peer_alive(p, peer.closed)?;
             return Ok(());
         }
         if let Err(err) = net::shutdown_write(self.sides[p].fd()) {
