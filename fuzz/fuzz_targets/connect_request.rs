@@ -19,15 +19,13 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../proxy-user/src/connect/request.rs"]
-#[allow(dead_code)]
-mod request;
-// The request file names the absolute-form parser as `crate::http::absolute`.
 #[path = "../../proxy-user/src/http"]
 #[allow(dead_code)]
 mod http {
     pub mod absolute;
+    pub mod request;
 }
+use http::request;
 
 include!("destination_modules.rs");
 

@@ -18,23 +18,19 @@ use std::sync::{LazyLock, Mutex};
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../proxy-user/src/connect"]
-#[allow(dead_code)]
-mod connect {
-    pub mod request;
-    pub mod scan;
-}
 #[path = "../../proxy-user/src/http"]
 #[allow(dead_code)]
 mod http {
     pub mod absolute;
     pub mod api;
+    pub mod request;
+    pub mod scan;
 }
 
 include!("destination_modules.rs");
 
-use connect::request::MAX_HEAD;
-use connect::scan::{Scanner, Stop};
+use http::request::MAX_HEAD;
+use http::scan::{Scanner, Stop};
 use http::{absolute, api};
 
 /// One frontend's `api` set across the run, and every label it gave.

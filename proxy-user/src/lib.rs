@@ -48,3 +48,5 @@ pub mod splice;
 mod tcp;
 mod tls;
 mod transparent;
+mod upstream;
+mod reverse;

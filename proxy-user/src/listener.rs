@@ -21,7 +21,7 @@ use ratelimit::RateLimiter;
 
 use crate::{
     conn::{self, Conn, Reject, Shared},
-    connect,
+    connect, reverse,
     pool::Pool,
     tcp,
     tls::{ClientTls, ServerTls},
@@ -79,9 +79,11 @@ pub(crate) enum Mode {
         tls: Option<Arc<ServerTls>>,
         backend_tls: Option<Arc<ClientTls>>,
     },
-    /// `mode = "connect"`: each connection's CONNECT request names its destination. (No TLS:
-    /// not supported on connect frontends yet, and not representable here.)
+    /// `mode = "connect"`: each connection's CONNECT request names its destination; with
+    /// `tls`, an HTTPS proxy.
     Connect(connect::Settings),
+    /// `mode = "http"`: a reverse proxy to a backend pool that sees each request.
+    Http(reverse::Settings),
     /// `mode = "transparent"`: each connection goes where iptables found it going. (No TLS:
     /// the agents' TLS passes through.)
     Transparent(transparent::Settings),
@@ -211,6 +213,7 @@ async fn handle(
         Mode::Transparent(settings) => {
             Box::pin(transparent::run(&conn, client, settings)).await;
         }
+        Mode::Http(settings) => Box::pin(reverse::run(&conn, client, settings)).await,
     }
 }
 

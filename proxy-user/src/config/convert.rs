@@ -17,7 +17,7 @@ use super::raw::{
 };
 use super::{
     Backend, BackendTls, Balance, CertFiles, Config, ConnectMode, Dataplane, DestinationRule,
-    Frontend, FrontendMode, FrontendTls, Global, LocalAgentsMode, LogFormat, RateLimit,
+    Frontend, FrontendMode, FrontendTls, Global, HttpMode, LocalAgentsMode, LogFormat, RateLimit,
     TcpKeepalive, User, pool, value,
 };
 
@@ -103,7 +103,7 @@ pub(super) fn config(raw: RawConfig) -> Result<Config> {
 
     for (frontend, backend_ref) in frontends.iter().zip(&backend_refs) {
         let backend = match &frontend.mode {
-            FrontendMode::Tcp { backend } => backend,
+            FrontendMode::Tcp { backend } | FrontendMode::Http(HttpMode { backend, .. }) => backend,
             FrontendMode::Transparent(mode) => match &mode.backend {
                 Some(backend) => backend,
                 None => continue,
@@ -317,8 +317,9 @@ fn frontend(
             "tcp" => Ok(Kind::Tcp),
             "connect" => Ok(Kind::Connect),
             "transparent" => Ok(Kind::Transparent),
+            "http" => Ok(Kind::Http),
             other => Err(format!(
-                "invalid mode \"{other}\": expected tcp, connect or transparent"
+                "invalid mode \"{other}\": expected tcp, connect, transparent or http"
             )),
         })?,
         None => Kind::Tcp,
@@ -333,12 +334,6 @@ fn frontend(
                         "frontend \"{name}\": `backend` is not used in connect mode (each CONNECT \
                          request names its destination; list them in allow_destinations)"
                     ),
-                ));
-            }
-            if let Some(tls) = &raw.tls {
-                return Err(error_at(
-                    tls.span(),
-                    "`tls` is not supported in connect mode yet",
                 ));
             }
             (FrontendMode::Connect(connect_mode(&raw)?), None)
@@ -357,18 +352,30 @@ fn frontend(
             let mode = super::transparent::mode(&raw, &name, listen)?;
             (FrontendMode::Transparent(mode), span)
         }
-        Kind::Tcp => {
-            // tcp mode sends every connection to its backend.
+        Kind::Tcp | Kind::Http => {
+            // tcp and http mode send every connection to their backend.
             let Some(backend) = &raw.backend else {
+                let mode = if kind == Kind::Tcp { "tcp" } else { "http" };
                 return Err(error_at(
                     header,
-                    format!("frontend \"{name}\": missing `backend` (required in tcp mode)"),
+                    format!("frontend \"{name}\": missing `backend` (required in {mode} mode)"),
                 ));
             };
-            let mode = FrontendMode::Tcp {
-                backend: backend.get_ref().clone(),
+            let backend = backend.get_ref().clone();
+            let span = raw.backend.as_ref().map(Spanned::span);
+            let mode = match kind {
+                Kind::Http => FrontendMode::Http(HttpMode {
+                    backend,
+                    request_timeout: timeout(
+                        "request_timeout",
+                        raw.request_timeout.as_ref(),
+                        ConnectMode::DEFAULT_REQUEST_TIMEOUT,
+                    )?,
+                    request_metrics: raw.request_metrics.as_ref().is_none_or(|m| *m.get_ref()),
+                }),
+                _ => FrontendMode::Tcp { backend },
             };
-            (mode, Some(backend.span()))
+            (mode, span)
         }
     };
 
@@ -393,6 +400,7 @@ enum Kind {
     Tcp,
     Connect,
     Transparent,
+    Http,
 }
 
 /// A mode-specific key: its name, where it is (when set), the modes that use it and how they
@@ -401,8 +409,8 @@ type KeyUse<'a> = (&'a str, Option<Range<usize>>, &'a [Kind], &'a str);
 
 /// Refuses a key of another mode, naming the modes that use it.
 fn refuse_other_modes_keys(raw: &RawFrontend, name: &str, kind: Kind) -> Result<()> {
-    use Kind::{Connect, Transparent};
-    let keys: [KeyUse<'_>; 6] = [
+    use Kind::{Connect, Http, Transparent};
+    let keys: [KeyUse<'_>; 7] = [
         (
             "users",
             raw.users.as_ref().map(Spanned::span),
@@ -424,8 +432,14 @@ fn refuse_other_modes_keys(raw: &RawFrontend, name: &str, kind: Kind) -> Result<
         (
             "request_timeout",
             raw.request_timeout.as_ref().map(Spanned::span),
-            &[Connect],
-            "connect mode",
+            &[Connect, Http],
+            "connect and http mode",
+        ),
+        (
+            "request_metrics",
+            raw.request_metrics.as_ref().map(Spanned::span),
+            &[Http],
+            "http mode",
         ),
         (
             "intercept",

@@ -346,6 +346,20 @@ pub enum FrontendMode {
     /// Connections redirected by iptables; each one's destination is the address it was sent
     /// to (docs/transparent.md).
     Transparent(TransparentMode),
+    /// An HTTP/1.1 reverse proxy to `backend` that sees each request (docs/http.md).
+    Http(HttpMode),
+}
+
+/// The settings of a `mode = "http"` frontend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpMode {
+    /// The backend every request goes to, which exists in [`Config::backends`].
+    pub backend: String,
+    /// How long a client may take to send its first request head (408 after it).
+    pub request_timeout: Duration,
+    /// Per-request metrics (`agent_proxy_http_requests_total` and the rest, by `api`); `false`
+    /// leaves them out.
+    pub request_metrics: bool,
 }
 
 /// The settings of a `mode = "transparent"` frontend.

@@ -78,6 +78,8 @@ pub(super) struct RawFrontend {
     pub connect_timeout: Option<Spanned<String>>,
     pub request_timeout: Option<Spanned<String>>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
+    // Http mode only (`request_timeout` also connect mode).
+    pub request_metrics: Option<Spanned<bool>>,
     // Transparent mode only (`connect_timeout` and `allow_destinations` too).
     pub intercept: Option<Spanned<RawIntercept>>,
     pub sniff_timeout: Option<Spanned<String>>,

@@ -29,106 +29,69 @@
 //! ([`crate::http::RequestMetrics`]).
 
 use std::convert::Infallible;
-use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd as _;
-use std::pin::Pin;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Version};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
-use tokio::net::TcpStream;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::heads::{Heads, Verdict};
-use super::request::RequestError;
 use super::{Refusal, Settings, Status};
 use crate::conn::{Conn, End, Outcome, Path, Route};
+use crate::http::request::RequestError;
+use crate::http::serve::{self, Limits, Tally};
 use crate::http::{self, Body, Exchange, absolute};
 
 /// Upstream connections kept per client connection, each to one destination.
 const MAX_UPSTREAMS: usize = 4;
 
 /// Serves a connection whose first request is an absolute-form plain request, to its end, log
-/// line included.
-pub(super) async fn serve(conn: &Conn<'_>, mut client: TcpStream, settings: &Settings) {
-    let counts = Counts::default();
+/// line included. `prefix`: the bytes of the connection already read (a TLS client's first
+/// head); a plain client's first head was only peeked at, and is read again from the socket.
+pub(super) async fn serve<S>(conn: &Conn<'_>, mut client: S, prefix: Vec<u8>, settings: &Settings)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let counters = conn.relay_counters();
-    let verdict = Verdict::default();
+    let tally = Tally::new(counters.up, counters.down);
     let forwarder = Forwarder {
         conn,
         settings,
         upstreams: tokio::sync::Mutex::new(Vec::new()),
         summary: Mutex::new(Summary::default()),
     };
-    let (end, mut detail) = {
-        let io = Counted {
-            inner: Heads::new(&mut client, &verdict),
-            counts: &counts,
-            up: &counters.up,
-            down: &counters.down,
-        };
-        let service = hyper::service::service_fn(|request| forwarder.handle(request));
-        let served = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(settings.request_timeout)
-            .max_buf_size(super::request::MAX_HEAD.max(8192) * 4)
-            .serve_connection(TokioIo::new(io), service);
-        let mut served = std::pin::pin!(served);
-        // A refused head: hyper finishes the request before it, then stops.
-        let ended = async {
-            tokio::select! {
-                result = served.as_mut() => return result,
-                () = verdict.wait() => {}
-            }
-            served.as_mut().graceful_shutdown();
-            served.await
-        };
-        tokio::select! {
-            result = ended => match result {
-                Ok(()) => (End::ClientClose, String::new()),
-                Err(e) if e.is_timeout() => (
-                    End::IdleTimeout,
-                    format!("no request head within {:?}", settings.request_timeout),
-                ),
-                Err(e) if e.is_incomplete_message() => (End::ClientClose, format!("client: {e}")),
-                Err(e) => (End::ClientReset, format!("client: {e}")),
-            },
-            () = conn.shared.abort.cancelled() => (End::Shutdown, "cut at shutdown".to_owned()),
-        }
+    let limits = Limits {
+        first_head: None,
+        idle: conn.frontend.idle_timeout,
     };
+    let served = serve::serve(
+        &mut client,
+        prefix,
+        |request| forwarder.handle(request),
+        limits,
+        &conn.shared.abort,
+        &tally,
+    )
+    .await;
     let mut summary = forwarder
         .summary
         .into_inner()
         .unwrap_or_else(|e| e.into_inner());
     drop(forwarder.upstreams);
-    let mut end = end;
-    if let Some((error, head)) = verdict.refused()
-        && end != End::Shutdown
-    {
+    let (mut end, mut detail) = (served.end, served.detail);
+    if let Some((error, head)) = served.refused {
         let status = match error {
             RequestError::TooLarge => Status::HeaderFieldsTooLarge,
             RequestError::Malformed(_) | RequestError::Duplicate(_) => Status::BadRequest,
         };
-        let (method, origin) = request_line(head);
+        let (method, origin) = serve::request_line(&head);
         settings.http.start(&method, &origin).finish(status.code());
-        let answer = status.response(&error.to_string());
-        if tokio::time::timeout(super::ANSWER_TIMEOUT, client.write_all(answer.as_bytes()))
-            .await
-            .is_ok_and(|written| written.is_ok())
-        {
-            counts
-                .down
-                .fetch_add(answer.len() as u64, Ordering::Relaxed);
-            counters.down.inc_by(answer.len() as u64);
-        }
-        super::linger_close(client).await;
+        serve::answer(client, &status.response(&error.to_string()), &tally).await;
         summary.requests += 1;
         summary.status = Some(status.code());
         end = End::Refused;
@@ -141,8 +104,7 @@ pub(super) async fn serve(conn: &Conn<'_>, mut client: TcpStream, settings: &Set
         status: status.as_deref().unwrap_or("-"),
         ..Route::NONE
     };
-    let up = counts.up.load(Ordering::Relaxed);
-    let down = counts.down.load(Ordering::Relaxed);
+    let (up, down) = tally.totals();
     let requests = summary.requests;
     let detail = if detail.is_empty() {
         format!("plain requests: {requests}")
@@ -157,23 +119,6 @@ pub(super) async fn serve(conn: &Conn<'_>, mut client: TcpStream, settings: &Set
         ..Outcome::nothing(end, detail)
     };
     conn.finish(&route, Path::Userspace, &outcome);
-}
-
-/// The method and origin-form target of a refused head, as far as its request line reads,
-/// for the metrics' labels (which bound them).
-fn request_line(head: &[u8]) -> (String, String) {
-    let line = head
-        .split(|&b| b == b'\r' || b == b'\n')
-        .next()
-        .unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut words = line.split(' ');
-    let method = words.next().unwrap_or_default().to_owned();
-    let origin = words
-        .next()
-        .and_then(|target| absolute::parse(target).ok())
-        .map_or_else(|| "/".to_owned(), |a| a.origin);
-    (method, origin)
 }
 
 /// What the log line says of the requests.
@@ -435,78 +380,5 @@ impl Forwarder<'_, '_> {
             server,
             sender,
         })
-    }
-}
-
-/// Bytes through the client stream, for the log line.
-#[derive(Default)]
-struct Counts {
-    up: AtomicU64,
-    down: AtomicU64,
-}
-
-/// The client stream, counting what it carries in the log line's totals and, live, in
-/// `agent_proxy_bytes_total{path="userspace"}`.
-struct Counted<'a, S> {
-    inner: S,
-    counts: &'a Counts,
-    up: &'a prometheus::IntCounter,
-    down: &'a prometheus::IntCounter,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = (buf.filled().len() - before) as u64;
-        if n > 0 {
-            self.counts.up.fetch_add(n, Ordering::Relaxed);
-            self.up.inc_by(n);
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = polled {
-            self.counts.down.fetch_add(n as u64, Ordering::Relaxed);
-            self.down.inc_by(n as u64);
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = polled {
-            self.counts.down.fetch_add(n as u64, Ordering::Relaxed);
-            self.down.inc_by(n as u64);
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -5,10 +5,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use super::request::{self, MAX_HEAD, Peeked, Request, RequestError, Step};
+use crate::http::request::{self, MAX_HEAD, Peeked, Request, RequestError, Step};
 use crate::destination::{Target, TargetHost};
 use crate::peek::{self, Seen};
 use crate::{
@@ -74,15 +74,67 @@ pub(crate) async fn read_head(
         Ok(Step::Wait) => (false, 0),
         Err(stalled) => (false, stalled.sent),
     };
-    let detail = match (reset, sent) {
+    Err(HeadError::Gone {
+        reset,
+        detail: gone_detail(reset, sent).into(),
+    })
+}
+
+/// Reads one request head from a stream that cannot be peeked at (a TLS session): what was
+/// read comes back with the request, the head and whatever the client sent behind it (bytes
+/// for the tunnel, or the start of a plain request's body), for the caller to pass on.
+pub(crate) async fn read_head_from<S: AsyncRead + Unpin>(
+    client: &mut S,
+    within: Duration,
+) -> Result<(Request, Vec<u8>), HeadError> {
+    let mut buf = Vec::with_capacity(4096);
+    let read = async {
+        let mut chunk = vec![0u8; 4096];
+        loop {
+            let (n, reset) = match client.read(&mut chunk).await {
+                Ok(n) => (n, false),
+                Err(_) => (0, true),
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            let peeked = if reset {
+                Peeked::Reset
+            } else {
+                Peeked::Bytes {
+                    bytes: &buf,
+                    closed: n == 0,
+                }
+            };
+            match request::step(peeked) {
+                Step::Wait => {}
+                step => return step,
+            }
+        }
+    };
+    let step = tokio::time::timeout(within, read)
+        .await
+        .map_err(|_| HeadError::Timeout)?;
+    match step {
+        Step::Complete(request) => Ok((request, buf)),
+        Step::Refuse(e) => Err(HeadError::Request(e)),
+        // The loop returns every step but `Wait`.
+        Step::Gone { reset, sent } => Err(HeadError::Gone {
+            reset,
+            detail: gone_detail(reset, sent).into(),
+        }),
+        Step::Wait => Err(HeadError::Gone {
+            reset: false,
+            detail: gone_detail(false, 0).into(),
+        }),
+    }
+}
+
+/// Why there is no head to answer.
+fn gone_detail(reset: bool, sent: usize) -> &'static str {
+    match (reset, sent) {
         (true, _) => "client reset the connection during its request",
         (false, 0) => "client closed without a request",
         (false, _) => "client closed in the middle of its request",
-    };
-    Err(HeadError::Gone {
-        reset,
-        detail: detail.into(),
-    })
+    }
 }
 
 /// Copies what the client sent behind its head (a pipelined ClientHello) to the upstream,

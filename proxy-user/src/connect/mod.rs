@@ -7,7 +7,7 @@
 //!    ([`handshake::read_head`]), until the tunnel is up;
 //! 3. checks, each with its answer: a head that is not HTTP/1.x, a target that is not
 //!    `host:port`, a second `Host`, `Content-Length`, `Proxy-Authorization` or
-//!    `Transfer-Encoding` header ([`request::SINGLE_HEADERS`]), or framing that could be read
+//!    `Transfer-Encoding` header ([`crate::http::request::SINGLE_HEADERS`]), or framing that could be read
 //!    two ways (request smuggling) (400), too large (431) or too slow (408); a method other
 //!    than CONNECT whose target is not an absolute `http://` URL (405); an absolute-form plain
 //!    request goes to [`forward`] instead, the head still unread, which checks each request
@@ -29,9 +29,10 @@
 pub(crate) mod auth;
 mod forward;
 pub(crate) mod handshake;
-mod heads;
-pub(crate) mod request;
-pub(crate) mod scan;
+mod secure;
+
+
+
 
 #[cfg(test)]
 mod tests;
@@ -41,7 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::IntCounter;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use crate::address_class::Special;
@@ -51,10 +52,12 @@ use crate::destination::Target;
 use crate::destination::{Judgement, Policy};
 use crate::dns::Dns;
 use crate::http::RequestMetrics;
+use crate::http::request::{Request, RequestError};
+use crate::http::serve::{ANSWER_TIMEOUT, linger_close};
 use crate::metrics::Metrics;
 use crate::report::error_chain;
+use crate::tls::ServerTls;
 use handshake::HeadError;
-use request::RequestError;
 
 /// What a connect frontend needs at run time, built once from its config.
 #[derive(Debug)]
@@ -70,11 +73,18 @@ pub(crate) struct Settings {
     early_bytes: IntCounter,
     /// The per-request metrics of plain requests forwarded ([`forward`]).
     http: RequestMetrics,
+    /// TLS terminated on the frontend (an HTTPS proxy, [`secure`]); `None`: plaintext.
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl Settings {
     /// `frontend`: the frontend's name, the label of its metrics.
-    pub(crate) fn new(config: &ConnectMode, metrics: &Arc<Metrics>, frontend: &str) -> Self {
+    pub(crate) fn new(
+        config: &ConnectMode,
+        metrics: &Arc<Metrics>,
+        frontend: &str,
+        tls: Option<Arc<ServerTls>>,
+    ) -> Self {
         Self {
             users: auth::Users::new(&config.users),
             policy: Policy::new(config.allow_destinations.clone()),
@@ -97,7 +107,15 @@ impl Settings {
                 "userspace",
             ]),
             http: RequestMetrics::new(metrics, frontend),
+            tls,
         }
+    }
+}
+
+impl Settings {
+    /// TLS terminated on the frontend, if any.
+    pub(crate) fn tls(&self) -> Option<&ServerTls> {
+        self.tls.as_deref()
     }
 }
 
@@ -233,30 +251,23 @@ impl Refusal {
     }
 }
 
-/// How long a refusal's answer may take to write, and how long the client then gets to read
-/// it and close (see [`linger_close`]).
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// Serves one admitted connection of a connect frontend to its end, log line included.
 pub(crate) async fn run(conn: &Conn<'_>, mut client: TcpStream, settings: &Settings) {
-    let (frontend, shared) = (conn.frontend, conn.shared);
-    let count = |status: &str| {
-        shared
-            .metrics
-            .connect_requests_total
-            .with_label_values(&[frontend.name.as_str(), status])
-            .inc();
-    };
+    if let Some(tls) = &settings.tls {
+        return Box::pin(secure::run(conn, client, settings, tls)).await;
+    }
     // The drain's end cuts a handshake as it cuts a tunnel.
     let negotiated = tokio::select! {
-        result = negotiate(&mut client, settings, &shared.dns) => result,
-        () = shared.abort.cancelled() => {
+        result = negotiate(&mut client, settings, &conn.shared.dns) => result,
+        () = conn.shared.abort.cancelled() => {
             conn.finish_nothing(End::Shutdown, "cut during the CONNECT handshake".into());
             return;
         }
     };
     match negotiated {
-        Ok(Negotiated::Forward) => Box::pin(forward::serve(conn, client, settings)).await,
+        Ok(Negotiated::Forward) => {
+            Box::pin(forward::serve(conn, client, Vec::new(), settings)).await;
+        }
         Ok(Negotiated::Tunnel(tunnel)) => {
             settings.tunnels.inc();
             for stream in [&client, &tunnel.upstream] {
@@ -275,43 +286,51 @@ pub(crate) async fn run(conn: &Conn<'_>, mut client: TcpStream, settings: &Setti
                 rest.await;
             }
         }
-        Err(refusal) => {
-            if let Some(class) = refusal.class {
-                shared
-                    .metrics
-                    .frontend_rejected_total
-                    .with_label_values(&[
-                        frontend.name.as_str(),
-                        &crate::address_class::reason(class),
-                    ])
-                    .inc();
-            }
-            let (end, code) = match refusal.status {
-                Ok(status) => {
-                    let code = status.code().to_string();
-                    count(&code);
-                    let answer = status.response(&refusal.detail);
-                    let _ =
-                        tokio::time::timeout(ANSWER_TIMEOUT, client.write_all(answer.as_bytes()))
-                            .await;
-                    linger_close(client).await;
-                    let end = match status {
-                        Status::BadGateway | Status::GatewayTimeout => End::ConnectFailed,
-                        _ => End::Refused,
-                    };
-                    (end, code)
-                }
-                Err(end) => (end, "-".to_owned()),
-            };
-            let route = Route {
-                server: "-",
-                destination: &refusal.destination,
-                status: &code,
-                ..Route::NONE
-            };
-            conn.finish(&route, Path::None, &Outcome::nothing(end, refusal.detail));
-        }
+        Err(refusal) => refuse(conn, client, refusal).await,
     }
+}
+
+/// Answers a request that gets no tunnel (or logs a client that left before one could be
+/// answered), counts it and logs the connection.
+async fn refuse<S>(conn: &Conn<'_>, mut client: S, refusal: Refusal)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (frontend, metrics) = (conn.frontend, &conn.shared.metrics);
+    if let Some(class) = refusal.class {
+        metrics
+            .frontend_rejected_total
+            .with_label_values(&[
+                frontend.name.as_str(),
+                &crate::address_class::reason(class),
+            ])
+            .inc();
+    }
+    let (end, code) = match refusal.status {
+        Ok(status) => {
+            let code = status.code().to_string();
+            metrics
+                .connect_requests_total
+                .with_label_values(&[frontend.name.as_str(), &code])
+                .inc();
+            let answer = status.response(&refusal.detail);
+            let _ = tokio::time::timeout(ANSWER_TIMEOUT, client.write_all(answer.as_bytes())).await;
+            linger_close(client).await;
+            let end = match status {
+                Status::BadGateway | Status::GatewayTimeout => End::ConnectFailed,
+                _ => End::Refused,
+            };
+            (end, code)
+        }
+        Err(end) => (end, "-".to_owned()),
+    };
+    let route = Route {
+        server: "-",
+        destination: &refusal.destination,
+        status: &code,
+        ..Route::NONE
+    };
+    conn.finish(&route, Path::None, &Outcome::nothing(end, refusal.detail));
 }
 
 /// Steps 2-5 of the module doc.
@@ -322,37 +341,73 @@ async fn negotiate(
 ) -> Result<Negotiated, Refusal> {
     let request = handshake::read_head(client, settings.request_timeout)
         .await
-        .map_err(|e| match e {
-            HeadError::Request(e) => {
-                let status = match &e {
-                    RequestError::Malformed(_) | RequestError::Duplicate(_) => Status::BadRequest,
-                    RequestError::TooLarge => Status::HeaderFieldsTooLarge,
-                };
-                Refusal::new(status, "-", e.to_string())
-            }
-            HeadError::Timeout => Refusal::new(
-                Status::RequestTimeout,
-                "-",
-                format!(
-                    "request head not complete within {:?}",
-                    settings.request_timeout
-                ),
-            ),
-            HeadError::Gone { reset, detail } => Refusal {
-                status: Err(if reset {
-                    End::ClientReset
-                } else {
-                    End::ClientClose
-                }),
-                destination: "-".into(),
-                detail,
-                class: None,
-            },
-        })?;
-    if request.absolute.is_some() {
+        .map_err(|e| head_refusal(e, settings))?;
+    let Some((target, destination)) = check(&request, settings)? else {
         return Ok(Negotiated::Forward);
+    };
+    let (upstream, server) = open(settings, dns, &target, &destination).await?;
+    let gone = |detail: String| Refusal {
+        status: Err(End::ClientClose),
+        destination: destination.clone(),
+        detail,
+        class: None,
+    };
+    client
+        .write_all(ESTABLISHED)
+        .await
+        .map_err(|e| gone(format!("client: {e}")))?;
+    let mut upstream = upstream;
+    let early = handshake::forward_early_bytes(client, &mut upstream)
+        .await
+        .map_err(gone)?;
+    Ok(Negotiated::Tunnel(Tunnel {
+        upstream,
+        consumed: (request.head_len + early) as u64,
+        early: early as u64,
+        server,
+        destination,
+    }))
+}
+
+/// The answer to a head that could not be read.
+fn head_refusal(e: HeadError, settings: &Settings) -> Refusal {
+    match e {
+        HeadError::Request(e) => {
+            let status = match &e {
+                RequestError::Malformed(_) | RequestError::Duplicate(_) => Status::BadRequest,
+                RequestError::TooLarge => Status::HeaderFieldsTooLarge,
+            };
+            Refusal::new(status, "-", e.to_string())
+        }
+        HeadError::Timeout => Refusal::new(
+            Status::RequestTimeout,
+            "-",
+            format!(
+                "request head not complete within {:?}",
+                settings.request_timeout
+            ),
+        ),
+        HeadError::Gone { reset, detail } => Refusal {
+            status: Err(if reset {
+                End::ClientReset
+            } else {
+                End::ClientClose
+            }),
+            destination: "-".into(),
+            detail,
+            class: None,
+        },
     }
-    let Some(target) = request.target else {
+}
+
+/// Step 3 of the module doc for a complete head: the CONNECT's target and its text, once the
+/// credentials and the destination policy allow it; `None` for an absolute-form plain request
+/// ([`forward`] checks each of those).
+fn check(request: &Request, settings: &Settings) -> Result<Option<(Target, String)>, Refusal> {
+    if request.absolute.is_some() {
+        return Ok(None);
+    }
+    let Some(target) = request.target.clone() else {
         return Err(Refusal::new(
             Status::MethodNotAllowed,
             "-",
@@ -383,28 +438,7 @@ async fn negotiate(
             format!("destination {destination} is not allowed"),
         ));
     }
-    let (upstream, server) = open(settings, dns, &target, &destination).await?;
-    let gone = |detail: String| Refusal {
-        status: Err(End::ClientClose),
-        destination: destination.clone(),
-        detail,
-        class: None,
-    };
-    client
-        .write_all(ESTABLISHED)
-        .await
-        .map_err(|e| gone(format!("client: {e}")))?;
-    let mut upstream = upstream;
-    let early = handshake::forward_early_bytes(client, &mut upstream)
-        .await
-        .map_err(gone)?;
-    Ok(Negotiated::Tunnel(Tunnel {
-        upstream,
-        consumed: (request.head_len + early) as u64,
-        early: early as u64,
-        server,
-        destination,
-    }))
+    Ok(Some((target, destination)))
 }
 
 /// Step 4 of the module doc, for a destination the policy allows: resolves it, keeps the
@@ -465,24 +499,4 @@ async fn open(
                 format!("cannot connect to {destination}: {e}"),
             )
         })
-}
-
-/// Closes after an error answer without resetting it away: closing a socket with unread bytes
-/// (say, a pipelined ClientHello) sends a RST, and a RST can discard the answer before the
-/// client reads it. So: shut down the write side (FIN after the answer), discard what the client
-/// sends until it closes, at most [`ANSWER_TIMEOUT`] and 1 MiB, then close.
-async fn linger_close(mut client: TcpStream) {
-    const MAX_DISCARD: usize = 1 << 20;
-    let _ = client.shutdown().await;
-    let _ = tokio::time::timeout(ANSWER_TIMEOUT, async {
-        let mut buf = [0u8; 4096];
-        let mut discarded = 0;
-        while discarded < MAX_DISCARD {
-            match client.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => discarded += n,
-            }
-        }
-    })
-    .await;
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use super::Status;
-use super::request::{MAX_HEAD, Request, RequestError, parse};
+use crate::http::request::{MAX_HEAD, Request, RequestError, parse};
 use crate::address_class::Special;
 use crate::destination::{DestinationRule, Judgement, Policy, Target, TargetHost};
 
@@ -83,7 +83,7 @@ fn malformed_heads_are_refused() {
 /// header, still parse.
 #[test]
 fn duplicate_single_headers_are_refused() {
-    use super::request::{Peeked, Step, step};
+    use crate::http::request::{Peeked, Step, step};
     let auth = "Proxy-Authorization: Basic YTpi\r\n";
     let cases = [
         (
@@ -438,7 +438,7 @@ fn answers_are_complete_http_responses() {
 /// has closed or reset (issue 21).
 #[test]
 fn a_closed_client_is_never_waited_for() {
-    use super::request::{Peeked, Step, step};
+    use crate::http::request::{Peeked, Step, step};
     let head = b"CONNECT intake.example.com:443 HTTP/1.1\r\nHost: intake.example.com:443\r\n\r\n";
     for n in 0..head.len() {
         let bytes = &head[..n];

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{Config, DnsTtl, FrontendMode, RateLimit},
     conn::{self, Shared},
-    connect,
+    connect, reverse,
     dns::Dns,
     listener::{self, Listener, Mode, Serving, ratelimit::RateLimiter},
     net,
@@ -184,7 +184,9 @@ impl Generation {
                 Mode::Tcp {
                     tls, backend_tls, ..
                 } => (tls.is_some(), backend_tls.is_some()),
-                Mode::Connect(_) | Mode::Transparent(_) => (false, false),
+                Mode::Connect(settings) => (settings.tls().is_some(), false),
+                Mode::Http(settings) => (settings.tls.is_some(), settings.backend_tls.is_some()),
+                Mode::Transparent(_) => (false, false),
             };
             let previous = old.and_then(|old| old.frontends.iter().find(|f| f.name == fe.name));
             let kept = old.and_then(|old| {
@@ -207,7 +209,7 @@ impl Generation {
             let local_agents = process.kernel.as_ref().is_some_and(|k| k.local.is_some())
                 && !client_tls
                 && !upstream_tls
-                && !matches!(mode, Mode::Transparent(_));
+                && !matches!(mode, Mode::Transparent(_) | Mode::Http(_));
             // Slots and rate-limit windows stay with the frontend's name.
             let limit = match previous {
                 Some(p) => Arc::clone(&p.limit),
@@ -431,10 +433,26 @@ fn mode<'c>(
                      tunnels to allow_destinations");
             }
             (
-                Mode::Connect(connect::Settings::new(connect, &process.metrics, &fe.name)),
+                Mode::Connect(connect::Settings::new(
+                    connect,
+                    &process.metrics,
+                    &fe.name,
+                    tls.frontends.get(&fe.name).cloned(),
+                )),
                 "-",
             )
         }
+        FrontendMode::Http(http) => (
+            Mode::Http(reverse::Settings::new(
+                http,
+                Arc::clone(&pools[&http.backend].pool),
+                tls.frontends.get(&fe.name).cloned(),
+                tls.backends.get(&http.backend).cloned(),
+                &process.metrics,
+                &fe.name,
+            )),
+            http.backend.as_str(),
+        ),
         FrontendMode::Transparent(transparent) => {
             let pool = transparent
                 .backend

@@ -7,12 +7,17 @@
 //! uses it; it knows nothing of modes or connections.
 pub(crate) mod absolute;
 pub(crate) mod api;
+pub(crate) mod heads;
+pub(crate) mod request;
+pub(crate) mod scan;
+pub(crate) mod serve;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use http_body_util::{BodyExt as _, combinators::BoxBody};
 use hyper::body::{Bytes, Frame};
+use hyper::StatusCode;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use prometheus::IntCounter;
 
@@ -30,6 +35,46 @@ pub(crate) fn full(text: impl Into<Bytes>) -> Body {
     http_body_util::Full::new(text.into())
         .map_err(|never| match never {})
         .boxed()
+}
+
+/// The one-line text body of an answer the proxy writes itself.
+fn answer_body(status: StatusCode, detail: &str) -> String {
+    let reason = status.canonical_reason().unwrap_or("Error");
+    format!("agent-proxy: {reason}: {detail}\n")
+}
+
+/// An answer the proxy writes itself, as hyper sends it: a one-line text body with its
+/// `Content-Length`; `Connection: close` after a 400 (the request could not be read as one).
+pub(crate) fn answer(status: StatusCode, detail: &str) -> hyper::Response<Body> {
+    let body = answer_body(status, detail);
+    let length = HeaderValue::from(body.len());
+    let mut response = hyper::Response::new(full(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    // Stated: the metrics' wrapper hides the body's length from hyper, which would send it
+    // chunked.
+    headers.insert(header::CONTENT_LENGTH, length);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if status == StatusCode::BAD_REQUEST {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// The same answer as raw bytes, for a connection hyper no longer serves (a refused head):
+/// always `Connection: close`.
+pub(crate) fn answer_text(status: StatusCode, detail: &str) -> String {
+    let body = answer_body(status, detail);
+    format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error"),
+        body.len()
+    )
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1), and the

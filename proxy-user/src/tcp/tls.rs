@@ -5,11 +5,12 @@ use std::os::fd::AsFd as _;
 use tokio::net::TcpStream;
 
 use crate::{
-    conn::{Conn, End, Path, Shared},
+    conn::{Conn, End, Path},
     net,
-    pool::{ConnectError, Lease, Pool},
-    relay,
+    pool::Pool,
+    relay::{self, TcpUnder as _},
     tls::{ClientTls, HandshakeError, ServerTls},
+    upstream::{self, Dialed},
 };
 
 /// One end of a connection: the TCP socket, or the TLS session over it.
@@ -19,7 +20,6 @@ enum Stream<T> {
 }
 
 type ClientStream = Stream<tokio_rustls::server::TlsStream<TcpStream>>;
-type UpstreamStream = Stream<tokio_rustls::client::TlsStream<TcpStream>>;
 
 impl ClientStream {
     /// The TCP socket, for a reset.
@@ -27,16 +27,6 @@ impl ClientStream {
         match self {
             Stream::Plain(tcp) => tcp,
             Stream::Tls(tls) => tls.into_inner().0,
-        }
-    }
-}
-
-impl UpstreamStream {
-    /// The TCP socket under the stream.
-    fn tcp(&self) -> std::os::fd::BorrowedFd<'_> {
-        match self {
-            Stream::Plain(tcp) => tcp.as_fd(),
-            Stream::Tls(tls) => relay::TcpUnder::tcp(&**tls),
         }
     }
 }
@@ -73,7 +63,7 @@ pub(super) async fn run(
         },
         None => Stream::Plain(client),
     };
-    let (upstream, lease) = match dial(pool, backend_tls, shared).await {
+    let (upstream, lease) = match upstream::dial(pool, backend_tls, &shared.metrics).await {
         Ok(pair) => pair,
         Err(e) => return conn.unconnected(client.into_tcp(), e),
     };
@@ -82,11 +72,11 @@ pub(super) async fn run(
     let cut = conn.cutoff();
     // TLS on either side: the bytes must be decrypted or encrypted here, so the relay.
     let outcome = match (client, upstream) {
-        (Stream::Tls(c), Stream::Plain(u)) => relay::relay_streams(*c, u, &counters, cut).await,
-        (Stream::Plain(c), Stream::Tls(u)) => relay::relay_streams(c, *u, &counters, cut).await,
-        (Stream::Tls(c), Stream::Tls(u)) => relay::relay_streams(*c, *u, &counters, cut).await,
+        (Stream::Tls(c), Dialed::Plain(u)) => relay::relay_streams(*c, u, &counters, cut).await,
+        (Stream::Plain(c), Dialed::Tls(u)) => relay::relay_streams(c, *u, &counters, cut).await,
+        (Stream::Tls(c), Dialed::Tls(u)) => relay::relay_streams(*c, *u, &counters, cut).await,
         // Not reached (plaintext both sides goes through `Conn::carry`), but relaying is right.
-        (Stream::Plain(c), Stream::Plain(u)) => relay::relay_streams(c, u, &counters, cut).await,
+        (Stream::Plain(c), Dialed::Plain(u)) => relay::relay_streams(c, u, &counters, cut).await,
     };
     let route = crate::conn::Route {
         server: &lease.server().name,
@@ -94,30 +84,4 @@ pub(super) async fn run(
     };
     conn.finish(&route, Path::Userspace, &outcome);
     drop(lease);
-}
-
-/// Dials a server of `pool`, with the TLS handshake as the last step of the connect when the
-/// backend has `tls`: a failed handshake is counted and the next server is tried.
-async fn dial(
-    pool: &Pool,
-    tls: Option<&ClientTls>,
-    shared: &Shared,
-) -> Result<(UpstreamStream, Lease), ConnectError> {
-    let Some(tls) = tls else {
-        let (tcp, lease) = pool.connect().await?;
-        let _ = net::set_nodelay(tcp.as_fd());
-        return Ok((Stream::Plain(tcp), lease));
-    };
-    let handshake_errors = &shared.metrics.tls_handshake_errors_total;
-    let (stream, lease) = pool
-        .connect_with(|tcp, server| async move {
-            let _ = net::set_nodelay(tcp.as_fd());
-            tls.connect(tcp, &server.host).await.inspect_err(|e| {
-                handshake_errors
-                    .with_label_values(&["backend", pool.name.as_str(), e.reason()])
-                    .inc();
-            })
-        })
-        .await?;
-    Ok((Stream::Tls(Box::new(stream)), lease))
 }

@@ -18,6 +18,14 @@ pub struct ServerTls {
     config: Arc<ServerConfig>,
 }
 
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ServerTls {
     /// Reads the files and builds the config.
     pub fn load(settings: &FrontendTls) -> Result<Self, TlsError> {

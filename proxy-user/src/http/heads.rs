@@ -1,4 +1,4 @@
-//! The client stream of plain requests ([`super::forward`]) as hyper's server reads it: every
+//! The client stream of plain requests ([`super::serve`]) as hyper's server reads it: every
 //! request head of the connection passes [`super::request::parse`]'s checks - the same as the first
 //! head and a CONNECT's - before hyper sees a byte of it.
 //!
@@ -61,15 +61,35 @@ pub(crate) struct Heads<'a, S> {
 }
 
 impl<'a, S> Heads<'a, S> {
-    pub(crate) fn new(inner: S, verdict: &'a Verdict) -> Self {
-        Self {
+    /// The stream over `inner`, whose first bytes are `prefix`: bytes already read from the
+    /// client (a TLS client's first head, read to decide what the connection is).
+    pub(crate) fn new(inner: S, prefix: Vec<u8>, verdict: &'a Verdict) -> Self {
+        let mut heads = Self {
             inner,
-            pending: Vec::new(),
+            pending: prefix,
             checked: 0,
             scanner: Scanner::default(),
             eof: false,
             broken: None,
             verdict,
+        };
+        if !heads.pending.is_empty() {
+            heads.scan();
+        }
+        heads
+    }
+
+    /// Runs the scanner over the pending bytes, after more came in.
+    fn scan(&mut self) {
+        let (n, stop) = self.scanner.advance(&self.pending);
+        self.checked = n;
+        match stop {
+            None => {}
+            Some(Stop::Body(why)) => self.broken = Some(why),
+            Some(Stop::Head { error, head }) => {
+                let _ = self.verdict.refused.set((error, head));
+                self.verdict.notify.notify_one();
+            }
         }
     }
 }
@@ -109,16 +129,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Heads<'_, S> {
                 Poll::Ready(Ok(())) if buf.filled().is_empty() => this.eof = true,
                 Poll::Ready(Ok(())) => {
                     this.pending.extend_from_slice(buf.filled());
-                    let (n, stop) = this.scanner.advance(&this.pending);
-                    this.checked = n;
-                    match stop {
-                        None => {}
-                        Some(Stop::Body(why)) => this.broken = Some(why),
-                        Some(Stop::Head { error, head }) => {
-                            let _ = this.verdict.refused.set((error, head));
-                            this.verdict.notify.notify_one();
-                        }
-                    }
+                    this.scan();
                 }
             }
         }
