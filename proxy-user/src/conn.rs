@@ -9,8 +9,10 @@
 //! 1. `daemon` (builds the parts and serves), `admin`;
 //! 2. `listener`: accepts, admits (allow, connection limits, rate limit), dispatches on the
 //!    frontend's [`Mode`](crate::listener::Mode);
-//! 3. the modes: `tcp` (plain, or with TLS on a side), `connect`;
-//! 4. `conn` (this module): the connection value, data-path choice, reject, finish;
+//! 3. the modes: `tcp` (plain, or with TLS on a side), `connect`, `transparent`, `reverse`
+//!    (`mode = "http"`);
+//! 4. `conn` (this module): the connection value, data-path choice, reject, finish; `upstream`
+//!    (dialing a pool as a stream);
 //! 5. the data paths: `splice` (kernel), `relay` (userspace), `tls` (the streams), and the
 //!    upstream side: `pool`, `health`, `dns`;
 //! 6. `kernel` (the eBPF maps and programs), `net` (socket options), `metrics`, `config`,

@@ -21,9 +21,9 @@ use ratelimit::RateLimiter;
 
 use crate::{
     conn::{self, Conn, Reject, Shared},
-    connect, reverse,
+    connect,
     pool::Pool,
-    tcp,
+    reverse, tcp,
     tls::{ClientTls, ServerTls},
     transparent,
 };

@@ -135,7 +135,10 @@ where
         &tally,
     )
     .await;
-    let mut summary = proxy.summary.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut summary = proxy
+        .summary
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
     drop(proxy.upstream);
     let (mut end, mut detail) = (served.end, served.detail);
     let own_answer = match served.refused {

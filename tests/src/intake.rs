@@ -104,6 +104,18 @@ impl HttpsIntake {
         Self::start_with(ns, addr, None, dir)
     }
 
+    /// The intake in HTTPS with a given certificate and key (one a test's CA signed: rustls
+    /// refuses openssl's self-signed certificates, which are CAs, as end entities).
+    pub fn start_certified(
+        ns: &NetNs,
+        addr: SocketAddr,
+        (cert, key): (PathBuf, PathBuf),
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Self::spawn(ns, addr, Some((cert, key)), dir)
+    }
+
     fn start_with(
         ns: &NetNs,
         addr: SocketAddr,
@@ -111,12 +123,23 @@ impl HttpsIntake {
         dir: &Path,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let (cert, key) = match tls_name {
-            Some(name) => certificate(addr, name, dir)?,
-            None => (PathBuf::new(), PathBuf::new()),
+        let files = match tls_name {
+            Some(name) => Some(certificate(addr, name, dir)?),
+            None => None,
         };
+        Self::spawn(ns, addr, files, dir)
+    }
+
+    fn spawn(
+        ns: &NetNs,
+        addr: SocketAddr,
+        files: Option<(PathBuf, PathBuf)>,
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let tls = files.is_some();
+        let (cert, key) = files.unwrap_or_default();
         let arg = |p: &Path| {
-            if tls_name.is_some() {
+            if tls {
                 p.as_os_str().to_owned()
             } else {
                 "-".into()

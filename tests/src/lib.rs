@@ -28,6 +28,7 @@ pub mod env;
 pub mod gateway;
 pub mod heavy;
 pub mod http;
+pub mod http_cases;
 pub mod impair;
 pub mod intake;
 pub mod logs;

@@ -9,17 +9,19 @@ use std::time::Duration;
 
 use agent_proxy_tests::connect::{
     NetnsHosts, PASSWORD, USER, add_loopback_address, basic_auth, closed_lines, connect_config,
-    field, raw_request,
+    field,
 };
 use agent_proxy_tests::connect_cases::PUBLIC;
+use agent_proxy_tests::http_cases::{
+    answers_to, curl_in, ensure_refused, post_twice, refused_heads, smuggling_head, statuses,
+    upload_file,
+};
 use agent_proxy_tests::intake::{HttpsIntake, run_in_ns};
 use agent_proxy_tests::metrics::Metrics;
 use agent_proxy_tests::netns::NetNs;
-use agent_proxy_tests::pattern::{Pattern, hex, sha256};
 use agent_proxy_tests::{Dataplane, TestEnv, run_scenario};
-use anyhow::{Context as _, ensure};
+use anyhow::ensure;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const PORT: u16 = 8080;
 /// The POST bodies: larger than any buffer on the way, so that buffering would show.
@@ -63,59 +65,10 @@ fn plain_http(dp: Dataplane) -> anyhow::Result<()> {
     // the allowlist (403). The intake must not see a single connection.
     let auth = basic_auth(USER, PASSWORD);
     let target = format!("{intake_url}/api/v1/series");
-    let head = |framing: &str| {
-        format!("POST {target} HTTP/1.1\r\nHost: intake.test:{PORT}\r\n{auth}{framing}\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: intake.test\r\n\r\n")
-            .into_bytes()
-    };
-    let refused: Vec<(&str, Vec<u8>, u16)> = vec![
-        (
-            "Content-Length and Transfer-Encoding",
-            head("Content-Length: 40\r\nTransfer-Encoding: chunked\r\n"),
-            400,
-        ),
-        (
-            "Transfer-Encoding and Content-Length",
-            head("Transfer-Encoding: chunked\r\nContent-Length: 40\r\n"),
-            400,
-        ),
-        (
-            "two Content-Length",
-            head("Content-Length: 5\r\nContent-Length: 40\r\n"),
-            400,
-        ),
-        (
-            "two equal Content-Length",
-            head("Content-Length: 5\r\nContent-Length: 5\r\n"),
-            400,
-        ),
-        (
-            "Transfer-Encoding other than chunked",
-            head("Transfer-Encoding: chunked, identity\r\n"),
-            400,
-        ),
-        (
-            "obs-fold",
-            head("Content-Length: 5\r\nX-Folded: a\r\n b\r\n"),
-            400,
-        ),
-        (
-            "bare LF",
-            format!(
-                "POST {target} HTTP/1.1\nHost: intake.test\n{}Content-Length: 5\n\n0\r\n\r\n",
-                auth.replace("\r\n", "\n")
-            )
-            .into_bytes(),
-            400,
-        ),
-        (
-            "oversized head",
-            format!(
-                "GET {target} HTTP/1.1\r\nHost: intake.test\r\n{auth}X-Big: {}\r\n\r\n",
-                "b".repeat(20_000)
-            )
-            .into_bytes(),
-            431,
-        ),
+    let head =
+        |framing: &str| smuggling_head(&target, &format!("intake.test:{PORT}"), &auth, framing);
+    let mut refused = refused_heads(&target, &format!("intake.test:{PORT}"), &auth);
+    refused.extend([
         (
             "destination not allowed",
             format!(
@@ -132,19 +85,8 @@ fn plain_http(dp: Dataplane) -> anyhow::Result<()> {
             .into_bytes(),
             403,
         ),
-    ];
-    ns.block_on(Duration::from_secs(60), || async {
-        for (name, bytes, status) in &refused {
-            let answer = raw_request(proxy, bytes, false)
-                .await
-                .with_context(|| format!("{name}: no answer"))?;
-            ensure!(
-                answer.status == *status,
-                "{name}: expected {status}, got {answer:?}"
-            );
-        }
-        anyhow::Ok(())
-    })?;
+    ]);
+    ns.block_on(Duration::from_secs(60), || ensure_refused(proxy, &refused))?;
     ensure!(
         intake.accepted() == 0,
         "refused requests reached the intake: {:?}",
@@ -172,19 +114,8 @@ fn plain_http(dp: Dataplane) -> anyhow::Result<()> {
             head(framing),
         ]
         .concat();
-        let answers = ns.block_on(Duration::from_secs(30), || async {
-            let mut stream = tokio::net::TcpStream::connect(proxy).await?;
-            stream.write_all(&bytes).await?;
-            let mut all = Vec::new();
-            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut all))
-                .await
-                .context("no EOF after the refusal")??;
-            anyhow::Ok(String::from_utf8_lossy(&all).into_owned())
-        })?;
-        let statuses: Vec<&str> = answers
-            .match_indices("HTTP/1.1 ")
-            .map(|(i, _)| &answers[i + 9..i + 12])
-            .collect();
+        let answers = ns.block_on(Duration::from_secs(30), || answers_to(proxy, &bytes))?;
+        let statuses = statuses(&answers);
         ensure!(
             statuses == ["200", "400"] && answers.contains("hello"),
             "later head, {name}: answers {answers:?}"
@@ -200,11 +131,7 @@ fn plain_http(dp: Dataplane) -> anyhow::Result<()> {
     }
 
     // curl: GET, then without credentials (407).
-    let curl = |args: &[&str]| {
-        let mut all = vec!["-sS", "-x", &with_auth];
-        all.extend_from_slice(args);
-        run_in_ns(ns, "curl", &all)
-    };
+    let curl = curl_in(ns, vec!["-x".into(), with_auth.clone()]);
     let (code, out, err) = curl(&[&format!("{intake_url}/hello")])?;
     ensure!(
         code == 0 && out == "hello",
@@ -230,29 +157,13 @@ fn plain_http(dp: Dataplane) -> anyhow::Result<()> {
     );
 
     // A 170 KB POST with a Content-Length, then the same body as a chunked upload.
-    let body = Pattern::bytes(17, UPLOAD);
-    let digest = hex(&sha256(&body));
-    let file = dir.join("upload.bin");
-    std::fs::write(&file, &body)?;
-    let upload = format!("@{}", file.display());
-    let upload_url = format!("{intake_url}/api/v2/upload/12345");
-    for chunked in [false, true] {
-        let mut args = vec![
-            "--data-binary",
-            &upload,
-            "-H",
-            "Content-Type: application/octet-stream",
-        ];
-        if chunked {
-            args.extend(["-H", "Transfer-Encoding: chunked"]);
-        }
-        args.push(&upload_url);
-        let (code, out, err) = curl(&args)?;
-        ensure!(
-            code == 0 && out.contains(&digest),
-            "curl POST (chunked: {chunked}): exit {code}, {out:?} {err:?}"
-        );
-    }
+    let (file, digest) = upload_file(&dir, 17, UPLOAD)?;
+    post_twice(
+        &curl,
+        &format!("{intake_url}/api/v2/upload/12345"),
+        &file,
+        &digest,
+    )?;
     let posts: Vec<Value> = intake
         .requests()
         .into_iter()

@@ -560,3 +560,55 @@ servers = ["127.0.0.1:9"]
         Duration::from_secs(120)
     );
 }
+
+#[test]
+fn http_mode_and_tls_on_connect_frontends() {
+    let config = ok(r#"
+[[frontend]]
+name = "intake"
+listen = "127.0.0.1:8443"
+mode = "http"
+backend = "b"
+request_timeout = "3s"
+request_metrics = false
+tls = { cert = "proxy.pem" }
+
+[[frontend]]
+name = "plain"
+listen = "127.0.0.1:8080"
+mode = "http"
+backend = "b"
+
+[[frontend]]
+name = "egress"
+listen = "127.0.0.1:3128"
+mode = "connect"
+allow_destinations = [".example.com:443"]
+tls = { cert = "proxy.pem" }
+
+[[backend]]
+name = "b"
+servers = ["intake.example.com:443"]
+tls = {}
+"#);
+    let modes: Vec<&FrontendMode> = config.frontends.iter().map(|f| &f.mode).collect();
+    assert_eq!(
+        modes[0],
+        &FrontendMode::Http(HttpMode {
+            backend: "b".into(),
+            request_timeout: Duration::from_secs(3),
+            request_metrics: false,
+        })
+    );
+    assert_eq!(
+        modes[1],
+        &FrontendMode::Http(HttpMode {
+            backend: "b".into(),
+            request_timeout: ConnectMode::DEFAULT_REQUEST_TIMEOUT,
+            request_metrics: true,
+        })
+    );
+    assert!(matches!(modes[2], FrontendMode::Connect(_)));
+    assert!(config.frontends[0].tls.is_some() && config.frontends[2].tls.is_some());
+    assert!(config.frontends[1].tls.is_none());
+}

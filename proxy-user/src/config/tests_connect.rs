@@ -173,7 +173,7 @@ fn connect_keys_are_refused_in_tcp_mode() {
             19,
             "connect and transparent mode",
         ),
-        ("request_timeout", "\"1s\"", 19, "connect mode"),
+        ("request_timeout", "\"1s\"", 19, "connect and http mode"),
         ("sniff_timeout", "\"1s\"", 17, "transparent mode"),
         (
             "intercept",

@@ -49,7 +49,7 @@ fn unknown_keys_point_at_the_key() {
         "t.toml:3:3: unknown field `lisen`, expected one of `name`, `listen`, `mode`, `backend`, \
          `allow`, `max_connections`, `tls`, `idle_timeout`, `tcp_keepalive`, `max_connections_queue`, \
          `users`, `allow_destinations`, `connect_timeout`, \
-         `request_timeout`, `rate_limit`, `intercept`, `sniff_timeout`"
+         `request_timeout`, `rate_limit`, `request_metrics`, `intercept`, `sniff_timeout`"
     );
     assert_eq!(
         err("[globals]\n"),
@@ -179,8 +179,16 @@ fn bad_values_in_frontends() {
             "t.toml:3:10: invalid listen address \"::1:80\": expected IP:PORT",
         ),
         (
-            "name = \"a\"\nlisten = \"127.0.0.1:1\"\nmode = \"http\"\nbackend = \"b\"",
-            "t.toml:4:8: invalid mode \"http\": expected tcp, connect or transparent",
+            "name = \"a\"\nlisten = \"127.0.0.1:1\"\nmode = \"udp\"\nbackend = \"b\"",
+            "t.toml:4:8: invalid mode \"udp\": expected tcp, connect, transparent or http",
+        ),
+        (
+            "name = \"a\"\nlisten = \"127.0.0.1:1\"\nmode = \"http\"",
+            "t.toml:1:1: frontend \"a\": missing `backend` (required in http mode)",
+        ),
+        (
+            "name = \"a\"\nlisten = \"127.0.0.1:1\"\nbackend = \"b\"\nrequest_metrics = false",
+            "t.toml:5:19: frontend \"a\": `request_metrics` is only used in http mode",
         ),
         (
             "name = \"a\"\nlisten = \"127.0.0.1:1\"\nbackend = \"b\"\nallow = [\"10.0.0.0/8\", \"10.0.0.0/40\"]",
@@ -407,12 +415,6 @@ fn bad_tls_settings() {
             "t.toml:5:18: missing field `cert`",
         ),
     ];
-    let connect = "name = \"p\"\nlisten = \"127.0.0.1:1\"\nmode = \"connect\"\n\
-                   allow_destinations = [\".example.com:443\"]\ntls = { cert = \"c.pem\" }";
-    assert_eq!(
-        frontend_err(connect),
-        "t.toml:6:7: `tls` is not supported in connect mode yet"
-    );
     for (extra, expected) in frontend_cases {
         assert_eq!(
             frontend_err(&format!("{base}\n{extra}")),

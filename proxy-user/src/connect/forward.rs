@@ -13,8 +13,8 @@
 //!
 //! Each request may name another destination; an upstream connection is kept per destination
 //! for the next request to it (at most [`MAX_UPSTREAMS`] per client connection, the least
-//! recently used let go first). A kept-alive client that sends no new head within
-//! `request_timeout` is closed (hyper's header read timeout).
+//! recently used let go first). A kept-alive client that sends no new head within the frontend's
+//! `idle_timeout` is closed ([`crate::http::serve`]).
 //!
 //! Framing: the first head of the connection passed [`super::request`]'s checks (both
 //! `Content-Length` and `Transfer-Encoding`, two `Content-Length`, bare LF, obs-fold, oversized:

@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::http::request::{self, MAX_HEAD, Peeked, Request, RequestError, Step};
 use crate::destination::{Target, TargetHost};
+use crate::http::request::{self, MAX_HEAD, Peeked, Request, RequestError, Step};
 use crate::peek::{self, Seen};
 use crate::{
     dial::DialError,

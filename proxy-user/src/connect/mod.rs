@@ -23,6 +23,9 @@
 //!    head with them), and the pair goes to the same data path as tcp mode
 //!    ([`Conn::carry`]): the kernel splice when it is loaded.
 //!
+//! With `tls` on the frontend ([`secure`]), the TLS handshake comes first, the head is read
+//! from the session (it cannot be peeked at), and a tunnel runs in the userspace relay.
+//!
 //! Every answer is counted in `agent_proxy_connect_requests_total{frontend,status}`, and every
 //! connection ends with the usual one log line, which carries `destination` and `status`.
 
@@ -30,9 +33,6 @@ pub(crate) mod auth;
 mod forward;
 pub(crate) mod handshake;
 mod secure;
-
-
-
 
 #[cfg(test)]
 mod tests;
@@ -300,10 +300,7 @@ where
     if let Some(class) = refusal.class {
         metrics
             .frontend_rejected_total
-            .with_label_values(&[
-                frontend.name.as_str(),
-                &crate::address_class::reason(class),
-            ])
+            .with_label_values(&[frontend.name.as_str(), &crate::address_class::reason(class)])
             .inc();
     }
     let (end, code) = match refusal.status {

@@ -25,6 +25,9 @@ use crate::dns::Dns;
 use crate::relay;
 use crate::tls::{HandshakeError, ServerTls};
 
+/// The log line's word on a tunnel of a TLS frontend.
+const RELAYED: &str = "TLS frontend: tunnel relayed in userspace";
+
 /// What the first request of a TLS connection leads to.
 enum Secured {
     /// The upstream of a tunnel, 200 written and the early bytes copied to it.
@@ -82,6 +85,11 @@ pub(super) async fn run(conn: &Conn<'_>, client: TcpStream, settings: &Settings,
                 relay::relay_streams(client, upstream, &counters, conn.cutoff()).await;
             outcome.bytes_up += early;
             outcome.copied_up += early;
+            outcome.detail = if outcome.detail.is_empty() {
+                RELAYED.to_owned()
+            } else {
+                format!("{RELAYED}; {}", outcome.detail)
+            };
             let route = Route {
                 server: &server.to_string(),
                 destination: &destination,

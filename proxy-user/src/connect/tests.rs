@@ -3,9 +3,9 @@
 use std::net::SocketAddr;
 
 use super::Status;
-use crate::http::request::{MAX_HEAD, Request, RequestError, parse};
 use crate::address_class::Special;
 use crate::destination::{DestinationRule, Judgement, Policy, Target, TargetHost};
+use crate::http::request::{MAX_HEAD, Request, RequestError, parse};
 
 fn complete(text: &str) -> Request {
     match parse(text.as_bytes()) {

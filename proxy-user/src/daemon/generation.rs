@@ -24,12 +24,13 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{Config, DnsTtl, FrontendMode, RateLimit},
     conn::{self, Shared},
-    connect, reverse,
+    connect,
     dns::Dns,
     listener::{self, Listener, Mode, Serving, ratelimit::RateLimiter},
     net,
     pool::Pool,
     redirect::Plan,
+    reverse,
     tls::TlsState,
     transparent,
 };

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http_body_util::{BodyExt as _, combinators::BoxBody};
-use hyper::body::{Bytes, Frame};
 use hyper::StatusCode;
+use hyper::body::{Bytes, Frame};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use prometheus::IntCounter;
 
