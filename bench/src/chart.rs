@@ -40,6 +40,9 @@ const COLORS: [RGBColor; Row::ALL.len()] = [
     RGBColor(240, 120, 170),
     RGBColor(255, 152, 80),
     RGBColor(150, 100, 190),
+    RGBColor(23, 190, 207),
+    RGBColor(44, 160, 44),
+    RGBColor(150, 220, 130),
 ];
 
 /// Relative-to-HAProxy values (higher is better) per item present in `results`.

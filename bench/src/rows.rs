@@ -71,10 +71,18 @@ pub(crate) enum Row {
     /// `OUTPUT` rule redirects them to the proxy, which checks the original destination and
     /// sends the connection to the backend. Measured in the DataKit and ping scenarios.
     Transparent,
+    /// HAProxy 2.6 `mode http` (keep-alive both sides): what Datadog's HAProxy guide runs on
+    /// its intake ports. Measured in the DataKit scenarios with HTTP to the proxy.
+    HaproxyHttp,
+    /// agent-proxy `mode = "http"` with its per-API metrics (the default): hyper on both sides,
+    /// every request counted by `api`. Same scenarios as [`Row::HaproxyHttp`].
+    Http,
+    /// The same with `request_metrics = false`: what the per-API metrics cost.
+    HttpBare,
 }
 
 impl Row {
-    pub(crate) const ALL: [Row; 7] = [
+    pub(crate) const ALL: [Row; 10] = [
         Row::Direct,
         Row::Haproxy,
         Row::HaproxySplice,
@@ -82,7 +90,15 @@ impl Row {
         Row::KernelRemote,
         Row::Userspace,
         Row::Transparent,
+        Row::HaproxyHttp,
+        Row::Http,
+        Row::HttpBare,
     ];
+
+    /// The rows of a proxy that reads each HTTP request.
+    pub(crate) fn is_http(self) -> bool {
+        matches!(self, Row::HaproxyHttp | Row::Http | Row::HttpBare)
+    }
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -93,6 +109,9 @@ impl Row {
             Row::KernelRemote => "kernel-remote",
             Row::Userspace => "userspace",
             Row::Transparent => "transparent",
+            Row::HaproxyHttp => "haproxy-http",
+            Row::Http => "http",
+            Row::HttpBare => "http-bare",
         }
     }
 
@@ -105,6 +124,9 @@ impl Row {
             Row::KernelRemote => "agent-proxy kernel, remote agents",
             Row::Userspace => "agent-proxy userspace",
             Row::Transparent => "agent-proxy transparent (kernel, iptables OUTPUT)",
+            Row::HaproxyHttp => "HAProxy 2.6 http",
+            Row::Http => "agent-proxy http, per-API metrics",
+            Row::HttpBare => "agent-proxy http, no per-API metrics",
         }
     }
 }
@@ -127,11 +149,15 @@ impl Proxy {
     ) -> anyhow::Result<Option<Self>> {
         let proxy = match row {
             Row::Direct => return Ok(None),
-            Row::Haproxy | Row::HaproxySplice => {
+            Row::Haproxy | Row::HaproxySplice | Row::HaproxyHttp => {
                 let cfg = dir.join(format!("{}.cfg", row.name()));
                 let maxconn = haproxy_maxconn(fd_limit()?);
-                let splice = row == Row::HaproxySplice;
-                let text = haproxy_config(backend, splice, cpus(), maxconn, tls);
+                let mode = match row {
+                    Row::HaproxySplice => HaproxyMode::TcpSplice,
+                    Row::HaproxyHttp => HaproxyMode::Http,
+                    _ => HaproxyMode::Tcp,
+                };
+                let text = haproxy_config(backend, mode, cpus(), maxconn, tls);
                 std::fs::write(&cfg, text)?;
                 let log = dir.join(format!("{}.log", row.name()));
                 // -db: foreground, no master process: the child's pid is the one worker process.
@@ -140,7 +166,7 @@ impl Proxy {
                 p.wait_listening(PROXY_PORT, Duration::from_secs(10))?;
                 Proxy::Haproxy(p)
             }
-            Row::Kernel | Row::KernelRemote | Row::Userspace => {
+            Row::Kernel | Row::KernelRemote | Row::Userspace | Row::Http | Row::HttpBare => {
                 let dataplane = match row {
                     Row::Kernel => Dataplane::Kernel,
                     Row::KernelRemote => Dataplane::KernelRemote,
@@ -154,6 +180,12 @@ impl Proxy {
                 if let Some(tls) = tls {
                     config.frontend_extra = tls.agent_frontend();
                     config.backend_extra = tls.agent_backend();
+                }
+                if row.is_http() {
+                    config.mode = "http";
+                }
+                if row == Row::HttpBare {
+                    config.frontend_extra += "request_metrics = false\n";
                 }
                 let daemon = Daemon::start(ns, config).context("start agent-proxy")?;
                 Proxy::Agent(Box::new(daemon))
@@ -248,28 +280,41 @@ pub(crate) fn haproxy_maxconn(fd_limit: u64) -> u64 {
     fd_limit.saturating_sub(2 * HAPROXY_MAXPIPES + 256) / 2
 }
 
-/// HAProxy 2.6 in `mode tcp` with one thread per CPU, long timeouts (the many-agents scenario
-/// keeps connections idle between requests), no logging (agent-proxy's own connection log
-/// goes to a file: the rows pay for their logging as shipped); with `tls`, `ssl` on the bind or
-/// the server line.
+/// How HAProxy runs in a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HaproxyMode {
+    Tcp,
+    /// `mode tcp` with `option splice-auto`.
+    TcpSplice,
+    /// `mode http`, keep-alive on both sides (HAProxy 2.6's default), the server connection
+    /// kept for the client's next request.
+    Http,
+}
+
+/// HAProxy 2.6 with one thread per CPU, long timeouts (the many-agents scenario keeps
+/// connections idle between requests), no logging (agent-proxy's own connection log goes to a
+/// file: the rows pay for their logging as shipped); with `tls`, `ssl` on the bind or the
+/// server line.
 pub(crate) fn haproxy_config(
     backend: SocketAddr,
-    splice: bool,
+    mode: HaproxyMode,
     threads: usize,
     maxconn: u64,
     tls: Option<ProxyTls<'_>>,
 ) -> String {
-    let splice = if splice {
-        "    option splice-auto\n"
-    } else {
-        ""
+    let mode = match mode {
+        HaproxyMode::Tcp => "    mode tcp\n",
+        HaproxyMode::TcpSplice => "    mode tcp\n    option splice-auto\n",
+        HaproxyMode::Http => {
+            "    mode http\n    timeout http-request 10s\n    timeout http-keep-alive 300s\n"
+        }
     };
     let (bind, server) = tls.map_or((String::new(), String::new()), |t| {
         (t.haproxy_bind(), t.haproxy_server())
     });
     format!(
         "global\n    nbthread {threads}\n    maxconn {maxconn}\n    maxpipes {HAPROXY_MAXPIPES}\n\n\
-         defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 300s\n    timeout server 300s\n{splice}\n\
+         defaults\n{mode}    timeout connect 5s\n    timeout client 300s\n    timeout server 300s\n\n\
          frontend fe\n    bind {PROXY_LISTEN}{bind}\n    default_backend be\n\n\
          backend be\n    server s1 {backend}{server}\n"
     )
@@ -281,15 +326,36 @@ mod tests {
 
     #[test]
     fn haproxy_config_has_mode_tcp_threads_and_optional_splice() {
-        let plain = haproxy_config("127.0.0.1:8000".parse().unwrap(), false, 2, 9744, None);
+        let plain = haproxy_config(
+            "127.0.0.1:8000".parse().unwrap(),
+            HaproxyMode::Tcp,
+            2,
+            9744,
+            None,
+        );
         assert!(plain.contains("maxconn 9744\n"));
         assert!(plain.contains("nbthread 2\n"));
         assert!(plain.contains("mode tcp\n"));
         assert!(plain.contains("bind 127.0.0.1:7000\n"));
         assert!(plain.contains("server s1 127.0.0.1:8000\n"));
         assert!(!plain.contains("splice"));
-        let splice = haproxy_config("127.0.0.1:8000".parse().unwrap(), true, 2, 9744, None);
-        assert!(splice.contains("option splice-auto\n"));
+        let splice = haproxy_config(
+            "127.0.0.1:8000".parse().unwrap(),
+            HaproxyMode::TcpSplice,
+            2,
+            9744,
+            None,
+        );
+        assert!(splice.contains("mode tcp\n    option splice-auto\n"));
+        let http = haproxy_config(
+            "127.0.0.1:8000".parse().unwrap(),
+            HaproxyMode::Http,
+            2,
+            9744,
+            None,
+        );
+        assert!(http.contains("mode http\n") && !http.contains("mode tcp"), "{http}");
+        assert!(http.contains("timeout http-keep-alive 300s\n"), "{http}");
         // 2 x 9744 + 2 x 64 pipes + 17 internal fds fit in 20,000.
         assert_eq!(haproxy_maxconn(20_000), 9_808);
         assert!(2 * haproxy_maxconn(20_000) + 2 * HAPROXY_MAXPIPES + 17 <= 20_000);
@@ -302,7 +368,7 @@ mod tests {
         let tls = |side| Some(ProxyTls { side, pki: &pki });
         let orig = haproxy_config(
             "127.0.0.1:8443".parse().unwrap(),
-            false,
+            HaproxyMode::Tcp,
             2,
             100,
             tls(Side::Origination),
@@ -317,7 +383,7 @@ mod tests {
         );
         let front = haproxy_config(
             "127.0.0.1:8000".parse().unwrap(),
-            false,
+            HaproxyMode::Tcp,
             2,
             100,
             tls(Side::Frontend),

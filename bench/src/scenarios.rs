@@ -152,6 +152,11 @@ impl Scenario {
     /// repeat the plain HAProxy row; so is agent-proxy's remote-agents row (TLS always takes the
     /// userspace relay, local agents or not).
     pub(crate) fn has_row(self, row: Row) -> bool {
+        if row.is_http() {
+            // The proxies that read each request: the DataKit workload, in plain HTTP and
+            // behind a TLS frontend (the per-API view of agents' HTTPS without MITM).
+            return matches!(self, Scenario::Datakit | Scenario::DatakitTlsFrontend);
+        }
         if row == Row::Transparent {
             // Transparent mode beside the tcp rows where agents are: the DataKit workload and
             // latency (its TLS passes through, so the TLS scenarios would not differ).
@@ -169,6 +174,9 @@ impl Scenario {
             (None, _) => row.title(),
             (Some(_), Row::Direct) => "direct (hey HTTPS to nginx)",
             (Some(_), Row::Haproxy) => "HAProxy 2.6 tcp + ssl",
+            (Some(_), Row::HaproxyHttp) => "HAProxy 2.6 http + ssl",
+            (Some(_), Row::Http) => "agent-proxy http + TLS, per-API metrics",
+            (Some(_), Row::HttpBare) => "agent-proxy http + TLS, no per-API metrics",
             (Some(_), Row::Kernel) => "agent-proxy kernel (TLS: userspace relay)",
             (Some(_), _) => row.title(),
         }
@@ -565,10 +573,18 @@ mod tests {
         for s in Scenario::ALL.into_iter().filter(|s| s.tls_side().is_none()) {
             let transparent = matches!(s, Scenario::Datakit | Scenario::Ping64 | Scenario::Ping16k);
             assert_eq!(s.has_row(Row::Transparent), transparent, "{s:?}");
+            let http = s == Scenario::Datakit;
             assert!(
                 Row::ALL
                     .into_iter()
-                    .filter(|&r| r != Row::Transparent)
+                    .filter(|r| r.is_http())
+                    .all(|r| s.has_row(r) == http),
+                "{s:?}"
+            );
+            assert!(
+                Row::ALL
+                    .into_iter()
+                    .filter(|&r| r != Row::Transparent && !r.is_http())
                     .all(|r| s.has_row(r))
             );
             assert!(Row::ALL.into_iter().all(|r| s.row_title(r) == r.title()));

@@ -51,6 +51,68 @@ pub(crate) fn evaluate(results: &Results) -> Vec<Verdict> {
         v.push(cpu(s(sc), sc));
     }
     v.push(idle_rss(s(Scenario::Agents10k)));
+    v.extend(http(s(Scenario::Datakit), s(Scenario::DatakitTlsFrontend)));
+    v
+}
+
+/// `mode = "http"` (issue 17): against HAProxy's `mode http`; what the per-API metrics cost;
+/// and, behind a TLS frontend, what reading each request costs beyond the TLS termination
+/// (DataKit's MITM mode lost 99% of its rate).
+fn http(plain: Option<&ScenarioResult>, tls: Option<&ScenarioResult>) -> Vec<Verdict> {
+    let mut v = Vec::new();
+    let workload = "DataKit workload, mode http";
+    let target = ">= 1.0x HAProxy http req/s, p99 <= HAProxy http's";
+    let get = |sc: Option<&ScenarioResult>, row, m| sc.and_then(|sc| sc.stat(row, m));
+    v.push(
+        match (
+            get(plain, Row::Http, Metric::Throughput),
+            get(plain, Row::HaproxyHttp, Metric::Throughput),
+            get(plain, Row::Http, Metric::LatP99),
+            get(plain, Row::HaproxyHttp, Metric::LatP99),
+        ) {
+            (Some(a), Some(h), Some(ap), Some(hp)) => {
+                let r = a.median / h.median;
+                let figures = format!(
+                    "http {:.0} req/s = {r:.2}x HAProxy http ({:.0}); p99 {:.0} us vs {:.0} us",
+                    a.median, h.median, ap.median, hp.median
+                );
+                verdict(workload, target, figures, r >= 1.0 && ap.median <= hp.median)
+            }
+            _ => not_measured(workload, target),
+        },
+    );
+    let ratio = |sc, row, base, workload: &str, target: &str, min: f64| match (
+        get(sc, row, Metric::Throughput),
+        get(sc, base, Metric::Throughput),
+    ) {
+        (Some(a), Some(b)) => {
+            let r = a.median / b.median;
+            let figures = format!(
+                "{:.0} req/s = {r:.2}x {} ({:.0})",
+                a.median,
+                base.name(),
+                b.median
+            );
+            verdict(workload, target, figures, r >= min)
+        }
+        _ => not_measured(workload, target),
+    };
+    v.push(ratio(
+        plain,
+        Row::Http,
+        Row::HttpBare,
+        "per-API metrics (DataKit, mode http)",
+        "req/s >= 0.9x the same mode without them",
+        0.9,
+    ));
+    v.push(ratio(
+        tls,
+        Row::Http,
+        Row::Userspace,
+        "per-API metrics behind a TLS frontend (DataKit)",
+        "req/s >= 0.9x agent-proxy tcp with the same TLS frontend",
+        0.9,
+    ));
     v
 }
 
