@@ -354,7 +354,10 @@ mod tests {
             9744,
             None,
         );
-        assert!(http.contains("mode http\n") && !http.contains("mode tcp"), "{http}");
+        assert!(
+            http.contains("mode http\n") && !http.contains("mode tcp"),
+            "{http}"
+        );
         assert!(http.contains("timeout http-keep-alive 300s\n"), "{http}");
         // 2 x 9744 + 2 x 64 pipes + 17 internal fds fit in 20,000.
         assert_eq!(haproxy_maxconn(20_000), 9_808);

@@ -76,7 +76,12 @@ fn http(plain: Option<&ScenarioResult>, tls: Option<&ScenarioResult>) -> Vec<Ver
                     "http {:.0} req/s = {r:.2}x HAProxy http ({:.0}); p99 {:.0} us vs {:.0} us",
                     a.median, h.median, ap.median, hp.median
                 );
-                verdict(workload, target, figures, r >= 1.0 && ap.median <= hp.median)
+                verdict(
+                    workload,
+                    target,
+                    figures,
+                    r >= 1.0 && ap.median <= hp.median,
+                )
             }
             _ => not_measured(workload, target),
         },

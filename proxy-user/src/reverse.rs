@@ -121,6 +121,7 @@ where
         settings,
         upstream: tokio::sync::Mutex::new(None),
         summary: Mutex::new(Summary::default()),
+        drivers: serve::Drivers::default(),
     };
     let limits = Limits {
         first_head: Some(settings.request_timeout),
@@ -130,6 +131,7 @@ where
         &mut client,
         Vec::new(),
         |request| proxy.handle(request),
+        &proxy.drivers,
         limits,
         &conn.shared.abort,
         &tally,
@@ -217,6 +219,8 @@ struct Proxy<'c, 'a> {
     /// Held across a request: HTTP/1.1 serves one at a time.
     upstream: tokio::sync::Mutex<Option<Upstream>>,
     summary: Mutex<Summary>,
+    /// The upstream connection's hyper driver, run in the client connection's task.
+    drivers: serve::Drivers,
 }
 
 impl Proxy<'_, '_> {
@@ -349,7 +353,7 @@ impl Proxy<'_, '_> {
             .map_err(|e| (StatusCode::BAD_GATEWAY, format!("upstream {server}: {e}")))?;
         // Ends when the sender is dropped (with this client connection) or the server closes.
         let name = server.clone();
-        shared.tracker.spawn(async move {
+        self.drivers.run(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(server = %name, error = %e, "upstream connection of an http frontend failed");
             }

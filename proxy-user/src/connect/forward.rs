@@ -64,6 +64,7 @@ where
         settings,
         upstreams: tokio::sync::Mutex::new(Vec::new()),
         summary: Mutex::new(Summary::default()),
+        drivers: serve::Drivers::default(),
     };
     let limits = Limits {
         first_head: None,
@@ -73,6 +74,7 @@ where
         &mut client,
         prefix,
         |request| forwarder.handle(request),
+        &forwarder.drivers,
         limits,
         &conn.shared.abort,
         &tally,
@@ -82,7 +84,7 @@ where
         .summary
         .into_inner()
         .unwrap_or_else(|e| e.into_inner());
-    drop(forwarder.upstreams);
+    drop((forwarder.upstreams, forwarder.drivers));
     let (mut end, mut detail) = (served.end, served.detail);
     if let Some((error, head)) = served.refused {
         let status = match error {
@@ -146,6 +148,8 @@ struct Forwarder<'c, 'a> {
     /// Most recently used last. Held across a request: HTTP/1.1 serves one at a time.
     upstreams: tokio::sync::Mutex<Vec<Upstream>>,
     summary: Mutex<Summary>,
+    /// The upstream connections' hyper drivers, run in the client connection's task.
+    drivers: serve::Drivers,
 }
 
 /// An answer the proxy writes itself.
@@ -370,7 +374,7 @@ impl Forwarder<'_, '_> {
             .map_err(|e| Answer::new(Status::BadGateway, format!("upstream {server}: {e}")))?;
         // Ends when the sender is dropped (with this client connection, or evicted) or the
         // server closes.
-        shared.tracker.spawn(async move {
+        self.drivers.run(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(%server, error = %e, "upstream connection of plain requests failed");
             }

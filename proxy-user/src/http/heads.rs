@@ -83,6 +83,11 @@ impl<'a, S> Heads<'a, S> {
     fn scan(&mut self) {
         let (n, stop) = self.scanner.advance(&self.pending);
         self.checked = n;
+        self.stopped(stop);
+    }
+
+    /// Records why the scanner stopped, if it did.
+    fn stopped(&mut self, stop: Option<Stop>) {
         match stop {
             None => {}
             Some(Stop::Body(why)) => self.broken = Some(why),
@@ -120,6 +125,32 @@ impl<S: AsyncRead + Unpin> AsyncRead for Heads<'_, S> {
             // An incomplete head at the end is dropped: hyper sees the client close.
             if this.eof {
                 return Poll::Ready(Ok(()));
+            }
+            // Nothing held back: read straight into hyper's buffer, and keep back only what
+            // the scanner cannot pass yet (an incomplete head), so that a body crosses this
+            // stream without a copy.
+            if this.pending.is_empty() && out.remaining() > 0 {
+                let before = out.filled().len();
+                match Pin::new(&mut this.inner).poll_read(cx, out) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {}
+                }
+                let read = &out.filled()[before..];
+                if read.is_empty() {
+                    this.eof = true;
+                    continue;
+                }
+                let (n, stop) = this.scanner.advance(read);
+                if n < read.len() {
+                    this.pending.extend_from_slice(&read[n..]);
+                    out.set_filled(before + n);
+                }
+                this.stopped(stop);
+                if n > 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
             }
             let mut chunk = [0u8; READ_SIZE];
             let mut buf = ReadBuf::new(&mut chunk);
@@ -167,5 +198,85 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Heads<'_, S> {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt as _;
+
+    /// A client that sends its bytes in the given pieces, one per read, then closes.
+    struct Pieces(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if let Some(mut piece) = self.0.pop_front() {
+                let n = piece.len().min(buf.remaining());
+                buf.put_slice(&piece[..n]);
+                if n < piece.len() {
+                    self.0.push_front(piece.split_off(n));
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Reads the stream to its end in reads of `size` bytes: what hyper would get.
+    async fn through(pieces: &[&[u8]], size: usize) -> (Vec<u8>, Verdict) {
+        let verdict = Verdict::default();
+        let client = Pieces(
+            pieces
+                .iter()
+                .filter(|p| !p.is_empty())
+                .map(|p| p.to_vec())
+                .collect(),
+        );
+        let mut heads = Heads::new(client, Vec::new(), &verdict);
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; size];
+        loop {
+            let read =
+                tokio::time::timeout(std::time::Duration::from_millis(100), heads.read(&mut buf))
+                    .await;
+            match read {
+                Ok(Ok(0)) | Err(_) => break,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Ok(Err(e)) => panic!("read failed: {e}"),
+            }
+        }
+        (got, verdict)
+    }
+
+    /// Bodies go straight through; a head split across reads is passed on only once whole and
+    /// checked, and a refused head is never passed on, whatever the read sizes.
+    #[tokio::test]
+    async fn heads_pass_whole_and_checked_bodies_straight() {
+        let first = b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
+        let second = b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n";
+        let stream = [&first[..], &second[..]].concat();
+        for size in [1, 7, 64, 4096] {
+            for cut in [0, 10, first.len() - 2, first.len() + 5, stream.len()] {
+                let (got, verdict) = through(&[&stream[..cut], &stream[cut..]], size).await;
+                assert_eq!(got, stream, "size {size}, cut {cut}");
+                assert!(verdict.refused().is_none());
+            }
+        }
+        let smuggled = b"GET /c HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n";
+        let stream = [&first[..], &smuggled[..]].concat();
+        for size in [1, 64, 4096] {
+            for cut in [first.len() - 2, first.len() + 5] {
+                let (got, verdict) = through(&[&stream[..cut], &stream[cut..]], size).await;
+                assert_eq!(
+                    got, first,
+                    "size {size}, cut {cut}: only the first request passes"
+                );
+                assert!(verdict.refused().is_some());
+            }
+        }
     }
 }
