@@ -86,6 +86,14 @@ fn check_config(config: &Config) {
         );
         let backend = match &f.mode {
             FrontendMode::Tcp { backend } => Some(backend),
+            FrontendMode::Http(h) => {
+                assert!(
+                    !h.request_timeout.is_zero(),
+                    "frontend {:?}: request_timeout 0",
+                    f.name
+                );
+                Some(&h.backend)
+            }
             FrontendMode::Transparent(t) => {
                 if let Some(i) = &t.intercept {
                     assert!(
