@@ -180,11 +180,14 @@ where
     };
     let (up, down) = tally.totals();
     let requests = summary.requests;
-    let detail = if detail.is_empty() {
+    let mut detail = if detail.is_empty() {
         format!("requests: {requests}")
     } else {
         format!("requests: {requests}; {detail}")
     };
+    if let Some(error) = summary.last_error {
+        detail.push_str(&format!("; last answered by the proxy: {error}"));
+    }
     let outcome = Outcome {
         bytes_up: up,
         bytes_down: down,
@@ -203,6 +206,8 @@ struct Summary {
     server: Option<String>,
     /// The last answer's status.
     status: Option<u16>,
+    /// Why the proxy last answered a request itself (for the log line: the client is told less).
+    last_error: Option<String>,
 }
 
 /// The client connection's upstream connection.
@@ -246,7 +251,12 @@ impl Proxy<'_, '_> {
             Err((status, detail)) => {
                 tracing::debug!(frontend = %self.conn.frontend.name, status = status.as_u16(),
                     %detail, "request answered by the proxy");
-                (http::answer(status, &detail), None)
+                let answer = http::answer(status, told(status, &detail));
+                self.summary
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .last_error = Some(detail);
+                (answer, None)
             }
         };
         let status = response.status().as_u16();
@@ -363,6 +373,17 @@ impl Proxy<'_, '_> {
             server,
             _lease: lease,
         })
+    }
+}
+
+/// What a client is told of an answer the proxy wrote: what was wrong with its request, but
+/// nothing of the backend's servers and addresses (those go to the log line).
+fn told(status: StatusCode, detail: &str) -> &str {
+    match status {
+        StatusCode::SERVICE_UNAVAILABLE => "no server of the backend is up",
+        StatusCode::GATEWAY_TIMEOUT => "the backend did not answer in time",
+        StatusCode::BAD_GATEWAY => "the backend could not be reached or failed before its answer",
+        _ => detail,
     }
 }
 
