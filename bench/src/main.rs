@@ -18,15 +18,18 @@ mod report;
 mod results;
 mod rows;
 mod scenarios;
+mod scrape;
 mod servers;
 mod stats;
 mod targets;
 mod tls;
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use agent_proxy_tests::gateway::{self, Gateway};
 use agent_proxy_tests::netns::NetNs;
 use anyhow::Context as _;
 use clap::Parser;
@@ -188,9 +191,25 @@ fn measure_all(cli: &Cli, out_dir: &Path) -> anyhow::Result<Results> {
     // The transparent row's clients connect to this address, which nothing serves: the
     // daemon's OUTPUT rule redirects them (loopback destinations are never captured).
     agent_proxy_tests::connect::add_loopback_address(&ns, &format!("{}/32", rows::TRANSPARENT_IP))?;
+    // The veth family's three namespaces (clients, proxy, servers), made only when needed.
+    let veth = if scenarios.iter().any(|s| s.veth()) {
+        let gw = Gateway::new().context("create the veth topology's namespaces")?;
+        for n in [&gw.agent, &gw.proxy, &gw.intake] {
+            machine::tune_namespace(n)?;
+        }
+        Some(gw)
+    } else {
+        None
+    };
     println!(
-        "bench: namespace {}; {} run(s) x {} row(s) x {} scenario(s)",
+        "bench: namespace {}{}; {} run(s) x {} row(s) x {} scenario(s)",
         ns.name(),
+        veth.as_ref().map_or(String::new(), |gw| format!(
+            ", veth topology {} -> {} -> {}",
+            gw.agent.name(),
+            gw.proxy.name(),
+            gw.intake.name()
+        )),
         runs,
         rows.len(),
         scenarios.len()
@@ -210,11 +229,35 @@ fn measure_all(cli: &Cli, out_dir: &Path) -> anyhow::Result<Results> {
             );
             continue;
         }
-        let mut server = Server::start(scenario.server(), &ns, &work, pki.as_ref())
-            .with_context(|| format!("start the server of {}", scenario.name()))?;
+        let site = match (&veth, scenario.veth()) {
+            (Some(gw), true) => Site {
+                clients: &gw.agent,
+                proxy: &gw.proxy,
+                servers: &gw.intake,
+                proxy_listen: SocketAddr::new(parse_ip(gateway::PROXY_INNER), rows::PROXY_PORT),
+                server_ip: parse_ip(gateway::INTAKE),
+            },
+            _ => Site {
+                clients: &ns,
+                proxy: &ns,
+                servers: &ns,
+                proxy_listen: rows::PROXY_LISTEN.parse().expect("valid address"),
+                server_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            },
+        };
+        let mut server = Server::start(
+            scenario.server(),
+            site.servers,
+            site.server_ip,
+            &work,
+            pki.as_ref(),
+        )
+        .with_context(|| format!("start the server of {}", scenario.name()))?;
         let cx = |durations| Context {
             max_agents,
-            ns: &ns,
+            clients: site.clients,
+            proxy_ns: site.proxy,
+            proxy_listen: site.proxy_listen,
             server: server.addr,
             tls_server: server.tls_addr,
             pki: pki.as_ref(),
@@ -287,6 +330,7 @@ fn measure_all(cli: &Cli, out_dir: &Path) -> anyhow::Result<Results> {
         drop(server);
         done.push(result);
     }
+    drop(veth);
     drop(ns);
     Ok(Results {
         date: machine::now(),
@@ -304,6 +348,20 @@ fn measure_all(cli: &Cli, out_dir: &Path) -> anyhow::Result<Results> {
     })
 }
 
+/// Where a scenario's processes run: one namespace for everything (loopback), or the veth
+/// topology's three.
+struct Site<'a> {
+    clients: &'a NetNs,
+    proxy: &'a NetNs,
+    servers: &'a NetNs,
+    proxy_listen: SocketAddr,
+    server_ip: IpAddr,
+}
+
+fn parse_ip(text: &str) -> IpAddr {
+    text.parse().expect("the gateway's addresses are valid")
+}
+
 /// One progress line.
 fn brief(scenario: Scenario, s: &Sample) -> String {
     let mut parts = vec![format!("{} {}", report::num(s.throughput), scenario.unit())];
@@ -316,6 +374,19 @@ fn brief(scenario: Scenario, s: &Sample) -> String {
     }
     if let Some(v) = Metric::CpuPerGb.value(s) {
         parts.push(format!("machine CPU {} s/GB", report::num(v)));
+    }
+    if let Some(v) = Metric::CpuPerConn.value(s) {
+        parts.push(format!("machine CPU {} us/conn", report::num(v)));
+    }
+    if let Some(v) = Metric::LatP99Unscraped.value(s) {
+        parts.push(format!("p99 without scrapes {} us", report::num(v)));
+    }
+    if let (Some(m), Some(st)) = (s.scrape_metrics_ms, s.scrape_stats_ms) {
+        parts.push(format!(
+            "/metrics {} ms /stats {} ms",
+            report::num(m),
+            report::num(st)
+        ));
     }
     if let Some(v) = Metric::RssIdle.value(s) {
         parts.push(format!("RSS/idle conn {} KiB", report::num(v)));

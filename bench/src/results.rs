@@ -42,6 +42,20 @@ pub(crate) struct Sample {
     /// upstream socket (part of the kernel bytes). Absent in results of older runs.
     #[serde(default)]
     pub straight_bytes: Option<u64>,
+    /// Connections made and answered (the connection-rate scenarios: one request each).
+    #[serde(default)]
+    pub connections_made: Option<u64>,
+    /// Median time of a `GET /metrics` and of a `GET /stats` on agent-proxy's admin endpoint,
+    /// in milliseconds: with every agent connected and idle (many-agents scenarios), or during
+    /// the ping-pong (`ping-64-scrape`).
+    #[serde(default)]
+    pub scrape_metrics_ms: Option<f64>,
+    #[serde(default)]
+    pub scrape_stats_ms: Option<f64>,
+    /// `ping-64-scrape`: the ping-pong's p99 in the run without scrapes (the sample's own
+    /// latency is the run with a scrape every 100 ms).
+    #[serde(default)]
+    pub p99_unscraped: Option<f64>,
 }
 
 /// A figure of a row, as the tables show it.
@@ -64,6 +78,14 @@ pub(crate) enum Metric {
     Connections,
     MachineBusy,
     ProxyCpuPercent,
+    /// Whole-machine CPU microseconds per connection made (connection-rate scenarios).
+    CpuPerConn,
+    /// The proxy's own CPU microseconds per connection made.
+    ProxyCpuPerConn,
+    ScrapeMetrics,
+    ScrapeStats,
+    /// The ping-pong's p99 without scrapes (`ping-64-scrape`).
+    LatP99Unscraped,
 }
 
 impl Metric {
@@ -96,6 +118,11 @@ impl Metric {
                 let (k, u, d) = (s.kernel_bytes?, s.userspace_bytes?, s.straight_bytes?);
                 (k + u > 0).then(|| 100.0 * d as f64 / (k + u) as f64)
             }
+            Metric::CpuPerConn => per_conn(s.machine_cpu_seconds, s.connections_made),
+            Metric::ProxyCpuPerConn => per_conn(s.proxy_cpu_seconds?, s.connections_made),
+            Metric::ScrapeMetrics => s.scrape_metrics_ms,
+            Metric::ScrapeStats => s.scrape_stats_ms,
+            Metric::LatP99Unscraped => s.p99_unscraped,
         }
     }
 
@@ -119,6 +146,11 @@ impl Metric {
             Metric::ProxyCpuPercent => "proxy CPU % of a core".into(),
             Metric::KernelShare => "kernel bytes %".into(),
             Metric::StraightShare => "straight %".into(),
+            Metric::CpuPerConn => "machine CPU us/conn".into(),
+            Metric::ProxyCpuPerConn => "proxy CPU us/conn".into(),
+            Metric::ScrapeMetrics => "/metrics ms".into(),
+            Metric::ScrapeStats => "/stats ms".into(),
+            Metric::LatP99Unscraped => "p99 us, no scrape".into(),
         }
     }
 
@@ -128,6 +160,12 @@ impl Metric {
             Metric::Throughput | Metric::KernelShare | Metric::StraightShare | Metric::Connections
         )
     }
+}
+
+/// CPU seconds over `connections`, in microseconds per connection.
+fn per_conn(cpu_seconds: f64, connections: Option<u64>) -> Option<f64> {
+    let n = connections?;
+    (n > 0).then(|| cpu_seconds * 1e6 / n as f64)
 }
 
 /// Every run of one row in one scenario.
@@ -252,5 +290,14 @@ mod tests {
         let none_moved = Sample::default();
         assert_eq!(Metric::CpuPerGb.value(&none_moved), None);
         assert_eq!(Metric::KernelShare.value(&none_moved), None);
+        assert_eq!(Metric::CpuPerConn.value(&none_moved), None);
+        let conns = Sample {
+            machine_cpu_seconds: 0.5,
+            proxy_cpu_seconds: Some(0.1),
+            connections_made: Some(10_000),
+            ..Sample::default()
+        };
+        assert_eq!(Metric::CpuPerConn.value(&conns), Some(50.0));
+        assert_eq!(Metric::ProxyCpuPerConn.value(&conns), Some(10.0));
     }
 }
