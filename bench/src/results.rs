@@ -27,6 +27,10 @@ pub(crate) struct Sample {
     pub proxy_cpu_seconds: Option<f64>,
     /// VmHWM of the proxy process at the end of the run.
     pub proxy_peak_rss_kib: Option<u64>,
+    /// VmRSS of the proxy process at the end of the run (what `top` shows; the peak of a
+    /// kernel-path daemon is its start-up, when the eBPF loader parses the kernel's BTF).
+    #[serde(default)]
+    pub proxy_rss_kib: Option<u64>,
     /// (VmRSS with the connections open and idle - VmRSS at fresh start) / connections.
     pub rss_per_idle_connection: Option<f64>,
     /// The same after every connection has been active.
@@ -70,6 +74,7 @@ pub(crate) enum Metric {
     CpuPerGb,
     ProxyCpuPerGb,
     PeakRss,
+    Rss,
     RssIdle,
     RssActive,
     Errors,
@@ -101,6 +106,7 @@ impl Metric {
             Metric::CpuPerGb => gb(s.machine_cpu_seconds),
             Metric::ProxyCpuPerGb => s.proxy_cpu_seconds.and_then(gb),
             Metric::PeakRss => s.proxy_peak_rss_kib.map(|k| k as f64 / 1024.0),
+            Metric::Rss => s.proxy_rss_kib.map(|k| k as f64 / 1024.0),
             Metric::RssIdle => s.rss_per_idle_connection.map(|b| b / 1024.0),
             Metric::RssActive => s.rss_per_active_connection.map(|b| b / 1024.0),
             Metric::Errors => Some(s.errors as f64),
@@ -138,6 +144,7 @@ impl Metric {
             Metric::CpuPerGb => "machine CPU s/GB".into(),
             Metric::ProxyCpuPerGb => "proxy CPU s/GB".into(),
             Metric::PeakRss => "proxy peak RSS MiB".into(),
+            Metric::Rss => "proxy RSS at end MiB".into(),
             Metric::RssIdle => "RSS/conn idle KiB".into(),
             Metric::RssActive => "RSS/conn active KiB".into(),
             Metric::Errors => "errors".into(),

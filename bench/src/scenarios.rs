@@ -324,6 +324,7 @@ impl Scenario {
                     CpuPerGb,
                     ProxyCpuPerGb,
                     PeakRss,
+                    Rss,
                     Errors,
                     KernelShare,
                     StraightShare,
@@ -338,6 +339,7 @@ impl Scenario {
                 MachineBusy,
                 ProxyCpuPercent,
                 PeakRss,
+                Rss,
                 RssIdle,
                 RssActive,
                 ScrapeMetrics,
@@ -354,6 +356,7 @@ impl Scenario {
                 CpuPerConn,
                 ProxyCpuPerConn,
                 PeakRss,
+                Rss,
                 Errors,
                 KernelShare,
                 StraightShare,
@@ -367,6 +370,7 @@ impl Scenario {
                 ScrapeStats,
                 Throughput,
                 PeakRss,
+                Rss,
             ],
             Scenario::Ping64 | Scenario::Ping16k => &[
                 LatAvg,
@@ -376,6 +380,7 @@ impl Scenario {
                 Throughput,
                 CpuPerGb,
                 PeakRss,
+                Rss,
                 KernelShare,
                 StraightShare,
             ],
@@ -384,6 +389,7 @@ impl Scenario {
                 CpuPerGb,
                 ProxyCpuPerGb,
                 PeakRss,
+                Rss,
                 KernelShare,
                 StraightShare,
             ],
@@ -475,7 +481,9 @@ pub(crate) fn measure(scenario: Scenario, row: Row, cx: &Context<'_>) -> anyhow:
     };
     if let Some(p) = proxy.as_mut() {
         p.ensure_running()?;
-        sample.proxy_peak_rss_kib = Some(Memory::read(p.pid())?.hwm_kib);
+        let mem = Memory::read(p.pid())?;
+        sample.proxy_peak_rss_kib = Some(mem.hwm_kib);
+        sample.proxy_rss_kib = Some(mem.rss_kib);
         if let Some(m) = p.metrics()? {
             let path = |path: &str| m.count("agent_proxy_bytes_total", &[("path", path)]);
             sample.kernel_bytes = Some(path("kernel"));
