@@ -46,8 +46,9 @@ use crate::tls::Pki;
     about = "Benchmarks agent-proxy against direct and HAProxy 2.6"
 )]
 struct Cli {
-    /// A sanity check in under a minute: one short run of datakit, agents-1000, ping-64,
-    /// bulk-1 and the two TLS scenarios, no warm-up. Its figures are not for quoting.
+    /// A sanity check in about two minutes: one short run of datakit, connrate, agents-1000,
+    /// ping-64, ping-64-scrape, bulk-1, the two TLS scenarios, datakit-veth and
+    /// agents-1000-veth, no warm-up. Its figures are not for quoting.
     #[arg(long)]
     quick: bool,
     /// Measured runs per row (default 5; 1 with --quick).
@@ -65,6 +66,11 @@ struct Cli {
     /// Seconds of the active phase of the many-agents scenarios (default 5; 1 with --quick).
     #[arg(long)]
     agents_duration: Option<u64>,
+    /// Turn GRO on for the veth family's four veth ends (`ethtool -K DEV gro on`, which also
+    /// gives them NAPI), as a host's NIC has it: the proxy then receives coalesced segments
+    /// instead of one buffer per 1,500-byte packet.
+    #[arg(long)]
+    veth_gro: bool,
     /// Skip the warm-up round.
     #[arg(long)]
     no_warmup: bool,
@@ -196,6 +202,27 @@ fn measure_all(cli: &Cli, out_dir: &Path) -> anyhow::Result<Results> {
         let gw = Gateway::new().context("create the veth topology's namespaces")?;
         for n in [&gw.agent, &gw.proxy, &gw.intake] {
             machine::tune_namespace(n)?;
+        }
+        if cli.veth_gro {
+            for (n, dev) in [
+                (&gw.agent, "va"),
+                (&gw.proxy, "vp"),
+                (&gw.proxy, "vo"),
+                (&gw.intake, "vi"),
+            ] {
+                agent_proxy_tests::connect::run(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    n.name(),
+                    "ethtool",
+                    "-K",
+                    dev,
+                    "gro",
+                    "on",
+                ])
+                .with_context(|| format!("GRO on {dev} (is ethtool installed?)"))?;
+            }
         }
         Some(gw)
     } else {
