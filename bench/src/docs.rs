@@ -100,7 +100,9 @@ pub(crate) fn generate(results: &Results, chart: Option<&str>) -> String {
         /proc/stat, which counts the kernel path's softirq and kworker time) per 10^9 payload \
         bytes; proxy CPU s/GB = the proxy process's own utime+stime; proxy peak RSS = VmHWM (on the kernel path \
         reached at start, while the eBPF loader parses the running kernel's BTF); proxy RSS at end \
-        = VmRSS after the run, what `top` shows; \
+        = VmRSS after the run, what `top` shows; B per redirect = the kernel path's bytes (less the \
+        straight ones) over `agent_proxy_kernel_redirects_total`, the size of the buffers the \
+        splice verdict handles; \
         RSS/conn = VmRSS growth over the fresh proxy, per connection, with every connection idle \
         after one request, then after the active phase; kernel bytes % = share of \
         `agent_proxy_bytes_total` with `path=\"kernel\"` (the rest was carried in userspace); \

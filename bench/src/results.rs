@@ -46,6 +46,9 @@ pub(crate) struct Sample {
     /// upstream socket (part of the kernel bytes). Absent in results of older runs.
     #[serde(default)]
     pub straight_bytes: Option<u64>,
+    /// `agent_proxy_kernel_redirects_total`: buffers the splice verdict redirected.
+    #[serde(default)]
+    pub kernel_redirects: Option<u64>,
     /// Connections made and answered (the connection-rate scenarios: one request each).
     #[serde(default)]
     pub connections_made: Option<u64>,
@@ -91,6 +94,9 @@ pub(crate) enum Metric {
     ScrapeStats,
     /// The ping-pong's p99 without scrapes (`ping-64-scrape`).
     LatP99Unscraped,
+    /// Bytes the splice verdict redirected per buffer it saw: the size of what the proxy's
+    /// sockets receive at once (up to 64 KiB on loopback, a segment on a link without GRO).
+    BytesPerRedirect,
 }
 
 impl Metric {
@@ -129,6 +135,13 @@ impl Metric {
             Metric::ScrapeMetrics => s.scrape_metrics_ms,
             Metric::ScrapeStats => s.scrape_stats_ms,
             Metric::LatP99Unscraped => s.p99_unscraped,
+            Metric::BytesPerRedirect => {
+                let spliced = s
+                    .kernel_bytes?
+                    .saturating_sub(s.straight_bytes.unwrap_or(0));
+                let n = s.kernel_redirects?;
+                (n > 0).then(|| spliced as f64 / n as f64)
+            }
         }
     }
 
@@ -158,6 +171,7 @@ impl Metric {
             Metric::ScrapeMetrics => "/metrics ms".into(),
             Metric::ScrapeStats => "/stats ms".into(),
             Metric::LatP99Unscraped => "p99 us, no scrape".into(),
+            Metric::BytesPerRedirect => "B per redirect".into(),
         }
     }
 
@@ -284,8 +298,10 @@ mod tests {
             kernel_bytes: Some(3),
             userspace_bytes: Some(1),
             straight_bytes: Some(2),
+            kernel_redirects: Some(2),
             ..Sample::default()
         };
+        assert_eq!(Metric::BytesPerRedirect.value(&s), Some(0.5));
         assert_eq!(Metric::CpuPerGb.value(&s), Some(1.5));
         assert_eq!(Metric::ProxyCpuPerGb.value(&s), Some(0.5));
         assert_eq!(Metric::PeakRss.value(&s), Some(2.0));

@@ -9,6 +9,7 @@
 //! ([`Scenario::has_row`]).
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use agent_proxy_tests::netns::NetNs;
@@ -328,6 +329,7 @@ impl Scenario {
                     Errors,
                     KernelShare,
                     StraightShare,
+                    BytesPerRedirect,
                 ]
             }
             Scenario::Agents1k | Scenario::Agents10k => &[
@@ -392,6 +394,7 @@ impl Scenario {
                 Rss,
                 KernelShare,
                 StraightShare,
+                BytesPerRedirect,
             ],
         }
     }
@@ -475,7 +478,7 @@ pub(crate) fn measure(scenario: Scenario, row: Row, cx: &Context<'_>) -> anyhow:
         Scenario::Agents1k | Scenario::Agents10k => agents_run(scenario, target, pid, admin, cx)?,
         Scenario::Ping64Scrape => {
             let admin = admin.context("ping-64-scrape measures agent-proxy rows only")?;
-            scrape_run(target, pid, &admin, cx)?
+            scrape_run(row, target, pid, &admin, cx)?
         }
         _ => tool_run(scenario, target, tls_name, pid, cx)?,
     };
@@ -489,6 +492,7 @@ pub(crate) fn measure(scenario: Scenario, row: Row, cx: &Context<'_>) -> anyhow:
             sample.kernel_bytes = Some(path("kernel"));
             sample.userspace_bytes = Some(path("userspace"));
             sample.straight_bytes = Some(m.count("agent_proxy_local_agent_bytes_total", &[]));
+            sample.kernel_redirects = Some(m.count("agent_proxy_kernel_redirects_total", &[]));
         }
     }
     if let Some(p) = proxy {
@@ -642,18 +646,29 @@ fn connrate_args(target: SocketAddr, duration: Duration) -> Vec<String> {
     ]
 }
 
-/// `ping-64-scrape`: the 64 B ping-pong once quiet, then once while a thread scrapes
-/// `/metrics` and `/stats` every 100 ms; the sample is the second run's, with the first run's
-/// p99 beside it and the scrapes' median times.
+/// `ping-64-scrape`: the 64 B ping-pong once quiet and once while a thread scrapes `/metrics`
+/// and `/stats` every 100 ms, in turn first and second from one run to the next (the first
+/// sockperf after the proxy's start is not the same as the second); the sample is the scraped
+/// run's, with the quiet run's p99 beside it and the scrapes' median times.
 fn scrape_run(
+    row: Row,
     target: SocketAddr,
     pid: Option<u32>,
     admin: &Admin,
     cx: &Context<'_>,
 ) -> anyhow::Result<Sample> {
-    let quiet = tool_run(Scenario::Ping64Scrape, target, None, pid, cx)?;
-    let (scraped, times) =
-        admin.scraping(|| tool_run(Scenario::Ping64Scrape, target, None, pid, cx));
+    // Each row's own count of runs (warm-up included), whatever the other rows do.
+    static TURNS: [AtomicUsize; Row::ALL.len()] = [const { AtomicUsize::new(0) }; Row::ALL.len()];
+    let turn = Row::ALL.iter().position(|&r| r == row).unwrap_or(0);
+    let ping = || tool_run(Scenario::Ping64Scrape, target, None, pid, cx);
+    let scraped_first = TURNS[turn].fetch_add(1, Ordering::Relaxed) % 2 == 1;
+    let (quiet, (scraped, times)) = if scraped_first {
+        let scraped = admin.scraping(ping);
+        (ping()?, scraped)
+    } else {
+        let quiet = ping()?;
+        (quiet, admin.scraping(ping))
+    };
     let (mut sample, times) = (scraped?, times?);
     sample.p99_unscraped = quiet.latency.map(|l| l.p99);
     sample.scrape_metrics_ms = Some(times.metrics_ms);
