@@ -60,15 +60,14 @@ struct Cli {
     /// Run only these rows (repeatable), e.g. `--only kernel --only haproxy`.
     #[arg(long, value_enum)]
     only: Vec<Row>,
-    /// Seconds of each sockperf and iperf3 run (default 5; 1 with --quick).
+    /// Seconds of each sockperf, iperf3 and connection-rate run (default 5; 1 with --quick).
     #[arg(long)]
     duration: Option<u64>,
     /// Seconds of the active phase of the many-agents scenarios (default 5; 1 with --quick).
     #[arg(long)]
     agents_duration: Option<u64>,
     /// Turn GRO on for the veth family's four veth ends (`ethtool -K DEV gro on`, which also
-    /// gives them NAPI), as a host's NIC has it: the proxy then receives coalesced segments
-    /// instead of one buffer per 1,500-byte packet.
+    /// gives them NAPI), as a host's NIC has it: each stack then receives GRO-merged packets.
     #[arg(long)]
     veth_gro: bool,
     /// Skip the warm-up round.

@@ -87,26 +87,33 @@ pub(crate) enum Scenario {
     #[value(name = "ping-64-scrape")]
     #[serde(rename = "ping-64-scrape")]
     Ping64Scrape,
-    /// The veth family ([`Scenario::veth`]): the same workloads with the clients, the proxy and
-    /// the servers in three namespaces joined by veth pairs, as agents on other hosts reach it.
+    // The veth family (`Scenario::veth`): the same workloads with the clients, the proxy and
+    // the servers in three namespaces joined by veth pairs, as agents on other hosts reach it.
+    /// datakit with clients, proxy and servers in three namespaces joined by veth pairs.
     #[value(name = "datakit-veth")]
     #[serde(rename = "datakit-veth")]
     DatakitVeth,
+    /// connrate on the veth topology.
     #[value(name = "connrate-veth")]
     #[serde(rename = "connrate-veth")]
     ConnRateVeth,
+    /// agents-1000 on the veth topology.
     #[value(name = "agents-1000-veth")]
     #[serde(rename = "agents-1000-veth")]
     Agents1kVeth,
+    /// agents-10000 on the veth topology.
     #[value(name = "agents-10000-veth")]
     #[serde(rename = "agents-10000-veth")]
     Agents10kVeth,
+    /// ping-64 on the veth topology.
     #[value(name = "ping-64-veth")]
     #[serde(rename = "ping-64-veth")]
     Ping64Veth,
+    /// bulk-1 on the veth topology.
     #[value(name = "bulk-1-veth")]
     #[serde(rename = "bulk-1-veth")]
     Bulk1Veth,
+    /// bulk-8 on the veth topology.
     #[value(name = "bulk-8-veth")]
     #[serde(rename = "bulk-8-veth")]
     Bulk8Veth,
