@@ -22,6 +22,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::parse::Latency;
 use crate::procfs::{CpuDelta, CpuTimes, Memory, process_ticks};
+use crate::scrape::{Admin, SCRAPES_AT_REST, ScrapeTimes};
 
 /// One request or connect must finish within this, or it counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,6 +39,8 @@ pub(crate) struct Plan {
     pub active: Duration,
     /// The proxy's pid, for memory and CPU figures (`None` for the direct row).
     pub proxy_pid: Option<u32>,
+    /// agent-proxy's admin endpoint: its scrapes are timed with every agent connected.
+    pub admin: Option<Admin>,
 }
 
 #[derive(Clone, Debug)]
@@ -56,6 +59,8 @@ pub(crate) struct Outcome {
     pub mem_start: Option<Memory>,
     pub mem_idle: Option<Memory>,
     pub mem_active: Option<Memory>,
+    /// `/metrics` and `/stats` times with every agent connected and idle.
+    pub scrape: Option<ScrapeTimes>,
 }
 
 pub(crate) async fn run(plan: Plan) -> anyhow::Result<Outcome> {
@@ -105,6 +110,14 @@ pub(crate) async fn run(plan: Plan) -> anyhow::Result<Outcome> {
     // Let the proxy finish whatever it does after a request (log lines, map updates).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mem_idle = mem()?;
+    // What a scrape costs with every connection open (the kernel path's maps hold them all).
+    // A blocking call on this runtime's thread: nothing else runs between the phases.
+    let scrape = plan
+        .admin
+        .as_ref()
+        .map(|a| a.median_times(SCRAPES_AT_REST))
+        .transpose()
+        .context("scrape the admin endpoint")?;
 
     // Phase 2: everyone posts once per period.
     let histogram = Arc::new(Mutex::new(
@@ -178,6 +191,7 @@ pub(crate) async fn run(plan: Plan) -> anyhow::Result<Outcome> {
         mem_start,
         mem_idle,
         mem_active,
+        scrape,
     })
 }
 

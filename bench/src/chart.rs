@@ -8,6 +8,21 @@ use crate::scenarios::Scenario;
 
 /// The bars: label, scenario, figure.
 const ITEMS: &[(&str, Scenario, Metric)] = &[
+    // Agents on other hosts (the veth family): the headline.
+    (
+        "remote DataKit req/s",
+        Scenario::DatakitVeth,
+        Metric::Throughput,
+    ),
+    ("remote DataKit p99", Scenario::DatakitVeth, Metric::LatP99),
+    ("remote ping 64 B avg", Scenario::Ping64Veth, Metric::LatAvg),
+    ("remote conn/s", Scenario::ConnRateVeth, Metric::Throughput),
+    ("remote bulk 1", Scenario::Bulk1Veth, Metric::Throughput),
+    (
+        "remote CPU/GB DataKit",
+        Scenario::DatakitVeth,
+        Metric::CpuPerGb,
+    ),
     ("DataKit req/s", Scenario::Datakit, Metric::Throughput),
     ("DataKit p99", Scenario::Datakit, Metric::LatP99),
     ("10k agents p99", Scenario::Agents10k, Metric::LatP99),
@@ -18,6 +33,8 @@ const ITEMS: &[(&str, Scenario, Metric)] = &[
     ("bulk 8 streams", Scenario::Bulk8, Metric::Throughput),
     ("CPU/GB DataKit", Scenario::Datakit, Metric::CpuPerGb),
     ("CPU/GB bulk 1", Scenario::Bulk1, Metric::CpuPerGb),
+    ("conn/s", Scenario::ConnRate, Metric::Throughput),
+    ("CPU/conn", Scenario::ConnRate, Metric::CpuPerConn),
     // HAProxy with `ssl` there; agent-proxy's rows both use its userspace relay.
     (
         "TLS orig. req/s",

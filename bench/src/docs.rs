@@ -98,12 +98,26 @@ pub(crate) fn generate(results: &Results, chart: Option<&str>) -> String {
         (ping-pong: half round trip as sockperf reports it; hey quantises to 100 us); machine CPU \
         s/GB = busy CPU seconds of the whole machine (user+nice+system+irq+softirq+steal from \
         /proc/stat, which counts the kernel path's softirq and kworker time) per 10^9 payload \
-        bytes; proxy CPU s/GB = the proxy process's own utime+stime; proxy peak RSS = VmHWM; \
+        bytes; proxy CPU s/GB = the proxy process's own utime+stime; proxy peak RSS = VmHWM (on the kernel path \
+        reached at start, while the eBPF loader parses the running kernel's BTF); proxy RSS at end \
+        = VmRSS after the run, what `top` shows; B per redirect = the kernel path's bytes (less the \
+        straight ones) over `agent_proxy_kernel_redirects_total`, the size of the buffers the \
+        splice verdict handles; \
         RSS/conn = VmRSS growth over the fresh proxy, per connection, with every connection idle \
         after one request, then after the active phase; kernel bytes % = share of \
         `agent_proxy_bytes_total` with `path=\"kernel\"` (the rest was carried in userspace); \
         straight % = share of those bytes a same-host agent's `sendmsg` put straight into the \
-        upstream socket (`agent_proxy_local_agent_bytes_total`, sk_msg), without the splice.\n";
+        upstream socket (`agent_proxy_local_agent_bytes_total`, sk_msg), without the splice; \
+        machine CPU us/conn = the same busy CPU time per connection made (connection-rate \
+        scenarios, one request per connection); /metrics ms and /stats ms = median time of a \
+        scrape of agent-proxy's admin endpoint (many agents: 5 of each with every agent \
+        connected and idle; ping-64-scrape: every 100 ms during the ping-pong, whose p99 \
+        without scrapes, from a run just before, is beside the p99 with them). The veth \
+        scenarios (`*-veth`) put the clients, the proxy and the servers in three namespaces \
+        joined by veth pairs (agents 10.77.0.2 -> proxy 10.77.0.1:7000, proxy 11.0.0.1 -> \
+        servers 11.0.0.10; the direct row is routed through the proxy's namespace), so every \
+        byte crosses two links and the proxy's own stack, as from another host; the same-host \
+        path cannot apply there, so their agent-proxy kernel row is `kernel-remote`.\n";
     out
 }
 

@@ -18,15 +18,18 @@ mod report;
 mod results;
 mod rows;
 mod scenarios;
+mod scrape;
 mod servers;
 mod stats;
 mod targets;
 mod tls;
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use agent_proxy_tests::gateway::{self, Gateway};
 use agent_proxy_tests::netns::NetNs;
 use anyhow::Context as _;
 use clap::Parser;
@@ -43,8 +46,9 @@ use crate::tls::Pki;
     about = "Benchmarks agent-proxy against direct and HAProxy 2.6"
 )]
 struct Cli {
-    /// A sanity check in under a minute: one short run of datakit, agents-1000, ping-64,
-    /// bulk-1 and the two TLS scenarios, no warm-up. Its figures are not for quoting.
+    /// A sanity check in about two minutes: one short run of datakit, connrate, agents-1000,
+    /// ping-64, ping-64-scrape, bulk-1, the two TLS scenarios, datakit-veth and
+    /// agents-1000-veth, no warm-up. Its figures are not for quoting.
     #[arg(long)]
     quick: bool,
     /// Measured runs per row (default 5; 1 with --quick).
@@ -56,12 +60,16 @@ struct Cli {
     /// Run only these rows (repeatable), e.g. `--only kernel --only haproxy`.
     #[arg(long, value_enum)]
     only: Vec<Row>,
-    /// Seconds of each sockperf and iperf3 run (default 5; 1 with --quick).
+    /// Seconds of each sockperf, iperf3 and connection-rate run (default 5; 1 with --quick).
     #[arg(long)]
     duration: Option<u64>,
     /// Seconds of the active phase of the many-agents scenarios (default 5; 1 with --quick).
     #[arg(long)]
     agents_duration: Option<u64>,
+    /// Turn GRO on for the veth family's four veth ends (`ethtool -K DEV gro on`, which also
+    /// gives them NAPI), as a host's NIC has it: each stack then receives GRO-merged packets.
+    #[arg(long)]
+    veth_gro: bool,
     /// Skip the warm-up round.
     #[arg(long)]
     no_warmup: bool,
@@ -188,9 +196,46 @@ fn measure_all(cli: &Cli, out_dir: &Path) -> anyhow::Result<Results> {
     // The transparent row's clients connect to this address, which nothing serves: the
     // daemon's OUTPUT rule redirects them (loopback destinations are never captured).
     agent_proxy_tests::connect::add_loopback_address(&ns, &format!("{}/32", rows::TRANSPARENT_IP))?;
+    // The veth family's three namespaces (clients, proxy, servers), made only when needed.
+    let veth = if scenarios.iter().any(|s| s.veth()) {
+        let gw = Gateway::new().context("create the veth topology's namespaces")?;
+        for n in [&gw.agent, &gw.proxy, &gw.intake] {
+            machine::tune_namespace(n)?;
+        }
+        if cli.veth_gro {
+            for (n, dev) in [
+                (&gw.agent, "va"),
+                (&gw.proxy, "vp"),
+                (&gw.proxy, "vo"),
+                (&gw.intake, "vi"),
+            ] {
+                agent_proxy_tests::connect::run(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    n.name(),
+                    "ethtool",
+                    "-K",
+                    dev,
+                    "gro",
+                    "on",
+                ])
+                .with_context(|| format!("GRO on {dev} (is ethtool installed?)"))?;
+            }
+        }
+        Some(gw)
+    } else {
+        None
+    };
     println!(
-        "bench: namespace {}; {} run(s) x {} row(s) x {} scenario(s)",
+        "bench: namespace {}{}; {} run(s) x {} row(s) x {} scenario(s)",
         ns.name(),
+        veth.as_ref().map_or(String::new(), |gw| format!(
+            ", veth topology {} -> {} -> {}",
+            gw.agent.name(),
+            gw.proxy.name(),
+            gw.intake.name()
+        )),
         runs,
         rows.len(),
         scenarios.len()
@@ -210,11 +255,35 @@ fn measure_all(cli: &Cli, out_dir: &Path) -> anyhow::Result<Results> {
             );
             continue;
         }
-        let mut server = Server::start(scenario.server(), &ns, &work, pki.as_ref())
-            .with_context(|| format!("start the server of {}", scenario.name()))?;
+        let site = match (&veth, scenario.veth()) {
+            (Some(gw), true) => Site {
+                clients: &gw.agent,
+                proxy: &gw.proxy,
+                servers: &gw.intake,
+                proxy_listen: SocketAddr::new(parse_ip(gateway::PROXY_INNER), rows::PROXY_PORT),
+                server_ip: parse_ip(gateway::INTAKE),
+            },
+            _ => Site {
+                clients: &ns,
+                proxy: &ns,
+                servers: &ns,
+                proxy_listen: rows::PROXY_LISTEN.parse().expect("valid address"),
+                server_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            },
+        };
+        let mut server = Server::start(
+            scenario.server(),
+            site.servers,
+            site.server_ip,
+            &work,
+            pki.as_ref(),
+        )
+        .with_context(|| format!("start the server of {}", scenario.name()))?;
         let cx = |durations| Context {
             max_agents,
-            ns: &ns,
+            clients: site.clients,
+            proxy_ns: site.proxy,
+            proxy_listen: site.proxy_listen,
             server: server.addr,
             tls_server: server.tls_addr,
             pki: pki.as_ref(),
@@ -287,6 +356,7 @@ fn measure_all(cli: &Cli, out_dir: &Path) -> anyhow::Result<Results> {
         drop(server);
         done.push(result);
     }
+    drop(veth);
     drop(ns);
     Ok(Results {
         date: machine::now(),
@@ -304,6 +374,20 @@ fn measure_all(cli: &Cli, out_dir: &Path) -> anyhow::Result<Results> {
     })
 }
 
+/// Where a scenario's processes run: one namespace for everything (loopback), or the veth
+/// topology's three.
+struct Site<'a> {
+    clients: &'a NetNs,
+    proxy: &'a NetNs,
+    servers: &'a NetNs,
+    proxy_listen: SocketAddr,
+    server_ip: IpAddr,
+}
+
+fn parse_ip(text: &str) -> IpAddr {
+    text.parse().expect("the gateway's addresses are valid")
+}
+
 /// One progress line.
 fn brief(scenario: Scenario, s: &Sample) -> String {
     let mut parts = vec![format!("{} {}", report::num(s.throughput), scenario.unit())];
@@ -316,6 +400,19 @@ fn brief(scenario: Scenario, s: &Sample) -> String {
     }
     if let Some(v) = Metric::CpuPerGb.value(s) {
         parts.push(format!("machine CPU {} s/GB", report::num(v)));
+    }
+    if let Some(v) = Metric::CpuPerConn.value(s) {
+        parts.push(format!("machine CPU {} us/conn", report::num(v)));
+    }
+    if let Some(v) = Metric::LatP99Unscraped.value(s) {
+        parts.push(format!("p99 without scrapes {} us", report::num(v)));
+    }
+    if let (Some(m), Some(st)) = (s.scrape_metrics_ms, s.scrape_stats_ms) {
+        parts.push(format!(
+            "/metrics {} ms /stats {} ms",
+            report::num(m),
+            report::num(st)
+        ));
     }
     if let Some(v) = Metric::RssIdle.value(s) {
         parts.push(format!("RSS/idle conn {} KiB", report::num(v)));

@@ -27,6 +27,10 @@ pub(crate) struct Sample {
     pub proxy_cpu_seconds: Option<f64>,
     /// VmHWM of the proxy process at the end of the run.
     pub proxy_peak_rss_kib: Option<u64>,
+    /// VmRSS of the proxy process at the end of the run (what `top` shows; the peak of a
+    /// kernel-path daemon is its start-up, when the eBPF loader parses the kernel's BTF).
+    #[serde(default)]
+    pub proxy_rss_kib: Option<u64>,
     /// (VmRSS with the connections open and idle - VmRSS at fresh start) / connections.
     pub rss_per_idle_connection: Option<f64>,
     /// The same after every connection has been active.
@@ -42,6 +46,23 @@ pub(crate) struct Sample {
     /// upstream socket (part of the kernel bytes). Absent in results of older runs.
     #[serde(default)]
     pub straight_bytes: Option<u64>,
+    /// `agent_proxy_kernel_redirects_total`: buffers the splice verdict redirected.
+    #[serde(default)]
+    pub kernel_redirects: Option<u64>,
+    /// Connections made and answered (the connection-rate scenarios: one request each).
+    #[serde(default)]
+    pub connections_made: Option<u64>,
+    /// Median time of a `GET /metrics` and of a `GET /stats` on agent-proxy's admin endpoint,
+    /// in milliseconds: with every agent connected and idle (many-agents scenarios), or during
+    /// the ping-pong (`ping-64-scrape`).
+    #[serde(default)]
+    pub scrape_metrics_ms: Option<f64>,
+    #[serde(default)]
+    pub scrape_stats_ms: Option<f64>,
+    /// `ping-64-scrape`: the ping-pong's p99 in the run without scrapes (the sample's own
+    /// latency is the run with a scrape every 100 ms).
+    #[serde(default)]
+    pub p99_unscraped: Option<f64>,
 }
 
 /// A figure of a row, as the tables show it.
@@ -56,6 +77,7 @@ pub(crate) enum Metric {
     CpuPerGb,
     ProxyCpuPerGb,
     PeakRss,
+    Rss,
     RssIdle,
     RssActive,
     Errors,
@@ -64,6 +86,17 @@ pub(crate) enum Metric {
     Connections,
     MachineBusy,
     ProxyCpuPercent,
+    /// Whole-machine CPU microseconds per connection made (connection-rate scenarios).
+    CpuPerConn,
+    /// The proxy's own CPU microseconds per connection made.
+    ProxyCpuPerConn,
+    ScrapeMetrics,
+    ScrapeStats,
+    /// The ping-pong's p99 without scrapes (`ping-64-scrape`).
+    LatP99Unscraped,
+    /// Bytes the splice verdict redirected per buffer it saw: the size of what the proxy's
+    /// sockets receive at once (up to 64 KiB on loopback, a segment on a link without GRO).
+    BytesPerRedirect,
 }
 
 impl Metric {
@@ -79,6 +112,7 @@ impl Metric {
             Metric::CpuPerGb => gb(s.machine_cpu_seconds),
             Metric::ProxyCpuPerGb => s.proxy_cpu_seconds.and_then(gb),
             Metric::PeakRss => s.proxy_peak_rss_kib.map(|k| k as f64 / 1024.0),
+            Metric::Rss => s.proxy_rss_kib.map(|k| k as f64 / 1024.0),
             Metric::RssIdle => s.rss_per_idle_connection.map(|b| b / 1024.0),
             Metric::RssActive => s.rss_per_active_connection.map(|b| b / 1024.0),
             Metric::Errors => Some(s.errors as f64),
@@ -96,6 +130,18 @@ impl Metric {
                 let (k, u, d) = (s.kernel_bytes?, s.userspace_bytes?, s.straight_bytes?);
                 (k + u > 0).then(|| 100.0 * d as f64 / (k + u) as f64)
             }
+            Metric::CpuPerConn => per_conn(s.machine_cpu_seconds, s.connections_made),
+            Metric::ProxyCpuPerConn => per_conn(s.proxy_cpu_seconds?, s.connections_made),
+            Metric::ScrapeMetrics => s.scrape_metrics_ms,
+            Metric::ScrapeStats => s.scrape_stats_ms,
+            Metric::LatP99Unscraped => s.p99_unscraped,
+            Metric::BytesPerRedirect => {
+                let spliced = s
+                    .kernel_bytes?
+                    .saturating_sub(s.straight_bytes.unwrap_or(0));
+                let n = s.kernel_redirects?;
+                (n > 0).then(|| spliced as f64 / n as f64)
+            }
         }
     }
 
@@ -111,6 +157,7 @@ impl Metric {
             Metric::CpuPerGb => "machine CPU s/GB".into(),
             Metric::ProxyCpuPerGb => "proxy CPU s/GB".into(),
             Metric::PeakRss => "proxy peak RSS MiB".into(),
+            Metric::Rss => "proxy RSS at end MiB".into(),
             Metric::RssIdle => "RSS/conn idle KiB".into(),
             Metric::RssActive => "RSS/conn active KiB".into(),
             Metric::Errors => "errors".into(),
@@ -119,6 +166,12 @@ impl Metric {
             Metric::ProxyCpuPercent => "proxy CPU % of a core".into(),
             Metric::KernelShare => "kernel bytes %".into(),
             Metric::StraightShare => "straight %".into(),
+            Metric::CpuPerConn => "machine CPU us/conn".into(),
+            Metric::ProxyCpuPerConn => "proxy CPU us/conn".into(),
+            Metric::ScrapeMetrics => "/metrics ms".into(),
+            Metric::ScrapeStats => "/stats ms".into(),
+            Metric::LatP99Unscraped => "p99 us, no scrape".into(),
+            Metric::BytesPerRedirect => "B per redirect".into(),
         }
     }
 
@@ -128,6 +181,12 @@ impl Metric {
             Metric::Throughput | Metric::KernelShare | Metric::StraightShare | Metric::Connections
         )
     }
+}
+
+/// CPU seconds over `connections`, in microseconds per connection.
+fn per_conn(cpu_seconds: f64, connections: Option<u64>) -> Option<f64> {
+    let n = connections?;
+    (n > 0).then(|| cpu_seconds * 1e6 / n as f64)
 }
 
 /// Every run of one row in one scenario.
@@ -239,8 +298,10 @@ mod tests {
             kernel_bytes: Some(3),
             userspace_bytes: Some(1),
             straight_bytes: Some(2),
+            kernel_redirects: Some(2),
             ..Sample::default()
         };
+        assert_eq!(Metric::BytesPerRedirect.value(&s), Some(0.5));
         assert_eq!(Metric::CpuPerGb.value(&s), Some(1.5));
         assert_eq!(Metric::ProxyCpuPerGb.value(&s), Some(0.5));
         assert_eq!(Metric::PeakRss.value(&s), Some(2.0));
@@ -252,5 +313,14 @@ mod tests {
         let none_moved = Sample::default();
         assert_eq!(Metric::CpuPerGb.value(&none_moved), None);
         assert_eq!(Metric::KernelShare.value(&none_moved), None);
+        assert_eq!(Metric::CpuPerConn.value(&none_moved), None);
+        let conns = Sample {
+            machine_cpu_seconds: 0.5,
+            proxy_cpu_seconds: Some(0.1),
+            connections_made: Some(10_000),
+            ..Sample::default()
+        };
+        assert_eq!(Metric::CpuPerConn.value(&conns), Some(50.0));
+        assert_eq!(Metric::ProxyCpuPerConn.value(&conns), Some(10.0));
     }
 }

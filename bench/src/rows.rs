@@ -138,11 +138,12 @@ pub(crate) enum Proxy {
 }
 
 impl Proxy {
-    /// Starts the proxy of `row` in front of `backend`, with `tls` on one side; `None` for the
-    /// direct row.
+    /// Starts the proxy of `row` on `listen` in front of `backend`, with `tls` on one side;
+    /// `None` for the direct row.
     pub(crate) fn start(
         row: Row,
         ns: &NetNs,
+        listen: SocketAddr,
         backend: SocketAddr,
         dir: &Path,
         tls: Option<ProxyTls<'_>>,
@@ -157,13 +158,13 @@ impl Proxy {
                     Row::HaproxyHttp => HaproxyMode::Http,
                     _ => HaproxyMode::Tcp,
                 };
-                let text = haproxy_config(backend, mode, cpus(), maxconn, tls);
+                let text = haproxy_config(listen, backend, mode, cpus(), maxconn, tls);
                 std::fs::write(&cfg, text)?;
                 let log = dir.join(format!("{}.log", row.name()));
                 // -db: foreground, no master process: the child's pid is the one worker process.
                 let mut p =
                     Proc::spawn(ns, "haproxy", &["-db", "-f", &cfg.to_string_lossy()], &log)?;
-                p.wait_listening(PROXY_PORT, Duration::from_secs(10))?;
+                p.wait_listening(listen.port(), Duration::from_secs(10))?;
                 Proxy::Haproxy(p)
             }
             Row::Kernel | Row::KernelRemote | Row::Userspace | Row::Http | Row::HttpBare => {
@@ -173,7 +174,7 @@ impl Proxy {
                     _ => Dataplane::Userspace,
                 };
                 let mut config = DaemonConfig::new(dataplane, vec![backend]);
-                config.listen = PROXY_LISTEN.parse().expect("valid address");
+                config.listen = listen;
                 config.max_connections = MAX_CONNECTIONS;
                 config.frontend_max_connections = MAX_CONNECTIONS;
                 config.connect_timeout = Duration::from_secs(5);
@@ -212,6 +213,14 @@ impl Proxy {
         match self {
             Proxy::Haproxy(p) => p.ensure_running(),
             Proxy::Agent(d) => d.ensure_running(),
+        }
+    }
+
+    /// agent-proxy's admin address, inside the proxy's namespace (`None` for HAProxy).
+    pub(crate) fn admin(&self) -> Option<SocketAddr> {
+        match self {
+            Proxy::Haproxy(_) => None,
+            Proxy::Agent(d) => Some(d.config.admin),
         }
     }
 
@@ -296,6 +305,7 @@ pub(crate) enum HaproxyMode {
 /// file: the rows pay for their logging as shipped); with `tls`, `ssl` on the bind or the
 /// server line.
 pub(crate) fn haproxy_config(
+    listen: SocketAddr,
     backend: SocketAddr,
     mode: HaproxyMode,
     threads: usize,
@@ -315,7 +325,7 @@ pub(crate) fn haproxy_config(
     format!(
         "global\n    nbthread {threads}\n    maxconn {maxconn}\n    maxpipes {HAPROXY_MAXPIPES}\n\n\
          defaults\n{mode}    timeout connect 5s\n    timeout client 300s\n    timeout server 300s\n\n\
-         frontend fe\n    bind {PROXY_LISTEN}{bind}\n    default_backend be\n\n\
+         frontend fe\n    bind {listen}{bind}\n    default_backend be\n\n\
          backend be\n    server s1 {backend}{server}\n"
     )
 }
@@ -324,9 +334,15 @@ pub(crate) fn haproxy_config(
 mod tests {
     use super::*;
 
+    const LO: SocketAddr = SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        PROXY_PORT,
+    );
+
     #[test]
     fn haproxy_config_has_mode_tcp_threads_and_optional_splice() {
         let plain = haproxy_config(
+            LO,
             "127.0.0.1:8000".parse().unwrap(),
             HaproxyMode::Tcp,
             2,
@@ -340,6 +356,7 @@ mod tests {
         assert!(plain.contains("server s1 127.0.0.1:8000\n"));
         assert!(!plain.contains("splice"));
         let splice = haproxy_config(
+            LO,
             "127.0.0.1:8000".parse().unwrap(),
             HaproxyMode::TcpSplice,
             2,
@@ -348,6 +365,7 @@ mod tests {
         );
         assert!(splice.contains("mode tcp\n    option splice-auto\n"));
         let http = haproxy_config(
+            LO,
             "127.0.0.1:8000".parse().unwrap(),
             HaproxyMode::Http,
             2,
@@ -370,6 +388,7 @@ mod tests {
         let pki = Pki::names_in("/t");
         let tls = |side| Some(ProxyTls { side, pki: &pki });
         let orig = haproxy_config(
+            LO,
             "127.0.0.1:8443".parse().unwrap(),
             HaproxyMode::Tcp,
             2,
@@ -385,6 +404,7 @@ mod tests {
             "{orig}"
         );
         let front = haproxy_config(
+            LO,
             "127.0.0.1:8000".parse().unwrap(),
             HaproxyMode::Tcp,
             2,

@@ -9,6 +9,7 @@
 //! ([`Scenario::has_row`]).
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use agent_proxy_tests::netns::NetNs;
@@ -20,7 +21,8 @@ use crate::parse;
 use crate::procfs::{CpuTimes, Memory, process_ticks, ticks_per_second};
 use crate::procs::run_client;
 use crate::results::{Metric, Sample};
-use crate::rows::{PROXY_LISTEN, Proxy, Row, TRANSPARENT_IP};
+use crate::rows::{Proxy, Row, TRANSPARENT_IP};
+use crate::scrape::Admin;
 use crate::servers::ServerKind;
 use crate::tls::{INTAKE_NAME, PROXY_NAME, Pki, ProxyTls, Side};
 
@@ -32,6 +34,8 @@ pub(crate) const DATAKIT_BODY: usize = 172_787;
 /// A many-agents POST: a few KiB of metrics, like an agent's periodic flush.
 pub(crate) const AGENT_BODY: usize = 2048;
 pub(crate) const AGENT_PERIOD: Duration = Duration::from_secs(1);
+/// Concurrent clients of the connection-rate scenario (issue 19: 16-64).
+pub(crate) const CONNRATE_CLIENTS: usize = 32;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 pub(crate) enum Scenario {
@@ -73,14 +77,65 @@ pub(crate) enum Scenario {
     #[value(name = "datakit-tls-frontend")]
     #[serde(rename = "datakit-tls-frontend")]
     DatakitTlsFrontend,
+    /// New connections: 32 clients, each connection one small GET and its answer, then closed
+    /// (hey -disable-keepalive -> nginx); connections/s, latency, CPU per connection.
+    #[value(name = "connrate")]
+    #[serde(rename = "connrate")]
+    ConnRate,
+    /// sockperf ping-pong, 64 B, once quiet and once while agent-proxy's /metrics and /stats
+    /// are scraped every 100 ms (agent-proxy rows only).
+    #[value(name = "ping-64-scrape")]
+    #[serde(rename = "ping-64-scrape")]
+    Ping64Scrape,
+    // The veth family (`Scenario::veth`): the same workloads with the clients, the proxy and
+    // the servers in three namespaces joined by veth pairs, as agents on other hosts reach it.
+    /// datakit with clients, proxy and servers in three namespaces joined by veth pairs.
+    #[value(name = "datakit-veth")]
+    #[serde(rename = "datakit-veth")]
+    DatakitVeth,
+    /// connrate on the veth topology.
+    #[value(name = "connrate-veth")]
+    #[serde(rename = "connrate-veth")]
+    ConnRateVeth,
+    /// agents-1000 on the veth topology.
+    #[value(name = "agents-1000-veth")]
+    #[serde(rename = "agents-1000-veth")]
+    Agents1kVeth,
+    /// agents-10000 on the veth topology.
+    #[value(name = "agents-10000-veth")]
+    #[serde(rename = "agents-10000-veth")]
+    Agents10kVeth,
+    /// ping-64 on the veth topology.
+    #[value(name = "ping-64-veth")]
+    #[serde(rename = "ping-64-veth")]
+    Ping64Veth,
+    /// bulk-1 on the veth topology.
+    #[value(name = "bulk-1-veth")]
+    #[serde(rename = "bulk-1-veth")]
+    Bulk1Veth,
+    /// bulk-8 on the veth topology.
+    #[value(name = "bulk-8-veth")]
+    #[serde(rename = "bulk-8-veth")]
+    Bulk8Veth,
 }
 
 impl Scenario {
-    pub(crate) const ALL: [Scenario; 9] = [
+    /// Every scenario, in the report's order: the remote-agent (veth) family first, the
+    /// headline, then the same-host (loopback) one.
+    pub(crate) const ALL: [Scenario; 18] = [
+        Scenario::DatakitVeth,
+        Scenario::ConnRateVeth,
+        Scenario::Agents1kVeth,
+        Scenario::Agents10kVeth,
+        Scenario::Ping64Veth,
+        Scenario::Bulk1Veth,
+        Scenario::Bulk8Veth,
         Scenario::Datakit,
+        Scenario::ConnRate,
         Scenario::Agents1k,
         Scenario::Agents10k,
         Scenario::Ping64,
+        Scenario::Ping64Scrape,
         Scenario::Ping16k,
         Scenario::Bulk1,
         Scenario::Bulk8,
@@ -88,15 +143,46 @@ impl Scenario {
         Scenario::DatakitTlsFrontend,
     ];
     /// What `--quick` runs: the TLS scenarios add 2-3 s to it (1,600 requests per row, no
-    /// warm-up) and are the only check of the TLS lines of every peer's config.
-    pub(crate) const QUICK: [Scenario; 6] = [
+    /// warm-up) and are the only check of the TLS lines of every peer's config; one scenario
+    /// of each kind of the veth family checks that topology.
+    pub(crate) const QUICK: [Scenario; 10] = [
+        Scenario::DatakitVeth,
+        Scenario::Agents1kVeth,
         Scenario::Datakit,
+        Scenario::ConnRate,
         Scenario::Agents1k,
         Scenario::Ping64,
+        Scenario::Ping64Scrape,
         Scenario::Bulk1,
         Scenario::DatakitTlsOrigination,
         Scenario::DatakitTlsFrontend,
     ];
+
+    /// The veth family: clients, proxy and servers in three namespaces joined by veth pairs.
+    pub(crate) fn veth(self) -> bool {
+        self != self.base()
+    }
+
+    /// The loopback scenario whose workload a veth scenario runs (itself for the others).
+    pub(crate) fn base(self) -> Scenario {
+        match self {
+            Scenario::DatakitVeth => Scenario::Datakit,
+            Scenario::ConnRateVeth => Scenario::ConnRate,
+            Scenario::Agents1kVeth => Scenario::Agents1k,
+            Scenario::Agents10kVeth => Scenario::Agents10k,
+            Scenario::Ping64Veth => Scenario::Ping64,
+            Scenario::Bulk1Veth => Scenario::Bulk1,
+            Scenario::Bulk8Veth => Scenario::Bulk8,
+            other => other,
+        }
+    }
+
+    /// The veth scenario of the same workload, if there is one.
+    pub(crate) fn remote(self) -> Option<Scenario> {
+        Scenario::ALL
+            .into_iter()
+            .find(|s| s.veth() && s.base() == self)
+    }
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -109,6 +195,15 @@ impl Scenario {
             Scenario::Bulk8 => "bulk-8",
             Scenario::DatakitTlsOrigination => "datakit-tls-origination",
             Scenario::DatakitTlsFrontend => "datakit-tls-frontend",
+            Scenario::ConnRate => "connrate",
+            Scenario::Ping64Scrape => "ping-64-scrape",
+            Scenario::DatakitVeth => "datakit-veth",
+            Scenario::ConnRateVeth => "connrate-veth",
+            Scenario::Agents1kVeth => "agents-1000-veth",
+            Scenario::Agents10kVeth => "agents-10000-veth",
+            Scenario::Ping64Veth => "ping-64-veth",
+            Scenario::Bulk1Veth => "bulk-1-veth",
+            Scenario::Bulk8Veth => "bulk-8-veth",
         }
     }
 
@@ -135,6 +230,21 @@ impl Scenario {
                 "TLS frontend: the DataKit workload, hey (HTTPS) -> proxy (terminates) -> nginx \
                  (HTTP)"
             }
+            Scenario::ConnRate => {
+                "New connections: 32 clients, one small GET per connection (hey \
+                 -disable-keepalive -> nginx)"
+            }
+            Scenario::Ping64Scrape => {
+                "Scrapes: TCP ping-pong, 64 B, quiet and with /metrics and /stats scraped every \
+                 100 ms"
+            }
+            Scenario::DatakitVeth => "Remote agents (veth): the DataKit workload",
+            Scenario::ConnRateVeth => "Remote agents (veth): new connections, one GET each",
+            Scenario::Agents1kVeth => "Remote agents (veth): 1,000 keep-alive connections",
+            Scenario::Agents10kVeth => "Remote agents (veth): 10,000 keep-alive connections",
+            Scenario::Ping64Veth => "Remote agents (veth): TCP ping-pong, 64 B, half round trip",
+            Scenario::Bulk1Veth => "Remote agents (veth): iperf3, one stream",
+            Scenario::Bulk8Veth => "Remote agents (veth): iperf3, 8 streams",
         }
     }
 
@@ -156,6 +266,16 @@ impl Scenario {
             // The proxies that read each request: the DataKit workload, in plain HTTP and
             // behind a TLS frontend (the per-API view of agents' HTTPS without MITM).
             return matches!(self, Scenario::Datakit | Scenario::DatakitTlsFrontend);
+        }
+        if self.veth() {
+            // Across namespaces the same-host path (sock_ops + sk_msg) never applies: the kernel
+            // row would be the kernel-remote row again. Transparent mode is measured on the
+            // loopback only.
+            return !matches!(row, Row::Kernel | Row::Transparent);
+        }
+        if self == Scenario::Ping64Scrape {
+            // Only agent-proxy has /metrics and /stats to scrape.
+            return matches!(row, Row::Kernel | Row::KernelRemote | Row::Userspace);
         }
         if row == Row::Transparent {
             // Transparent mode beside the tcp rows where agents are: the DataKit workload and
@@ -184,30 +304,33 @@ impl Scenario {
 
     /// The unit of [`Sample::throughput`].
     pub(crate) fn unit(self) -> &'static str {
-        match self {
+        match self.base() {
+            Scenario::ConnRate => "conn/s",
             Scenario::Datakit
             | Scenario::Agents1k
             | Scenario::Agents10k
             | Scenario::DatakitTlsOrigination
             | Scenario::DatakitTlsFrontend => "req/s",
-            Scenario::Ping64 | Scenario::Ping16k => "round trips/s",
-            Scenario::Bulk1 | Scenario::Bulk8 => "GB/s",
+            Scenario::Ping64 | Scenario::Ping16k | Scenario::Ping64Scrape => "round trips/s",
+            _ => "GB/s",
         }
     }
 
     pub(crate) fn server(self) -> ServerKind {
-        match self {
-            Scenario::Datakit | Scenario::Agents1k | Scenario::Agents10k => ServerKind::Intake,
-            Scenario::Ping64 | Scenario::Ping16k => ServerKind::Sockperf,
-            Scenario::Bulk1 | Scenario::Bulk8 => ServerKind::Iperf3,
+        match self.base() {
+            Scenario::Datakit | Scenario::ConnRate | Scenario::Agents1k | Scenario::Agents10k => {
+                ServerKind::Intake
+            }
+            Scenario::Ping64 | Scenario::Ping16k | Scenario::Ping64Scrape => ServerKind::Sockperf,
             Scenario::DatakitTlsOrigination | Scenario::DatakitTlsFrontend => ServerKind::IntakeTls,
+            _ => ServerKind::Iperf3,
         }
     }
 
     /// The columns of this scenario's table.
     pub(crate) fn metrics(self) -> &'static [Metric] {
         use Metric::*;
-        match self {
+        match self.base() {
             Scenario::Datakit | Scenario::DatakitTlsOrigination | Scenario::DatakitTlsFrontend => {
                 &[
                     Throughput,
@@ -217,9 +340,11 @@ impl Scenario {
                     CpuPerGb,
                     ProxyCpuPerGb,
                     PeakRss,
+                    Rss,
                     Errors,
                     KernelShare,
                     StraightShare,
+                    BytesPerRedirect,
                 ]
             }
             Scenario::Agents1k | Scenario::Agents10k => &[
@@ -231,11 +356,38 @@ impl Scenario {
                 MachineBusy,
                 ProxyCpuPercent,
                 PeakRss,
+                Rss,
                 RssIdle,
                 RssActive,
+                ScrapeMetrics,
+                ScrapeStats,
                 Errors,
                 KernelShare,
                 StraightShare,
+            ],
+            Scenario::ConnRate => &[
+                Throughput,
+                LatP50,
+                LatP90,
+                LatP99,
+                CpuPerConn,
+                ProxyCpuPerConn,
+                PeakRss,
+                Rss,
+                Errors,
+                KernelShare,
+                StraightShare,
+            ],
+            Scenario::Ping64Scrape => &[
+                LatP99Unscraped,
+                LatP99,
+                LatAvg,
+                LatP999,
+                ScrapeMetrics,
+                ScrapeStats,
+                Throughput,
+                PeakRss,
+                Rss,
             ],
             Scenario::Ping64 | Scenario::Ping16k => &[
                 LatAvg,
@@ -245,24 +397,28 @@ impl Scenario {
                 Throughput,
                 CpuPerGb,
                 PeakRss,
+                Rss,
                 KernelShare,
                 StraightShare,
             ],
-            Scenario::Bulk1 | Scenario::Bulk8 => &[
+            _ => &[
                 Throughput,
                 CpuPerGb,
                 ProxyCpuPerGb,
                 PeakRss,
+                Rss,
                 KernelShare,
                 StraightShare,
+                BytesPerRedirect,
             ],
         }
     }
 
     /// The figure the ratio columns compare.
     pub(crate) fn headline(self) -> Metric {
-        match self {
+        match self.base() {
             Scenario::Ping64 | Scenario::Ping16k => Metric::LatAvg,
+            Scenario::Ping64Scrape => Metric::LatP99,
             Scenario::Agents1k | Scenario::Agents10k => Metric::LatP99,
             _ => Metric::Throughput,
         }
@@ -282,7 +438,11 @@ pub(crate) struct Durations {
 pub(crate) struct Context<'a> {
     /// What the file-descriptor limit allows (two sockets per agent in the proxy).
     pub max_agents: usize,
-    pub ns: &'a NetNs,
+    /// The namespace the clients run in.
+    pub clients: &'a NetNs,
+    /// The namespace the proxy runs in, and the address it listens on.
+    pub proxy_ns: &'a NetNs,
+    pub proxy_listen: SocketAddr,
     /// The server's plaintext listener.
     pub server: SocketAddr,
     /// The server's TLS listener and the certificates (TLS scenarios).
@@ -310,7 +470,7 @@ pub(crate) fn measure(scenario: Scenario, row: Row, cx: &Context<'_>) -> anyhow:
             (backend, tls_server, Some(ProxyTls { side, pki }))
         }
     };
-    let mut proxy = Proxy::start(row, cx.ns, backend, cx.dir, tls)?;
+    let mut proxy = Proxy::start(row, cx.proxy_ns, cx.proxy_listen, backend, cx.dir, tls)?;
     // hey speaks TLS to whoever expects it (nginx's TLS listener, a TLS frontend), naming the
     // server its certificate is for.
     let (target, tls_name): (SocketAddr, Option<&str>) = match proxy {
@@ -319,24 +479,35 @@ pub(crate) fn measure(scenario: Scenario, row: Row, cx: &Context<'_>) -> anyhow:
             (SocketAddr::new(TRANSPARENT_IP, backend.port()), None)
         }
         Some(_) => (
-            PROXY_LISTEN.parse().expect("valid address"),
+            cx.proxy_listen,
             (side == Some(Side::Frontend)).then_some(PROXY_NAME),
         ),
         None => (direct, side.map(|_| INTAKE_NAME)),
     };
     let pid = proxy.as_ref().map(Proxy::pid);
-    let mut sample = match scenario {
-        Scenario::Agents1k | Scenario::Agents10k => agents_run(scenario, target, pid, cx)?,
+    let admin = proxy.as_ref().and_then(Proxy::admin).map(|addr| Admin {
+        ns: cx.proxy_ns.path(),
+        addr,
+    });
+    let mut sample = match scenario.base() {
+        Scenario::Agents1k | Scenario::Agents10k => agents_run(scenario, target, pid, admin, cx)?,
+        Scenario::Ping64Scrape => {
+            let admin = admin.context("ping-64-scrape measures agent-proxy rows only")?;
+            scrape_run(row, target, pid, &admin, cx)?
+        }
         _ => tool_run(scenario, target, tls_name, pid, cx)?,
     };
     if let Some(p) = proxy.as_mut() {
         p.ensure_running()?;
-        sample.proxy_peak_rss_kib = Some(Memory::read(p.pid())?.hwm_kib);
+        let mem = Memory::read(p.pid())?;
+        sample.proxy_peak_rss_kib = Some(mem.hwm_kib);
+        sample.proxy_rss_kib = Some(mem.rss_kib);
         if let Some(m) = p.metrics()? {
             let path = |path: &str| m.count("agent_proxy_bytes_total", &[("path", path)]);
             sample.kernel_bytes = Some(path("kernel"));
             sample.userspace_bytes = Some(path("userspace"));
             sample.straight_bytes = Some(m.count("agent_proxy_local_agent_bytes_total", &[]));
+            sample.kernel_redirects = Some(m.count("agent_proxy_kernel_redirects_total", &[]));
         }
     }
     if let Some(p) = proxy {
@@ -357,15 +528,17 @@ fn tool_run(
     let port = target.port().to_string();
     let host = target.ip().to_string();
     let secs = cx.durations.tool.as_secs().max(1).to_string();
+    let scenario = scenario.base();
     let (program, args): (&str, Vec<String>) = match scenario {
         Scenario::Datakit | Scenario::DatakitTlsOrigination | Scenario::DatakitTlsFrontend => {
             ("hey", hey_args(target, tls_name, cx.datakit_body))
         }
-        Scenario::Ping64 | Scenario::Ping16k => {
-            let size = if scenario == Scenario::Ping64 {
-                64
-            } else {
+        Scenario::ConnRate => ("hey", connrate_args(target, cx.durations.tool)),
+        Scenario::Ping64 | Scenario::Ping16k | Scenario::Ping64Scrape => {
+            let size = if scenario == Scenario::Ping16k {
                 16384
+            } else {
+                64
             };
             let a = [
                 "ping-pong",
@@ -390,13 +563,13 @@ fn tool_run(
             }
             ("iperf3", a)
         }
-        Scenario::Agents1k | Scenario::Agents10k => unreachable!("agents_run"),
+        _ => unreachable!("{} has a run of its own", scenario.name()),
     };
     let limit = cx.durations.tool + Duration::from_secs(120);
     let ticks_before = pid.map(process_ticks).transpose()?;
     let cpu_before = CpuTimes::read()?;
     let started = Instant::now();
-    let out = run_client(cx.ns, program, &args, limit)?;
+    let out = run_client(cx.clients, program, &args, limit)?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu = cpu_before.until(&CpuTimes::read()?);
     let proxy_cpu_seconds = match (ticks_before, pid) {
@@ -419,11 +592,18 @@ fn tool_run(
             // Requests hey never got an answer for at all count as errors too.
             sample.errors = (DATAKIT_REQUESTS as u64).saturating_sub(r.ok).max(r.errors);
         }
-        Scenario::Ping64 | Scenario::Ping16k => {
-            let size = if scenario == Scenario::Ping64 {
-                64
-            } else {
+        Scenario::ConnRate => {
+            let r = parse::hey(&out)?;
+            sample.throughput = r.requests_per_second;
+            sample.latency = Some(r.latency);
+            sample.connections_made = Some(r.ok);
+            sample.errors = r.errors;
+        }
+        Scenario::Ping64 | Scenario::Ping16k | Scenario::Ping64Scrape => {
+            let size = if scenario == Scenario::Ping16k {
                 16384
+            } else {
+                64
             };
             let r = parse::sockperf(&out)?;
             sample.throughput = r.round_trips_per_second;
@@ -467,13 +647,58 @@ fn hey_args(target: SocketAddr, tls_name: Option<&str>, body: &Path) -> Vec<Stri
     args
 }
 
+/// hey's arguments for the connection-rate scenario: [`CONNRATE_CLIENTS`] clients for
+/// `duration`, each request on a connection of its own (`Connection: close`), a GET that nginx
+/// answers with 3 bytes.
+fn connrate_args(target: SocketAddr, duration: Duration) -> Vec<String> {
+    vec![
+        "-z".into(),
+        format!("{}s", duration.as_secs().max(1)),
+        "-c".into(),
+        CONNRATE_CLIENTS.to_string(),
+        "-disable-keepalive".into(),
+        format!("http://{target}/"),
+    ]
+}
+
+/// `ping-64-scrape`: the 64 B ping-pong once quiet and once while a thread scrapes `/metrics`
+/// and `/stats` every 100 ms, in turn first and second from one run to the next (the first
+/// sockperf after the proxy's start is not the same as the second); the sample is the scraped
+/// run's, with the quiet run's p99 beside it and the scrapes' median times.
+fn scrape_run(
+    row: Row,
+    target: SocketAddr,
+    pid: Option<u32>,
+    admin: &Admin,
+    cx: &Context<'_>,
+) -> anyhow::Result<Sample> {
+    // Each row's own count of runs (warm-up included), whatever the other rows do.
+    static TURNS: [AtomicUsize; Row::ALL.len()] = [const { AtomicUsize::new(0) }; Row::ALL.len()];
+    let turn = Row::ALL.iter().position(|&r| r == row).unwrap_or(0);
+    let ping = || tool_run(Scenario::Ping64Scrape, target, None, pid, cx);
+    let scraped_first = TURNS[turn].fetch_add(1, Ordering::Relaxed) % 2 == 1;
+    let (quiet, (scraped, times)) = if scraped_first {
+        let scraped = admin.scraping(ping);
+        (ping()?, scraped)
+    } else {
+        let quiet = ping()?;
+        (quiet, admin.scraping(ping))
+    };
+    let (mut sample, times) = (scraped?, times?);
+    sample.p99_unscraped = quiet.latency.map(|l| l.p99);
+    sample.scrape_metrics_ms = Some(times.metrics_ms);
+    sample.scrape_stats_ms = Some(times.stats_ms);
+    Ok(sample)
+}
+
 fn agents_run(
     scenario: Scenario,
     target: SocketAddr,
     pid: Option<u32>,
+    admin: Option<Admin>,
     cx: &Context<'_>,
 ) -> anyhow::Result<Sample> {
-    let n = if scenario == Scenario::Agents1k {
+    let n = if scenario.base() == Scenario::Agents1k {
         1_000
     } else {
         10_000
@@ -486,10 +711,11 @@ fn agents_run(
         period: AGENT_PERIOD,
         active: cx.durations.agents,
         proxy_pid: pid,
+        admin,
     };
     let limit = cx.durations.agents + Duration::from_secs(180);
     let o = cx
-        .ns
+        .clients
         .block_on(limit, move || agents::run(plan))
         .with_context(|| format!("{} agents", n))?;
     let per_conn = |m: Option<Memory>| -> Option<f64> {
@@ -508,6 +734,8 @@ fn agents_run(
         rss_per_active_connection: per_conn(o.mem_active),
         errors: o.errors,
         connections: Some(o.connected),
+        scrape_metrics_ms: o.scrape.map(|t| t.metrics_ms),
+        scrape_stats_ms: o.scrape.map(|t| t.stats_ms),
         ..Sample::default()
     })
 }
@@ -528,6 +756,15 @@ mod tests {
             let cli = clap::ValueEnum::to_possible_value(&s).unwrap();
             assert_eq!(cli.get_name(), s.name());
         }
+    }
+
+    #[test]
+    fn connrate_closes_every_connection() {
+        let args = connrate_args("10.77.0.1:7000".parse().unwrap(), Duration::from_secs(5));
+        assert_eq!(
+            args.join(" "),
+            "-z 5s -c 32 -disable-keepalive http://10.77.0.1:7000/"
+        );
     }
 
     #[test]
@@ -581,12 +818,23 @@ mod tests {
                     .all(|r| s.has_row(r) == http),
                 "{s:?}"
             );
-            assert!(
-                Row::ALL
-                    .into_iter()
-                    .filter(|&r| r != Row::Transparent && !r.is_http())
-                    .all(|r| s.has_row(r))
-            );
+            let others = Row::ALL
+                .into_iter()
+                .filter(|&r| r != Row::Transparent && !r.is_http());
+            if s.veth() {
+                // No same-host path across namespaces: the kernel row is kernel-remote there.
+                assert!(!s.has_row(Row::Kernel), "{s:?}");
+                assert!(others.filter(|&r| r != Row::Kernel).all(|r| s.has_row(r)));
+                assert!(!s.base().veth());
+                assert_eq!(s.base().remote(), Some(s));
+                assert_eq!(s.server(), s.base().server());
+                assert_eq!(s.metrics(), s.base().metrics());
+            } else if s == Scenario::Ping64Scrape {
+                let scraped: Vec<Row> = Row::ALL.into_iter().filter(|&r| s.has_row(r)).collect();
+                assert_eq!(scraped, [Row::Kernel, Row::KernelRemote, Row::Userspace]);
+            } else {
+                assert!(others.clone().all(|r| s.has_row(r)), "{s:?}");
+            }
             assert!(Row::ALL.into_iter().all(|r| s.row_title(r) == r.title()));
         }
     }

@@ -7,7 +7,7 @@
 //! the direct row), it is what the reference figures of shared/benchmarks.md were taken with, and
 //! it holds 10,000 keep-alive connections with a few MiB. For the TLS scenarios the same nginx
 //! also listens with `ssl` (OpenSSL) on [`INTAKE_TLS_PORT`].
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -40,14 +40,18 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// Starts the server of `kind`; [`ServerKind::IntakeTls`] needs `pki`.
+    /// Starts the server of `kind` on `ip` in `ns`; [`ServerKind::IntakeTls`] needs `pki` (its
+    /// TLS listener is on 127.0.0.1, whose name the certificates carry).
     pub(crate) fn start(
         kind: ServerKind,
         ns: &NetNs,
+        ip: IpAddr,
         dir: &Path,
         pki: Option<&Pki>,
     ) -> anyhow::Result<Self> {
         let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = SocketAddr::new(ip, 0);
+        let ip_text = ip.to_string();
         let tls_addr = match (kind, pki) {
             (ServerKind::IntakeTls, Some(pki)) => Some((local(INTAKE_TLS_PORT), pki)),
             (ServerKind::IntakeTls, None) => anyhow::bail!("the TLS intake needs certificates"),
@@ -58,7 +62,10 @@ impl Server {
                 let port = INTAKE_PORT;
                 let conf = dir.join("nginx.conf");
                 std::fs::create_dir_all(dir.join("nginx"))?;
-                std::fs::write(&conf, nginx_config(dir, port, tls_addr))?;
+                std::fs::write(
+                    &conf,
+                    nginx_config(dir, SocketAddr::new(ip, port), tls_addr),
+                )?;
                 let log = dir.join("nginx.log");
                 let args = ["-c", &*conf.to_string_lossy(), "-g", "daemon off;"].map(str::to_owned);
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -70,7 +77,7 @@ impl Server {
                 let p = Proc::spawn(
                     ns,
                     "sockperf",
-                    &["server", "--tcp", "-i", "127.0.0.1", "-p", "11111"],
+                    &["server", "--tcp", "-i", &ip_text, "-p", "11111"],
                     &log,
                 )?;
                 (port, p)
@@ -80,13 +87,13 @@ impl Server {
                 let log = dir.join("iperf3-server.log");
                 (
                     port,
-                    Proc::spawn(ns, "iperf3", &["-s", "-B", "127.0.0.1", "-p", "5201"], &log)?,
+                    Proc::spawn(ns, "iperf3", &["-s", "-B", &ip_text, "-p", "5201"], &log)?,
                 )
             }
         };
         let mut server = Self {
             proc,
-            addr: local(port),
+            addr: SocketAddr::new(addr.ip(), port),
             tls_addr: tls_addr.map(|(addr, _)| addr),
         };
         server.proc.wait_listening(port, Duration::from_secs(10))?;
@@ -106,7 +113,7 @@ impl Server {
 /// nginx as the intake: 200 at once, keep-alive without a request limit, no access log, enough
 /// connections and file descriptors for 10,000 agents; with `tls`, a second server block
 /// listening with `ssl`.
-fn nginx_config(dir: &Path, port: u16, tls: Option<(SocketAddr, &Pki)>) -> String {
+fn nginx_config(dir: &Path, listen: SocketAddr, tls: Option<(SocketAddr, &Pki)>) -> String {
     let d = dir.join("nginx");
     let d = d.display();
     let tls = tls.map_or(String::new(), |(addr, pki)| {
@@ -120,7 +127,7 @@ fn nginx_config(dir: &Path, port: u16, tls: Option<(SocketAddr, &Pki)>) -> Strin
            fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
            keepalive_requests 100000000;\n  keepalive_timeout 600s;\n  client_max_body_size 16m;\n\
            client_body_buffer_size 256k;\n\
-           server {{\n    listen 127.0.0.1:{port} backlog=16384;\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n{tls}}}\n"
+           server {{\n    listen {listen} backlog=16384;\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n{tls}}}\n"
     )
 }
 
@@ -131,7 +138,7 @@ mod tests {
     #[test]
     fn nginx_adds_the_tls_listener_only_when_asked() {
         let dir = Path::new("/w");
-        let plain = nginx_config(dir, INTAKE_PORT, None);
+        let plain = nginx_config(dir, SocketAddr::from(([127, 0, 0, 1], INTAKE_PORT)), None);
         assert!(
             plain.contains("listen 127.0.0.1:8000 backlog=16384;\n"),
             "{plain}"
@@ -140,7 +147,11 @@ mod tests {
         assert!(plain.ends_with("  }\n}\n"), "{plain}");
         let pki = Pki::names_in("/w");
         let addr = SocketAddr::from(([127, 0, 0, 1], INTAKE_TLS_PORT));
-        let both = nginx_config(dir, INTAKE_PORT, Some((addr, &pki)));
+        let both = nginx_config(
+            dir,
+            SocketAddr::from(([127, 0, 0, 1], INTAKE_PORT)),
+            Some((addr, &pki)),
+        );
         assert!(both.starts_with(&plain[..plain.len() - 2]), "{both}");
         assert!(
             both.contains("listen 127.0.0.1:8443 ssl backlog=16384;\n"),

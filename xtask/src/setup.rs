@@ -72,8 +72,10 @@ pub(crate) const TEST_PIP_PACKAGES: &[(&str, &str)] = &[
 pub(crate) const DEPLOY_TEST_APT_PACKAGES: &[&str] = &["systemd", "util-linux", "podman", "runc"];
 /// Debian packages `cargo xtask bench` measures with: `haproxy` (2.6 on Debian 12, the peer to
 /// beat), `nginx` (the intake answering 200), `hey` (the DataKit workload's HTTP client),
-/// `sockperf` (ping-pong latency), `iperf3` (bulk throughput).
-pub(crate) const BENCH_APT_PACKAGES: &[&str] = &["haproxy", "nginx", "hey", "sockperf", "iperf3"];
+/// `sockperf` (ping-pong latency), `iperf3` (bulk throughput), `ethtool` (`--veth-gro`: GRO on
+/// the veth topology's links).
+pub(crate) const BENCH_APT_PACKAGES: &[&str] =
+    &["haproxy", "nginx", "hey", "sockperf", "iperf3", "ethtool"];
 
 /// The toolchain aya-build runs (`rustup run EBPF_TOOLCHAIN ...`); `proxy-user/build.rs` must name
 /// the same one. Pinned to rustc 1.97.0-nightly (e50aa6fba 2026-05-19), LLVM 22.1: the nightly the
