@@ -17,8 +17,8 @@ pub const LOCAL_BYTES: &str = "agent_proxy_local_agent_bytes_total";
 /// Retransmitted buffers that overlapped bytes the splice verdict had already forwarded:
 /// (trimmed, kept). Kept ones would be duplicates (docs/architecture.md, "Duplicated bytes
 /// under retransmissions").
-pub fn overlaps(m: &Metrics) -> (f64, f64) {
-    let n = |kind| m.sum("agent_proxy_kernel_errors_total", &[("kind", kind)]);
+pub fn overlaps(m: &Metrics) -> (u64, u64) {
+    let n = |kind| m.count("agent_proxy_kernel_errors_total", &[("kind", kind)]);
     (n("overlap"), n("overlap_kept"))
 }
 
@@ -26,10 +26,7 @@ pub fn overlaps(m: &Metrics) -> (f64, f64) {
 pub fn check_overlaps(m: &Metrics, what: &str) -> anyhow::Result<()> {
     let (trimmed, kept) = overlaps(m);
     eprintln!("{what}: overlapping buffers trimmed {trimmed}, kept {kept}");
-    ensure!(
-        kept == 0.0,
-        "{kept} overlapping buffers could not be trimmed"
-    );
+    ensure!(kept == 0, "{kept} overlapping buffers could not be trimmed");
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use agent_proxy_tests::checks::{CLOSED, assert_bytes, check_conn_log, check_over
 use agent_proxy_tests::heavy::{bulk_len, heavy};
 use agent_proxy_tests::netns::NetNs;
 use agent_proxy_tests::peers::{V4, accept, connect, exchange_expecting, listen};
-use agent_proxy_tests::{DaemonConfig, Dataplane, TestEnv, dataplane_tests_known_kernel_defect};
+use agent_proxy_tests::{DaemonConfig, Dataplane, TestEnv, dataplane_tests};
 use anyhow::{Context as _, ensure};
 
 const SEED_UP: u64 = 0x5eed_0001;
@@ -91,6 +91,4 @@ fn bulk_1gib_each_way(dp: Dataplane) -> anyhow::Result<()> {
     })
 }
 
-// The kernel variants meet the known duplicate-bytes defect (once in four clean-clone CI runs
-// on 2026-12-02): see docs/architecture.md, "Known defect".
-dataplane_tests_known_kernel_defect!(bulk_1gib_each_way, bulk_1gib_each_way);
+dataplane_tests!(bulk_1gib_each_way);

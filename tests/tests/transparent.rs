@@ -13,9 +13,7 @@ use agent_proxy_tests::dnsmasq::Dnsmasq;
 use agent_proxy_tests::gateway::{self, Gateway, INTAKE, INTAKE6, PROXY_OUTER, PROXY_OUTER6};
 use agent_proxy_tests::intake::{HttpsIntake, run_in_ns};
 use agent_proxy_tests::peers::exchange_expecting;
-use agent_proxy_tests::{
-    DaemonConfig, Dataplane, TestEnv, dataplane_tests, dataplane_tests_known_kernel_defect,
-};
+use agent_proxy_tests::{DaemonConfig, Dataplane, TestEnv, dataplane_tests};
 use anyhow::{Context as _, ensure};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -436,14 +434,8 @@ const CONNECTIONS: u64 = 1_000;
 /// 1 GiB each way through an address rule, byte-exact (`bulk`: `len` bytes each way), then
 /// 1,000 connections open at once (the gauge shows them all), each exchanging a few KB checked
 /// by hash.
-fn transparent_bulk_and_many(dp: Dataplane) -> anyhow::Result<()> {
+fn transparent_bulk(dp: Dataplane) -> anyhow::Result<()> {
     bulk_and_many(dp, agent_proxy_tests::heavy::bulk_len())
-}
-
-/// 1,000 connections open at once, without the 1 GiB transfer (whose kernel variants meet the
-/// known defect).
-fn transparent_many(dp: Dataplane) -> anyhow::Result<()> {
-    bulk_and_many(dp, 0)
 }
 
 fn bulk_and_many(dp: Dataplane, len: u64) -> anyhow::Result<()> {
@@ -585,8 +577,4 @@ fn bulk_and_many(dp: Dataplane, len: u64) -> anyhow::Result<()> {
     env.finish()
 }
 
-dataplane_tests!(transparent_many);
-
-// The 1 GiB transfer's kernel variants meet the known duplicate-bytes defect of the splice,
-// often across these veth links: see docs/architecture.md, "Known defect".
-dataplane_tests_known_kernel_defect!(transparent_bulk_and_many, transparent_bulk);
+dataplane_tests!(transparent_bulk);
