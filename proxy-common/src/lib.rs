@@ -94,8 +94,17 @@ pub const KERNEL_ERROR_NO_LIMIT: u32 = 4;
 pub const KERNEL_ERROR_LOCAL_INSERT: u32 = 5;
 /// The `sk_msg` program found a gate but no target socket; the bytes took the loopback path.
 pub const KERNEL_ERROR_LOCAL_NO_TARGET: u32 = 6;
+/// A buffer began before the end of the bytes the verdict had already seen on its socket (a
+/// retransmitted segment that overlaps data TCP had received, queued whole; the kernel's
+/// `tcp_read_skb` hands the verdict whole buffers and ignores how far the socket was read):
+/// the verdict trimmed the overlap off (or dropped a buffer with nothing new), so no byte is
+/// forwarded twice. Not an error: counted to show it happens.
+pub const KERNEL_ERROR_OVERLAP: u32 = 7;
+/// An overlapping buffer could not be trimmed (`bpf_skb_adjust_room` failed): its overlap was
+/// forwarded again, a duplicate downstream.
+pub const KERNEL_ERROR_OVERLAP_KEPT: u32 = 8;
 /// Number of error kinds (size of `KERNEL_ERRORS`).
-pub const KERNEL_ERROR_KINDS: u32 = 7;
+pub const KERNEL_ERROR_KINDS: u32 = 9;
 
 /// [`SpliceEvent::kind`]: the redirected count crossed the mark; userspace should look at the
 /// backlog and raise the limit if the peer keeps up.
@@ -142,9 +151,15 @@ pub struct SpliceSide {
     /// 1 once the direction passes: set by the verdict at the limit, and from then on every
     /// buffer is passed, so that none overtakes bytes waiting in the socket's queue.
     pub passing: u32,
+    /// The TCP sequence number just past the last byte the verdict saw on this socket (valid
+    /// once `seq_known` is 1): a buffer that starts before it overlaps bytes already forwarded
+    /// and is trimmed first (see [`KERNEL_ERROR_OVERLAP`]).
+    pub next_seq: u32,
+    /// 1 once `next_seq` holds a sequence number (set by the verdict's first buffer).
+    pub seq_known: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<SpliceSide>() == 40);
+const _: () = assert!(core::mem::size_of::<SpliceSide>() == 48);
 
 /// Flow-control bounds of one direction, in redirected bytes ([`SpliceSide::bytes`]).
 #[repr(C)]
@@ -268,6 +283,10 @@ pub const GLOBAL_SOCK_SOCKET: &str = "OFF_SOCK_SOCKET";
 pub const GLOBAL_SOCK_SNDTIMEO: &str = "OFF_SOCK_SNDTIMEO";
 pub const GLOBAL_SOCKET_FILE: &str = "OFF_SOCKET_FILE";
 pub const GLOBAL_FILE_FLAGS: &str = "OFF_FILE_FLAGS";
+/// Name of the splice verdict's global holding the offset of `cb` in `struct sk_buff` (where
+/// TCP keeps a buffer's sequence number, `struct tcp_skb_cb`'s first field), from the running
+/// kernel's BTF; 0 (the compiled default) turns the overlap trim off.
+pub const GLOBAL_SKB_CB: &str = "OFF_SKB_CB";
 
 /// When an agent socket's messages may go straight to the upstream socket: only when every
 /// byte that took the TCP path has reached the upstream socket's send queue (nothing may

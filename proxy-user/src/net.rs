@@ -262,6 +262,10 @@ pub(crate) struct TcpBytes {
     pub queued_for_send: u64,
     /// The TCP state is `CLOSE`: reset, or both directions closed and acknowledged.
     pub closed: bool,
+    /// Bytes queued for sending that the peer has not acknowledged (`SIOCOUTQ`; our FIN counts
+    /// as one). An orderly close leaves none - `CLOSE` is reached only once our FIN is
+    /// acknowledged - so a closed socket with some was aborted (reset, or timed out).
+    pub unacked: u64,
 }
 
 fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
@@ -307,6 +311,7 @@ pub(crate) fn tcp_bytes(fd: BorrowedFd<'_>) -> io::Result<TcpBytes> {
         received: info.tcpi_bytes_received.saturating_sub(u64::from(fin)),
         queued_for_send: info.tcpi_bytes_acked + outq,
         closed: info.tcpi_state == CLOSE,
+        unacked: outq,
     })
 }
 

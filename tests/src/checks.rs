@@ -14,6 +14,22 @@ pub const BYTES_TOTAL: &str = "agent_proxy_bytes_total";
 /// Bytes same-host agents sent straight into upstream sockets (sock_ops + sk_msg).
 pub const LOCAL_BYTES: &str = "agent_proxy_local_agent_bytes_total";
 
+/// Retransmitted buffers that overlapped bytes the splice verdict had already forwarded:
+/// (trimmed, kept). Kept ones would be duplicates (docs/architecture.md, "Duplicated bytes
+/// under retransmissions").
+pub fn overlaps(m: &Metrics) -> (u64, u64) {
+    let n = |kind| m.count("agent_proxy_kernel_errors_total", &[("kind", kind)]);
+    (n("overlap"), n("overlap_kept"))
+}
+
+/// Prints [`overlaps`] for `what` and fails if any overlap was forwarded untrimmed.
+pub fn check_overlaps(m: &Metrics, what: &str) -> anyhow::Result<()> {
+    let (trimmed, kept) = overlaps(m);
+    eprintln!("{what}: overlapping buffers trimmed {trimmed}, kept {kept}");
+    ensure!(kept == 0, "{kept} overlapping buffers could not be trimmed");
+    Ok(())
+}
+
 pub fn local_bytes(m: &Metrics) -> u64 {
     m.count(LOCAL_BYTES, &[("frontend", FRONTEND)])
 }

@@ -50,7 +50,8 @@ enum Task {
     /// Setup, build, then run the soak test alone (`tests/tests/soak`) for MINUTES with its
     /// figures shown: every client class through both data paths and every frontend mode over
     /// lossy links, with faults injected (needs root). `cargo xtask test` runs it for 60 s.
-    /// `AGENT_PROXY_SOAK_KERNEL_SLOW_READERS=0` leaves slow readers off the kernel path.
+    /// `AGENT_PROXY_SOAK_KERNEL_RESETS=0` (or `_BULK=0`, `_SLOW_READERS=0`) leaves those clients
+    /// off the kernel path; `AGENT_PROXY_SOAK_CLASSES=Reset,Bulk` runs only the classes named.
     Soak {
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
         minutes: u64,

@@ -27,8 +27,11 @@ use std::{
     time::Duration,
 };
 
-/// The version of the hand-over; a binary that does not speak it refuses the takeover.
-pub(super) const PROTOCOL: &str = "2";
+/// The version of the hand-over; a binary that does not speak it refuses the takeover. It
+/// covers the layout of the handed-over maps' values too: "3" since `SpliceSide` grew
+/// `next_seq`/`seq_known` (the verdict's overlap trim), so a binary from before refuses
+/// rather than misread them.
+pub(super) const PROTOCOL: &str = "3";
 const ENV_VERSION: &str = "AGENT_PROXY_UPGRADE_VERSION";
 const ENV_FDS: &str = "AGENT_PROXY_UPGRADE_FDS";
 const ENV_NOTIFY: &str = "AGENT_PROXY_UPGRADE_NOTIFY";

@@ -183,6 +183,12 @@ pub(super) fn kernel_offsets() -> Result<KernelOffsets, String> {
     })
 }
 
+/// Offset of `cb` in `struct sk_buff`, where TCP keeps a received buffer's sequence number: the
+/// splice verdict reads it to trim retransmitted overlaps (`proxy_common::GLOBAL_SKB_CB`).
+pub(super) fn skb_cb_offset() -> Result<u32, String> {
+    Btf::from_sys_fs()?.offset("sk_buff", "cb")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +269,8 @@ mod tests {
         }
         let offsets = kernel_offsets().unwrap();
         assert!(offsets.sock_socket > 0 && offsets.sock_sndtimeo > offsets.sock_socket);
+        let cb = skb_cb_offset().unwrap();
+        assert!(cb > 0 && cb < 256, "sk_buff.cb at {cb}");
         assert!(offsets.socket_file > 0 && offsets.file_flags > 0);
     }
 }

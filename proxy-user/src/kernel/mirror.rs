@@ -13,6 +13,8 @@ const KERNEL_ERROR_NAMES: [&str; proxy_common::KERNEL_ERROR_KINDS as usize] = [
     "no_limit",
     "local_insert",
     "local_no_target",
+    "overlap",
+    "overlap_kept",
 ];
 
 /// Mirrors the kernel's monotonic counters into the Prometheus counters, by delta, at scrape.

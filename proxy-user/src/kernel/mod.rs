@@ -126,20 +126,30 @@ impl Kernel {
         } else {
             KernelOffsets::default()
         };
-        match Self::load_with(mode, offsets) {
+        let skb_cb = btf::skb_cb_offset().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "kernel BTF offset of sk_buff.cb not found; the splice \
+                cannot trim retransmitted overlaps and may forward such bytes twice");
+            0
+        });
+        match Self::load_with(mode, offsets, skb_cb) {
             Err(KernelError::Offsets(e)) => {
                 tracing::warn!(error = %crate::report::error_chain(&e),
                     "sk_msg program rejected with the kernel's BTF offsets; loading it without \
                      them (same-host agents that block in sendmsg take the TCP path when the \
                      upstream socket is full)");
-                Self::load_with(mode, KernelOffsets::default())
+                Self::load_with(mode, KernelOffsets::default(), skb_cb)
             }
             other => other,
         }
     }
 
-    fn load_with(mode: LocalAgentsMode, offsets: KernelOffsets) -> Result<Self, KernelError> {
+    fn load_with(
+        mode: LocalAgentsMode,
+        offsets: KernelOffsets,
+        skb_cb: u32,
+    ) -> Result<Self, KernelError> {
         let mut ebpf = EbpfLoader::new()
+            .override_global(proxy_common::GLOBAL_SKB_CB, &skb_cb, true)
             .override_global(proxy_common::GLOBAL_SOCK_SOCKET, &offsets.sock_socket, true)
             .override_global(
                 proxy_common::GLOBAL_SOCK_SNDTIMEO,

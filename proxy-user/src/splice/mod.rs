@@ -621,14 +621,20 @@ impl Splice<'_> {
         let received = own.received - self.sides[i].rcv_base + direct;
         let handed_over = peer.queued_for_send - self.sides[p].snd_base;
         let forwarded = counted.bytes + self.sides[i].copied + direct;
+        // What was taken for a FIN may be a reset whose error was read elsewhere (the kernel's
+        // redirect worker, a carried read). A socket in CLOSE was reset unless it closed in
+        // order: that needs our own FIN sent (the other direction finished) and acknowledged
+        // with every byte before it (nothing unacknowledged), and its peer's FIN received -
+        // which `received` assumes for a closed socket, so a count one above it means every
+        // byte it sent was forwarded and no FIN came. (Forwarding a FIN here would tell the
+        // peer a cut stream was complete; waiting would never end: the counts cannot meet.)
+        if own.closed
+            && (!self.sides[p].dir.is_finished() || own.unacked > 0 || forwarded == received + 1)
+        {
+            let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+            return Err(reset_end_at(i, "closed without FIN", &reset));
+        }
         if forwarded != received || handed_over != forwarded {
-            // What was taken for a FIN may be a reset whose error was read elsewhere (the
-            // kernel's redirect worker, a carried read): a socket we have not shut down
-            // ourselves is closed only by a reset, and its unread bytes are gone with it.
-            if forwarded != received && !self.sides[p].dir.is_finished() && own.closed {
-                let reset = io::Error::from(io::ErrorKind::ConnectionReset);
-                return Err(reset_end_at(i, "closed without FIN", &reset));
-            }
             if counted.passing != 0 {
                 // Passed bytes wait for us; normally the event said so already, but it may
                 // have been lost (ring buffer full).

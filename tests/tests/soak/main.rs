@@ -17,10 +17,10 @@
 //!   connection), its RSS within [`RSS_TOLERANCE`] of its idle RSS, and exit 0 on SIGTERM.
 //!
 //! `cargo xtask soak --minutes N` runs it alone for N minutes; `cargo xtask test` runs the
-//! 60 s soak with the other tests. `AGENT_PROXY_SOAK_KERNEL_SLOW_READERS=0` leaves slow readers
-//! off the kernel daemon (they meet the kernel path's known duplicate-bytes defect, see
-//! docs/architecture.md), `AGENT_PROXY_SOAK_KERNEL_RESETS=0` resetting clients (the remaining
-//! reset defect, docs/reliability.md; `cargo xtask test` sets it); `AGENT_PROXY_SOAK_CLASSES=Reset` (comma-separated) runs only the
+//! 60 s soak with the other tests. `AGENT_PROXY_SOAK_KERNEL_RESETS=0` leaves resetting clients
+//! off the kernel daemon (the remaining reset defect, docs/reliability.md; `cargo xtask test`
+//! sets it), `AGENT_PROXY_SOAK_KERNEL_BULK=0` and `AGENT_PROXY_SOAK_KERNEL_SLOW_READERS=0` bulk
+//! and slow-reading ones; `AGENT_PROXY_SOAK_CLASSES=Reset` (comma-separated) runs only the
 //! classes named, to chase one defect.
 mod clients;
 mod faults;
@@ -54,10 +54,10 @@ const DEFAULT_SECONDS: u64 = 60;
 /// `0` leaves slow readers off the kernel daemon.
 const KERNEL_SLOW_READERS_VAR: &str = "AGENT_PROXY_SOAK_KERNEL_SLOW_READERS";
 /// `0`: no resetting clients through the kernel daemon (`cargo xtask test` sets it: the kernel
-/// path's remaining reset defect, docs/reliability.md, would fail about one 60-s run in four).
+/// path's remaining reset defect, docs/reliability.md).
 const KERNEL_RESETS_VAR: &str = "AGENT_PROXY_SOAK_KERNEL_RESETS";
-/// `0`: no bulk clients through the kernel daemon (`cargo xtask test` sets it: they meet the
-/// kernel path's duplicate-bytes defect, docs/architecture.md, about one 60-s run in five).
+/// `0`: no bulk clients through the kernel daemon (they met the kernel path's duplicate-bytes
+/// defect, fixed 2026-12-03: docs/architecture.md, "Duplicated bytes under retransmissions").
 const KERNEL_BULK_VAR: &str = "AGENT_PROXY_SOAK_KERNEL_BULK";
 /// Comma-separated class names (`Reset,Bulk`): only those run, for chasing one defect.
 const CLASSES_VAR: &str = "AGENT_PROXY_SOAK_CLASSES";

@@ -30,6 +30,8 @@ pub(crate) struct DaemonEnd {
     pub(crate) resumes: u64,
     /// Log lines with `end=idle_timeout`: (tcp frontend, other frontends).
     pub(crate) idle_ends: (u64, u64),
+    /// Retransmitted buffers overlapping bytes the verdict already forwarded: (trimmed, kept).
+    pub(crate) overlaps: (u64, u64),
 }
 
 impl DaemonEnd {
@@ -62,6 +64,7 @@ impl DaemonEnd {
             pauses,
             resumes,
             idle_ends,
+            overlaps: agent_proxy_tests::checks::overlaps(&m),
         })
     }
 }
@@ -152,6 +155,16 @@ impl Summary<'_> {
             ensure!(
                 self.daemons[0].pauses > 0,
                 "the kernel daemon never handed a direction to userspace: flow control not exercised"
+            );
+        }
+        for d in self.daemons {
+            // An overlap forwarded untrimmed is a duplicate run of bytes (docs/architecture.md,
+            // "Duplicated bytes under retransmissions").
+            ensure!(
+                d.overlaps.1 == 0,
+                "the {} daemon forwarded {} overlapping buffers untrimmed",
+                d.name,
+                d.overlaps.1
             );
         }
         for (d, idle) in self.daemons.iter().zip(self.idle_rss) {
@@ -258,8 +271,8 @@ impl fmt::Display for Summary<'_> {
             writeln!(
                 f,
                 "{} daemon: RSS {:.1} MiB idle, {:.1} MiB peak, {:.1} MiB after; bytes kernel \
-                 {:.1} MiB, userspace {:.1} MiB; hand-overs {}, hand-backs {}; idle_timeout \
-                 ends {:?}; ended {:?}",
+                 {:.1} MiB, userspace {:.1} MiB; hand-overs {}, hand-backs {}; overlapping \
+                 buffers trimmed {}, kept {}; idle_timeout ends {:?}; ended {:?}",
                 d.name,
                 idle as f64 / MIB,
                 d.peak_rss as f64 / MIB,
@@ -268,6 +281,8 @@ impl fmt::Display for Summary<'_> {
                 d.bytes.1 as f64 / MIB,
                 d.pauses,
                 d.resumes,
+                d.overlaps.0,
+                d.overlaps.1,
                 d.idle_ends,
                 d.ended
             )?;
