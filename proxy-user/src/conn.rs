@@ -233,6 +233,35 @@ impl<'a> Conn<'a> {
         self.finish(&Route::NONE, Path::None, &Outcome::nothing(end, detail));
     }
 
+    /// The client's TLS handshake on a frontend with `tls`, cut by the end of a drain like a
+    /// carried connection. A failed one is counted in
+    /// `agent_proxy_tls_handshake_errors_total{side="frontend"}` and logged
+    /// (`end=tls_handshake_failed`): `None`, the connection is over. It runs in the
+    /// connection's task, so a slow handshake never holds up the accept loop, and before
+    /// anything is dialed.
+    pub async fn accept_tls(
+        &self,
+        tls: &crate::tls::ServerTls,
+        client: TcpStream,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let accepted = tokio::select! {
+            r = tls.accept(client) => r,
+            () = self.shared.abort.cancelled() => Err(crate::tls::HandshakeError::Shutdown),
+        };
+        match accepted {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                self.shared
+                    .metrics
+                    .tls_handshake_errors_total
+                    .with_label_values(&["frontend", self.frontend.name.as_str(), e.reason()])
+                    .inc();
+                self.finish_nothing(End::TlsHandshakeFailed, e.to_string());
+                None
+            }
+        }
+    }
+
     /// Refuses the client with a reset after admission, counted under the `reason` label
     /// (a [`Reject`]'s, or `address_CLASS`), logged with `end=rejected`, where it was going and
     /// why.

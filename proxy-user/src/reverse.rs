@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::config::HttpMode;
-use crate::conn::{Conn, End, Outcome, Path, Route};
+use crate::conn::{Conn, End, Path, Route};
 use crate::dial::DialError;
 use crate::http::request::RequestError;
 use crate::http::serve::{self, Limits, Tally};
@@ -87,25 +87,12 @@ impl Settings {
 
 /// Serves one admitted connection of an http frontend to its end, log line included.
 pub(crate) async fn run(conn: &Conn<'_>, client: TcpStream, settings: &Settings) {
-    let (frontend, shared) = (conn.frontend, conn.shared);
     let _ = client.set_nodelay(true);
     let Some(tls) = &settings.tls else {
         return Box::pin(serve_requests(conn, client, settings)).await;
     };
-    let accepted = tokio::select! {
-        r = tls.accept(client) => r,
-        () = shared.abort.cancelled() => Err(HandshakeError::Shutdown),
-    };
-    match accepted {
-        Ok(client) => Box::pin(serve_requests(conn, client, settings)).await,
-        Err(e) => {
-            shared
-                .metrics
-                .tls_handshake_errors_total
-                .with_label_values(&["frontend", frontend.name.as_str(), e.reason()])
-                .inc();
-            conn.finish_nothing(End::TlsHandshakeFailed, e.to_string());
-        }
+    if let Some(client) = conn.accept_tls(tls, client).await {
+        Box::pin(serve_requests(conn, client, settings)).await;
     }
 }
 
@@ -178,23 +165,13 @@ where
         status: status.as_deref().unwrap_or("-"),
         ..Route::NONE
     };
-    let (up, down) = tally.totals();
-    let requests = summary.requests;
-    let mut detail = if detail.is_empty() {
-        format!("requests: {requests}")
-    } else {
-        format!("requests: {requests}; {detail}")
-    };
     if let Some(error) = summary.last_error {
-        detail.push_str(&format!("; last answered by the proxy: {error}"));
+        if !detail.is_empty() {
+            detail.push_str("; ");
+        }
+        detail.push_str(&format!("last answered by the proxy: {error}"));
     }
-    let outcome = Outcome {
-        bytes_up: up,
-        bytes_down: down,
-        copied_up: up,
-        copied_down: down,
-        ..Outcome::nothing(end, detail)
-    };
+    let outcome = tally.outcome(end, "requests", summary.requests, &detail);
     conn.finish(&route, Path::Userspace, &outcome);
 }
 

@@ -42,7 +42,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Refusal, Settings, Status};
-use crate::conn::{Conn, End, Outcome, Path, Route};
+use crate::conn::{Conn, End, Path, Route};
 use crate::http::request::RequestError;
 use crate::http::serve::{self, Limits, Tally};
 use crate::http::{self, Body, Exchange, absolute};
@@ -106,20 +106,7 @@ where
         status: status.as_deref().unwrap_or("-"),
         ..Route::NONE
     };
-    let (up, down) = tally.totals();
-    let requests = summary.requests;
-    let detail = if detail.is_empty() {
-        format!("plain requests: {requests}")
-    } else {
-        format!("plain requests: {requests}; {detail}")
-    };
-    let outcome = Outcome {
-        bytes_up: up,
-        bytes_down: down,
-        copied_up: up,
-        copied_down: down,
-        ..Outcome::nothing(end, detail)
-    };
+    let outcome = tally.outcome(end, "plain requests", summary.requests, &detail);
     conn.finish(&route, Path::Userspace, &outcome);
 }
 

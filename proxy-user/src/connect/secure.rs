@@ -23,7 +23,7 @@ use super::{ESTABLISHED, Refusal, Settings, check, forward, handshake, head_refu
 use crate::conn::{Conn, End, Path, Route};
 use crate::dns::Dns;
 use crate::relay;
-use crate::tls::{HandshakeError, ServerTls};
+use crate::tls::ServerTls;
 
 /// The log line's word on a tunnel of a TLS frontend.
 const RELAYED: &str = "TLS frontend: tunnel relayed in userspace";
@@ -43,23 +43,10 @@ enum Secured {
 
 /// Serves one admitted connection of a connect frontend with TLS, log line included.
 pub(super) async fn run(conn: &Conn<'_>, client: TcpStream, settings: &Settings, tls: &ServerTls) {
-    let (frontend, shared) = (conn.frontend, conn.shared);
+    let shared = conn.shared;
     let _ = client.set_nodelay(true);
-    let accepted = tokio::select! {
-        r = tls.accept(client) => r,
-        () = shared.abort.cancelled() => Err(HandshakeError::Shutdown),
-    };
-    let mut client = match accepted {
-        Ok(stream) => stream,
-        Err(e) => {
-            shared
-                .metrics
-                .tls_handshake_errors_total
-                .with_label_values(&["frontend", frontend.name.as_str(), e.reason()])
-                .inc();
-            conn.finish_nothing(End::TlsHandshakeFailed, e.to_string());
-            return;
-        }
+    let Some(mut client) = conn.accept_tls(tls, client).await else {
+        return;
     };
     let negotiated = tokio::select! {
         result = negotiate(&mut client, settings, &shared.dns) => result,

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::heads::{Heads, Verdict};
 use super::request::{MAX_HEAD, RequestError};
 use super::{Body, absolute};
-use crate::outcome::End;
+use crate::outcome::{End, Outcome};
 
 /// The time limits of one connection (see the module doc).
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +67,24 @@ impl Tally {
             self.up.load(Ordering::Relaxed),
             self.down.load(Ordering::Relaxed),
         )
+    }
+
+    /// The log line's outcome of a served connection: every byte went through userspace; the
+    /// detail starts with `what: N` (the requests served), then `detail` if any.
+    pub(crate) fn outcome(&self, end: End, what: &str, requests: u64, detail: &str) -> Outcome {
+        let (up, down) = self.totals();
+        let detail = if detail.is_empty() {
+            format!("{what}: {requests}")
+        } else {
+            format!("{what}: {requests}; {detail}")
+        };
+        Outcome {
+            bytes_up: up,
+            bytes_down: down,
+            copied_up: up,
+            copied_down: down,
+            ..Outcome::nothing(end, detail)
+        }
     }
 
     fn add_up(&self, n: u64) {

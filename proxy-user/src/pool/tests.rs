@@ -106,8 +106,12 @@ fn random_prefers_the_less_loaded_of_two() {
     let pool = pool(&[("10.0.0.1:1", 1), ("10.0.0.2:1", 1)], Balance::Random);
     let counts = spread(&pool, 1000, true);
     let a = share(&counts, "10.0.0.1:1") as i64;
+    // Both samples land on one server half the time, so the split wanders: a difference of
+    // d connections grows with probability 1/4 and shrinks with 3/4, and |a - 500| > 10 has a
+    // chance near 3^-22 (the bound was 2 before: about 1 run in 700 fails; one did here). One random
+    // pick per connection is off by more than 10 about half the time.
     assert!(
-        (a - 500).abs() <= 2,
+        (a - 500).abs() <= 10,
         "held connections split {a}/{}",
         1000 - a
     );

@@ -5,11 +5,11 @@ use std::os::fd::AsFd as _;
 use tokio::net::TcpStream;
 
 use crate::{
-    conn::{Conn, End, Path},
+    conn::{Conn, Path},
     net,
     pool::Pool,
     relay::{self, TcpUnder as _},
-    tls::{ClientTls, HandshakeError, ServerTls},
+    tls::{ClientTls, ServerTls},
     upstream::{self, Dialed},
 };
 
@@ -39,27 +39,14 @@ pub(super) async fn run(
     tls: Option<&ServerTls>,
     backend_tls: Option<&ClientTls>,
 ) {
-    let (frontend, shared) = (conn.frontend, conn.shared);
+    let shared = conn.shared;
     let _ = net::set_nodelay(client.as_fd());
     // The client's handshake comes first: nothing is dialed for a client that cannot complete it
-    // (a plaintext or garbage client on a TLS port), and it runs here, in the connection's task,
-    // so a slow one never holds up the accept loop.
+    // (a plaintext or garbage client on a TLS port).
     let client: ClientStream = match tls {
-        Some(tls) => match tokio::select! {
-            r = tls.accept(client) => r,
-            // Cut at the end of the drain like a carried connection, with its log line.
-            () = shared.abort.cancelled() => Err(HandshakeError::Shutdown),
-        } {
-            Ok(stream) => Stream::Tls(Box::new(stream)),
-            Err(e) => {
-                shared
-                    .metrics
-                    .tls_handshake_errors_total
-                    .with_label_values(&["frontend", frontend.name.as_str(), e.reason()])
-                    .inc();
-                conn.finish_nothing(End::TlsHandshakeFailed, e.to_string());
-                return;
-            }
+        Some(tls) => match conn.accept_tls(tls, client).await {
+            Some(stream) => Stream::Tls(Box::new(stream)),
+            None => return,
         },
         None => Stream::Plain(client),
     };
