@@ -268,7 +268,7 @@ fn header(out: &mut String, preset: &Preset, title: &str) {
          # loopback or a management network.\n\
          admin = \"127.0.0.1:9090\"\n\
          # The kernel (eBPF sockmap) carries established connections when its programs load (root,\n\
-         # or CAP_BPF + CAP_NET_ADMIN), the userspace relay otherwise.\n\
+         # or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON), the userspace relay otherwise.\n\
          dataplane = \"auto\"\n\
          # On SIGTERM: stop accepting, let open connections finish for this long, then exit.\n\
          drain_timeout = \"30s\"\n\

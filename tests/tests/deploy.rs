@@ -282,7 +282,9 @@ fn systemd_unit_capabilities_are_exactly_enough() {
             ("CAP_BPF", "the kernel path cannot be used"),
             ("CAP_NET_ADMIN", "the kernel path cannot be used"),
             ("CAP_NET_BIND_SERVICE", "cannot listen on 127.0.0.1:443"),
-            ("CAP_PERFMON", "sk_msg program rejected"),
+            // The splice verdict reads each buffer's TCP sequence number (bpf_probe_read_kernel)
+            // to trim retransmitted overlaps: without CAP_PERFMON it does not load.
+            ("CAP_PERFMON", "the kernel path cannot be used"),
         ] {
             ensure!(caps.contains(cap), "the unit lacks {cap}");
             let mut fewer = caps.clone();
@@ -425,7 +427,7 @@ fn kubernetes_manifests_validate() {
         );
         assert_eq!(
             security["capabilities"]["add"],
-            serde_json::json!(["BPF", "NET_ADMIN"]),
+            serde_json::json!(["BPF", "NET_ADMIN", "PERFMON"]),
             "{workload}"
         );
         assert_eq!(security["allowPrivilegeEscalation"], false, "{workload}");
@@ -521,7 +523,7 @@ fn run_container(
                 "nproc=4096:4096",
             ])
             .arg(format!("--network=ns:{}", ns.path().display()))
-            .args(["--cap-drop=all", "--cap-add=bpf,net_admin"])
+            .args(["--cap-drop=all", "--cap-add=bpf,net_admin,perfmon"])
             .args(seccomp)
             .arg(format!("--volume={}:/etc/agent-proxy:ro", dir.display()))
             .arg(image),
