@@ -126,6 +126,11 @@ pub(crate) fn test(args: Vec<OsString>) -> Result<ExitCode> {
     } else {
         (passed, failed + 1)
     };
+    // CI shows only the tail of a run: the failed tests' own output is repeated here, last,
+    // so that the tail names what failed and why.
+    for block in failure_blocks(&status.1) {
+        println!("xtask: FAILED {}", block.join("\n"));
+    }
     println!("xtask: {passed} passed, {failed} failed");
     let status = status.0;
     if status.success() && fuzz.is_ok() {
@@ -178,6 +183,32 @@ fn exit_code(step: &str, status: std::process::ExitStatus) -> ExitCode {
     }
     eprintln!("xtask: step `{step}` failed: {}", describe(status));
     ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1))
+}
+
+/// Lines of each failed test's captured output, as libtest prints it (`---- name stdout ----`
+/// up to the next such header or the `failures:` list): the header and at most the last
+/// `FAILURE_TAIL` lines of each.
+fn failure_blocks(lines: &[String]) -> Vec<Vec<String>> {
+    const FAILURE_TAIL: usize = 40;
+    let mut blocks: Vec<Vec<String>> = Vec::new();
+    let mut open = false;
+    for line in lines {
+        let header = line.starts_with("---- ") && line.ends_with(" ----");
+        if header {
+            blocks.push(vec![line.clone()]);
+            open = true;
+        } else if line.trim() == "failures:" || line.starts_with("test result: ") {
+            open = false;
+        } else if open && let Some(block) = blocks.last_mut() {
+            block.push(line.clone());
+        }
+    }
+    for block in &mut blocks {
+        if block.len() > FAILURE_TAIL + 1 {
+            block.drain(1..block.len() - FAILURE_TAIL);
+        }
+    }
+    blocks
 }
 
 /// Counts of a libtest summary line: `test result: ok. 3 passed; 0 failed; ...`.
@@ -290,7 +321,34 @@ pub(crate) fn target_dir() -> PathBuf {
 
 #[cfg(test)]
 mod tests {
-    use super::tally;
+    use super::{failure_blocks, tally};
+
+    #[test]
+    fn repeats_failed_tests_output() {
+        let run: Vec<String> = [
+            "test a ... ok",
+            "test b ... FAILED",
+            "",
+            "failures:",
+            "",
+            "---- b stdout ----",
+            "thread 'b' panicked at tests/b.rs:3:5:",
+            "bytes differ",
+            "",
+            "failures:",
+            "    b",
+            "",
+            "test result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
+        ]
+        .iter()
+        .map(|l| l.to_string())
+        .collect();
+        let blocks = failure_blocks(&run);
+        assert_eq!(blocks.len(), 1);
+        assert_eq!(blocks[0][0], "---- b stdout ----");
+        assert_eq!(blocks[0][2], "bytes differ");
+        assert!(failure_blocks(&run[..2]).is_empty());
+    }
 
     #[test]
     fn tallies_libtest_summaries() {
