@@ -35,7 +35,6 @@ use tokio::net::TcpStream;
 use crate::config::HttpMode;
 use crate::conn::{Conn, End, Path, Route};
 use crate::dial::DialError;
-use crate::http::request::RequestError;
 use crate::http::serve::{self, Limits, Tally};
 use crate::http::{self, Body, RequestMetrics};
 use crate::metrics::Metrics;
@@ -128,36 +127,16 @@ where
         .summary
         .into_inner()
         .unwrap_or_else(|e| e.into_inner());
-    drop(proxy.upstream);
-    let (mut end, mut detail) = (served.end, served.detail);
-    let own_answer = match served.refused {
-        Some((error, head)) => {
-            let status = match error {
-                RequestError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                RequestError::Malformed(_) | RequestError::Duplicate(_) => StatusCode::BAD_REQUEST,
-            };
-            let (method, origin) = serve::request_line(&head);
-            Some((status, method, origin, error.to_string()))
-        }
-        None if served.first_head_timed_out => Some((
-            StatusCode::REQUEST_TIMEOUT,
-            String::new(),
-            "/".to_owned(),
-            detail.clone(),
-        )),
-        None => None,
-    };
-    if let Some((status, method, origin, why)) = own_answer {
-        if let Some(metrics) = &settings.metrics
-            && !method.is_empty()
-        {
-            metrics.start(&method, &origin).finish(status.as_u16());
-        }
-        serve::answer(client, &http::answer_text(status, &why), &tally).await;
+    // The upstream connection ends now, not after the answer below.
+    drop((proxy.upstream, proxy.drivers));
+    let (mut end, mut detail) = (served.end, served.detail.clone());
+    if let Some(owed) = served.owed() {
+        let why = owed.why.clone();
+        let text = |status, why: &str| http::answer_text(status, why);
+        let metrics = settings.metrics.as_ref();
+        summary.status = Some(serve::pay(client, owed, text, metrics, &tally).await);
         summary.requests += 1;
-        summary.status = Some(status.as_u16());
-        end = End::Refused;
-        detail = format!("request {}: {why}", summary.requests);
+        (end, detail) = (End::Refused, format!("request {}: {why}", summary.requests));
     }
     let status = summary.status.map(|s| s.to_string());
     let route = Route {

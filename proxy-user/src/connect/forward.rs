@@ -43,7 +43,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Refusal, Settings, Status};
 use crate::conn::{Conn, End, Path, Route};
-use crate::http::request::RequestError;
 use crate::http::serve::{self, Limits, Tally};
 use crate::http::{self, Body, Exchange, absolute};
 
@@ -85,19 +84,13 @@ where
         .into_inner()
         .unwrap_or_else(|e| e.into_inner());
     drop((forwarder.upstreams, forwarder.drivers));
-    let (mut end, mut detail) = (served.end, served.detail);
-    if let Some((error, head)) = served.refused {
-        let status = match error {
-            RequestError::TooLarge => Status::HeaderFieldsTooLarge,
-            RequestError::Malformed(_) | RequestError::Duplicate(_) => Status::BadRequest,
-        };
-        let (method, origin) = serve::request_line(&head);
-        settings.http.start(&method, &origin).finish(status.code());
-        serve::answer(client, &status.response(&error.to_string()), &tally).await;
+    let (mut end, mut detail) = (served.end, served.detail.clone());
+    if let Some(owed) = served.owed() {
+        let why = owed.why.clone();
+        let text = |status, why: &str| connect_status(status).response(why);
+        summary.status = Some(serve::pay(client, owed, text, Some(&settings.http), &tally).await);
         summary.requests += 1;
-        summary.status = Some(status.code());
-        end = End::Refused;
-        detail = format!("request {}: {error}", summary.requests);
+        (end, detail) = (End::Refused, format!("request {}: {why}", summary.requests));
     }
     let status = summary.status.map(|s| s.to_string());
     let route = Route {
@@ -108,6 +101,15 @@ where
     };
     let outcome = tally.outcome(end, "plain requests", summary.requests, &detail);
     conn.finish(&route, Path::Userspace, &outcome);
+}
+
+/// Connect mode's own answer to a head refused by [`serve::Served::owed`]'s rules.
+fn connect_status(status: StatusCode) -> Status {
+    match status {
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => Status::HeaderFieldsTooLarge,
+        StatusCode::REQUEST_TIMEOUT => Status::RequestTimeout,
+        _ => Status::BadRequest,
+    }
 }
 
 /// What the log line says of the requests.
@@ -164,28 +166,13 @@ impl Answer {
     }
 
     fn response(self) -> Response<Body> {
-        let body = self.status.body(&self.detail);
-        let length = HeaderValue::from(body.len());
-        let mut response = Response::new(http::full(body));
-        *response.status_mut() =
-            StatusCode::from_u16(self.status.code()).unwrap_or(StatusCode::BAD_GATEWAY);
-        let headers = response.headers_mut();
-        // Stated: the metrics' wrapper hides the body's length from hyper, which would send
-        // it chunked.
-        headers.insert(header::CONTENT_LENGTH, length);
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        if let Some((name, value)) = self.status.extra_header()
-            && let Ok(value) = HeaderValue::from_str(&value)
-        {
-            headers.insert(name, value);
-        }
-        if self.close {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        response
+        let status = self.status;
+        http::answer_with(
+            status.http(),
+            &self.detail,
+            status.extra_header(),
+            self.close,
+        )
     }
 }
 

@@ -41,6 +41,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::StatusCode;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -144,35 +145,22 @@ impl Status {
         Status::GatewayTimeout,
     ];
 
+    /// The status as hyper knows it.
+    pub(crate) fn http(self) -> StatusCode {
+        match self {
+            Status::BadRequest => StatusCode::BAD_REQUEST,
+            Status::Forbidden => StatusCode::FORBIDDEN,
+            Status::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Status::ProxyAuthenticationRequired => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            Status::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Status::HeaderFieldsTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Status::BadGateway => StatusCode::BAD_GATEWAY,
+            Status::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
     pub(crate) fn code(self) -> u16 {
-        match self {
-            Status::BadRequest => 400,
-            Status::Forbidden => 403,
-            Status::MethodNotAllowed => 405,
-            Status::ProxyAuthenticationRequired => 407,
-            Status::RequestTimeout => 408,
-            Status::HeaderFieldsTooLarge => 431,
-            Status::BadGateway => 502,
-            Status::GatewayTimeout => 504,
-        }
-    }
-
-    fn reason(self) -> &'static str {
-        match self {
-            Status::BadRequest => "Bad Request",
-            Status::Forbidden => "Forbidden",
-            Status::MethodNotAllowed => "Method Not Allowed",
-            Status::ProxyAuthenticationRequired => "Proxy Authentication Required",
-            Status::RequestTimeout => "Request Timeout",
-            Status::HeaderFieldsTooLarge => "Request Header Fields Too Large",
-            Status::BadGateway => "Bad Gateway",
-            Status::GatewayTimeout => "Gateway Timeout",
-        }
-    }
-
-    /// The one-line text body of an answer.
-    pub(crate) fn body(self, detail: &str) -> String {
-        format!("agent-proxy: {}: {detail}\n", self.reason())
+        self.http().as_u16()
     }
 
     /// The header an answer carries besides the framing, if any: the challenge of a 407, the
@@ -191,18 +179,7 @@ impl Status {
     /// The whole answer: status line, headers, a one-line text body. Always `Connection:
     /// close`: a refused client starts again on a new connection.
     pub(crate) fn response(self, detail: &str) -> String {
-        let body = self.body(detail);
-        let extra = self
-            .extra_header()
-            .map(|(name, value)| format!("{name}: {value}\r\n"))
-            .unwrap_or_default();
-        format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
-             Connection: close\r\n{extra}\r\n{body}",
-            self.code(),
-            self.reason(),
-            body.len()
-        )
+        crate::http::answer_text_with(self.http(), detail, self.extra_header())
     }
 }
 

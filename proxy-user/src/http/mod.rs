@@ -46,6 +46,17 @@ fn answer_body(status: StatusCode, detail: &str) -> String {
 /// An answer the proxy writes itself, as hyper sends it: a one-line text body with its
 /// `Content-Length`; `Connection: close` after a 400 (the request could not be read as one).
 pub(crate) fn answer(status: StatusCode, detail: &str) -> hyper::Response<Body> {
+    answer_with(status, detail, None, status == StatusCode::BAD_REQUEST)
+}
+
+/// [`answer`] with a header besides the framing (a 407's challenge, a 405's `Allow`), and
+/// `Connection: close` when `close`.
+pub(crate) fn answer_with(
+    status: StatusCode,
+    detail: &str,
+    extra: Option<(&'static str, String)>,
+    close: bool,
+) -> hyper::Response<Body> {
     let body = answer_body(status, detail);
     let length = HeaderValue::from(body.len());
     let mut response = hyper::Response::new(full(body));
@@ -58,7 +69,12 @@ pub(crate) fn answer(status: StatusCode, detail: &str) -> hyper::Response<Body> 
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    if status == StatusCode::BAD_REQUEST {
+    if let Some((name, value)) = extra
+        && let Ok(value) = HeaderValue::from_str(&value)
+    {
+        headers.insert(name, value);
+    }
+    if close {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
@@ -67,10 +83,22 @@ pub(crate) fn answer(status: StatusCode, detail: &str) -> hyper::Response<Body> 
 /// The same answer as raw bytes, for a connection hyper no longer serves (a refused head):
 /// always `Connection: close`.
 pub(crate) fn answer_text(status: StatusCode, detail: &str) -> String {
+    answer_text_with(status, detail, None)
+}
+
+/// [`answer_text`] with a header besides the framing (see [`answer_with`]).
+pub(crate) fn answer_text_with(
+    status: StatusCode,
+    detail: &str,
+    extra: Option<(&'static str, String)>,
+) -> String {
     let body = answer_body(status, detail);
+    let extra = extra
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .unwrap_or_default();
     format!(
         "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
+         Connection: close\r\n{extra}\r\n{body}",
         status.as_u16(),
         status.canonical_reason().unwrap_or("Error"),
         body.len()

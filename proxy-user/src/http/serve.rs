@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use hyper::body::Incoming;
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::heads::{Heads, Verdict};
 use super::request::{MAX_HEAD, RequestError};
-use super::{Body, absolute};
+use super::{Body, RequestMetrics, absolute};
 use crate::outcome::{End, Outcome};
 
 /// The time limits of one connection (see the module doc).
@@ -233,6 +233,60 @@ where
         refused,
         first_head_timed_out,
     }
+}
+
+/// An answer the proxy owes the client when serving ended (see [`Served::owed`]).
+pub(crate) struct Owed {
+    pub status: StatusCode,
+    /// The head's method and path as far as its request line reads ([`request_line`]).
+    pub method: String,
+    pub origin: String,
+    pub why: String,
+}
+
+impl Served {
+    /// The answer owed: 400 or 431 for a refused head, 408 when the first head was late.
+    pub(crate) fn owed(&self) -> Option<Owed> {
+        if let Some((error, head)) = &self.refused {
+            let status = match error {
+                RequestError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                RequestError::Malformed(_) | RequestError::Duplicate(_) => StatusCode::BAD_REQUEST,
+            };
+            let (method, origin) = request_line(head);
+            let why = error.to_string();
+            return Some(Owed {
+                status,
+                method,
+                origin,
+                why,
+            });
+        }
+        self.first_head_timed_out.then(|| Owed {
+            status: StatusCode::REQUEST_TIMEOUT,
+            method: String::new(),
+            origin: "/".to_owned(),
+            why: self.detail.clone(),
+        })
+    }
+}
+
+/// Writes what is owed, its bytes made by `text` from its status and why ([`answer`]), and
+/// counts it in `metrics` when its head named a method; its status.
+pub(crate) async fn pay<S: AsyncRead + AsyncWrite + Unpin>(
+    client: S,
+    owed: Owed,
+    text: impl FnOnce(StatusCode, &str) -> String,
+    metrics: Option<&RequestMetrics>,
+    tally: &Tally,
+) -> u16 {
+    let status = owed.status.as_u16();
+    if let Some(metrics) = metrics
+        && !owed.method.is_empty()
+    {
+        metrics.start(&owed.method, &owed.origin).finish(status);
+    }
+    answer(client, &text(owed.status, &owed.why), tally).await;
+    status
 }
 
 /// [`Drivers::poll_all`] is never ready; a select arm still needs a value.
