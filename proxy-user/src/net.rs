@@ -275,14 +275,40 @@ fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
 /// Reads [`TcpBytes`]. `TCP_INFO` takes the socket's spinlock (`lock_sock_fast`), so when this
 /// returns no verdict is mid-run on the socket.
 ///
-/// `queued_for_send` sums two reads (`tcpi_bytes_acked`, then `SIOCOUTQ`). An acknowledgement
+/// `queued_for_send` is the bytes acknowledged plus the send queue (`SIOCOUTQ`: sent but not
+/// acknowledged, and not sent yet). On an open socket with nothing in flight
+/// (`tcpi_unacked`, the segments sent and not acknowledged, is 0) the queue is only what was
+/// not sent yet, `tcpi_notsent_bytes`, and the one `TCP_INFO` snapshot gives the sum: one
+/// system call, as for most sockets of a connection being set up or ended.
+///
+/// Otherwise the sum takes two reads (`tcpi_bytes_acked`, then `SIOCOUTQ`). An acknowledgement
 /// landing between them would make the sum come out short, and a short baseline would later
 /// show bytes as handed over that never were; so the sum is taken only when a second `TCP_INFO`
 /// shows the same acknowledged count as the first.
 pub(crate) fn tcp_bytes(fd: BorrowedFd<'_>) -> io::Result<TcpBytes> {
+    let info = tcp_info(fd.as_raw_fd())?;
+    if nothing_in_flight(&info) {
+        return Ok(TcpBytes::from_info(
+            &info,
+            u64::from(info.tcpi_notsent_bytes),
+        ));
+    }
+    tcp_bytes_read_twice(fd, info)
+}
+
+/// An open socket (`ESTABLISHED`, or `CLOSE_WAIT` after the peer's FIN) with no segment in
+/// flight. Not a closed one: an aborted socket's write queue is purged (no segment in flight)
+/// while `SIOCOUTQ` still counts what was never acknowledged, which says it was aborted.
+fn nothing_in_flight(info: &libc::tcp_info) -> bool {
+    const ESTABLISHED: u8 = 1;
+    const CLOSE_WAIT: u8 = 8;
+    info.tcpi_unacked == 0 && matches!(info.tcpi_state, ESTABLISHED | CLOSE_WAIT)
+}
+
+/// [`tcp_bytes`] with the queue read by `SIOCOUTQ`, from a first `TCP_INFO` snapshot.
+fn tcp_bytes_read_twice(fd: BorrowedFd<'_>, mut info: libc::tcp_info) -> io::Result<TcpBytes> {
     let fd = fd.as_raw_fd();
     const ATTEMPTS: usize = 16;
-    let mut info = tcp_info(fd)?;
     let mut outq = 0;
     for _ in 0..ATTEMPTS {
         outq = ioctl_int(fd, SIOCOUTQ)?;
@@ -296,23 +322,30 @@ pub(crate) fn tcp_bytes(fd: BorrowedFd<'_>) -> io::Result<TcpBytes> {
         // the safe side for every caller but a baseline; a baseline is taken before the socket
         // carries anything, when the loop settles at once.
     }
-    // States in which the peer's FIN has been received (include/net/tcp_states.h). CLOSE is
-    // also where a reset leads; callers do not count bytes on a reset connection.
-    const TIME_WAIT: u8 = 6;
-    const CLOSE: u8 = 7;
-    const CLOSE_WAIT: u8 = 8;
-    const LAST_ACK: u8 = 9;
-    const CLOSING: u8 = 11;
-    let fin = matches!(
-        info.tcpi_state,
-        TIME_WAIT | CLOSE | CLOSE_WAIT | LAST_ACK | CLOSING
-    );
-    Ok(TcpBytes {
-        received: info.tcpi_bytes_received.saturating_sub(u64::from(fin)),
-        queued_for_send: info.tcpi_bytes_acked + outq,
-        closed: info.tcpi_state == CLOSE,
-        unacked: outq,
-    })
+    Ok(TcpBytes::from_info(&info, outq))
+}
+
+impl TcpBytes {
+    /// From a `TCP_INFO` snapshot and the send queue's length (`outq`).
+    fn from_info(info: &libc::tcp_info, outq: u64) -> Self {
+        // States in which the peer's FIN has been received (include/net/tcp_states.h). CLOSE is
+        // also where a reset leads; callers do not count bytes on a reset connection.
+        const TIME_WAIT: u8 = 6;
+        const CLOSE: u8 = 7;
+        const CLOSE_WAIT: u8 = 8;
+        const LAST_ACK: u8 = 9;
+        const CLOSING: u8 = 11;
+        let fin = matches!(
+            info.tcpi_state,
+            TIME_WAIT | CLOSE | CLOSE_WAIT | LAST_ACK | CLOSING
+        );
+        Self {
+            received: info.tcpi_bytes_received.saturating_sub(u64::from(fin)),
+            queued_for_send: info.tcpi_bytes_acked + outq,
+            closed: info.tcpi_state == CLOSE,
+            unacked: outq,
+        }
+    }
 }
 
 /// The socket's TCP state is `TCP_CLOSE`: reset, or both directions closed and acknowledged.
@@ -382,6 +415,44 @@ mod tests {
         }
         assert_eq!(tcp_bytes(a.as_fd()).unwrap().queued_for_send, base + 1000);
         assert_eq!(tcp_bytes(b.as_fd()).unwrap().received, 1000);
+    }
+
+    #[test]
+    fn one_snapshot_agrees_with_two_reads() {
+        let (mut a, b) = pair();
+        let base = tcp_bytes(a.as_fd()).unwrap().queued_for_send;
+        // Fill the path: b never reads, so its window closes and the rest waits unsent in a's
+        // queue, with nothing in flight once the last segments are acknowledged.
+        a.set_nonblocking(true).unwrap();
+        let mut sent = 0u64;
+        let chunk = [5u8; 64 * 1024];
+        loop {
+            match a.write(&chunk) {
+                Ok(n) => sent += n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let mut info = tcp_info(a.as_raw_fd()).unwrap();
+        for _ in 0..400 {
+            if nothing_in_flight(&info) && info.tcpi_notsent_bytes > 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            info = tcp_info(a.as_raw_fd()).unwrap();
+        }
+        assert!(
+            nothing_in_flight(&info) && info.tcpi_notsent_bytes > 0,
+            "{} segments in flight, {} bytes unsent",
+            info.tcpi_unacked,
+            info.tcpi_notsent_bytes
+        );
+        let one = tcp_bytes(a.as_fd()).unwrap();
+        let two = tcp_bytes_read_twice(a.as_fd(), tcp_info(a.as_raw_fd()).unwrap()).unwrap();
+        assert_eq!(one, two);
+        assert_eq!(one.queued_for_send, base + sent);
+        assert!(one.unacked > 0 && !one.closed);
+        drop(b);
     }
 
     #[test]
