@@ -44,6 +44,9 @@ pub(crate) struct Verdict {
     pub(crate) landed: BTreeMap<IpAddr, u64>,
     /// One line per loss.
     pub(crate) losses: Vec<String>,
+    /// Per loss: the daemon, and the bytes the intake received and the client received (what
+    /// the daemon's log line of the connection should say it carried, or more).
+    pub(crate) lost_bytes: Vec<(usize, u64, u64)>,
 }
 
 impl Verdict {
@@ -83,6 +86,8 @@ pub(crate) fn judge(clients: &[ClientRecord], ledger: &Ledger, timeline: &Timeli
             Fate::Cut => counts.cut += 1,
             Fate::Lost(why) => {
                 counts.lost += 1;
+                let up = server.map_or(0, |s| s.received.len);
+                v.lost_bytes.push((c.proxy, up, c.received.len));
                 v.losses.push(format!(
                     "stream {} ({} {:?} {:?}, {:.1?} long): {why}",
                     c.plan.id,

@@ -183,10 +183,12 @@ fn run() -> anyhow::Result<()> {
     let links = topology::link_figures(&links)?;
     let mut ends = Vec::new();
     let mut finished = Vec::new();
+    let mut logs = Vec::new();
     for mut env in [kernel, user] {
         // Figures first, so that they are printed whatever the checks say.
         let clean = assert_clean(&mut env.daemon, env.baseline_fds);
         ends.push(report::DaemonEnd::read(&env.daemon)?);
+        logs.push(env.daemon.stderr_text());
         finished.push(clean.and_then(|()| env.finish()));
     }
     let summary = report::Summary {
@@ -200,10 +202,32 @@ fn run() -> anyhow::Result<()> {
         unnamed_errors: &ledger.unnamed_errors,
     };
     eprintln!("{summary}");
+    print_lost_lines(&verdict, &logs);
     for (result, dp) in finished.into_iter().zip(["kernel", "userspace"]) {
         result.with_context(|| format!("the {dp} daemon after the soak"))?;
     }
     summary.check(&mix)
+}
+
+/// Prints, for each lost stream, its daemon's "connection closed" lines that carried as many
+/// bytes up as the intake received or as many down as the client received: the connection's own
+/// line, most likely, with how and when the daemon ended it.
+fn print_lost_lines(verdict: &judge::Verdict, logs: &[String]) {
+    for &(proxy, up, down) in verdict.lost_bytes.iter().take(10) {
+        let (up, down) = (
+            format!("\"bytes_up\":{up},"),
+            format!("\"bytes_down\":{down},"),
+        );
+        eprintln!("daemon log lines with {up} or {down}:");
+        for line in logs[proxy]
+            .lines()
+            .filter(|l| l.contains("connection closed"))
+        {
+            if line.contains(&up) || line.contains(&down) {
+                eprintln!("  {line}");
+            }
+        }
+    }
 }
 
 /// Which classes run on which daemon (all of them unless the environment says otherwise).
