@@ -209,23 +209,16 @@ fn run() -> anyhow::Result<()> {
     summary.check(&mix)
 }
 
-/// Prints, for each lost stream, its daemon's "connection closed" lines that carried as many
-/// bytes up as the intake received or as many down as the client received: the connection's own
-/// line, most likely, with how and when the daemon ended it.
+/// Prints each lost stream's line in its daemon's log (found by the client's address): how and
+/// when the daemon ended it, and the bytes it carried.
 fn print_lost_lines(verdict: &judge::Verdict, logs: &[String]) {
-    for &(proxy, up, down) in verdict.lost_bytes.iter().take(10) {
-        let (up, down) = (
-            format!("\"bytes_up\":{up},"),
-            format!("\"bytes_down\":{down},"),
-        );
-        eprintln!("daemon log lines with {up} or {down}:");
-        for line in logs[proxy]
-            .lines()
-            .filter(|l| l.contains("connection closed"))
-        {
-            if line.contains(&up) || line.contains(&down) {
-                eprintln!("  {line}");
-            }
+    for &(proxy, client) in verdict.lost_clients.iter().take(10) {
+        let Some(client) = client else { continue };
+        let named = format!("\"client\":\"{client}\"");
+        let mut lines = logs[proxy].lines().filter(|l| l.contains(&named));
+        match lines.next() {
+            Some(line) => eprintln!("log of {client}: {line}"),
+            None => eprintln!("log of {client}: no line"),
         }
     }
 }
