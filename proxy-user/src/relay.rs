@@ -6,21 +6,27 @@
 //!
 //! - Each direction reads until EOF and then shuts the other socket's write side, while the other
 //!   direction keeps flowing (half-close).
-//! - A read or write error on one socket resets the other (close with `SO_LINGER` 0).
+//! - A read or write error on one socket resets the other (close with `SO_LINGER` 0), and so
+//!   does an error that comes while neither direction touches that socket: each socket's error
+//!   readiness is watched for the whole relay ([`ResetWatch`]). Without it, a reset went unseen
+//!   while the direction reading that socket was blocked writing to the other one (or had
+//!   finished, after a half-close) and the direction writing to it had nothing to write: the
+//!   other peer then waited for good, unless it moved bytes itself.
 //! - Buffers exist only while bytes flow: a direction allocates when its socket turns readable
 //!   and frees the buffer once the socket has nothing more, so idle connections hold none. A
 //!   peer that stops reading stops its direction at one buffer (`write_all` waits), so memory
 //!   stays bounded by the socket buffers plus one buffer.
 use std::{
+    future::Future,
     io,
-    os::fd::{AsFd, BorrowedFd},
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
     pin::Pin,
     task::{Context, Poll, ready},
 };
 
 use prometheus::IntCounter;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, Interest, ReadBuf, unix::AsyncFd},
     net::TcpStream,
 };
 
@@ -57,6 +63,85 @@ enum Stop {
 impl From<DirectionError> for Stop {
     fn from(error: DirectionError) -> Self {
         Stop::Failed(error)
+    }
+}
+
+/// The error readiness of one socket, polled on every wake-up of the relay whatever its two
+/// directions are doing: a reset (or any socket error: a keepalive or retransmission timeout)
+/// ends the relay at once, as a failure of that side. The directions read and write a socket
+/// only while they have something to do with it, so on their own they miss a reset on a socket
+/// whose reading direction waits to write elsewhere (or has finished) while its writing
+/// direction waits for bytes from the other side.
+///
+/// `F` is the socket's `ready(Interest::ERROR)` future: it completes only when the socket
+/// reports an error (`EPOLLERR`), never for bytes or a FIN.
+struct ResetWatch<'a, F> {
+    ready: Pin<&'a mut F>,
+    /// The socket (or a `dup` of it); `None`: not watched.
+    fd: Option<BorrowedFd<'a>>,
+    side: Side,
+}
+
+impl<'a, F: Future> ResetWatch<'a, F> {
+    fn new(ready: Pin<&'a mut F>, fd: Option<BorrowedFd<'a>>, side: Side) -> Self {
+        Self { ready, fd, side }
+    }
+
+    /// `Ready` with the socket's error once it has one. An error that a direction read first
+    /// (it reports it itself) leaves nothing to take: the watch then stops, the socket being
+    /// closed for good.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<DirectionError> {
+        let Some(fd) = self.fd else {
+            return Poll::Pending;
+        };
+        ready!(self.ready.as_mut().poll(cx));
+        self.fd = None;
+        match net::take_error(fd) {
+            Ok(Some(error)) => Poll::Ready(DirectionError {
+                failed: self.side,
+                error,
+            }),
+            _ => Poll::Pending,
+        }
+    }
+}
+
+/// Polls both sockets' [`ResetWatch`]es: `Err` with the first error found.
+fn poll_watches<A: Future, B: Future>(
+    cx: &mut Context<'_>,
+    client: &mut ResetWatch<'_, A>,
+    upstream: &mut ResetWatch<'_, B>,
+) -> Result<(), DirectionError> {
+    for poll in [client.poll(cx), upstream.poll(cx)] {
+        if let Poll::Ready(error) = poll {
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+/// A second registration of a socket that a stream owns (a TLS session's), for its
+/// [`ResetWatch`]: its own descriptor (a `dup`), so that the watch does not borrow the stream.
+/// `None` if the descriptor cannot be had (out of descriptors): the relay then goes without.
+fn error_registration(fd: BorrowedFd<'_>) -> Option<AsyncFd<OwnedFd>> {
+    let owned = fd.try_clone_to_owned().ok()?;
+    // SAFETY: an `OwnedFd` stays open, and names the same descriptor, for as long as it lives,
+    // which is as long as the registration that owns it.
+    unsafe { AsyncFd::register_with_interest(owned, Interest::ERROR) }.ok()
+}
+
+/// The descriptor of an [`error_registration`].
+fn registered_fd(registration: Option<&AsyncFd<OwnedFd>>) -> Option<BorrowedFd<'_>> {
+    registration.map(|fd| fd.get_ref().as_fd())
+}
+
+/// The error readiness of `registration` (see [`ResetWatch`]); never, without one.
+async fn error_ready(registration: Option<&AsyncFd<OwnedFd>>) {
+    match registration {
+        Some(fd) => {
+            let _ = fd.ready(Interest::ERROR).await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -227,6 +312,14 @@ pub async fn relay(
     let mut down = Pump::new(Side::Upstream, Side::Client);
     let mut first_eof = None;
     let mut idle = cutoff.idle_timer();
+    let (client_error, upstream_error) = (
+        client.ready(Interest::ERROR),
+        upstream.ready(Interest::ERROR),
+    );
+    tokio::pin!(client_error, upstream_error);
+    let mut client_watch = ResetWatch::new(client_error, Some(client.as_fd()), Side::Client);
+    let mut upstream_watch =
+        ResetWatch::new(upstream_error, Some(upstream.as_fd()), Side::Upstream);
     let both = std::future::poll_fn(|cx| {
         if !up.done
             && let Poll::Ready(r) = up.poll(cx, &client, &upstream, &counters.up)
@@ -240,6 +333,7 @@ pub async fn relay(
             r?;
             first_eof.get_or_insert(Side::Upstream);
         }
+        poll_watches(cx, &mut client_watch, &mut upstream_watch)?;
         let fds = [client.as_fd(), upstream.as_fd()];
         both_done(up.done, down.done, cx, &mut idle, fds)
     });
@@ -385,6 +479,14 @@ where
     let mut down = Flow::new(Side::Upstream, Side::Client);
     let mut first_eof = None;
     let mut idle = cutoff.idle_timer();
+    // The streams are polled mutably, so the watches need registrations of their own.
+    let registrations = [client.tcp(), upstream.tcp()].map(error_registration);
+    let [client_reg, upstream_reg] = registrations.each_ref().map(Option::as_ref);
+    let (client_error, upstream_error) = (error_ready(client_reg), error_ready(upstream_reg));
+    tokio::pin!(client_error, upstream_error);
+    let [client_fd, upstream_fd] = [client_reg, upstream_reg].map(registered_fd);
+    let mut client_watch = ResetWatch::new(client_error, client_fd, Side::Client);
+    let mut upstream_watch = ResetWatch::new(upstream_error, upstream_fd, Side::Upstream);
     let both = std::future::poll_fn(|cx| {
         if !up.done
             && let Poll::Ready(r) = up.poll(
@@ -408,6 +510,7 @@ where
             r?;
             first_eof.get_or_insert(Side::Upstream);
         }
+        poll_watches(cx, &mut client_watch, &mut upstream_watch)?;
         let fds = [client.tcp(), upstream.tcp()];
         both_done(up.done, down.done, cx, &mut idle, fds)
     });
@@ -448,5 +551,199 @@ impl TcpUnder for tokio_rustls::server::TlsStream<TcpStream> {
 impl TcpUnder for tokio_rustls::client::TlsStream<TcpStream> {
     fn tcp(&self) -> BorrowedFd<'_> {
         self.get_ref().0.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::net::TcpListener;
+    use tokio::time::timeout;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::outcome::End;
+
+    /// How long a peer waits for the reset it must get. Only a guard, so that a relay that
+    /// never passes the reset on fails the test instead of hanging it; a correct relay passes it
+    /// on as soon as it runs.
+    const GUARD: Duration = Duration::from_secs(10);
+    /// A sender that could not write for this long has filled every buffer on its way: the
+    /// relay is blocked writing to the far peer, which reads nothing.
+    const STALLED: Duration = Duration::from_millis(200);
+
+    /// Which relay carries the connection.
+    #[derive(Clone, Copy, Debug)]
+    enum Carrier {
+        Sockets,
+        Streams,
+    }
+
+    /// The relay's two sockets and their peers.
+    struct Rig {
+        client_peer: TcpStream,
+        client: TcpStream,
+        upstream: TcpStream,
+        upstream_peer: TcpStream,
+    }
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dialed = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        (dialed, accepted)
+    }
+
+    async fn rig() -> Rig {
+        let (client_peer, client) = pair().await;
+        let (upstream, upstream_peer) = pair().await;
+        Rig {
+            client_peer,
+            client,
+            upstream,
+            upstream_peer,
+        }
+    }
+
+    /// Runs `carrier` over the rig's relay sockets while `peers` acts on the two peers; the
+    /// relay's outcome (`None`: it had not ended within [`GUARD`] of the peers' end) and what
+    /// the peers returned.
+    async fn run<T>(
+        carrier: Carrier,
+        rig: Rig,
+        peers: impl AsyncFnOnce(TcpStream, TcpStream) -> T,
+    ) -> (Option<Outcome>, T) {
+        let Rig {
+            client_peer,
+            client,
+            upstream,
+            upstream_peer,
+        } = rig;
+        let abort = CancellationToken::new();
+        let cutoff = Cutoff {
+            abort: &abort,
+            idle: None,
+            handover: None,
+        };
+        let counters = RelayCounters {
+            up: IntCounter::new("up", "up").unwrap(),
+            down: IntCounter::new("down", "down").unwrap(),
+        };
+        let relayed = async {
+            let relayed: Pin<Box<dyn Future<Output = Outcome> + '_>> = match carrier {
+                Carrier::Sockets => Box::pin(relay(client, upstream, &counters, cutoff)),
+                Carrier::Streams => Box::pin(relay_streams(client, upstream, &counters, cutoff)),
+            };
+            relayed.await
+        };
+        let mut relayed = std::pin::pin!(relayed);
+        let mut outcome = None;
+        let acted = async { peers(client_peer, upstream_peer).await };
+        let mut acted = std::pin::pin!(acted);
+        let result = loop {
+            tokio::select! {
+                o = &mut relayed, if outcome.is_none() => outcome = Some(o),
+                r = &mut acted => break r,
+            }
+        };
+        if outcome.is_none() {
+            outcome = timeout(GUARD, relayed).await.ok();
+        }
+        (outcome, result)
+    }
+
+    /// Writes until nothing more can be written for [`STALLED`].
+    async fn fill(sender: &TcpStream) {
+        let chunk = vec![7u8; 64 * 1024];
+        while let Ok(ready) = timeout(STALLED, sender.writable()).await {
+            ready.unwrap();
+            match sender.try_write(&chunk) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("write failed while filling: {e}"),
+            }
+        }
+    }
+
+    /// Closes `peer` with a reset.
+    fn reset(peer: TcpStream) {
+        net::set_linger_zero(peer.as_fd()).unwrap();
+        drop(peer);
+    }
+
+    /// The error `peer` gets, without reading or writing anything: `None` if none comes
+    /// within [`GUARD`].
+    async fn error_seen(peer: &TcpStream) -> Option<io::Error> {
+        timeout(GUARD, peer.ready(Interest::ERROR))
+            .await
+            .ok()?
+            .ok()?;
+        net::take_error(peer.as_fd()).unwrap()
+    }
+
+    fn is_reset(error: Option<&io::Error>) -> bool {
+        error.is_some_and(|e| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            )
+        })
+    }
+
+    /// Runs `peers` through each relay: the relay must end with `end` and the peer that did not
+    /// reset must have seen the reset (the error `peers` returns).
+    async fn reset_passed_on(
+        end: End,
+        peers: impl AsyncFn(TcpStream, TcpStream) -> Option<io::Error>,
+    ) {
+        for carrier in [Carrier::Sockets, Carrier::Streams] {
+            let (outcome, seen) = run(carrier, rig().await, &peers).await;
+            assert!(is_reset(seen.as_ref()), "{carrier:?}: the other peer saw {seen:?}");
+            assert_eq!(outcome.map(|o| o.end), Some(end), "{carrier:?}");
+        }
+    }
+
+    /// The client resets while the relay waits to write its bytes to an upstream that reads
+    /// nothing (and sends nothing): no direction reads the client's socket, yet the upstream
+    /// must be reset.
+    #[tokio::test]
+    async fn client_reset_while_blocked_writing_upstream_resets_upstream() {
+        reset_passed_on(End::ClientReset, async |client, upstream| {
+            fill(&client).await;
+            reset(client);
+            error_seen(&upstream).await
+        })
+        .await;
+    }
+
+    /// The opposite way: the upstream resets while the relay waits to write to a client that
+    /// reads nothing (and sends nothing).
+    #[tokio::test]
+    async fn upstream_reset_while_blocked_writing_client_resets_client() {
+        reset_passed_on(End::UpstreamReset, async |client, upstream| {
+            fill(&upstream).await;
+            reset(upstream);
+            error_seen(&client).await
+        })
+        .await;
+    }
+
+    /// A client that half-closed (its FIN passed on) and then resets while the upstream, still
+    /// open, sends nothing: the direction reading the client has finished, the other has
+    /// nothing to write to it, and the upstream must still be reset.
+    #[tokio::test]
+    async fn reset_after_half_close_resets_the_other_side() {
+        reset_passed_on(End::ClientReset, async |client, mut upstream| {
+            net::shutdown_write(client.as_fd()).unwrap();
+            let mut byte = [0u8; 1];
+            let eof = tokio::io::AsyncReadExt::read(&mut upstream, &mut byte).await;
+            assert_eq!(eof.unwrap(), 0, "the FIN came through");
+            reset(client);
+            error_seen(&upstream).await
+        })
+        .await;
     }
 }
