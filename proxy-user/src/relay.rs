@@ -701,7 +701,10 @@ mod tests {
     ) {
         for carrier in [Carrier::Sockets, Carrier::Streams] {
             let (outcome, seen) = run(carrier, rig().await, &peers).await;
-            assert!(is_reset(seen.as_ref()), "{carrier:?}: the other peer saw {seen:?}");
+            assert!(
+                is_reset(seen.as_ref()),
+                "{carrier:?}: the other peer saw {seen:?}"
+            );
             assert_eq!(outcome.map(|o| o.end), Some(end), "{carrier:?}");
         }
     }
