@@ -8,10 +8,10 @@
 //!   direction keeps flowing (half-close).
 //! - A read or write error on one socket resets the other (close with `SO_LINGER` 0), and so
 //!   does an error that comes while neither direction touches that socket: each socket's error
-//!   readiness is watched for the whole relay ([`ResetWatch`]). Without it, a reset went unseen
-//!   while the direction reading that socket was blocked writing to the other one (or had
-//!   finished, after a half-close) and the direction writing to it had nothing to write: the
-//!   other peer then waited for good, unless it moved bytes itself.
+//!   readiness is watched once a direction waits to write or has finished ([`ResetWatch`]).
+//!   Without it, a reset went unseen while the direction reading that socket was blocked
+//!   writing to the other one (or had finished, after a half-close) and the direction writing
+//!   to it had nothing to write: the other peer then waited for good, unless it moved bytes.
 //! - Buffers exist only while bytes flow: a direction allocates when its socket turns readable
 //!   and frees the buffer once the socket has nothing more, so idle connections hold none. A
 //!   peer that stops reading stops its direction at one buffer (`write_all` waits), so memory
@@ -19,7 +19,7 @@
 use std::{
     future::Future,
     io,
-    os::fd::{AsFd, BorrowedFd, OwnedFd},
+    os::fd::{AsFd, BorrowedFd},
     pin::Pin,
     task::{Context, Poll, ready},
 };
@@ -66,83 +66,95 @@ impl From<DirectionError> for Stop {
     }
 }
 
-/// The error readiness of one socket, polled on every wake-up of the relay whatever its two
-/// directions are doing: a reset (or any socket error: a keepalive or retransmission timeout)
-/// ends the relay at once, as a failure of that side. The directions read and write a socket
-/// only while they have something to do with it, so on their own they miss a reset on a socket
-/// whose reading direction waits to write elsewhere (or has finished) while its writing
-/// direction waits for bytes from the other side.
+/// The error (a reset, or a keepalive or retransmission timeout) of one socket, found once the
+/// socket reports it: the future of a [`ResetWatch`].
+type ErrorFuture<'a> = Pin<Box<dyn Future<Output = Option<io::Error>> + Send + 'a>>;
+
+/// Watches one socket for an error whatever the relay's two directions are doing: a reset ends
+/// the relay at once, as a failure of that side. The directions read and write a socket only
+/// while they have something to do with it, so on their own they miss a reset on a socket whose
+/// reading direction waits to write elsewhere (or has finished) while its writing direction
+/// waits for bytes from the other side.
 ///
-/// `F` is the socket's `ready(Interest::ERROR)` future: it completes only when the socket
-/// reports an error (`EPOLLERR`), never for bytes or a FIN.
-struct ResetWatch<'a, F> {
-    ready: Pin<&'a mut F>,
-    /// The socket (or a `dup` of it); `None`: not watched.
-    fd: Option<BorrowedFd<'a>>,
+/// Armed (boxed) only once a direction waits to write or has finished: while both directions
+/// wait to read, each socket's reader sees its reset, and an idle connection holds no watch.
+/// The future waits for the socket's error readiness (`EPOLLERR`: never for bytes or a FIN),
+/// then takes the error.
+struct ResetWatch<'a> {
+    /// `None` once fired (or if the socket could not be watched).
+    error: Option<ErrorFuture<'a>>,
     side: Side,
 }
 
-impl<'a, F: Future> ResetWatch<'a, F> {
-    fn new(ready: Pin<&'a mut F>, fd: Option<BorrowedFd<'a>>, side: Side) -> Self {
-        Self { ready, fd, side }
-    }
-
+impl ResetWatch<'_> {
     /// `Ready` with the socket's error once it has one. An error that a direction read first
-    /// (it reports it itself) leaves nothing to take: the watch then stops, the socket being
+    /// (it reports it itself) leaves nothing to take: the watch is then spent, the socket being
     /// closed for good.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<DirectionError> {
-        let Some(fd) = self.fd else {
+        let Some(error) = &mut self.error else {
             return Poll::Pending;
         };
-        ready!(self.ready.as_mut().poll(cx));
-        self.fd = None;
-        match net::take_error(fd) {
-            Ok(Some(error)) => Poll::Ready(DirectionError {
+        let found = ready!(error.as_mut().poll(cx));
+        self.error = None;
+        match found {
+            Some(error) => Poll::Ready(DirectionError {
                 failed: self.side,
                 error,
             }),
-            _ => Poll::Pending,
+            None => Poll::Pending,
         }
     }
 }
 
-/// Polls both sockets' [`ResetWatch`]es: `Err` with the first error found.
-fn poll_watches<A: Future, B: Future>(
+/// Both sockets' [`ResetWatch`]es, boxed together once armed: an idle connection's future holds
+/// one pointer for them.
+type Watches<'a> = Option<Box<[ResetWatch<'a>; 2]>>;
+
+/// Arms the [`ResetWatch`]es when `needed` (see there), with `watch`'s future for each side,
+/// then polls them: `Err` with the first error found.
+fn poll_watches<'a>(
     cx: &mut Context<'_>,
-    client: &mut ResetWatch<'_, A>,
-    upstream: &mut ResetWatch<'_, B>,
+    needed: bool,
+    watches: &mut Watches<'a>,
+    watch: impl Fn(Side) -> Option<ErrorFuture<'a>>,
 ) -> Result<(), DirectionError> {
-    for poll in [client.poll(cx), upstream.poll(cx)] {
-        if let Poll::Ready(error) = poll {
+    if needed && watches.is_none() {
+        let armed = [Side::Client, Side::Upstream].map(|side| ResetWatch {
+            error: watch(side),
+            side,
+        });
+        *watches = Some(Box::new(armed));
+    }
+    for w in watches.iter_mut().flat_map(|w| w.iter_mut()) {
+        if let Poll::Ready(error) = w.poll(cx) {
             return Err(error);
         }
     }
     Ok(())
 }
 
-/// A second registration of a socket that a stream owns (a TLS session's), for its
-/// [`ResetWatch`]: its own descriptor (a `dup`), so that the watch does not borrow the stream.
+/// The [`ResetWatch`] future of a plain socket.
+fn socket_error(socket: &TcpStream) -> Option<ErrorFuture<'_>> {
+    Some(Box::pin(async move {
+        let _ = socket.ready(Interest::ERROR).await;
+        net::take_error(socket.as_fd()).ok().flatten()
+    }))
+}
+
+/// The [`ResetWatch`] future of a socket that a stream owns (a TLS session's): a second
+/// registration of its own descriptor (a `dup`), so that the watch does not borrow the stream.
 /// `None` if the descriptor cannot be had (out of descriptors): the relay then goes without.
-fn error_registration(fd: BorrowedFd<'_>) -> Option<AsyncFd<OwnedFd>> {
+fn stream_error(fd: BorrowedFd<'_>) -> Option<ErrorFuture<'static>> {
     let owned = fd.try_clone_to_owned().ok()?;
     // SAFETY: an `OwnedFd` stays open, and names the same descriptor, for as long as it lives,
     // which is as long as the registration that owns it.
-    unsafe { AsyncFd::register_with_interest(owned, Interest::ERROR) }.ok()
-}
-
-/// The descriptor of an [`error_registration`].
-fn registered_fd(registration: Option<&AsyncFd<OwnedFd>>) -> Option<BorrowedFd<'_>> {
-    registration.map(|fd| fd.get_ref().as_fd())
-}
-
-/// The error readiness of `registration` (see [`ResetWatch`]); never, without one.
-async fn error_ready(registration: Option<&AsyncFd<OwnedFd>>) {
-    match registration {
-        Some(fd) => {
-            let _ = fd.ready(Interest::ERROR).await;
-        }
-        None => std::future::pending().await,
-    }
+    let registration = unsafe { AsyncFd::register_with_interest(owned, Interest::ERROR) }.ok()?;
+    Some(Box::pin(async move {
+        let _ = registration.ready(Interest::ERROR).await;
+        net::take_error(registration.get_ref().as_fd())
+            .ok()
+            .flatten()
+    }))
 }
 
 /// One direction of [`relay`]: reads `from` into a buffer and writes it to `to`, until EOF.
@@ -175,6 +187,11 @@ impl Pump {
             from,
             to,
         }
+    }
+
+    /// Waits to write to `to`, or has finished: it does not read `from` meanwhile.
+    fn away(&self) -> bool {
+        self.done || self.written < self.buf.len()
     }
 
     /// Moves bytes from `from` to `to` until both would block; `Ready(Ok)` once EOF was read
@@ -312,14 +329,7 @@ pub async fn relay(
     let mut down = Pump::new(Side::Upstream, Side::Client);
     let mut first_eof = None;
     let mut idle = cutoff.idle_timer();
-    let (client_error, upstream_error) = (
-        client.ready(Interest::ERROR),
-        upstream.ready(Interest::ERROR),
-    );
-    tokio::pin!(client_error, upstream_error);
-    let mut client_watch = ResetWatch::new(client_error, Some(client.as_fd()), Side::Client);
-    let mut upstream_watch =
-        ResetWatch::new(upstream_error, Some(upstream.as_fd()), Side::Upstream);
+    let mut watches = None;
     let both = std::future::poll_fn(|cx| {
         if !up.done
             && let Poll::Ready(r) = up.poll(cx, &client, &upstream, &counters.up)
@@ -333,7 +343,11 @@ pub async fn relay(
             r?;
             first_eof.get_or_insert(Side::Upstream);
         }
-        poll_watches(cx, &mut client_watch, &mut upstream_watch)?;
+        let needed = up.away() || down.away();
+        poll_watches(cx, needed, &mut watches, |side| match side {
+            Side::Client => socket_error(&client),
+            Side::Upstream => socket_error(&upstream),
+        })?;
         let fds = [client.as_fd(), upstream.as_fd()];
         both_done(up.done, down.done, cx, &mut idle, fds)
     });
@@ -378,6 +392,11 @@ impl Flow {
             from,
             to,
         }
+    }
+
+    /// Waits to write (or flush) to `w`, or has finished: it does not read `r` meanwhile.
+    fn away(&self) -> bool {
+        self.done || self.pos < self.len || self.unflushed
     }
 
     /// Moves bytes from `r` to `w` until both would block; `Ready(Ok)` once EOF was read and
@@ -479,14 +498,7 @@ where
     let mut down = Flow::new(Side::Upstream, Side::Client);
     let mut first_eof = None;
     let mut idle = cutoff.idle_timer();
-    // The streams are polled mutably, so the watches need registrations of their own.
-    let registrations = [client.tcp(), upstream.tcp()].map(error_registration);
-    let [client_reg, upstream_reg] = registrations.each_ref().map(Option::as_ref);
-    let (client_error, upstream_error) = (error_ready(client_reg), error_ready(upstream_reg));
-    tokio::pin!(client_error, upstream_error);
-    let [client_fd, upstream_fd] = [client_reg, upstream_reg].map(registered_fd);
-    let mut client_watch = ResetWatch::new(client_error, client_fd, Side::Client);
-    let mut upstream_watch = ResetWatch::new(upstream_error, upstream_fd, Side::Upstream);
+    let mut watches = None;
     let both = std::future::poll_fn(|cx| {
         if !up.done
             && let Poll::Ready(r) = up.poll(
@@ -510,7 +522,12 @@ where
             r?;
             first_eof.get_or_insert(Side::Upstream);
         }
-        poll_watches(cx, &mut client_watch, &mut upstream_watch)?;
+        let needed = up.away() || down.away();
+        // The streams are polled mutably: their watches register descriptors of their own.
+        poll_watches(cx, needed, &mut watches, |side| match side {
+            Side::Client => stream_error(client.tcp()),
+            Side::Upstream => stream_error(upstream.tcp()),
+        })?;
         let fds = [client.tcp(), upstream.tcp()];
         both_done(up.done, down.done, cx, &mut idle, fds)
     });
