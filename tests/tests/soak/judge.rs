@@ -44,8 +44,8 @@ pub(crate) struct Verdict {
     pub(crate) landed: BTreeMap<IpAddr, u64>,
     /// One line per loss.
     pub(crate) losses: Vec<String>,
-    /// Per loss: the daemon and the client's address, which its log line names.
-    pub(crate) lost_clients: Vec<(usize, Option<SocketAddr>)>,
+    /// Per loss: the daemon, the frontend and the client's address, which its log line names.
+    pub(crate) lost_clients: Vec<(usize, Mode, Option<SocketAddr>)>,
 }
 
 impl Verdict {
@@ -85,7 +85,7 @@ pub(crate) fn judge(clients: &[ClientRecord], ledger: &Ledger, timeline: &Timeli
             Fate::Cut => counts.cut += 1,
             Fate::Lost(why) => {
                 counts.lost += 1;
-                v.lost_clients.push((c.proxy, c.local));
+                v.lost_clients.push((c.proxy, c.mode, c.local));
                 v.losses.push(format!(
                     "stream {} ({} {:?} {:?}, {:.1?} long): {why}",
                     c.plan.id,

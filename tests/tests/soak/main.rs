@@ -209,14 +209,17 @@ fn run() -> anyhow::Result<()> {
     summary.check(&mix)
 }
 
-/// Prints each lost stream's line in its daemon's log (found by the client's address): how and
-/// when the daemon ended it, and the bytes it carried.
+/// Prints each lost stream's line in its daemon's log (found by the frontend and the client's
+/// address; the last one, a port being reused): how and when the daemon ended it, and the bytes
+/// it carried.
 fn print_lost_lines(verdict: &judge::Verdict, logs: &[String]) {
-    for &(proxy, client) in verdict.lost_clients.iter().take(10) {
+    for &(proxy, mode, client) in verdict.lost_clients.iter().take(10) {
         let Some(client) = client else { continue };
-        let named = format!("\"client\":\"{client}\"");
-        let mut lines = logs[proxy].lines().filter(|l| l.contains(&named));
-        match lines.next() {
+        let named = format!(
+            "\"frontend\":\"{}\",\"client\":\"{client}\"",
+            mode.frontend()
+        );
+        match logs[proxy].lines().filter(|l| l.contains(&named)).last() {
             Some(line) => eprintln!("log of {client}: {line}"),
             None => eprintln!("log of {client}: no line"),
         }
