@@ -219,7 +219,7 @@ fn print_lost_lines(verdict: &judge::Verdict, logs: &[String]) {
             "\"frontend\":\"{}\",\"client\":\"{client}\"",
             mode.frontend()
         );
-        match logs[proxy].lines().filter(|l| l.contains(&named)).last() {
+        match logs[proxy].lines().rfind(|l| l.contains(&named)) {
             Some(line) => eprintln!("log of {client}: {line}"),
             None => eprintln!("log of {client}: no line"),
         }
