@@ -6,12 +6,18 @@
 //!
 //! - Each direction reads until EOF and then shuts the other socket's write side, while the other
 //!   direction keeps flowing (half-close).
-//! - A read or write error on one socket resets the other (close with `SO_LINGER` 0).
+//! - A read or write error on one socket resets the other (close with `SO_LINGER` 0), and so
+//!   does an error that comes while neither direction touches that socket: each socket's error
+//!   readiness is watched once a direction waits to write or has finished ([`ResetWatch`]).
+//!   Without it, a reset went unseen while the direction reading that socket was blocked
+//!   writing to the other one (or had finished, after a half-close) and the direction writing
+//!   to it had nothing to write: the other peer then waited for good, unless it moved bytes.
 //! - Buffers exist only while bytes flow: a direction allocates when its socket turns readable
 //!   and frees the buffer once the socket has nothing more, so idle connections hold none. A
 //!   peer that stops reading stops its direction at one buffer (`write_all` waits), so memory
 //!   stays bounded by the socket buffers plus one buffer.
 use std::{
+    future::Future,
     io,
     os::fd::{AsFd, BorrowedFd},
     pin::Pin,
@@ -20,7 +26,7 @@ use std::{
 
 use prometheus::IntCounter;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, Interest, ReadBuf, unix::AsyncFd},
     net::TcpStream,
 };
 
@@ -60,6 +66,97 @@ impl From<DirectionError> for Stop {
     }
 }
 
+/// The error (a reset, or a keepalive or retransmission timeout) of one socket, found once the
+/// socket reports it: the future of a [`ResetWatch`].
+type ErrorFuture<'a> = Pin<Box<dyn Future<Output = Option<io::Error>> + Send + 'a>>;
+
+/// Watches one socket for an error whatever the relay's two directions are doing: a reset ends
+/// the relay at once, as a failure of that side. The directions read and write a socket only
+/// while they have something to do with it, so on their own they miss a reset on a socket whose
+/// reading direction waits to write elsewhere (or has finished) while its writing direction
+/// waits for bytes from the other side.
+///
+/// Armed (boxed) only once a direction waits to write or has finished: while both directions
+/// wait to read, each socket's reader sees its reset, and an idle connection holds no watch.
+/// The future waits for the socket's error readiness (`EPOLLERR`: never for bytes or a FIN),
+/// then takes the error.
+struct ResetWatch<'a> {
+    /// `None` once fired (or if the socket could not be watched).
+    error: Option<ErrorFuture<'a>>,
+    side: Side,
+}
+
+impl ResetWatch<'_> {
+    /// `Ready` with the socket's error once it has one. An error that a direction read first
+    /// (it reports it itself) leaves nothing to take: the watch is then spent, the socket being
+    /// closed for good.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<DirectionError> {
+        let Some(error) = &mut self.error else {
+            return Poll::Pending;
+        };
+        let found = ready!(error.as_mut().poll(cx));
+        self.error = None;
+        match found {
+            Some(error) => Poll::Ready(DirectionError {
+                failed: self.side,
+                error,
+            }),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// Both sockets' [`ResetWatch`]es, boxed together once armed: an idle connection's future holds
+/// one pointer for them.
+type Watches<'a> = Option<Box<[ResetWatch<'a>; 2]>>;
+
+/// Arms the [`ResetWatch`]es when `needed` (see there), with `watch`'s future for each side,
+/// then polls them: `Err` with the first error found.
+fn poll_watches<'a>(
+    cx: &mut Context<'_>,
+    needed: bool,
+    watches: &mut Watches<'a>,
+    watch: impl Fn(Side) -> Option<ErrorFuture<'a>>,
+) -> Result<(), DirectionError> {
+    if needed && watches.is_none() {
+        let armed = [Side::Client, Side::Upstream].map(|side| ResetWatch {
+            error: watch(side),
+            side,
+        });
+        *watches = Some(Box::new(armed));
+    }
+    for w in watches.iter_mut().flat_map(|w| w.iter_mut()) {
+        if let Poll::Ready(error) = w.poll(cx) {
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+/// The [`ResetWatch`] future of a plain socket.
+fn socket_error(socket: &TcpStream) -> Option<ErrorFuture<'_>> {
+    Some(Box::pin(async move {
+        let _ = socket.ready(Interest::ERROR).await;
+        net::take_error(socket.as_fd()).ok().flatten()
+    }))
+}
+
+/// The [`ResetWatch`] future of a socket that a stream owns (a TLS session's): a second
+/// registration of its own descriptor (a `dup`), so that the watch does not borrow the stream.
+/// `None` if the descriptor cannot be had (out of descriptors): the relay then goes without.
+fn stream_error(fd: BorrowedFd<'_>) -> Option<ErrorFuture<'static>> {
+    let owned = fd.try_clone_to_owned().ok()?;
+    // SAFETY: an `OwnedFd` stays open, and names the same descriptor, for as long as it lives,
+    // which is as long as the registration that owns it.
+    let registration = unsafe { AsyncFd::register_with_interest(owned, Interest::ERROR) }.ok()?;
+    Some(Box::pin(async move {
+        let _ = registration.ready(Interest::ERROR).await;
+        net::take_error(registration.get_ref().as_fd())
+            .ok()
+            .flatten()
+    }))
+}
+
 /// One direction of [`relay`]: reads `from` into a buffer and writes it to `to`, until EOF.
 ///
 /// Driven by polling rather than as an `async fn` so that an idle connection's task holds
@@ -90,6 +187,11 @@ impl Pump {
             from,
             to,
         }
+    }
+
+    /// Waits to write to `to`, or has finished: it does not read `from` meanwhile.
+    fn away(&self) -> bool {
+        self.done || self.written < self.buf.len()
     }
 
     /// Moves bytes from `from` to `to` until both would block; `Ready(Ok)` once EOF was read
@@ -227,6 +329,7 @@ pub async fn relay(
     let mut down = Pump::new(Side::Upstream, Side::Client);
     let mut first_eof = None;
     let mut idle = cutoff.idle_timer();
+    let mut watches = None;
     let both = std::future::poll_fn(|cx| {
         if !up.done
             && let Poll::Ready(r) = up.poll(cx, &client, &upstream, &counters.up)
@@ -240,6 +343,11 @@ pub async fn relay(
             r?;
             first_eof.get_or_insert(Side::Upstream);
         }
+        let needed = up.away() || down.away();
+        poll_watches(cx, needed, &mut watches, |side| match side {
+            Side::Client => socket_error(&client),
+            Side::Upstream => socket_error(&upstream),
+        })?;
         let fds = [client.as_fd(), upstream.as_fd()];
         both_done(up.done, down.done, cx, &mut idle, fds)
     });
@@ -284,6 +392,11 @@ impl Flow {
             from,
             to,
         }
+    }
+
+    /// Waits to write (or flush) to `w`, or has finished: it does not read `r` meanwhile.
+    fn away(&self) -> bool {
+        self.done || self.pos < self.len || self.unflushed
     }
 
     /// Moves bytes from `r` to `w` until both would block; `Ready(Ok)` once EOF was read and
@@ -385,6 +498,7 @@ where
     let mut down = Flow::new(Side::Upstream, Side::Client);
     let mut first_eof = None;
     let mut idle = cutoff.idle_timer();
+    let mut watches = None;
     let both = std::future::poll_fn(|cx| {
         if !up.done
             && let Poll::Ready(r) = up.poll(
@@ -408,6 +522,12 @@ where
             r?;
             first_eof.get_or_insert(Side::Upstream);
         }
+        let needed = up.away() || down.away();
+        // The streams are polled mutably: their watches register descriptors of their own.
+        poll_watches(cx, needed, &mut watches, |side| match side {
+            Side::Client => stream_error(client.tcp()),
+            Side::Upstream => stream_error(upstream.tcp()),
+        })?;
         let fds = [client.tcp(), upstream.tcp()];
         both_done(up.done, down.done, cx, &mut idle, fds)
     });
@@ -448,5 +568,202 @@ impl TcpUnder for tokio_rustls::server::TlsStream<TcpStream> {
 impl TcpUnder for tokio_rustls::client::TlsStream<TcpStream> {
     fn tcp(&self) -> BorrowedFd<'_> {
         self.get_ref().0.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::net::TcpListener;
+    use tokio::time::timeout;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::outcome::End;
+
+    /// How long a peer waits for the reset it must get. Only a guard, so that a relay that
+    /// never passes the reset on fails the test instead of hanging it; a correct relay passes it
+    /// on as soon as it runs.
+    const GUARD: Duration = Duration::from_secs(10);
+    /// A sender that could not write for this long has filled every buffer on its way: the
+    /// relay is blocked writing to the far peer, which reads nothing.
+    const STALLED: Duration = Duration::from_millis(200);
+
+    /// Which relay carries the connection.
+    #[derive(Clone, Copy, Debug)]
+    enum Carrier {
+        Sockets,
+        Streams,
+    }
+
+    /// The relay's two sockets and their peers.
+    struct Rig {
+        client_peer: TcpStream,
+        client: TcpStream,
+        upstream: TcpStream,
+        upstream_peer: TcpStream,
+    }
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dialed = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        (dialed, accepted)
+    }
+
+    async fn rig() -> Rig {
+        let (client_peer, client) = pair().await;
+        let (upstream, upstream_peer) = pair().await;
+        Rig {
+            client_peer,
+            client,
+            upstream,
+            upstream_peer,
+        }
+    }
+
+    /// Runs `carrier` over the rig's relay sockets while `peers` acts on the two peers; the
+    /// relay's outcome (`None`: it had not ended within [`GUARD`] of the peers' end) and what
+    /// the peers returned.
+    async fn run<T>(
+        carrier: Carrier,
+        rig: Rig,
+        peers: impl AsyncFnOnce(TcpStream, TcpStream) -> T,
+    ) -> (Option<Outcome>, T) {
+        let Rig {
+            client_peer,
+            client,
+            upstream,
+            upstream_peer,
+        } = rig;
+        let abort = CancellationToken::new();
+        let cutoff = Cutoff {
+            abort: &abort,
+            idle: None,
+            handover: None,
+        };
+        let counters = RelayCounters {
+            up: IntCounter::new("up", "up").unwrap(),
+            down: IntCounter::new("down", "down").unwrap(),
+        };
+        let relayed = async {
+            let relayed: Pin<Box<dyn Future<Output = Outcome> + '_>> = match carrier {
+                Carrier::Sockets => Box::pin(relay(client, upstream, &counters, cutoff)),
+                Carrier::Streams => Box::pin(relay_streams(client, upstream, &counters, cutoff)),
+            };
+            relayed.await
+        };
+        let mut relayed = std::pin::pin!(relayed);
+        let mut outcome = None;
+        let acted = async { peers(client_peer, upstream_peer).await };
+        let mut acted = std::pin::pin!(acted);
+        let result = loop {
+            tokio::select! {
+                o = &mut relayed, if outcome.is_none() => outcome = Some(o),
+                r = &mut acted => break r,
+            }
+        };
+        if outcome.is_none() {
+            outcome = timeout(GUARD, relayed).await.ok();
+        }
+        (outcome, result)
+    }
+
+    /// Writes until nothing more can be written for [`STALLED`].
+    async fn fill(sender: &TcpStream) {
+        let chunk = vec![7u8; 64 * 1024];
+        while let Ok(ready) = timeout(STALLED, sender.writable()).await {
+            ready.unwrap();
+            match sender.try_write(&chunk) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("write failed while filling: {e}"),
+            }
+        }
+    }
+
+    /// Closes `peer` with a reset.
+    fn reset(peer: TcpStream) {
+        net::set_linger_zero(peer.as_fd()).unwrap();
+        drop(peer);
+    }
+
+    /// The error `peer` gets, without reading or writing anything: `None` if none comes
+    /// within [`GUARD`].
+    async fn error_seen(peer: &TcpStream) -> Option<io::Error> {
+        timeout(GUARD, peer.ready(Interest::ERROR))
+            .await
+            .ok()?
+            .ok()?;
+        net::take_error(peer.as_fd()).unwrap()
+    }
+
+    fn is_reset(error: Option<&io::Error>) -> bool {
+        error.is_some_and(|e| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            )
+        })
+    }
+
+    /// Runs `peers` through each relay: the relay must end with `end` and the peer that did not
+    /// reset must have seen the reset (the error `peers` returns).
+    async fn reset_passed_on(
+        end: End,
+        peers: impl AsyncFn(TcpStream, TcpStream) -> Option<io::Error>,
+    ) {
+        for carrier in [Carrier::Sockets, Carrier::Streams] {
+            let (outcome, seen) = run(carrier, rig().await, &peers).await;
+            assert!(
+                is_reset(seen.as_ref()),
+                "{carrier:?}: the other peer saw {seen:?}"
+            );
+            assert_eq!(outcome.map(|o| o.end), Some(end), "{carrier:?}");
+        }
+    }
+
+    /// The client resets while the relay waits to write its bytes to an upstream that reads
+    /// nothing (and sends nothing): no direction reads the client's socket, yet the upstream
+    /// must be reset.
+    #[tokio::test]
+    async fn client_reset_while_blocked_writing_upstream_resets_upstream() {
+        reset_passed_on(End::ClientReset, async |client, upstream| {
+            fill(&client).await;
+            reset(client);
+            error_seen(&upstream).await
+        })
+        .await;
+    }
+
+    /// The opposite way: the upstream resets while the relay waits to write to a client that
+    /// reads nothing (and sends nothing).
+    #[tokio::test]
+    async fn upstream_reset_while_blocked_writing_client_resets_client() {
+        reset_passed_on(End::UpstreamReset, async |client, upstream| {
+            fill(&upstream).await;
+            reset(upstream);
+            error_seen(&client).await
+        })
+        .await;
+    }
+
+    /// A client that half-closed (its FIN passed on) and then resets while the upstream, still
+    /// open, sends nothing: the direction reading the client has finished, the other has
+    /// nothing to write to it, and the upstream must still be reset.
+    #[tokio::test]
+    async fn reset_after_half_close_resets_the_other_side() {
+        reset_passed_on(End::ClientReset, async |client, mut upstream| {
+            net::shutdown_write(client.as_fd()).unwrap();
+            let mut byte = [0u8; 1];
+            let eof = tokio::io::AsyncReadExt::read(&mut upstream, &mut byte).await;
+            assert_eq!(eof.unwrap(), 0, "the FIN came through");
+            reset(client);
+            error_seen(&upstream).await
+        })
+        .await;
     }
 }

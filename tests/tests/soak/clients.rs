@@ -130,6 +130,8 @@ pub(crate) struct ClientRecord {
     pub(crate) proxy: usize,
     pub(crate) mode: Mode,
     pub(crate) started: Instant,
+    /// The client socket's own address (the daemon's log line names it), once connected.
+    pub(crate) local: Option<SocketAddr>,
     pub(crate) ended: Instant,
     pub(crate) sent: Digest,
     pub(crate) received: Digest,
@@ -149,8 +151,10 @@ pub(crate) async fn run_stream(
     let started = Instant::now();
     let mut tx = Tx::new(plan.up_seed());
     let mut rx = Rx::new(plan.down_seed());
+    let mut local = None;
     let result = async {
         let io = dialer.open(proxy, mode, &plan).await?;
+        local = io.tcp().local_addr().ok();
         drive(io, &plan, &mut tx, &mut rx).await
     }
     .await;
@@ -159,6 +163,7 @@ pub(crate) async fn run_stream(
         proxy,
         mode,
         started,
+        local,
         ended: Instant::now(),
         sent: tx.digest(),
         received: rx.digest(),

@@ -109,9 +109,24 @@ impl<'a> Intake<'a> {
     }
 }
 
+/// The intake's TCP keepalive: a connection whose daemon socket is gone without a word reaching
+/// the intake is found out by a probe, which the proxy host answers with a reset. That is how a
+/// daemon's reset dropped by the lossy link still arrives: TCP never sends a reset twice, and an
+/// intake that has sent all its bytes (and had them acknowledged) sends nothing that would draw
+/// another one, so it would wait for good. A daemon that keeps the connection open answers the
+/// probes, so a stall of its own is still a stall.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(2);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_COUNT: u32 = 5;
+
 async fn accept_loop(listener: TcpListener, ledger: Arc<Mutex<Ledger>>, kill: watch::Sender<u64>) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_COUNT);
     while let Ok((s, _)) = listener.accept().await {
         let _ = s.set_nodelay(true);
+        let _ = socket2::SockRef::from(&s).set_tcp_keepalive(&keepalive);
         ledger.lock().expect("ledger").live += 1;
         tokio::spawn(handle(s, Arc::clone(&ledger), kill.subscribe()));
     }

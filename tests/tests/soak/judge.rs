@@ -12,7 +12,7 @@
 //! - A stream through a frontend that resolves the intake's name must land on an address DNS
 //!   gave between [`DNS_GRACE`] before it started and its end.
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::clients::{ClientRecord, Mode};
@@ -44,6 +44,8 @@ pub(crate) struct Verdict {
     pub(crate) landed: BTreeMap<IpAddr, u64>,
     /// One line per loss.
     pub(crate) losses: Vec<String>,
+    /// Per loss: the daemon, the frontend and the client's address, which its log line names.
+    pub(crate) lost_clients: Vec<(usize, Mode, Option<SocketAddr>)>,
 }
 
 impl Verdict {
@@ -83,6 +85,7 @@ pub(crate) fn judge(clients: &[ClientRecord], ledger: &Ledger, timeline: &Timeli
             Fate::Cut => counts.cut += 1,
             Fate::Lost(why) => {
                 counts.lost += 1;
+                v.lost_clients.push((c.proxy, c.mode, c.local));
                 v.losses.push(format!(
                     "stream {} ({} {:?} {:?}, {:.1?} long): {why}",
                     c.plan.id,
@@ -138,8 +141,9 @@ fn fate(
         return match &s.error {
             Some(e) if is_reset(e) => Fate::Reset,
             Some(e) => Fate::Lost(format!(
-                "the client reset after {} bytes down; the intake did not see a reset: {e}",
-                c.received.len
+                "the client reset after {} bytes down; the intake did not see a reset (it had \
+                 sent {} of its {} bytes): {e}",
+                c.received.len, s.sent.len, c.plan.down
             )),
             None => Fate::Lost(format!(
                 "the client reset after {} bytes down, but the intake saw a clean end after \

@@ -183,10 +183,12 @@ fn run() -> anyhow::Result<()> {
     let links = topology::link_figures(&links)?;
     let mut ends = Vec::new();
     let mut finished = Vec::new();
+    let mut logs = Vec::new();
     for mut env in [kernel, user] {
         // Figures first, so that they are printed whatever the checks say.
         let clean = assert_clean(&mut env.daemon, env.baseline_fds);
         ends.push(report::DaemonEnd::read(&env.daemon)?);
+        logs.push(env.daemon.stderr_text());
         finished.push(clean.and_then(|()| env.finish()));
     }
     let summary = report::Summary {
@@ -200,10 +202,28 @@ fn run() -> anyhow::Result<()> {
         unnamed_errors: &ledger.unnamed_errors,
     };
     eprintln!("{summary}");
+    print_lost_lines(&verdict, &logs);
     for (result, dp) in finished.into_iter().zip(["kernel", "userspace"]) {
         result.with_context(|| format!("the {dp} daemon after the soak"))?;
     }
     summary.check(&mix)
+}
+
+/// Prints each lost stream's line in its daemon's log (found by the frontend and the client's
+/// address; the last one, a port being reused): how and when the daemon ended it, and the bytes
+/// it carried.
+fn print_lost_lines(verdict: &judge::Verdict, logs: &[String]) {
+    for &(proxy, mode, client) in verdict.lost_clients.iter().take(10) {
+        let Some(client) = client else { continue };
+        let named = format!(
+            "\"frontend\":\"{}\",\"client\":\"{client}\"",
+            mode.frontend()
+        );
+        match logs[proxy].lines().rfind(|l| l.contains(&named)) {
+            Some(line) => eprintln!("log of {client}: {line}"),
+            None => eprintln!("log of {client}: no line"),
+        }
+    }
 }
 
 /// Which classes run on which daemon (all of them unless the environment says otherwise).
