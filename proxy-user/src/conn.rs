@@ -43,7 +43,7 @@ use crate::{
     metrics::Metrics,
     net,
     pool::ConnectError,
-    relay::{self, RelayCounters},
+    relay::{self, RelayCounters, Relayed},
     splice::{self, HandedOver, SpliceSettings, Spliced},
 };
 
@@ -60,6 +60,8 @@ pub struct Shared {
     pub tracker: TaskTracker,
     pub kernel_window: u64,
     pub kernel_sndbuf: u32,
+    /// `global.kernel_after`.
+    pub kernel_after: u64,
     /// The resolver and its cache of destinations (CONNECT, transparent).
     pub dns: Arc<crate::dns::Dns>,
     /// Asked by an upgrade: kernel-spliced connections move to the new process.
@@ -306,42 +308,77 @@ impl<'a> Conn<'a> {
     /// CONNECT head), which the kernel path must not wait to see forwarded. The mode then
     /// calls [`Conn::finish_carried`] with where the connection went.
     pub async fn carry(&self, client: TcpStream, upstream: TcpStream, consumed: u64) -> Carried {
-        let (frontend, shared) = (self.frontend, self.shared);
         let counters = self.relay_counters();
         self.keep_alive(upstream.as_fd());
         let cutoff = self.cutoff();
-        let (client, upstream) = match &shared.kernel {
-            Some(kernel) => {
-                let settings = SpliceSettings {
-                    frontend: frontend.id,
-                    window: shared.kernel_window,
-                    sndbuf: shared.kernel_sndbuf,
-                    client_consumed: consumed,
-                };
-                let spliced = splice::splice(kernel, client, upstream, settings, &counters, cutoff);
-                match Box::pin(spliced).await {
-                    Ok(Spliced::Ended(outcome)) => return Carried::Done(Path::Kernel, outcome),
-                    Ok(Spliced::HandedOver(handed)) => {
-                        return Carried::HandedOver(Box::new(handed));
-                    }
-                    Err(declined) => {
-                        // Typically a client that already closed (the kernel takes only
-                        // established sockets); the relay carries it just as well.
-                        tracing::debug!(frontend = %frontend.name, error = %declined.error,
-                            "kernel path refused the connection; relaying it in userspace");
-                        shared
-                            .metrics
-                            .kernel_errors_total
-                            .with_label_values(&["insert"])
-                            .inc();
-                        (declined.client, declined.upstream)
-                    }
-                }
-            }
-            None => (client, upstream),
-        };
+        if let Some(kernel) = &self.shared.kernel {
+            // Boxed: the connection's future keeps its largest state for its whole life.
+            let carried = self.carry_kernel(kernel, client, upstream, consumed, &counters, cutoff);
+            return Box::pin(carried).await;
+        }
         let outcome = Box::pin(relay::relay(client, upstream, &counters, cutoff)).await;
         Carried::Done(Path::Userspace, outcome)
+    }
+
+    /// [`Conn::carry`] with the kernel path loaded. A connection may start in the relay
+    /// (`kernel_after`): a short exchange then never pays the splice's set-up.
+    async fn carry_kernel(
+        &self,
+        kernel: &Kernel,
+        client: TcpStream,
+        upstream: TcpStream,
+        consumed: u64,
+        counters: &RelayCounters,
+        cutoff: Cutoff<'a>,
+    ) -> Carried {
+        let (frontend, shared) = (self.frontend, self.shared);
+        let (client, upstream, early) = if shared.kernel_after > 0 && consumed == 0 {
+            let budget = shared.kernel_after;
+            let relayed = relay::relay_until(client, upstream, counters, cutoff, budget);
+            match Box::pin(relayed).await {
+                Relayed::Ended(outcome) => return Carried::Done(Path::Userspace, outcome),
+                Relayed::Carried {
+                    client,
+                    upstream,
+                    up,
+                    down,
+                } => (client, upstream, [up, down]),
+            }
+        } else {
+            (client, upstream, [0, 0])
+        };
+        let settings = SpliceSettings {
+            frontend: frontend.id,
+            window: shared.kernel_window,
+            sndbuf: shared.kernel_sndbuf,
+            client_consumed: consumed + early[0],
+            upstream_consumed: early[1],
+            relayed_first: early != [0, 0],
+        };
+        let spliced = splice::splice(kernel, client, upstream, settings, counters, cutoff);
+        match Box::pin(spliced).await {
+            Ok(Spliced::Ended(mut outcome)) => {
+                outcome.add_relayed(early);
+                Carried::Done(Path::Kernel, outcome)
+            }
+            Ok(Spliced::HandedOver(handed)) => Carried::HandedOver(Box::new(handed)),
+            Err(declined) => {
+                // Typically a client that already closed (the kernel takes only established
+                // sockets); the relay carries it just as well.
+                tracing::debug!(frontend = %frontend.name, error = %declined.error,
+                    "kernel path refused the connection; relaying it in userspace");
+                shared
+                    .metrics
+                    .kernel_errors_total
+                    .with_label_values(&["insert"])
+                    .inc();
+                let (client, upstream) = (declined.client, declined.upstream);
+                let relayed = relay::relay(client, upstream, counters, cutoff);
+                let mut outcome = Box::pin(relayed).await;
+                outcome.add_relayed(early);
+                Carried::Done(Path::Userspace, outcome)
+            }
+        }
     }
 
     /// The end of a carried connection: its log line and metrics, with `early_up` bytes copied
@@ -357,8 +394,7 @@ impl<'a> Conn<'a> {
     ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 's>>> {
         match carried {
             Carried::Done(path, mut outcome) => {
-                outcome.bytes_up += early_up;
-                outcome.copied_up += early_up;
+                outcome.add_relayed([early_up, 0]);
                 self.finish(route, path, &outcome);
                 None
             }
@@ -368,8 +404,7 @@ impl<'a> Conn<'a> {
                     let spliced = Spliced::HandedOver(*handed);
                     let mut outcome = self.spliced(kernel, spliced, route, early_up).await;
                     if outcome.end != End::HandedOver {
-                        outcome.bytes_up += early_up;
-                        outcome.copied_up += early_up;
+                        outcome.add_relayed([early_up, 0]);
                     }
                     self.finish(route, Path::Kernel, &outcome);
                 }))

@@ -256,8 +256,10 @@ mod tests {
     /// work). The upgrade's hand-over added 8, 16 and 64 bytes (release: task 592, relay 472,
     /// splice 1208): its wake-up is a bit of the connection's existing slot, and what only an
     /// upgrade runs is boxed. The relay's reset watches added 16 (release: relay 488): one
-    /// pointer, to what is boxed once a direction waits. The bounds leave room for small
-    /// additions.
+    /// pointer, to what is boxed once a direction waits. `kernel_after` (a connection that
+    /// starts in the relay) boxed the kernel branch of `Conn::carry` and put the relay's state
+    /// in one struct (release: task 544, relay 464, splice 1240). The bounds leave room for
+    /// small additions.
     #[test]
     fn idle_connection_futures_stay_small() {
         let task = future_size(|(c, p, l, s, permits)| handle(c, p, l, s, permits));

@@ -236,6 +236,15 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Adds the bytes the userspace relay carried (up, down) before another data path took
+    /// the connection over.
+    pub fn add_relayed(&mut self, [up, down]: [u64; 2]) {
+        self.bytes_up += up;
+        self.bytes_down += down;
+        self.copied_up += up;
+        self.copied_down += down;
+    }
+
     /// A connection that carried nothing.
     pub fn nothing(end: End, detail: impl Into<String>) -> Self {
         Self {

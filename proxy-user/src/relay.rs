@@ -58,6 +58,8 @@ enum Stop {
     Idle,
     /// The drain timeout expired at shutdown.
     Drain,
+    /// [`relay_until`]'s budget was carried, and nothing read waits to be written.
+    Budget,
 }
 
 impl From<DirectionError> for Stop {
@@ -194,6 +196,11 @@ impl Pump {
         self.done || self.written < self.buf.len()
     }
 
+    /// Open (no end-of-stream read), with every byte it read written.
+    fn drained(&self) -> bool {
+        !self.read_done && self.written >= self.buf.len()
+    }
+
     /// Moves bytes from `from` to `to` until both would block; `Ready(Ok)` once EOF was read
     /// and passed on as a shutdown of `to`'s write side.
     fn poll(
@@ -314,6 +321,8 @@ fn ending(
             reset_both();
             (End::Shutdown, "drain timeout".to_string())
         }
+        // relay_until returns the sockets instead.
+        Err(Stop::Budget) => (End::Error, "relay budget reached".to_string()),
     }
 }
 
@@ -325,38 +334,122 @@ pub async fn relay(
     counters: &RelayCounters,
     cutoff: Cutoff<'_>,
 ) -> Outcome {
-    let mut up = Pump::new(Side::Client, Side::Upstream);
-    let mut down = Pump::new(Side::Upstream, Side::Client);
-    let mut first_eof = None;
-    let mut idle = cutoff.idle_timer();
-    let mut watches = None;
-    let both = std::future::poll_fn(|cx| {
-        if !up.done
-            && let Poll::Ready(r) = up.poll(cx, &client, &upstream, &counters.up)
-        {
-            r?;
-            first_eof.get_or_insert(Side::Client);
-        }
-        if !down.done
-            && let Poll::Ready(r) = down.poll(cx, &upstream, &client, &counters.down)
-        {
-            r?;
-            first_eof.get_or_insert(Side::Upstream);
-        }
-        let needed = up.away() || down.away();
-        poll_watches(cx, needed, &mut watches, |side| match side {
-            Side::Client => socket_error(&client),
-            Side::Upstream => socket_error(&upstream),
-        })?;
-        let fds = [client.as_fd(), upstream.as_fd()];
-        both_done(up.done, down.done, cx, &mut idle, fds)
-    });
+    let mut relaying = Relaying::new(&cutoff);
+    let both = std::future::poll_fn(|cx| relaying.poll(cx, &client, &upstream, counters, None));
     let result = tokio::select! {
         r = both => r,
         () = cutoff.abort.cancelled() => Err(Stop::Drain),
     };
-    let fds = [client.as_fd(), upstream.as_fd()];
-    outcome(result, first_eof, fds, [up.total, down.total], &cutoff)
+    relaying.outcome(result, [client.as_fd(), upstream.as_fd()], &cutoff)
+}
+
+/// Where [`relay_until`] stopped.
+pub enum Relayed {
+    Ended(Outcome),
+    /// The budget was carried with both directions open and every byte read written: the
+    /// sockets, and the bytes relayed each way, for the kernel path to take over.
+    Carried {
+        client: TcpStream,
+        upstream: TcpStream,
+        up: u64,
+        down: u64,
+    },
+}
+
+/// [`relay`] until the connection ends, or until it has carried `budget` bytes (both ways
+/// together) while both directions are open and nothing read waits to be written.
+pub async fn relay_until(
+    client: TcpStream,
+    upstream: TcpStream,
+    counters: &RelayCounters,
+    cutoff: Cutoff<'_>,
+    budget: u64,
+) -> Relayed {
+    let mut relaying = Relaying::new(&cutoff);
+    let both =
+        std::future::poll_fn(|cx| relaying.poll(cx, &client, &upstream, counters, Some(budget)));
+    let result = tokio::select! {
+        r = both => r,
+        () = cutoff.abort.cancelled() => Err(Stop::Drain),
+    };
+    if let Err(Stop::Budget) = result {
+        let (up, down) = (relaying.up.total, relaying.down.total);
+        drop(relaying);
+        return Relayed::Carried {
+            client,
+            upstream,
+            up,
+            down,
+        };
+    }
+    Relayed::Ended(relaying.outcome(result, [client.as_fd(), upstream.as_fd()], &cutoff))
+}
+
+/// The state of [`relay`]: both directions, which side's EOF came first, the idle timer and
+/// the reset watches.
+struct Relaying<'a> {
+    up: Pump,
+    down: Pump,
+    first_eof: Option<Side>,
+    idle: crate::cutoff::IdleTimer,
+    watches: Watches<'a>,
+}
+
+impl<'a> Relaying<'a> {
+    fn new(cutoff: &Cutoff<'_>) -> Self {
+        Self {
+            up: Pump::new(Side::Client, Side::Upstream),
+            down: Pump::new(Side::Upstream, Side::Client),
+            first_eof: None,
+            idle: cutoff.idle_timer(),
+            watches: None,
+        }
+    }
+
+    /// Moves bytes both ways; `Ready` when both directions finished, a side failed, the
+    /// connection was idle for the timeout, or (with a `budget`) `Stop::Budget`.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &'a TcpStream,
+        upstream: &'a TcpStream,
+        counters: &RelayCounters,
+        budget: Option<u64>,
+    ) -> Poll<Result<(), Stop>> {
+        let (up, down) = (&mut self.up, &mut self.down);
+        if !up.done
+            && let Poll::Ready(r) = up.poll(cx, client, upstream, &counters.up)
+        {
+            r?;
+            self.first_eof.get_or_insert(Side::Client);
+        }
+        if !down.done
+            && let Poll::Ready(r) = down.poll(cx, upstream, client, &counters.down)
+        {
+            r?;
+            self.first_eof.get_or_insert(Side::Upstream);
+        }
+        if budget.is_some_and(|b| up.total + down.total >= b) && up.drained() && down.drained() {
+            return Poll::Ready(Err(Stop::Budget));
+        }
+        let needed = up.away() || down.away();
+        poll_watches(cx, needed, &mut self.watches, |side| match side {
+            Side::Client => socket_error(client),
+            Side::Upstream => socket_error(upstream),
+        })?;
+        let fds = [client.as_fd(), upstream.as_fd()];
+        both_done(up.done, down.done, cx, &mut self.idle, fds)
+    }
+
+    fn outcome(
+        self,
+        result: Result<(), Stop>,
+        fds: [BorrowedFd<'_>; 2],
+        cutoff: &Cutoff<'_>,
+    ) -> Outcome {
+        let totals = [self.up.total, self.down.total];
+        outcome(result, self.first_eof, fds, totals, cutoff)
+    }
 }
 
 /// Bytes read per call on [`relay_streams`]: 4 TLS records of plaintext (see docs/tls.md for

@@ -174,6 +174,8 @@ fn queued_bytes_and_half_close() {
                 window: 4 << 20,
                 sndbuf: 0,
                 client_consumed: 0,
+                upstream_consumed: 0,
+                relayed_first: false,
             };
             let client = tokio::net::TcpStream::from_std(r.proxy_client).unwrap();
             let upstream = tokio::net::TcpStream::from_std(r.proxy_upstream).unwrap();
@@ -257,6 +259,8 @@ fn slow_reader_is_bounded_then_complete() {
                 window: 256 << 10,
                 sndbuf: 0,
                 client_consumed: 0,
+                upstream_consumed: 0,
+                relayed_first: false,
             };
             let client = tokio::net::TcpStream::from_std(r.proxy_client).unwrap();
             let upstream = tokio::net::TcpStream::from_std(r.proxy_upstream).unwrap();

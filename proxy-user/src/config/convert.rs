@@ -182,6 +182,9 @@ fn global(raw: RawGlobal) -> Result<Global> {
         let min = Global::MIN_KERNEL_WINDOW.cast_signed();
         global.kernel_window = int("kernel_window", spanned, min, i64::MAX)?;
     }
+    if let Some(spanned) = &raw.kernel_after {
+        global.kernel_after = int("kernel_after", spanned, 0, i64::MAX)?;
+    }
     if let Some(spanned) = &raw.local_agents {
         global.local_agents = parse_at(spanned, |value| match value {
             RawLocalAgents::Flag(true) => Ok(LocalAgentsMode::On),

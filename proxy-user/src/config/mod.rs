@@ -170,6 +170,10 @@ pub struct Global {
     /// carries that direction in userspace until it has caught up. Bounds memory under a slow
     /// reader. At least [`Global::MIN_KERNEL_WINDOW`].
     pub kernel_window: u64,
+    /// Bytes a kernel-path connection carries in the userspace relay before it moves to the
+    /// kernel (the splice's set-up costs more than relaying a short exchange); 0: in the
+    /// kernel from its first byte.
+    pub kernel_after: u64,
     /// Agents on this host that connect to a kernel-path frontend send straight into the
     /// upstream socket (sock_ops + sk_msg on the cgroup v2 root), skipping the loopback leg.
     pub local_agents: LocalAgentsMode,
@@ -216,6 +220,7 @@ impl Default for Global {
             nameservers: Vec::new(),
             kernel_sndbuf: 8 * 1024 * 1024,
             kernel_window: 4 * 1024 * 1024,
+            kernel_after: 0,
             local_agents: LocalAgentsMode::On,
             outgoing_mark: Global::DEFAULT_OUTGOING_MARK,
             tcp_keepalive: TcpKeepalive::default(),

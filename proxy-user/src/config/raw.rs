@@ -36,6 +36,7 @@ pub(super) struct RawGlobal {
     pub nameservers: Option<Spanned<List<Spanned<String>>>>,
     pub kernel_sndbuf: Option<Spanned<Int>>,
     pub kernel_window: Option<Spanned<Int>>,
+    pub kernel_after: Option<Spanned<Int>>,
     pub local_agents: Option<Spanned<RawLocalAgents>>,
     pub outgoing_mark: Option<Spanned<Int>>,
     pub tcp_keepalive: Option<Spanned<RawKeepalive>>,

@@ -164,6 +164,7 @@ log_format = "json"
 nameservers = ["1.1.1.1:53", "[2606:4700:4700::1111]:53", "9.9.9.9"]
 kernel_sndbuf = 0
 kernel_window = 65536
+kernel_after = 16384
 local_agents = false
 
 [[frontend]]
@@ -193,6 +194,7 @@ retries = 0
             ],
             kernel_sndbuf: 0,
             kernel_window: 65536,
+            kernel_after: 16384,
             local_agents: LocalAgentsMode::Off,
             outgoing_mark: 0x4150,
             tcp_keepalive: TcpKeepalive::default(),

@@ -33,7 +33,7 @@ fn syntax_errors() {
     assert_eq!(
         global_err("retries = 1"),
         "t.toml:2:1: unknown field `retries`, expected one of `max_connections`, `dataplane`, \
-         `admin`, `drain_timeout`, `log_format`, `nameservers`, `kernel_sndbuf`, `kernel_window`, `local_agents`, \
+         `admin`, `drain_timeout`, `log_format`, `nameservers`, `kernel_sndbuf`, `kernel_window`, `kernel_after`, `local_agents`, \
          `outgoing_mark`, `tcp_keepalive`, `pid_file`"
     );
     assert_eq!(

@@ -17,6 +17,7 @@ fn shared(metrics: &Arc<Metrics>) -> Shared {
         tracker: TaskTracker::new(),
         kernel_window: 1 << 20,
         kernel_sndbuf: 0,
+        kernel_after: 0,
         dns: Arc::new(
             crate::dns::Dns::new(
                 &["127.0.0.1:53".parse().unwrap()],

@@ -173,6 +173,7 @@ impl Generation {
             tracker: process.tracker.clone(),
             kernel_window: config.global.kernel_window,
             kernel_sndbuf: config.global.kernel_sndbuf,
+            kernel_after: config.global.kernel_after,
             dns: Arc::clone(&dns),
             handover: Arc::clone(&process.handover),
         });

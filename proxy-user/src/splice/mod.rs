@@ -65,6 +65,13 @@ pub struct SpliceSettings {
     /// Bytes userspace read from the client socket before the splice (a CONNECT request
     /// head); 0 in tcp mode. TCP counts them as received, the verdict never sees them.
     pub client_consumed: u64,
+    /// Bytes userspace read from the upstream socket before the splice (a connection that
+    /// started in the relay, `kernel_after`).
+    pub upstream_consumed: u64,
+    /// The connection started in the relay. A same-host agent's sends then never go straight
+    /// to the upstream socket (the direct path's gate does not start from such sockets' counts:
+    /// the bytes came out wrong in a test); it uses the splice like a remote agent.
+    pub relayed_first: bool,
 }
 
 /// How a spliced connection left [`splice`].
@@ -198,6 +205,7 @@ pub async fn splice(
     };
     let mut sides = [client, upstream];
     sides[0].rcv_base = settings.client_consumed;
+    sides[1].rcv_base = settings.upstream_consumed;
     let pair = SplicePair {
         client_cookie: sides[0].cookie,
         client_fd: fds[0],
@@ -244,7 +252,7 @@ pub async fn splice(
         client = pair.client_cookie,
         upstream = pair.upstream_cookie
     );
-    if splice.sides[0].dir.is_joined() {
+    if splice.sides[0].dir.is_joined() && !settings.relayed_first {
         splice.pair_local(&pair);
     }
     let result = tracing::Instrument::instrument(splice.run(&wakes, cutoff), span).await;
