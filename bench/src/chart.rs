@@ -56,6 +56,7 @@ const COLORS: [RGBColor; Row::ALL.len()] = [
     RGBColor(214, 39, 40),
     RGBColor(240, 120, 170),
     RGBColor(255, 152, 80),
+    RGBColor(200, 170, 60),
     RGBColor(150, 100, 190),
     RGBColor(23, 190, 207),
     RGBColor(44, 160, 44),

@@ -66,6 +66,9 @@ pub(crate) enum Row {
     KernelRemote,
     /// agent-proxy, `dataplane = "userspace"` (the relay).
     Userspace,
+    /// The kernel-remote row with `kernel_after = 65536`: each connection starts in the relay
+    /// and moves to the kernel after 64 KiB. Measured where connections are short or many.
+    KernelAfter,
     /// agent-proxy `mode = "transparent"` on the kernel path (`local_agents = false`): the
     /// clients connect to the intake's own address ([`TRANSPARENT_IP`]), the daemon's nat
     /// `OUTPUT` rule redirects them to the proxy, which checks the original destination and
@@ -82,13 +85,14 @@ pub(crate) enum Row {
 }
 
 impl Row {
-    pub(crate) const ALL: [Row; 10] = [
+    pub(crate) const ALL: [Row; 11] = [
         Row::Direct,
         Row::Haproxy,
         Row::HaproxySplice,
         Row::Kernel,
         Row::KernelRemote,
         Row::Userspace,
+        Row::KernelAfter,
         Row::Transparent,
         Row::HaproxyHttp,
         Row::Http,
@@ -108,6 +112,7 @@ impl Row {
             Row::Kernel => "kernel",
             Row::KernelRemote => "kernel-remote",
             Row::Userspace => "userspace",
+            Row::KernelAfter => "kernel-after",
             Row::Transparent => "transparent",
             Row::HaproxyHttp => "haproxy-http",
             Row::Http => "http",
@@ -123,6 +128,7 @@ impl Row {
             Row::Kernel => "agent-proxy kernel",
             Row::KernelRemote => "agent-proxy kernel, remote agents",
             Row::Userspace => "agent-proxy userspace",
+            Row::KernelAfter => "agent-proxy kernel, remote agents, kernel_after 64 KiB",
             Row::Transparent => "agent-proxy transparent (kernel, iptables OUTPUT)",
             Row::HaproxyHttp => "HAProxy 2.6 http",
             Row::Http => "agent-proxy http, per-API metrics",
@@ -167,10 +173,15 @@ impl Proxy {
                 p.wait_listening(listen.port(), Duration::from_secs(10))?;
                 Proxy::Haproxy(p)
             }
-            Row::Kernel | Row::KernelRemote | Row::Userspace | Row::Http | Row::HttpBare => {
+            Row::Kernel
+            | Row::KernelRemote
+            | Row::KernelAfter
+            | Row::Userspace
+            | Row::Http
+            | Row::HttpBare => {
                 let dataplane = match row {
                     Row::Kernel => Dataplane::Kernel,
-                    Row::KernelRemote => Dataplane::KernelRemote,
+                    Row::KernelRemote | Row::KernelAfter => Dataplane::KernelRemote,
                     _ => Dataplane::Userspace,
                 };
                 let mut config = DaemonConfig::new(dataplane, vec![backend]);
@@ -187,6 +198,9 @@ impl Proxy {
                 }
                 if row == Row::HttpBare {
                     config.frontend_extra += "request_metrics = false\n";
+                }
+                if row == Row::KernelAfter {
+                    config.global_extra += "kernel_after = 65536\n";
                 }
                 let daemon = Daemon::start(ns, config).context("start agent-proxy")?;
                 Proxy::Agent(Box::new(daemon))

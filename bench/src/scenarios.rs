@@ -267,6 +267,14 @@ impl Scenario {
             // behind a TLS frontend (the per-API view of agents' HTTPS without MITM).
             return matches!(self, Scenario::Datakit | Scenario::DatakitTlsFrontend);
         }
+        if row == Row::KernelAfter {
+            // Where a connection's set-up weighs: short connections, and the workloads whose
+            // figures it must not lose (DataKit, ping-pong latency).
+            return matches!(
+                self.base(),
+                Scenario::ConnRate | Scenario::Datakit | Scenario::Ping64
+            ) && self.tls_side().is_none();
+        }
         if self.veth() {
             // Across namespaces the same-host path (sock_ops + sk_msg) never applies: the kernel
             // row would be the kernel-remote row again. Transparent mode is measured on the
@@ -818,9 +826,14 @@ mod tests {
                     .all(|r| s.has_row(r) == http),
                 "{s:?}"
             );
+            let after = matches!(
+                s.base(),
+                Scenario::ConnRate | Scenario::Datakit | Scenario::Ping64
+            );
+            assert_eq!(s.has_row(Row::KernelAfter), after, "{s:?}");
             let others = Row::ALL
                 .into_iter()
-                .filter(|&r| r != Row::Transparent && !r.is_http());
+                .filter(|&r| r != Row::Transparent && r != Row::KernelAfter && !r.is_http());
             if s.veth() {
                 // No same-host path across namespaces: the kernel row is kernel-remote there.
                 assert!(!s.has_row(Row::Kernel), "{s:?}");
