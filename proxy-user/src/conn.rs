@@ -332,7 +332,11 @@ impl<'a> Conn<'a> {
         cutoff: Cutoff<'a>,
     ) -> Carried {
         let (frontend, shared) = (self.frontend, self.shared);
-        let (client, upstream, early) = if shared.kernel_after > 0 && consumed == 0 {
+        // Not with the same-host agent programs loaded: a same-host client's socket is then in
+        // their sockmap, and a connection that moved to the splice delivered wrong bytes to
+        // such a client (seen once in CI, not isolated); those connections start in the kernel.
+        let relay_first = shared.kernel_after > 0 && consumed == 0 && kernel.local.is_none();
+        let (client, upstream, early) = if relay_first {
             let budget = shared.kernel_after;
             let relayed = relay::relay_until(client, upstream, counters, cutoff, budget);
             match Box::pin(relayed).await {

@@ -1,7 +1,8 @@
 //! `kernel_after`: a kernel-path connection starts in the userspace relay and moves to the
 //! kernel once it has carried that many bytes. A short exchange stays in the relay (no map
 //! entry, no redirect); a long one is relayed, then spliced, every byte exact across the move,
-//! and its log line counts both parts.
+//! and its log line counts both parts. With the same-host agent programs loaded the option does
+//! not apply.
 use std::time::Duration;
 
 use agent_proxy_tests::checks::CLOSED;
@@ -136,12 +137,53 @@ fn long_exchange_moves_to_the_kernel_kernel_remote() {
     );
 }
 
+/// With the same-host agent programs loaded (`local_agents`), `kernel_after` does not apply:
+/// the connection is in the kernel from its first byte (see `Conn::carry_kernel`).
+fn ignored_with_same_host_agents(dp: Dataplane) -> anyhow::Result<()> {
+    let netns = NetNs::new()?;
+    let ns = &netns;
+    let len = 4u64 << 20;
+    ns.block_on(Duration::from_secs(60), move || async move {
+        let upstream = listen(V4).await?;
+        let env = TestEnv::start(ns, config(dp, upstream.local_addr()?))?;
+        let listen_addr = env.daemon.config.listen;
+        let server = tokio::spawn(async move {
+            let s = accept(&upstream).await?;
+            exchange_expecting(s, SEED_DOWN, len, len, Some(SEED_UP)).await
+        });
+        let s = connect(listen_addr).await?;
+        let client = exchange_expecting(s, SEED_UP, len, len, Some(SEED_DOWN))
+            .await
+            .context("client side")?;
+        let server = server.await?.context("upstream side")?;
+        ensure!(
+            server.received == client.sent && client.received == server.sent,
+            "bytes differ: upstream received {:?} of {:?}, client received {:?} of {:?}",
+            server.received,
+            client.sent,
+            client.received,
+            server.sent
+        );
+        let logs = env.daemon.wait_conn_logs(1, Duration::from_secs(5))?;
+        let log = &logs[0];
+        ensure!(
+            log.path == "kernel" && log.bytes_up == len && log.bytes_down == len,
+            "expected path=kernel with {len} bytes each way: {log:?}"
+        );
+        ensure!(
+            log.userspace_up + log.userspace_down == 0 || log.pauses > 0,
+            "bytes relayed before the kernel took over, with same-host agents loaded: {log:?}"
+        );
+        env.finish()
+    })
+}
+
 #[test]
-fn long_exchange_moves_to_the_kernel_kernel() {
+fn ignored_with_same_host_agents_kernel() {
     run_scenario(
-        "long_exchange_moves_to_the_kernel",
+        "ignored_with_same_host_agents",
         Dataplane::Kernel,
-        long_exchange_moves_to_the_kernel,
+        ignored_with_same_host_agents,
     );
 }
 

@@ -172,7 +172,8 @@ pub struct Global {
     pub kernel_window: u64,
     /// Bytes a kernel-path connection carries in the userspace relay before it moves to the
     /// kernel (the splice's set-up costs more than relaying a short exchange); 0: in the
-    /// kernel from its first byte.
+    /// kernel from its first byte. Only without the same-host agent programs
+    /// (`local_agents = false`, or not loaded).
     pub kernel_after: u64,
     /// Agents on this host that connect to a kernel-path frontend send straight into the
     /// upstream socket (sock_ops + sk_msg on the cgroup v2 root), skipping the loopback leg.
