@@ -26,39 +26,50 @@ fn redirects(m: &agent_proxy_tests::metrics::Metrics) -> f64 {
     m.sum("agent_proxy_kernel_redirects_total", &[("frontend", "fe")])
 }
 
+/// `len` bytes each way at once through a daemon with `kernel_after`; the bytes checked, the
+/// connection's log line returned with the environment.
+async fn exchange_through(
+    ns: &NetNs,
+    dp: Dataplane,
+    len: u64,
+) -> anyhow::Result<(TestEnv, agent_proxy_tests::logs::ConnLog)> {
+    let upstream = listen(V4).await?;
+    let env = TestEnv::start(ns, config(dp, upstream.local_addr()?))?;
+    let listen_addr = env.daemon.config.listen;
+    let server = tokio::spawn(async move {
+        let s = accept(&upstream).await?;
+        exchange_expecting(s, SEED_DOWN, len, len, Some(SEED_UP)).await
+    });
+    let s = connect(listen_addr).await?;
+    let client = exchange_expecting(s, SEED_UP, len, len, Some(SEED_DOWN))
+        .await
+        .context("client side")?;
+    let server = server.await?.context("upstream side")?;
+    ensure!(
+        server.received == client.sent && client.received == server.sent,
+        "bytes differ: upstream received {:?} of {:?}, client received {:?} of {:?}",
+        server.received,
+        client.sent,
+        client.received,
+        server.sent
+    );
+    let logs = env.daemon.wait_conn_logs(1, Duration::from_secs(5))?;
+    let log = logs.into_iter().next().context("no log line")?;
+    ensure!(
+        log.path == "kernel" && log.bytes_up == len && log.bytes_down == len,
+        "expected path=kernel with {len} bytes each way: {log:?}"
+    );
+    ensure!(CLOSED.contains(&log.end.as_str()), "end: {log:?}");
+    Ok((env, log))
+}
+
 /// 32 MiB each way at once: relayed until 1 MiB has passed, then spliced.
 fn long_exchange_moves_to_the_kernel(dp: Dataplane) -> anyhow::Result<()> {
     let netns = NetNs::new()?;
     let ns = &netns;
     let len = 32u64 << 20;
     ns.block_on(Duration::from_secs(60), move || async move {
-        let upstream = listen(V4).await?;
-        let env = TestEnv::start(ns, config(dp, upstream.local_addr()?))?;
-        let listen_addr = env.daemon.config.listen;
-        let server = tokio::spawn(async move {
-            let s = accept(&upstream).await?;
-            exchange_expecting(s, SEED_DOWN, len, len, Some(SEED_UP)).await
-        });
-        let s = connect(listen_addr).await?;
-        let client = exchange_expecting(s, SEED_UP, len, len, Some(SEED_DOWN))
-            .await
-            .context("client side")?;
-        let server = server.await?.context("upstream side")?;
-        ensure!(
-            server.received == client.sent && client.received == server.sent,
-            "bytes differ: upstream received {:?} of {:?}, client received {:?} of {:?}",
-            server.received,
-            client.sent,
-            client.received,
-            server.sent
-        );
-        let logs = env.daemon.wait_conn_logs(1, Duration::from_secs(5))?;
-        let log = &logs[0];
-        ensure!(
-            log.path == "kernel" && log.bytes_up == len && log.bytes_down == len,
-            "expected path=kernel with {len} bytes each way: {log:?}"
-        );
-        ensure!(CLOSED.contains(&log.end.as_str()), "end: {log:?}");
+        let (env, log) = exchange_through(ns, dp, len).await?;
         let relayed = log.userspace_up + log.userspace_down;
         ensure!(
             relayed >= KERNEL_AFTER && relayed < 2 * len,
@@ -144,32 +155,7 @@ fn ignored_with_same_host_agents(dp: Dataplane) -> anyhow::Result<()> {
     let ns = &netns;
     let len = 4u64 << 20;
     ns.block_on(Duration::from_secs(60), move || async move {
-        let upstream = listen(V4).await?;
-        let env = TestEnv::start(ns, config(dp, upstream.local_addr()?))?;
-        let listen_addr = env.daemon.config.listen;
-        let server = tokio::spawn(async move {
-            let s = accept(&upstream).await?;
-            exchange_expecting(s, SEED_DOWN, len, len, Some(SEED_UP)).await
-        });
-        let s = connect(listen_addr).await?;
-        let client = exchange_expecting(s, SEED_UP, len, len, Some(SEED_DOWN))
-            .await
-            .context("client side")?;
-        let server = server.await?.context("upstream side")?;
-        ensure!(
-            server.received == client.sent && client.received == server.sent,
-            "bytes differ: upstream received {:?} of {:?}, client received {:?} of {:?}",
-            server.received,
-            client.sent,
-            client.received,
-            server.sent
-        );
-        let logs = env.daemon.wait_conn_logs(1, Duration::from_secs(5))?;
-        let log = &logs[0];
-        ensure!(
-            log.path == "kernel" && log.bytes_up == len && log.bytes_down == len,
-            "expected path=kernel with {len} bytes each way: {log:?}"
-        );
+        let (env, log) = exchange_through(ns, dp, len).await?;
         ensure!(
             log.userspace_up + log.userspace_down == 0 || log.pauses > 0,
             "bytes relayed before the kernel took over, with same-host agents loaded: {log:?}"
