@@ -186,15 +186,14 @@ fn exit_code(step: &str, status: std::process::ExitStatus) -> ExitCode {
 }
 
 /// Lines of each failed test's captured output, as libtest prints it (`---- name stdout ----`
-/// up to the next such header or the `failures:` list): the header and at most the last
-/// `FAILURE_TAIL` lines of each.
+/// up to the next such header or the `failures:` list): the header, then at most
+/// `FAILURE_LINES` lines from the panic's message on (or the last ones, without a panic).
 fn failure_blocks(lines: &[String]) -> Vec<Vec<String>> {
-    const FAILURE_TAIL: usize = 40;
+    const FAILURE_LINES: usize = 40;
     let mut blocks: Vec<Vec<String>> = Vec::new();
     let mut open = false;
     for line in lines {
-        let header = line.starts_with("---- ") && line.ends_with(" ----");
-        if header {
+        if line.starts_with("---- ") && line.ends_with(" stdout ----") {
             blocks.push(vec![line.clone()]);
             open = true;
         } else if line.trim() == "failures:" || line.starts_with("test result: ") {
@@ -204,9 +203,19 @@ fn failure_blocks(lines: &[String]) -> Vec<Vec<String>> {
         }
     }
     for block in &mut blocks {
-        if block.len() > FAILURE_TAIL + 1 {
-            block.drain(1..block.len() - FAILURE_TAIL);
-        }
+        let body = &block[1..];
+        let from = body
+            .iter()
+            .position(|l| l.contains("panicked at"))
+            .unwrap_or(body.len().saturating_sub(FAILURE_LINES));
+        let kept: Vec<String> = body
+            .iter()
+            .skip(from)
+            .take(FAILURE_LINES)
+            .cloned()
+            .collect();
+        block.truncate(1);
+        block.extend(kept);
     }
     blocks
 }
@@ -332,6 +341,8 @@ mod tests {
             "failures:",
             "",
             "---- b stdout ----",
+            "---- daemon log ----",
+            "a log line",
             "thread 'b' panicked at tests/b.rs:3:5:",
             "bytes differ",
             "",
