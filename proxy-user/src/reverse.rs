@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::config::HttpMode;
-use crate::conn::{Conn, End, Path, Route};
+use crate::conn::{Conn, Path, Route};
 use crate::dial::DialError;
 use crate::http::serve::{self, Limits, Tally};
 use crate::http::{self, Body, RequestMetrics};
@@ -100,8 +100,7 @@ async fn serve_requests<S>(conn: &Conn<'_>, mut client: S, settings: &Settings)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let counters = conn.relay_counters();
-    let tally = Tally::new(counters.up, counters.down);
+    let tally = Tally::new(conn.relay_counters());
     let proxy = Proxy {
         conn,
         settings,
@@ -129,15 +128,13 @@ where
         .unwrap_or_else(|e| e.into_inner());
     // The upstream connection ends now, not after the answer below.
     drop((proxy.upstream, proxy.drivers));
-    let (mut end, mut detail) = (served.end, served.detail.clone());
-    if let Some(owed) = served.owed() {
-        let why = owed.why.clone();
-        let text = |status, why: &str| http::answer_text(status, why);
-        let metrics = settings.metrics.as_ref();
-        summary.status = Some(serve::pay(client, owed, text, metrics, &tally).await);
-        summary.requests += 1;
-        (end, detail) = (End::Refused, format!("request {}: {why}", summary.requests));
-    }
+    let text = |status, why: &str| http::answer_text(status, why);
+    let metrics = settings.metrics.as_ref();
+    let concluded = served
+        .conclude(client, text, metrics, &tally, &mut summary.requests)
+        .await;
+    summary.status = concluded.answered.or(summary.status);
+    let (end, mut detail) = (concluded.end, concluded.detail);
     let status = summary.status.map(|s| s.to_string());
     let route = Route {
         server: summary.server.as_deref().unwrap_or("-"),

@@ -42,7 +42,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Refusal, Settings, Status};
-use crate::conn::{Conn, End, Path, Route};
+use crate::conn::{Conn, Path, Route};
 use crate::http::serve::{self, Limits, Tally};
 use crate::http::{self, Body, Exchange, absolute};
 
@@ -56,8 +56,7 @@ pub(super) async fn serve<S>(conn: &Conn<'_>, mut client: S, prefix: Vec<u8>, se
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let counters = conn.relay_counters();
-    let tally = Tally::new(counters.up, counters.down);
+    let tally = Tally::new(conn.relay_counters());
     let forwarder = Forwarder {
         conn,
         settings,
@@ -84,14 +83,12 @@ where
         .into_inner()
         .unwrap_or_else(|e| e.into_inner());
     drop((forwarder.upstreams, forwarder.drivers));
-    let (mut end, mut detail) = (served.end, served.detail.clone());
-    if let Some(owed) = served.owed() {
-        let why = owed.why.clone();
-        let text = |status, why: &str| connect_status(status).response(why);
-        summary.status = Some(serve::pay(client, owed, text, Some(&settings.http), &tally).await);
-        summary.requests += 1;
-        (end, detail) = (End::Refused, format!("request {}: {why}", summary.requests));
-    }
+    let text = |status, why: &str| connect_status(status).response(why);
+    let metrics = Some(&settings.http);
+    let concluded = served
+        .conclude(client, text, metrics, &tally, &mut summary.requests)
+        .await;
+    summary.status = concluded.answered.or(summary.status);
     let status = summary.status.map(|s| s.to_string());
     let route = Route {
         server: summary.server.as_deref().unwrap_or("-"),
@@ -99,7 +96,12 @@ where
         status: status.as_deref().unwrap_or("-"),
         ..Route::NONE
     };
-    let outcome = tally.outcome(end, "plain requests", summary.requests, &detail);
+    let outcome = tally.outcome(
+        concluded.end,
+        "plain requests",
+        summary.requests,
+        &concluded.detail,
+    );
     conn.finish(&route, Path::Userspace, &outcome);
 }
 

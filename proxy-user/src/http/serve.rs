@@ -31,6 +31,7 @@ use super::heads::{Heads, Verdict};
 use super::request::{MAX_HEAD, RequestError};
 use super::{Body, RequestMetrics, absolute};
 use crate::outcome::{End, Outcome};
+use crate::relay::RelayCounters;
 
 /// The time limits of one connection (see the module doc).
 #[derive(Debug, Clone, Copy)]
@@ -52,12 +53,13 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
-    pub(crate) fn new(live_up: IntCounter, live_down: IntCounter) -> Self {
+    /// Counting live in a connection's byte counters.
+    pub(crate) fn new(live: RelayCounters) -> Self {
         Self {
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
-            live_up,
-            live_down,
+            live_up: live.up,
+            live_down: live.down,
         }
     }
 
@@ -236,7 +238,7 @@ where
 }
 
 /// An answer the proxy owes the client when serving ended (see [`Served::owed`]).
-pub(crate) struct Owed {
+struct Owed {
     pub status: StatusCode,
     /// The head's method and path as far as its request line reads ([`request_line`]).
     pub method: String,
@@ -246,7 +248,7 @@ pub(crate) struct Owed {
 
 impl Served {
     /// The answer owed: 400 or 431 for a refused head, 408 when the first head was late.
-    pub(crate) fn owed(&self) -> Option<Owed> {
+    fn owed(&self) -> Option<Owed> {
         if let Some((error, head)) = &self.refused {
             let status = match error {
                 RequestError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -270,23 +272,47 @@ impl Served {
     }
 }
 
-/// Writes what is owed, its bytes made by `text` from its status and why ([`answer`]), and
-/// counts it in `metrics` when its head named a method; its status.
-pub(crate) async fn pay<S: AsyncRead + AsyncWrite + Unpin>(
-    client: S,
-    owed: Owed,
-    text: impl FnOnce(StatusCode, &str) -> String,
-    metrics: Option<&RequestMetrics>,
-    tally: &Tally,
-) -> u16 {
-    let status = owed.status.as_u16();
-    if let Some(metrics) = metrics
-        && !owed.method.is_empty()
-    {
-        metrics.start(&owed.method, &owed.origin).finish(status);
+/// How a served connection ends, for its log line, once the answer it owed is written.
+pub(crate) struct Concluded {
+    pub end: End,
+    pub detail: String,
+    /// The status of the proxy's own answer to a refused or late head, if it owed one.
+    pub answered: Option<u16>,
+}
+
+impl Served {
+    /// Writes the answer owed ([`Served::owed`]), if any - its bytes made by `text` from its
+    /// status and why, counted in `metrics` when its head named a method and in `requests` -
+    /// and says how the connection ended.
+    pub(crate) async fn conclude<S: AsyncRead + AsyncWrite + Unpin>(
+        self,
+        client: S,
+        text: impl FnOnce(StatusCode, &str) -> String,
+        metrics: Option<&RequestMetrics>,
+        tally: &Tally,
+        requests: &mut u64,
+    ) -> Concluded {
+        let Some(owed) = self.owed() else {
+            return Concluded {
+                end: self.end,
+                detail: self.detail,
+                answered: None,
+            };
+        };
+        let status = owed.status.as_u16();
+        if let Some(metrics) = metrics
+            && !owed.method.is_empty()
+        {
+            metrics.start(&owed.method, &owed.origin).finish(status);
+        }
+        answer(client, &text(owed.status, &owed.why), tally).await;
+        *requests += 1;
+        Concluded {
+            end: End::Refused,
+            detail: format!("request {requests}: {}", owed.why),
+            answered: Some(status),
+        }
     }
-    answer(client, &text(owed.status, &owed.why), tally).await;
-    status
 }
 
 /// [`Drivers::poll_all`] is never ready; a select arm still needs a value.
