@@ -432,6 +432,11 @@ impl<'a> Relaying<'a> {
         if budget.is_some_and(|b| up.total + down.total >= b) && up.drained() && down.drained() {
             return Poll::Ready(Err(Stop::Budget));
         }
+        // Both directions finished: the connection ended in order, whatever error a socket
+        // reports after that (a peer that closed answers our last bytes with a reset).
+        if up.done && down.done {
+            return Poll::Ready(Ok(()));
+        }
         let needed = up.away() || down.away();
         poll_watches(cx, needed, &mut self.watches, |side| match side {
             Side::Client => socket_error(client),
@@ -614,6 +619,11 @@ where
         {
             r?;
             first_eof.get_or_insert(Side::Upstream);
+        }
+        // Both directions finished: the connection ended in order, whatever error a socket
+        // reports after that (a peer that closed answers our last bytes with a reset).
+        if up.done && down.done {
+            return Poll::Ready(Ok(()));
         }
         let needed = up.away() || down.away();
         // The streams are polled mutably: their watches register descriptors of their own.
