@@ -12,7 +12,7 @@
 //!
 //! Pools re-resolve their hostnames when the TTL (clamped per backend) has passed.
 //! [`Dns::resolve`] is the cache shared by the modes that resolve destinations per connection
-//! (CONNECT, transparent): answers live for their TTL clamped to the global bounds, and when a
+//! (CONNECT, transparent): answers live for their TTL clamped to `global.dns`, and when a
 //! refresh fails the last good answer is served and says so; the name is asked again after
 //! [`DnsTtl::retry_after`] (`min_ttl`, doubling with each failure in a row, up to `max_ttl`).
 //!
@@ -119,10 +119,12 @@ pub struct Dns {
 
 impl Dns {
     /// A resolver asking `nameservers` (empty: the system configuration). `bounds` are the
-    /// tightest TTL bounds any user of this resolver needs (see the module doc).
+    /// tightest TTL bounds any user of this resolver needs (see the module doc);
+    /// `destinations` those of the destination cache ([`Dns::resolve`], `global.dns`).
     pub fn new(
         nameservers: &[SocketAddr],
         bounds: DnsTtl,
+        destinations: DnsTtl,
         metrics: Arc<Metrics>,
     ) -> Result<Self, DnsError> {
         let provider = TokioRuntimeProvider::default();
@@ -153,7 +155,7 @@ impl Dns {
         Ok(Dns {
             resolver,
             metrics,
-            ttl: DnsTtl::default(),
+            ttl: destinations,
             cache: Mutex::new(HashMap::new()),
         })
     }

@@ -201,6 +201,9 @@ fn global(raw: RawGlobal) -> Result<Global> {
     if let Some(spanned) = &raw.tcp_keepalive {
         global.tcp_keepalive = tcp_keepalive(spanned)?;
     }
+    if let Some(spanned) = &raw.dns {
+        global.dns = pool::dns(spanned)?;
+    }
     if let Some(spanned) = &raw.pid_file {
         global.pid_file = Some(parse_at(spanned, |text| {
             if text.is_empty() {

@@ -184,6 +184,9 @@ pub struct Global {
     pub outgoing_mark: u32,
     /// The keepalive of frontends that set none of their own.
     pub tcp_keepalive: TcpKeepalive,
+    /// Bounds on the DNS TTLs of the destinations clients name (CONNECT and absolute-form
+    /// requests, transparent mode's names), and on the retries of a failed refresh of them.
+    pub dns: DnsTtl,
     /// Written with the daemon's PID once it serves, removed when it exits; for scripts.
     pub pid_file: Option<PathBuf>,
 }
@@ -225,6 +228,7 @@ impl Default for Global {
             local_agents: LocalAgentsMode::On,
             outgoing_mark: Global::DEFAULT_OUTGOING_MARK,
             tcp_keepalive: TcpKeepalive::default(),
+            dns: DnsTtl::default(),
             pid_file: None,
         }
     }

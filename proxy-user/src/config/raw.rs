@@ -40,6 +40,7 @@ pub(super) struct RawGlobal {
     pub local_agents: Option<Spanned<RawLocalAgents>>,
     pub outgoing_mark: Option<Spanned<Int>>,
     pub tcp_keepalive: Option<Spanned<RawKeepalive>>,
+    pub dns: Option<Spanned<RawDns>>,
     pub pid_file: Option<Spanned<String>>,
 }
 

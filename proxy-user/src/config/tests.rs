@@ -166,6 +166,7 @@ kernel_sndbuf = 0
 kernel_window = 65536
 kernel_after = 16384
 local_agents = false
+dns = { min_ttl = "1s", max_ttl = "30s" }
 
 [[frontend]]
 name = "a"
@@ -198,6 +199,10 @@ retries = 0
             local_agents: LocalAgentsMode::Off,
             outgoing_mark: 0x4150,
             tcp_keepalive: TcpKeepalive::default(),
+            dns: DnsTtl {
+                min_ttl: Duration::from_secs(1),
+                max_ttl: Duration::from_secs(30),
+            },
             pid_file: None,
         }
     );

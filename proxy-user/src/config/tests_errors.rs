@@ -34,11 +34,16 @@ fn syntax_errors() {
         global_err("retries = 1"),
         "t.toml:2:1: unknown field `retries`, expected one of `max_connections`, `dataplane`, \
          `admin`, `drain_timeout`, `log_format`, `nameservers`, `kernel_sndbuf`, `kernel_window`, `kernel_after`, `local_agents`, \
-         `outgoing_mark`, `tcp_keepalive`, `pid_file`"
+         `outgoing_mark`, `tcp_keepalive`, `dns`, `pid_file`"
     );
     assert_eq!(
         global_err("dataplane = \"auto\"\ndataplane = \"kernel\""),
         "t.toml:3:1: duplicate key `dataplane`"
+    );
+    // The destinations' bounds are checked as a backend's are.
+    assert_eq!(
+        global_err("dns = { min_ttl = \"10m\", max_ttl = \"1m\" }"),
+        "t.toml:2:36: dns min_ttl (10m) must not exceed max_ttl (1m)"
     );
 }
 

@@ -22,6 +22,7 @@ fn shared(metrics: &Arc<Metrics>) -> Shared {
             crate::dns::Dns::new(
                 &["127.0.0.1:53".parse().unwrap()],
                 crate::config::DnsTtl::default(),
+                crate::config::DnsTtl::default(),
                 Arc::clone(metrics),
             )
             .unwrap(),

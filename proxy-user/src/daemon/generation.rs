@@ -110,17 +110,20 @@ impl Generation {
         old: Option<&Generation>,
     ) -> Result<Self, StartError> {
         let metrics = &process.metrics;
-        // hickory's own cache must not outlive the shortest bounds any backend asks for.
+        // hickory's own cache must not outlive the shortest bounds any backend (or the
+        // destinations' cache) asks for.
         let bounds = dns_bounds(&config);
         let reuse_dns = old.filter(|old| {
             old.config.global.nameservers == config.global.nameservers
                 && dns_bounds(&old.config) == bounds
+                && old.config.global.dns == config.global.dns
         });
         let dns = match reuse_dns {
             Some(old) => Arc::clone(&old.dns),
             None => Arc::new(Dns::new(
                 &config.global.nameservers,
                 bounds,
+                config.global.dns,
                 Arc::clone(metrics),
             )?),
         };
@@ -372,12 +375,12 @@ impl Generation {
     }
 }
 
-/// The tightest DNS TTL bounds any backend asks for.
+/// The tightest DNS TTL bounds any backend, or the destinations' cache, asks for.
 fn dns_bounds(config: &Config) -> DnsTtl {
     config
         .backends
         .iter()
-        .fold(DnsTtl::default(), |acc, b| DnsTtl {
+        .fold(config.global.dns, |acc, b| DnsTtl {
             min_ttl: acc.min_ttl.min(b.dns.min_ttl),
             max_ttl: acc.max_ttl.min(b.dns.max_ttl),
         })

@@ -128,9 +128,7 @@ fn dns(ns: &FakeNameserver, metrics: &Arc<Metrics>) -> Dns {
         min_ttl: Duration::from_secs(1),
         max_ttl: Duration::from_secs(60),
     };
-    let mut dns = Dns::new(&[ns.addr], bounds, Arc::clone(metrics)).unwrap();
-    dns.ttl = bounds;
-    dns
+    Dns::new(&[ns.addr], bounds, bounds, Arc::clone(metrics)).unwrap()
 }
 
 fn count(metrics: &Metrics, host: &str, result: &str) -> u64 {
