@@ -17,7 +17,10 @@
 //! the threads and processes it starts (none). `no_new_privs`, which an unprivileged filter
 //! needs, is per thread too (and set for the whole process anyway by systemd's
 //! `NoNewPrivileges=yes` and Kubernetes' `allowPrivilegeEscalation: false`, deploy/).
-//! `SECCOMP_RET_ERRNO` is not audited by default. If any of it fails (a container runtime's
+//! `SECCOMP_RET_ERRNO` is not audited by default. What runs under the filter was read in aya
+//! 0.14.0's source (pinned, `=0.14.0`): `EbpfLoader::new()` is that parse and empty collections,
+//! nothing lazily initialised that a failed open could leave wrong for later (a newer aya must
+//! be read again before it is trusted here). If any of it fails (a container runtime's
 //! seccomp profile refusing `prctl(PR_SET_SECCOMP)`, an architecture not listed here, an object
 //! with CO-RE relocations), the loader is built as before, with the parse, and that is logged at
 //! debug.
