@@ -98,9 +98,8 @@ pub(crate) fn generate(results: &Results, chart: Option<&str>) -> String {
         (ping-pong: half round trip as sockperf reports it; hey quantises to 100 us); machine CPU \
         s/GB = busy CPU seconds of the whole machine (user+nice+system+irq+softirq+steal from \
         /proc/stat, which counts the kernel path's softirq and kworker time) per 10^9 payload \
-        bytes; proxy CPU s/GB = the proxy process's own utime+stime; proxy peak RSS = VmHWM (on the kernel path \
-        reached at start, while the eBPF loader parses the running kernel's BTF); proxy RSS at end \
-        = VmRSS after the run, what `top` shows; B per redirect = the kernel path's bytes (less the \
+        bytes; proxy CPU s/GB = the proxy process's own utime+stime; proxy peak RSS = VmHWM; \
+        proxy RSS at end = VmRSS after the run, what `top` shows; B per redirect = the kernel path's bytes (less the \
         straight ones) over `agent_proxy_kernel_redirects_total`, the size of the buffers the \
         splice verdict handles; \
         RSS/conn = VmRSS growth over the fresh proxy, per connection, with every connection idle \

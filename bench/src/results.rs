@@ -27,8 +27,7 @@ pub(crate) struct Sample {
     pub proxy_cpu_seconds: Option<f64>,
     /// VmHWM of the proxy process at the end of the run.
     pub proxy_peak_rss_kib: Option<u64>,
-    /// VmRSS of the proxy process at the end of the run (what `top` shows; the peak of a
-    /// kernel-path daemon is its start-up, when the eBPF loader parses the kernel's BTF).
+    /// VmRSS of the proxy process at the end of the run (what `top` shows).
     #[serde(default)]
     pub proxy_rss_kib: Option<u64>,
     /// (VmRSS with the connections open and idle - VmRSS at fresh start) / connections.

@@ -87,15 +87,17 @@ pub fn load_kernel(
     }
 }
 
-/// Fixes glibc's mmap threshold at 1 MiB before the kernel path parses the running kernel's BTF
-/// (once for the same-host agents' offsets, then in aya's loader). Left dynamic, glibc raises
-/// the threshold to the size of the first large block freed - the first parse's 5.5 MB copy of
-/// the BTF - so the next parse grows its large vectors on a heap fragmented by the first one,
-/// copying as they grow: a kernel-path daemon with same-host agents peaked at 34 MiB of RSS,
-/// 28.4 MiB with the threshold fixed, the steady RSS and the memory per connection unchanged
-/// (docs/benchmarks.md, "Where the kernel path's peak RSS goes"). Fixing it also fixes the trim
-/// threshold at its default (128 KiB). Under 1 MiB nothing moves: the carry loop's 256 KiB
-/// buffers stay on the heap.
+/// Fixes glibc's mmap threshold at 1 MiB (and so its trim threshold at the default 128 KiB)
+/// before the kernel path loads. Left dynamic, glibc raises the threshold to the size of the
+/// largest mmapped block freed so far. It was brought in when the daemon and aya each parsed the
+/// running kernel's BTF in full: the first parse's 5.5 MB block, once freed, put the second
+/// parse on a fragmented heap (start-up peak 34 -> 28.4 MiB). Neither parse is left
+/// (`kernel/btf.rs` reads four offsets in 64 KiB pieces, `kernel/loader.rs` keeps aya from
+/// parsing), and with or without this the start-up peak is the same 11.3-11.8 MiB; kept for
+/// the memory per connection, 0.1-0.2 KiB lower with it on the remote-agent path in three
+/// alternated runs of the bench's agents-1000 (docs/benchmarks.md, "Where the kernel path's
+/// peak RSS goes"), and so that the carry loop's 256 KiB buffers live on the heap from the
+/// first one on.
 fn fix_mmap_threshold() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only sets a parameter of glibc's allocator, under its own lock.
@@ -104,10 +106,11 @@ fn fix_mmap_threshold() {
     }
 }
 
-/// Gives the heap pages that start-up freed back to the kernel. Loading the eBPF object parses
-/// the running kernel's BTF (aya does it twice: some 300,000 small allocations) and frees it at once, but
-/// glibc keeps freed pages below the top of its heap resident: a fresh kernel-path daemon held
-/// 25.9 MiB of RSS, 10.6 MiB after this (docs/benchmarks.md, "Idle connection memory").
+/// Gives the heap pages that start-up freed back to the kernel: glibc keeps freed pages below
+/// the top of its heap resident. Loading the kernel path frees what it used (the BTF lookups'
+/// type index, 0.5 MB each, aya's reading of the eBPF object): a fresh kernel-path daemon held
+/// 1.33 MiB of anonymous memory without this, 0.90 MiB with it (when aya and the daemon parsed
+/// the whole BTF, 25.9 MiB of RSS against 10.6; docs/benchmarks.md, "Idle connection memory").
 fn release_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only walks and releases glibc's own free memory.

@@ -9,6 +9,7 @@
 mod btf;
 mod events;
 mod fionread;
+mod loader;
 mod local;
 mod mirror;
 mod registry;
@@ -20,7 +21,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{HashMap, Map, MapData, PerCpuArray, RingBuf, SockHash},
     programs::{SkSkb, sk_skb::SkSkbLink},
 };
@@ -148,7 +149,7 @@ impl Kernel {
         offsets: KernelOffsets,
         skb_cb: u32,
     ) -> Result<Self, KernelError> {
-        let mut ebpf = EbpfLoader::new()
+        let mut ebpf = loader::loader(EBPF_OBJECT)
             .override_global(proxy_common::GLOBAL_SKB_CB, &skb_cb, true)
             .override_global(proxy_common::GLOBAL_SOCK_SOCKET, &offsets.sock_socket, true)
             .override_global(
