@@ -93,10 +93,6 @@ pub(crate) fn test(args: Vec<OsString>) -> Result<ExitCode> {
     }
     let status = Cmd::cargo()
         .env("AGENT_PROXY_BIN", &binary)
-        // The 60-s soak here leaves resetting clients off the kernel path, whose remaining
-        // reset defect (docs/reliability.md) still loses a stream in about one 60-s run of
-        // resetting clients only in two; `cargo xtask soak` runs them.
-        .env("AGENT_PROXY_SOAK_KERNEL_RESETS", "0")
         .args([
             "test",
             "--release",

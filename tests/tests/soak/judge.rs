@@ -20,9 +20,11 @@ use crate::faults::Timeline;
 use crate::intake::{Ledger, ServerRecord};
 use crate::wire::Class;
 
-/// How long after a DNS change a daemon may still dial the previous address (TTL 1 s, the
-/// re-resolution at min_ttl 1 s, hickory's cache, a retry).
-pub(crate) const DNS_GRACE: Duration = Duration::from_secs(5);
+/// How long after a DNS change a daemon may still dial the previous address. The change comes
+/// at the end of an outage: a refresh that failed just before it is retried after at most the
+/// daemons' `max_ttl` (5 s, backends and destinations alike), then one lookup (hickory's
+/// timeout is 2 s); without an outage, the TTL (1 s) and `min_ttl` (1 s) bound it.
+pub(crate) const DNS_GRACE: Duration = Duration::from_secs(7);
 
 /// Stream counts of one (daemon, mode, class).
 #[derive(Clone, Copy, Debug, Default)]

@@ -17,11 +17,11 @@
 //!   connection), its RSS within [`RSS_TOLERANCE`] of its idle RSS, and exit 0 on SIGTERM.
 //!
 //! `cargo xtask soak --minutes N` runs it alone for N minutes; `cargo xtask test` runs the
-//! 60 s soak with the other tests. `AGENT_PROXY_SOAK_KERNEL_RESETS=0` leaves resetting clients
-//! off the kernel daemon (the remaining reset defect, docs/reliability.md; `cargo xtask test`
-//! sets it), `AGENT_PROXY_SOAK_KERNEL_BULK=0` and `AGENT_PROXY_SOAK_KERNEL_SLOW_READERS=0` bulk
-//! and slow-reading ones; `AGENT_PROXY_SOAK_CLASSES=Reset` (comma-separated) runs only the
-//! classes named, to chase one defect.
+//! 60 s soak with the other tests, every class on both daemons. `AGENT_PROXY_SOAK_KERNEL_RESETS=0`
+//! leaves resetting clients off the kernel daemon, `AGENT_PROXY_SOAK_KERNEL_BULK=0` and
+//! `AGENT_PROXY_SOAK_KERNEL_SLOW_READERS=0` bulk and slow-reading ones;
+//! `AGENT_PROXY_SOAK_CLASSES=Reset` (comma-separated) runs only the classes named, to chase one
+//! defect.
 mod clients;
 mod faults;
 mod intake;

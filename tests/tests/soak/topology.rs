@@ -34,8 +34,20 @@ const CONNECT_TIMEOUT: &str = "3s";
 /// them (the other frontends keep the default, 5 min, and their Idle clients speak after a few
 /// seconds).
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
-/// TTL of dnsmasq's answers, and the backends' `dns.min_ttl`.
+/// TTL of dnsmasq's answers, and the `dns.min_ttl` of the backends and of the destinations
+/// (`global.dns`: connect mode resolves the intake's name in the destination cache, whose
+/// default bounds, 5 s - 300 s, would keep the last good address up to 20 s after DNS came
+/// back from the soak's 12-s outage, past the judge's `DNS_GRACE`).
 pub(crate) const DNS_TTL_SECS: u32 = 1;
+/// Both daemons' `tcp_keepalive` (probes after 2 s of silence, then every second; 6 s in all,
+/// which is also their `TCP_USER_TIMEOUT`). The lossy links drop a reset now and then, and TCP
+/// never sends one twice: a resetting client whose reset is lost, after the daemon's socket to
+/// it has nothing left unacknowledged (its FIN forwarded and acknowledged, say), would leave
+/// that connection waiting for the client's next byte for good. A probe finds the client's
+/// socket gone (its host answers with a reset) and the connection ends as the reset it was -
+/// which is what the option is for (docs/reliability.md). The defaults (60 s, then every 10 s)
+/// would find it too, after the intake's 20-s stall guard.
+const KEEPALIVE: &str = "{ idle = \"2s\", interval = \"1s\", count = 4 }";
 
 /// The ports of one daemon.
 #[derive(Clone, Copy, Debug)]
@@ -123,7 +135,8 @@ impl World {
         };
         config.toml_override = Some(format!(
             "[global]\ndataplane = \"{dp}\"\n{extra}{kernel}admin = \"{admin}\"\n\
-             drain_timeout = \"2s\"\nlog_format = \"json\"\nnameservers = [\"{dns}\"]\n\n\
+             drain_timeout = \"2s\"\nlog_format = \"json\"\nnameservers = [\"{dns}\"]\n\
+             tcp_keepalive = {KEEPALIVE}\ndns = {{ min_ttl = \"{DNS_TTL_SECS}s\", max_ttl = \"5s\" }}\n\n\
              [[frontend]]\nname = \"tcp\"\nlisten = \"{PROXY_INNER}:{tcp}\"\nbackend = \"intake\"\n\
              idle_timeout = \"{idle}s\"\n\n\
              [[frontend]]\nname = \"tls\"\nlisten = \"{PROXY_INNER}:{tls}\"\nbackend = \"intake\"\n\
