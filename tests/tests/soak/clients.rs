@@ -47,7 +47,11 @@ impl Mode {
 
 /// How far from the frontend's `idle_timeout` a silent client may see its connection closed:
 /// the proxy checks when the timeout could first expire, and the FIN crosses a lossy link.
-const IDLE_SLACK: Duration = Duration::from_secs(2);
+/// Early is measured from the client's header, late from the intake's reading it (the judge):
+/// the header's last move is what the proxy's timer counts from, and it reaches the intake
+/// only once the proxy's dial is through (a dial that loses its SYNs is retried after the
+/// 3-s connect timeout).
+pub(crate) const IDLE_SLACK: Duration = Duration::from_secs(2);
 /// Receive buffer of a slow reader: small, so the backlog builds up in the proxy.
 const SLOW_RCVBUF: usize = 64 * 1024;
 /// A slow reader takes this much per read, then pauses [`SLOW_PAUSE`]: about 3 MB/s.
@@ -139,6 +143,8 @@ pub(crate) struct ClientRecord {
     pub(crate) mismatch: Option<u64>,
     /// Why it did not complete (a Reset client completing its own reset is not an error).
     pub(crate) error: Option<String>,
+    /// A silent client: when the proxy's close reached it.
+    pub(crate) closed_silent: Option<Instant>,
 }
 
 /// Runs one stream of `plan` through `proxy`'s `mode` frontend.
@@ -152,10 +158,11 @@ pub(crate) async fn run_stream(
     let mut tx = Tx::new(plan.up_seed());
     let mut rx = Rx::new(plan.down_seed());
     let mut local = None;
+    let mut closed_silent = None;
     let result = async {
         let io = dialer.open(proxy, mode, &plan).await?;
         local = io.tcp().local_addr().ok();
-        drive(io, &plan, &mut tx, &mut rx).await
+        drive(io, &plan, &mut tx, &mut rx, &mut closed_silent).await
     }
     .await;
     ClientRecord {
@@ -169,18 +176,27 @@ pub(crate) async fn run_stream(
         received: rx.digest(),
         mismatch: rx.mismatch,
         error: result.err().map(|e| format!("{e:#}")),
+        closed_silent,
     }
 }
 
-async fn drive(mut io: Box<dyn Io>, plan: &Plan, tx: &mut Tx, rx: &mut Rx) -> anyhow::Result<()> {
+async fn drive(
+    mut io: Box<dyn Io>,
+    plan: &Plan,
+    tx: &mut Tx,
+    rx: &mut Rx,
+    closed_silent: &mut Option<Instant>,
+) -> anyhow::Result<()> {
     match plan.class {
         Class::Idle if plan.rounds == 0 => {
             let silent = Instant::now();
             rx.until_eof(&mut io, 0).await?;
-            let after = silent.elapsed();
+            let closed = Instant::now();
+            *closed_silent = Some(closed);
+            // Not too late is the judge's to say (from when the intake read the header).
+            let after = closed - silent;
             ensure!(
-                after >= IDLE_TIMEOUT.saturating_sub(IDLE_SLACK)
-                    && after <= IDLE_TIMEOUT + IDLE_SLACK,
+                after >= IDLE_TIMEOUT.saturating_sub(IDLE_SLACK),
                 "the proxy closed the silent connection after {after:.1?}; its idle_timeout is \
                  {IDLE_TIMEOUT:?}"
             );

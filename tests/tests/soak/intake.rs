@@ -31,6 +31,8 @@ pub(crate) struct ServerRecord {
     pub(crate) error: Option<String>,
     /// Cut by a kill of the intake.
     pub(crate) cut: bool,
+    /// When its header was read.
+    pub(crate) header_at: Option<Instant>,
 }
 
 /// Every stream the intake served, and the connections cut before their header arrived.
@@ -137,6 +139,7 @@ async fn accept_loop(listener: TcpListener, ledger: Arc<Mutex<Ledger>>, kill: wa
 #[derive(Default)]
 struct Serving {
     plan: Option<Plan>,
+    header_at: Option<Instant>,
     tx: Option<Tx>,
     rx: Option<Rx>,
 }
@@ -182,6 +185,7 @@ async fn handle(mut s: TcpStream, ledger: Arc<Mutex<Ledger>>, mut killed: watch:
             mismatch: rx.mismatch,
             error,
             cut,
+            header_at: st.header_at,
         },
     );
 }
@@ -195,6 +199,7 @@ async fn serve(s: &mut TcpStream, st: &mut Serving) -> anyhow::Result<()> {
         .context("reading the header")?;
     let plan = Plan::decode(&header)?;
     st.plan = Some(plan);
+    st.header_at = Some(Instant::now());
     let tx = st.tx.insert(Tx::new(plan.down_seed()));
     let rx = st.rx.insert(Rx::new(plan.up_seed()));
     match plan.class {

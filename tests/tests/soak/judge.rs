@@ -11,13 +11,17 @@
 //! - Bytes that differ from the sender's stream are a loss whatever the cause.
 //! - A stream through a frontend that resolves the intake's name must land on an address DNS
 //!   gave between [`DNS_GRACE`] before it started and its end.
+//! - A silent client of a tcp frontend must see the proxy close it no later than
+//!   `idle_timeout` + [`IDLE_SLACK`] after the intake read its header (the client checks that
+//!   it was not closed earlier than `idle_timeout` - [`IDLE_SLACK`] after sending it).
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::clients::{ClientRecord, Mode};
+use crate::clients::{ClientRecord, IDLE_SLACK, Mode};
 use crate::faults::Timeline;
 use crate::intake::{Ledger, ServerRecord};
+use crate::topology::IDLE_TIMEOUT;
 use crate::wire::Class;
 
 /// How long after a DNS change a daemon may still dial the previous address. The change comes
@@ -169,7 +173,20 @@ fn fate(
         let given = timeline.answers_during(from, c.ended);
         if !given.contains(&ip) {
             return Fate::Lost(format!(
-                "reached the intake at {ip}; DNS answered {given:?} from {DNS_GRACE:?} before                  the stream to its end"
+                "reached the intake at {ip}; DNS answered {given:?} from {DNS_GRACE:?} before \
+                 the stream to its end"
+            ));
+        }
+    }
+    if let (Some(closed), Some(header)) = (c.closed_silent, s.header_at) {
+        // The proxy's idle timer counts from the header's last move, which is its arrival at
+        // the intake (a slow dial delays it; the client checked the early side).
+        let after = closed.saturating_duration_since(header);
+        if after > IDLE_TIMEOUT + IDLE_SLACK {
+            return Fate::Lost(format!(
+                "the proxy closed the silent connection {after:.1?} after the intake read its \
+                 header ({:.1?} after the client sent it); its idle_timeout is {IDLE_TIMEOUT:?}",
+                closed - c.started
             ));
         }
     }
