@@ -357,7 +357,8 @@ pub enum Relayed {
 }
 
 /// [`relay`] until the connection ends, or until it has carried `budget` bytes (both ways
-/// together) while both directions are open and nothing read waits to be written.
+/// together) while both directions are open, nothing read waits to be written and nothing
+/// waits in either socket's receive queue ([`nothing_queued`]).
 pub async fn relay_until(
     client: TcpStream,
     upstream: TcpStream,
@@ -383,6 +384,19 @@ pub async fn relay_until(
         };
     }
     Relayed::Ended(relaying.outcome(result, [client.as_fd(), upstream.as_fd()], &cutoff))
+}
+
+/// Whether both sockets' receive queues are empty, so that the connection may move to the
+/// kernel. A socket whose queue holds a buffer the relay read only part of must not join the
+/// splice: the verdict is handed each queued buffer whole (`tcp_read_skb` ignores the read
+/// position), so the part already relayed would be forwarded again - a CI run of
+/// `kernel_after::long_exchange_moves_to_the_kernel` saw a client receive such bytes twice.
+/// Buffers that arrive after this look have never been read and are whole. Not empty: the
+/// pumps read on (their readiness wakes them) and the move waits for the next look.
+fn nothing_queued(sockets: [&TcpStream; 2]) -> bool {
+    sockets
+        .iter()
+        .all(|s| matches!(net::peek(s.as_fd()), Ok(net::Peek::Empty)))
 }
 
 /// The state of [`relay`]: both directions, which side's EOF came first, the idle timer and
@@ -429,7 +443,11 @@ impl<'a> Relaying<'a> {
             r?;
             self.first_eof.get_or_insert(Side::Upstream);
         }
-        if budget.is_some_and(|b| up.total + down.total >= b) && up.drained() && down.drained() {
+        if budget.is_some_and(|b| up.total + down.total >= b)
+            && up.drained()
+            && down.drained()
+            && nothing_queued([client, upstream])
+        {
             return Poll::Ready(Err(Stop::Budget));
         }
         // Both directions finished: the connection ended in order, whatever error a socket
