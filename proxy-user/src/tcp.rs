@@ -14,32 +14,40 @@ use crate::{
     tls::{ClientTls, ServerTls},
 };
 
-/// Serves one admitted connection of a tcp frontend to its end, log line included.
-pub(crate) async fn run(
-    conn: &Conn<'_>,
+/// Serves one admitted connection of a tcp frontend to its end, log line included. A block
+/// that uses its arguments where it captured them: an `async fn` moves each into a local of
+/// its own and keeps both, in a future every idle connection holds.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps a second copy of each argument in its future"
+)]
+pub(crate) fn run<'a>(
+    conn: &'a Conn<'_>,
     client: TcpStream,
-    pool: &Pool,
-    tls: Option<&ServerTls>,
-    backend_tls: Option<&ClientTls>,
-) {
-    if tls.is_some() || backend_tls.is_some() {
-        Box::pin(tls::run(conn, client, pool, tls, backend_tls)).await;
-        return;
+    pool: &'a Pool,
+    tls: Option<&'a ServerTls>,
+    backend_tls: Option<&'a ClientTls>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        if tls.is_some() || backend_tls.is_some() {
+            Box::pin(tls::run(conn, client, pool, tls, backend_tls)).await;
+            return;
+        }
+        let (upstream, lease) = match Box::pin(pool.connect()).await {
+            Ok(pair) => pair,
+            Err(e) => return conn.unconnected(client, e),
+        };
+        let (client, upstream) = (nodelay(client), nodelay(upstream));
+        let carried = conn.carry(client, upstream, 0).await;
+        let route = Route {
+            server: &lease.server().name,
+            ..Route::NONE
+        };
+        if let Some(rest) = conn.finish_carried(&route, carried, 0) {
+            rest.await;
+        }
+        drop(lease);
     }
-    let (upstream, lease) = match Box::pin(pool.connect()).await {
-        Ok(pair) => pair,
-        Err(e) => return conn.unconnected(client, e),
-    };
-    let (client, upstream) = (nodelay(client), nodelay(upstream));
-    let carried = conn.carry(client, upstream, 0).await;
-    let route = Route {
-        server: &lease.server().name,
-        ..Route::NONE
-    };
-    if let Some(rest) = conn.finish_carried(&route, carried, 0) {
-        rest.await;
-    }
-    drop(lease);
 }
 
 /// Sets TCP_NODELAY (best effort). Takes the stream by value: a borrow of a local in an

@@ -33,10 +33,13 @@ mod flow;
 mod local;
 
 use std::{
+    future::Future as _,
     io,
     net::TcpStream as StdStream,
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+    pin::Pin,
     sync::Arc,
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -173,8 +176,58 @@ fn internal(err: impl std::fmt::Display) -> (End, String) {
 
 type Step = Result<(), (End, String)>;
 
-/// Carries the connection in the kernel until it ends, is reset, or the `cutoff` ends it (idle:
-/// both sockets closed with a FIN once out of the maps; the drain timeout: reset).
+/// Why [`start`] did not start a splice.
+pub enum NotStarted {
+    /// The sockets failed before the maps were touched (an ended connection).
+    Failed(Outcome),
+    /// The kernel would not take them; the relay can (boxed: rare, and large).
+    Declined(Box<Declined>),
+}
+
+/// A connection in the kernel's maps, to be carried by [`Started::run`]. Set up by a plain
+/// function ([`start`], [`adopt`]) so that the future that lives as long as the connection
+/// holds only this, not the set-up's arguments and locals (docs/benchmarks.md, "Idle
+/// connection memory").
+pub struct Started<'k> {
+    splice: Splice<'k>,
+    wakes: Arc<Wakes>,
+    pair: SplicePair,
+    frontend: u32,
+}
+
+impl<'k> Started<'k> {
+    /// Carries the connection in the kernel until it ends, is reset, or the `cutoff` ends it
+    /// (idle: both sockets closed with a FIN once out of the maps; the drain timeout: reset),
+    /// or an upgrade takes it.
+    ///
+    /// A block that uses `self` where it was captured: an `async fn` would move its argument
+    /// into a local of its own and keep both (the whole `Splice` twice, measured).
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps a second copy of each argument in its future"
+    )]
+    pub fn run<'c>(
+        mut self,
+        cutoff: Cutoff<'c>,
+    ) -> impl Future<Output = Spliced> + Send + use<'k, 'c> {
+        async move {
+            let span = tracing::trace_span!(
+                "splice",
+                client = self.pair.client_cookie,
+                upstream = self.pair.upstream_cookie
+            );
+            let run = self.splice.run(&self.wakes, cutoff);
+            let result = tracing::Instrument::instrument(run, span).await;
+            if let Ok(End::HandedOver) = result {
+                return Spliced::HandedOver(self.splice.hand_over(self.frontend));
+            }
+            Spliced::Ended(self.splice.end(&self.pair, result, cutoff))
+        }
+    }
+}
+
+/// [`start`], then [`Started::run`]: the whole kernel path of a connection in one future (its
+/// set-up's arguments stay in it; the daemon calls the two itself).
 pub async fn splice(
     kernel: &Kernel,
     client: TcpStream,
@@ -183,26 +236,35 @@ pub async fn splice(
     counters: &RelayCounters,
     cutoff: Cutoff<'_>,
 ) -> Result<Spliced, Declined> {
+    match start(kernel, client, upstream, settings, counters) {
+        Ok(started) => Ok(started.run(cutoff).await),
+        Err(NotStarted::Failed(outcome)) => Ok(Spliced::Ended(outcome)),
+        Err(NotStarted::Declined(declined)) => Err(*declined),
+    }
+}
+
+/// Puts the connection's sockets in the kernel's maps, for [`Started::run`] to carry.
+pub fn start<'k>(
+    kernel: &'k Kernel,
+    client: TcpStream,
+    upstream: TcpStream,
+    settings: SpliceSettings,
+    counters: &RelayCounters,
+) -> Result<Started<'k>, NotStarted> {
     // Out of tokio's reactor: it would be woken for every forwarded buffer (see kernel::events).
-    let (client, upstream) = match both(
+    let (client, upstream) = both(
         client.into_std(),
         upstream.into_std(),
         "leaving the reactor",
-    ) {
-        Ok(pair) => pair,
-        Err(outcome) => return Ok(Spliced::Ended(outcome)),
-    };
-    // Taken here, from the 4-byte streams: a borrow keeps a local in this future for good, and
-    // `sides` (176 bytes) moves into `Splice` (docs/benchmarks.md, "Idle connection memory").
+    )
+    .map_err(NotStarted::Failed)?;
     let fds = [client.as_raw_fd(), upstream.as_raw_fd()];
-    let (client, upstream) = match both(
+    let (client, upstream) = both(
         new_side(client, settings.sndbuf),
         new_side(upstream, settings.sndbuf),
         "reading socket state",
-    ) {
-        Ok(pair) => pair,
-        Err(outcome) => return Ok(Spliced::Ended(outcome)),
-    };
+    )
+    .map_err(NotStarted::Failed)?;
     let mut sides = [client, upstream];
     sides[0].rcv_base = settings.client_consumed;
     sides[1].rcv_base = settings.upstream_consumed;
@@ -223,11 +285,16 @@ pub async fn splice(
         &wakes,
     ) {
         Ok(watch) => watch,
-        Err(e) => return Err(decline(sides, KernelError::Socket(e))),
+        Err(e) => {
+            return Err(NotStarted::Declined(Box::new(decline(
+                sides,
+                KernelError::Socket(e),
+            ))));
+        }
     };
     if let Err(error) = kernel.registry.insert(&pair) {
         drop(watch);
-        return Err(decline(sides, error));
+        return Err(NotStarted::Declined(Box::new(decline(sides, error))));
     }
 
     // The client socket joins separately (see SpliceRegistry::insert): bytes may already move,
@@ -247,30 +314,25 @@ pub async fn splice(
         tracing::debug!(error = %e, "client socket cannot join the kernel path; copying its side");
         splice.sides[0].dir.detach();
     }
-    let span = tracing::trace_span!(
-        "splice",
-        client = pair.client_cookie,
-        upstream = pair.upstream_cookie
-    );
     if splice.sides[0].dir.is_joined() && !settings.relayed_first {
         splice.pair_local(&pair);
     }
-    let result = tracing::Instrument::instrument(splice.run(&wakes, cutoff), span).await;
-    if let Ok(End::HandedOver) = result {
-        return Ok(Spliced::HandedOver(splice.hand_over(settings.frontend)));
-    }
-    Ok(Spliced::Ended(splice.end(&pair, result, cutoff)))
+    Ok(Started {
+        splice,
+        wakes,
+        pair,
+        frontend: settings.frontend,
+    })
 }
 
-/// Carries a connection a predecessor handed over (see `crate::handover`) in `kernel`, the set
-/// of maps it is in, until it ends; like [`splice`] from there on.
-pub async fn resume(
-    kernel: &Kernel,
+/// Takes a connection a predecessor handed over (see `crate::handover`) in `kernel`, the set
+/// of maps it is in, for [`Started::run`] to carry like one of [`start`].
+pub fn adopt<'k>(
+    kernel: &'k Kernel,
     state: &SpliceState,
     sockets: [StdStream; 2],
     counters: &RelayCounters,
-    cutoff: Cutoff<'_>,
-) -> Result<Spliced, (End, String)> {
+) -> Result<Started<'k>, (End, String)> {
     let fds = [sockets[0].as_raw_fd(), sockets[1].as_raw_fd()];
     let mut sides = Vec::with_capacity(2);
     for (i, stream) in sockets.into_iter().enumerate() {
@@ -320,16 +382,12 @@ pub async fn resume(
     // Events the predecessor read but could not forward may be lost: look at both marks once.
     splice.on_mark(0)?;
     splice.on_mark(1)?;
-    let span = tracing::trace_span!(
-        "splice",
-        client = pair.client_cookie,
-        upstream = pair.upstream_cookie
-    );
-    let result = tracing::Instrument::instrument(splice.run(&wakes, cutoff), span).await;
-    if let Ok(End::HandedOver) = result {
-        return Ok(Spliced::HandedOver(splice.hand_over(state.frontend)));
-    }
-    Ok(Spliced::Ended(splice.end(&pair, result, cutoff)))
+    Ok(Started {
+        splice,
+        wakes,
+        pair,
+        frontend: state.frontend,
+    })
 }
 
 impl Splice<'_> {
@@ -449,6 +507,29 @@ fn decline(sides: [Side; 2], error: KernelError) -> Declined {
     }
 }
 
+/// The tick's timer, boxed on first use and re-armed after: most connections never have
+/// anything pending, and an idle connection's future should not carry a timer (112 B).
+#[derive(Default)]
+struct Ticker(Option<Pin<Box<tokio::time::Sleep>>>);
+
+impl Ticker {
+    /// Fires `after` from now.
+    fn arm(&mut self, after: Duration) {
+        let deadline = tokio::time::Instant::now() + after;
+        match &mut self.0 {
+            Some(sleep) => sleep.as_mut().reset(deadline),
+            None => self.0 = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+
+    fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.0 {
+            Some(sleep) => sleep.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
 impl Splice<'_> {
     async fn run(&mut self, wakes: &Wakes, cutoff: Cutoff<'_>) -> Result<End, (End, String)> {
         // Forward whatever arrived before the insert, and catch a FIN that came with it.
@@ -456,6 +537,7 @@ impl Splice<'_> {
         self.on_socket(1)?;
         self.refresh_local()?;
         let mut tick = TICK_MIN;
+        let mut ticker = Ticker::default();
         let mut idle = cutoff.idle_timer();
         let handover = cutoff.handover;
         let asked = || handover.is_some_and(crate::handover::Handover::is_requested);
@@ -468,6 +550,9 @@ impl Splice<'_> {
             }
             self.sync_interest()?;
             let pending = self.has_pending();
+            if pending {
+                ticker.arm(tick);
+            }
             tokio::select! {
                 wake = wakes.next() => {
                     match wake {
@@ -493,7 +578,7 @@ impl Splice<'_> {
                     }
                     tick = TICK_MIN;
                 }
-                () = tokio::time::sleep(tick), if pending => {
+                () = std::future::poll_fn(|cx| ticker.poll_fired(cx)), if pending => {
                     let copied = self.sides[0].copied + self.sides[1].copied;
                     self.on_tick()?;
                     // Back off while nothing moves; stay quick while a tail is being copied.
