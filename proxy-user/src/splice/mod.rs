@@ -1,6 +1,6 @@
 //! The kernel path for one connection: put the socket pair in the maps, then only watch.
 //!
-//! After [`splice`] inserts the pair, the verdict forwards every byte; this task sleeps until the
+//! After [`start`] inserts the pair, the verdict forwards every byte; this task sleeps until the
 //! kernel reports a FIN, a reset or a flow-control event ([`Wake`]). It reads bytes only when flow
 //! control hands it a direction (below).
 //!
@@ -77,11 +77,11 @@ pub struct SpliceSettings {
     pub relayed_first: bool,
 }
 
-/// How a spliced connection left [`splice`].
+/// How a spliced connection left [`Started::run`].
 pub enum Spliced {
     Ended(Outcome),
     /// Asked to by an upgrade, in its steady state: the maps keep carrying it, and these are
-    /// what the successor needs ([`resume`] there).
+    /// what the successor needs ([`adopt`] there).
     HandedOver(HandedOver),
 }
 
