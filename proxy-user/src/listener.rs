@@ -271,7 +271,9 @@ mod tests {
     /// function and carried by a future that holds only its state (`splice::Started`), its
     /// tick timer is boxed on first use, and `handle`, `tcp::run` and `carry` are blocks that
     /// keep no second copy of their arguments (release: task 520, relay 464, splice 936, and
-    /// no third allocation; the task's cell fell from 768 to 640 B, tokio aligns cells to 128).
+    /// no third allocation; the task's cell fell from 768 to 640 B, tokio aligns cells to 128);
+    /// then the same-host pairing boxed (136 B only those connections use) and `Splice::run`
+    /// a block too (release: splice 760).
     /// The task's bound is the largest future whose cell is still 640 B (release build, as
     /// `cargo xtask test` runs it); the others leave room for small additions.
     #[test]
@@ -285,7 +287,7 @@ mod tests {
         for (what, size, bound) in [
             ("connection task", task, 528),
             ("relay", relay, 512),
-            ("splice", splice, 1024),
+            ("splice", splice, 832),
         ] {
             assert!(size <= bound, "{what} future is {size} bytes, over {bound}");
         }

@@ -40,7 +40,7 @@ impl Splice<'_> {
             pair.frontend,
         ) {
             Ok(Some(key)) => {
-                self.local = Some(super::LocalPairing {
+                self.local = Some(Box::new(super::LocalPairing {
                     key,
                     gate: LocalGate {
                         tcp_landed: u64::MAX,
@@ -50,7 +50,7 @@ impl Splice<'_> {
                     },
                     last: Default::default(),
                     recheck: true,
-                });
+                }));
             }
             Ok(None) => {}
             Err(e) => {

@@ -140,8 +140,9 @@ struct Splice<'k> {
     watch: WatchGuard,
     /// (readable, writable) wake-ups currently asked for, per side.
     interest: [(bool, bool); 2],
-    /// The client is a same-host agent paired with the upstream socket.
-    local: Option<LocalPairing>,
+    /// The client is a same-host agent paired with the upstream socket. Boxed: 136 B that
+    /// connections from other hosts, most of them, would otherwise carry for their whole life.
+    local: Option<Box<LocalPairing>>,
 }
 
 /// A same-host agent socket paired with the upstream socket (see the `local` module).
@@ -531,73 +532,84 @@ impl Ticker {
 }
 
 impl Splice<'_> {
-    async fn run(&mut self, wakes: &Wakes, cutoff: Cutoff<'_>) -> Result<End, (End, String)> {
-        // Forward whatever arrived before the insert, and catch a FIN that came with it.
-        self.on_socket(0)?;
-        self.on_socket(1)?;
-        self.refresh_local()?;
-        let mut tick = TICK_MIN;
-        let mut ticker = Ticker::default();
-        let mut idle = cutoff.idle_timer();
-        let handover = cutoff.handover;
-        let asked = || handover.is_some_and(crate::handover::Handover::is_requested);
-        loop {
-            if let Some(end) = self.finished() {
-                return Ok(end);
-            }
-            if asked() && self.steady() {
-                return Ok(End::HandedOver);
-            }
-            self.sync_interest()?;
-            let pending = self.has_pending();
-            if pending {
-                ticker.arm(tick);
-            }
-            tokio::select! {
-                wake = wakes.next() => {
-                    match wake {
-                        Wake::Socket(i) => {
-                            tracing::trace!(side = i, "socket event");
-                            if self.sides[i].dir.is_carried() {
-                                // Readable (or FIN, reset): the read in copy_tail tells.
-                                self.copy_tail(i)?;
-                            } else {
-                                self.on_socket(i)?;
+    /// A block that uses its arguments where it captured them (see [`Started::run`]).
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps a second copy of each argument in its future"
+    )]
+    fn run<'s>(
+        &'s mut self,
+        wakes: &'s Wakes,
+        cutoff: Cutoff<'s>,
+    ) -> impl Future<Output = Result<End, (End, String)>> + Send + 's {
+        async move {
+            // Forward whatever arrived before the insert, and catch a FIN that came with it.
+            self.on_socket(0)?;
+            self.on_socket(1)?;
+            self.refresh_local()?;
+            let mut tick = TICK_MIN;
+            let mut ticker = Ticker::default();
+            let mut idle = cutoff.idle_timer();
+            let handover = cutoff.handover;
+            let asked = || handover.is_some_and(crate::handover::Handover::is_requested);
+            loop {
+                if let Some(end) = self.finished() {
+                    return Ok(end);
+                }
+                if asked() && self.steady() {
+                    return Ok(End::HandedOver);
+                }
+                self.sync_interest()?;
+                let pending = self.has_pending();
+                if pending {
+                    ticker.arm(tick);
+                }
+                tokio::select! {
+                    wake = wakes.next() => {
+                        match wake {
+                            Wake::Socket(i) => {
+                                tracing::trace!(side = i, "socket event");
+                                if self.sides[i].dir.is_carried() {
+                                    // Readable (or FIN, reset): the read in copy_tail tells.
+                                    self.copy_tail(i)?;
+                                } else {
+                                    self.on_socket(i)?;
+                                }
+                                // Writable, for the direction carried towards this socket.
+                                let o = 1 - i;
+                                if self.sides[o].dir.is_carried() && !self.sides[o].carry.is_empty() {
+                                    self.copy_tail(o)?;
+                                }
                             }
-                            // Writable, for the direction carried towards this socket.
-                            let o = 1 - i;
-                            if self.sides[o].dir.is_carried() && !self.sides[o].carry.is_empty() {
-                                self.copy_tail(o)?;
-                            }
+                            Wake::Mark(i) => self.on_mark(i)?,
+                            Wake::Passing(i) => self.on_passing(i)?,
+                            Wake::Local => self.refresh_local()?,
+                            // The top of the loop looks.
+                            Wake::Handover => {}
                         }
-                        Wake::Mark(i) => self.on_mark(i)?,
-                        Wake::Passing(i) => self.on_passing(i)?,
-                        Wake::Local => self.refresh_local()?,
-                        // The top of the loop looks.
-                        Wake::Handover => {}
+                        tick = TICK_MIN;
                     }
-                    tick = TICK_MIN;
-                }
-                () = std::future::poll_fn(|cx| ticker.poll_fired(cx)), if pending => {
-                    let copied = self.sides[0].copied + self.sides[1].copied;
-                    self.on_tick()?;
-                    // Back off while nothing moves; stay quick while a tail is being copied.
-                    tick = if self.sides[0].copied + self.sides[1].copied > copied {
-                        TICK_MIN
-                    } else {
-                        (tick * 2).min(TICK_MAX)
-                    };
-                }
-                () = std::future::poll_fn(|cx| {
-                    idle.poll_expired(cx, [self.sides[0].fd(), self.sides[1].fd()])
-                }) => {
-                    // Nothing in flight, nothing queued: a clean close on both sides.
-                    return Ok(End::IdleTimeout);
-                }
-                () = cutoff.abort.cancelled() => {
-                    return Err((End::Shutdown, "drain timeout".into()));
-                }
+                    () = std::future::poll_fn(|cx| ticker.poll_fired(cx)), if pending => {
+                        let copied = self.sides[0].copied + self.sides[1].copied;
+                        self.on_tick()?;
+                        // Back off while nothing moves; stay quick while a tail is being copied.
+                        tick = if self.sides[0].copied + self.sides[1].copied > copied {
+                            TICK_MIN
+                        } else {
+                            (tick * 2).min(TICK_MAX)
+                        };
+                    }
+                    () = std::future::poll_fn(|cx| {
+                        idle.poll_expired(cx, [self.sides[0].fd(), self.sides[1].fd()])
+                    }) => {
+                        // Nothing in flight, nothing queued: a clean close on both sides.
+                        return Ok(End::IdleTimeout);
+                    }
+                    () = cutoff.abort.cancelled() => {
+                        return Err((End::Shutdown, "drain timeout".into()));
+                    }
 
+                }
             }
         }
     }
