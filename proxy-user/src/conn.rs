@@ -311,11 +311,10 @@ impl<'a> Conn<'a> {
     ///
     /// Each data path's future is boxed on its own: the connection's future keeps its largest
     /// state for its whole life, and a box around this whole function would be one more
-    /// allocation per connection (575 B on the kernel path, measured). Each is made into a
-    /// local and then boxed: a future made inside the `.await` statement is a temporary that
-    /// keeps its storage in this future until the statement ends (measured: 416 B more). A
-    /// block that uses the arguments where it captured them: an `async fn` moves each into a
-    /// local of its own and keeps both.
+    /// allocation per connection (575 B on the kernel path, measured). No await sits inside a
+    /// match on a large value: the value matched on stays in this future while the arm awaits
+    /// (measured: 336 to 544 B more). A block that uses the arguments where it captured them:
+    /// an `async fn` moves each into a local of its own and keeps both.
     #[expect(
         clippy::manual_async_fn,
         reason = "an async fn keeps a second copy of each argument in its future"
@@ -579,9 +578,12 @@ pub async fn adopt(
         status: &state.status,
     };
     let counters = conn.relay_counters();
-    let mut outcome = match splice::adopt(kernel, &state.splice, sockets, &counters) {
-        Ok(started) => {
-            let spliced = started.run(conn.cutoff()).await;
+    // Boxed before the match that awaits it, as in `Conn::carry`.
+    let started = splice::adopt(kernel, &state.splice, sockets, &counters)
+        .map(|started| Box::pin(started.run(conn.cutoff())));
+    let mut outcome = match started {
+        Ok(run) => {
+            let spliced = run.await;
             Box::pin(conn.spliced(kernel, spliced, &route, state.early_up)).await
         }
         Err((end, detail)) => Outcome::nothing(end, detail),

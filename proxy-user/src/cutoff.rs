@@ -21,6 +21,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::net;
 
+/// TCP keeps the times of the last data segments in jiffies (1 to 10 ms, by the kernel's
+/// `HZ`), so the quiet time it reports can exceed the time that really passed by up to one
+/// jiffy: a connection was closed 998 ms after its last byte against a 1-s timeout (CI,
+/// `timeouts::idle_closed_busy_stays`). Counting one jiffy of the longest kind less never
+/// closes a connection before its timeout, and at most 10 ms after it.
+const JIFFY: Duration = Duration::from_millis(10);
+
 /// What may end a carried connection besides its peers.
 #[derive(Clone, Copy)]
 pub struct Cutoff<'a> {
@@ -82,12 +89,12 @@ impl IdleTimer {
                 .iter()
                 .map(|&fd| net::quiet_for(fd).unwrap_or_default())
                 .min()
-                .unwrap_or_default();
+                .unwrap_or_default()
+                .saturating_sub(JIFFY);
             if quiet >= timeout {
                 return Poll::Ready(());
             }
-            // The earliest moment the connection can have been quiet for the whole timeout
-            // (TCP's timestamps have jiffy resolution: at least a millisecond from now).
+            // The earliest moment the connection can have been quiet for the whole timeout.
             let wait = (timeout - quiet).max(Duration::from_millis(1));
             sleep.as_mut().reset(Instant::now() + wait);
         }
