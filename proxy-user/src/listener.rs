@@ -194,8 +194,7 @@ fn admit(
 /// a task's future is allocated once, at the size of its largest state, and kept for the
 /// connection's life, and each nested `async fn` keeps its own copies of its arguments. So the
 /// steps that end before the bytes flow (dial, TLS and CONNECT handshakes: the latter ~5 KiB)
-/// are boxed inside the modes. A block that uses its arguments where it captured them: an
-/// `async fn` moves each argument into a local of its own and keeps both.
+/// are boxed inside the modes; see `Conn::carry` for why this is a block, not an `async fn`.
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn keeps a second copy of each argument in its future"

@@ -14,9 +14,8 @@ use crate::{
     tls::{ClientTls, ServerTls},
 };
 
-/// Serves one admitted connection of a tcp frontend to its end, log line included. A block
-/// that uses its arguments where it captured them: an `async fn` moves each into a local of
-/// its own and keeps both, in a future every idle connection holds.
+/// Serves one admitted connection of a tcp frontend to its end, log line included (a block,
+/// not an `async fn`: see `Conn::carry`).
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn keeps a second copy of each argument in its future"

@@ -199,10 +199,8 @@ pub struct Started<'k> {
 impl<'k> Started<'k> {
     /// Carries the connection in the kernel until it ends, is reset, or the `cutoff` ends it
     /// (idle: both sockets closed with a FIN once out of the maps; the drain timeout: reset),
-    /// or an upgrade takes it.
-    ///
-    /// A block that uses `self` where it was captured: an `async fn` would move its argument
-    /// into a local of its own and keep both (the whole `Splice` twice, measured).
+    /// or an upgrade takes it. A block, not an `async fn` (see `Conn::carry`): the whole
+    /// `Splice` would be kept twice.
     #[expect(
         clippy::manual_async_fn,
         reason = "an async fn keeps a second copy of each argument in its future"
@@ -532,7 +530,7 @@ impl Ticker {
 }
 
 impl Splice<'_> {
-    /// A block that uses its arguments where it captured them (see [`Started::run`]).
+    /// A block, not an `async fn`, as [`Started::run`].
     #[expect(
         clippy::manual_async_fn,
         reason = "an async fn keeps a second copy of each argument in its future"
