@@ -26,7 +26,7 @@ use std::{
 
 use prometheus::IntCounter;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, Interest, ReadBuf, unix::AsyncFd},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, Interest, unix::AsyncFd},
     net::TcpStream,
 };
 
@@ -482,10 +482,10 @@ const STREAM_CHUNK: usize = 64 * 1024;
 /// One direction of [`relay_streams`].
 struct Flow {
     /// Held while bytes flow; freed when the reader has nothing and nothing waits to be written.
-    buf: Option<Box<[u8]>>,
-    /// `buf[pos..len]` is read but not yet written.
+    /// Read into without being zeroed first (a 64-KiB memset each time bytes start to flow).
+    buf: Vec<u8>,
+    /// `buf[pos..]` is read but not yet written.
     pos: usize,
-    len: usize,
     read_done: bool,
     /// Bytes were written since the last flush (TLS buffers records until flushed).
     unflushed: bool,
@@ -498,9 +498,8 @@ struct Flow {
 impl Flow {
     fn new(from: Side, to: Side) -> Self {
         Self {
-            buf: None,
+            buf: Vec::new(),
             pos: 0,
-            len: 0,
             read_done: false,
             unflushed: false,
             done: false,
@@ -512,7 +511,7 @@ impl Flow {
 
     /// Waits to write (or flush) to `w`, or has finished: it does not read `r` meanwhile.
     fn away(&self) -> bool {
-        self.done || self.pos < self.len || self.unflushed
+        self.done || self.pos < self.buf.len() || self.unflushed
     }
 
     /// Moves bytes from `r` to `w` until both would block; `Ready(Ok)` once EOF was read and
@@ -531,17 +530,13 @@ impl Flow {
         let (from, to) = (self.from, self.to);
         let write_err = |error| DirectionError { failed: to, error };
         loop {
-            if self.pos == self.len && !self.read_done {
-                let buf = self
-                    .buf
-                    .get_or_insert_with(|| vec![0; STREAM_CHUNK].into_boxed_slice());
-                let mut read = ReadBuf::new(buf);
-                match r.as_mut().poll_read(cx, &mut read) {
-                    Poll::Ready(Ok(())) if read.filled().is_empty() => self.read_done = true,
-                    Poll::Ready(Ok(())) => {
-                        self.len = read.filled().len();
-                        self.pos = 0;
-                    }
+            if self.pos == self.buf.len() && !self.read_done {
+                self.buf.clear();
+                self.pos = 0;
+                self.buf.reserve_exact(STREAM_CHUNK);
+                match tokio_util::io::poll_read_buf(r.as_mut(), cx, &mut self.buf) {
+                    Poll::Ready(Ok(0)) => self.read_done = true,
+                    Poll::Ready(Ok(_)) => {}
                     // A TLS peer that closed TCP without close_notify: rustls reports it as
                     // an unexpected EOF. Agents and intakes do it routinely; it is the end of
                     // that direction, passed on as such.
@@ -560,15 +555,14 @@ impl Flow {
                             self.unflushed = false;
                         }
                         // Idle: give the buffer back until the reader wakes up.
-                        self.buf = None;
+                        self.buf = Vec::new();
                         return Poll::Pending;
                     }
                 }
             }
-            while self.pos < self.len {
-                let buf = self.buf.as_deref().unwrap_or_default();
-                let n = ready!(w.as_mut().poll_write(cx, &buf[self.pos..self.len]))
-                    .map_err(write_err)?;
+            while self.pos < self.buf.len() {
+                let n =
+                    ready!(w.as_mut().poll_write(cx, &self.buf[self.pos..])).map_err(write_err)?;
                 if n == 0 {
                     return Poll::Ready(Err(write_err(io::ErrorKind::WriteZero.into())));
                 }
@@ -579,7 +573,7 @@ impl Flow {
             }
             if self.read_done {
                 ready!(w.as_mut().poll_shutdown(cx)).map_err(write_err)?;
-                self.buf = None;
+                self.buf = Vec::new();
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
