@@ -112,7 +112,7 @@ fn ip6(field: *const [u32; 4]) -> [u32; 4] {
 }
 
 #[sock_ops]
-pub fn local_sock_ops(ctx: SockOpsContext) -> u32 {
+fn local_sock_ops(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
     let family = ctx.family();
     if op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_STATE_CB {
@@ -201,7 +201,7 @@ pub fn local_sock_ops(ctx: SockOpsContext) -> u32 {
 }
 
 #[sk_msg]
-pub fn local_msg(ctx: SkMsgContext) -> u32 {
+fn local_msg(ctx: SkMsgContext) -> u32 {
     let md = ctx.msg;
     // SAFETY (all reads below): fields of the context, loaded one at a time.
     let field = |f: *const u32| unsafe { core::ptr::read_volatile(f) };

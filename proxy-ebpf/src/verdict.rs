@@ -65,7 +65,7 @@ const TRIM_STEP: u32 = 0xfff;
 const TRIM_CALLS: u32 = 64;
 
 #[stream_verdict]
-pub fn splice_verdict(ctx: SkBuffContext) -> u32 {
+fn splice_verdict(ctx: SkBuffContext) -> u32 {
     try_splice_verdict(&ctx)
 }
 

@@ -16,12 +16,11 @@
 //! recently used let go first). A kept-alive client that sends no new head within the frontend's
 //! `idle_timeout` is closed ([`crate::http::serve`]).
 //!
-//! Framing: the first head of the connection passed [`super::request`]'s checks (both
-//! `Content-Length` and `Transfer-Encoding`, two `Content-Length`, bare LF, obs-fold, oversized:
-//! 400 with nothing forwarded). Later heads are hyper's to read, which refuses obs-fold,
-//! invalid or differing `Content-Length` values and a `Transfer-Encoding` other than chunked
-//! with 400; with both framing headers it reads the body as chunked and closes the connection
-//! after the answer. Either way the upstream receives the message as hyper frames it, never the
+//! Framing: every head of the connection passes [`crate::http::request`]'s checks before hyper
+//! reads it - the first one when it was peeked at, the later ones in the checked stream
+//! ([`crate::http::heads`]): both `Content-Length` and `Transfer-Encoding`, two
+//! `Content-Length`, bare LF, obs-fold, oversized heads get 400 (431) with nothing of that
+//! request forwarded. The upstream receives each message as hyper frames it, never the
 //! client's bytes, so the two cannot disagree on where a request ends.
 //!
 //! The connection's one log line carries the first destination, the last server and status,
