@@ -254,27 +254,12 @@ mod tests {
 
     /// An idle connection keeps its task's future for its whole life, allocated at the size of
     /// the future's largest state. These bounds keep a large state (a handshake, a buffer, an
-    /// argument copied down the call chain) from creeping back into the carried path; see
-    /// docs/benchmarks.md, "Idle connection memory", before raising one. Sizes when last set
-    /// (debug build; release is a little smaller): task 632, relay 488, splice 1160 bytes, with
-    /// the idle timeout's `Cutoff` and boxed timer (576, 416 and 1048 before it; the task was
-    /// 480 before the connection value and the tcp mode's own `async fn`, 5.6 KiB before that
-    /// work). The upgrade's hand-over added 8, 16 and 64 bytes (release: task 592, relay 472,
-    /// splice 1208): its wake-up is a bit of the connection's existing slot, and what only an
-    /// upgrade runs is boxed. The relay's reset watches added 16 (release: relay 488): one
-    /// pointer, to what is boxed once a direction waits. `kernel_after` (a connection that
-    /// starts in the relay) boxed the kernel branch of `Conn::carry` and put the relay's state
-    /// in one struct (release: task 544, relay 464, splice 1240), which made that branch a
-    /// third allocation of 575 B per kernel-path connection. Since (2026-12-03) each data
-    /// path's future is boxed from `Conn::carry` itself, the splice is set up by a plain
-    /// function and carried by a future that holds only its state (`splice::Started`), its
-    /// tick timer is boxed on first use, and `handle`, `tcp::run` and `carry` are blocks that
-    /// keep no second copy of their arguments (release: task 520, relay 464, splice 936, and
-    /// no third allocation; the task's cell fell from 768 to 640 B, tokio aligns cells to 128);
-    /// then the same-host pairing boxed (136 B only those connections use) and `Splice::run`
-    /// a block too (release: splice 760).
-    /// The task's bound is the largest future whose cell is still 640 B (release build, as
-    /// `cargo xtask test` runs it); the others leave room for small additions.
+    /// argument copied down the call chain) from creeping back into the carried path; read
+    /// docs/benchmarks.md ("Idle connection memory", and "Memory per idle connection" in the
+    /// full run of 2026-12-03, which has the history) before raising one. Sizes when last set,
+    /// release build as `cargo xtask test` runs it: task 520, relay 464, splice 760 bytes. The
+    /// task's bound is the largest future whose tokio cell is still 640 B (cells are aligned to
+    /// 128); the others leave room for small additions.
     #[test]
     fn idle_connection_futures_stay_small() {
         let task = future_size(|(c, p, l, s, permits)| handle(c, p, l, s, permits));

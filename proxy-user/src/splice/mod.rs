@@ -606,7 +606,6 @@ impl Splice<'_> {
                     () = cutoff.abort.cancelled() => {
                         return Err((End::Shutdown, "drain timeout".into()));
                     }
-
                 }
             }
         }
