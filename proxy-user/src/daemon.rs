@@ -529,7 +529,7 @@ impl Daemon {
             Ok(()) => ("ok", None),
             Err(e) => ("error", Some(e.to_string())),
         };
-        // /stats and the gauge before the counter: whoever sees the count move sees the rest.
+        // /stats before the metrics: whoever sees the count move sees the rest.
         {
             let mut status = self
                 .process
@@ -545,13 +545,7 @@ impl Daemon {
                 "last": { "result": label, "at_unix": at, "error": error },
             });
         }
-        metrics
-            .config_last_reload_successful
-            .set(i64::from(error.is_none()));
-        metrics
-            .config_reloads_total
-            .with_label_values(&[label])
-            .inc();
+        metrics.record_reload(error.is_none());
         match error {
             None => tracing::info!(
                 frontends = self.generation.frontends.len(),

@@ -95,10 +95,14 @@ pub struct Metrics {
     /// `agent_proxy_dns_stale{host}` (extension): 1 while the last resolution of a host failed
     /// and its last good answer is in use.
     pub dns_stale: IntGaugeVec,
-    /// `agent_proxy_config_reloads_total{result}`: SIGHUP reloads, `ok` or `error`.
+    /// `agent_proxy_config_reloads_total{result}`: SIGHUP reloads, `ok` or `error`. Moved only
+    /// by [`Metrics::record_reload`], with the gauge below.
     pub config_reloads_total: IntCounterVec,
     /// `agent_proxy_config_last_reload_successful`: 0 after a refused reload, until one succeeds.
     pub config_last_reload_successful: prometheus::IntGauge,
+    /// Held while a reload's outcome is recorded and while a scrape gathers, so that a scrape
+    /// never shows the new count with the old gauge (see [`Metrics::record_reload`]).
+    reload_outcome: std::sync::Mutex<()>,
     /// `agent_proxy_build_info{version,commit}`: always 1, for joining on the version.
     pub build_info: IntGaugeVec,
     /// `agent_proxy_upgrades_total{result}`: SIGUSR2 upgrades this process started, `ok` (the
@@ -305,6 +309,7 @@ impl Metrics {
                     .set(1);
                 info
             },
+            reload_outcome: std::sync::Mutex::new(()),
             registry: {
                 // process_cpu_seconds_total, process_open_fds, process_max_fds,
                 // process_resident_memory_bytes, process_virtual_memory_bytes,
@@ -327,12 +332,35 @@ impl Metrics {
         }
     }
 
+    /// Counts a reload (`ok` or `error`) and sets `agent_proxy_config_last_reload_successful`
+    /// as one step for scrapes. The registry gathers its collectors in hash order, some
+    /// microseconds apart: without the lock a scrape could read the gauge before the update
+    /// and the counter after it, e.g. the third `ok` with the gauge still 0 from a refused
+    /// reload just before.
+    pub fn record_reload(&self, ok: bool) {
+        let _outcome = self
+            .reload_outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.config_last_reload_successful.set(i64::from(ok));
+        self.config_reloads_total
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
     /// Encodes the registry in the Prometheus text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
+        let families = {
+            let _outcome = self
+                .reload_outcome
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.registry.gather()
+        };
         let mut buf = Vec::new();
         // Encoding only fails on an I/O error of the writer (a Vec never fails) or a metric
         // family without samples, which `gather` already leaves out; log rather than panic.
-        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+        if let Err(err) = TextEncoder::new().encode(&families, &mut buf) {
             tracing::error!(error = %err, "cannot encode metrics");
         }
         // The text encoder only writes UTF-8 (names, labels and HELP are `String`s).
@@ -568,6 +596,48 @@ mod tests {
         a.kernel_errors_total.with_label_values(&["x"]).inc();
         assert!(a.render().contains("agent_proxy_kernel_errors_total"));
         assert!(!b.render().contains("agent_proxy_kernel_errors_total"));
+    }
+
+    /// A scrape shows a reload's count and `last_reload_successful` from the same moment,
+    /// while reloads are recorded from another thread: the gauge is 1 exactly when as many
+    /// reloads succeeded as were refused (they alternate, refused first).
+    #[test]
+    fn scrapes_see_reload_count_and_gauge_together() {
+        let m = std::sync::Arc::new(Metrics::new());
+        for result in ["ok", "error"] {
+            m.config_reloads_total.with_label_values(&[result]);
+        }
+        let recorder = {
+            let m = std::sync::Arc::clone(&m);
+            std::thread::spawn(move || {
+                for _ in 0..20_000 {
+                    m.record_reload(false);
+                    m.record_reload(true);
+                }
+            })
+        };
+        let value = |text: &str, sample: &str| -> i64 {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
+                .unwrap_or_else(|| panic!("no `{sample}` in:\n{text}"));
+            line[sample.len()..].trim().parse().expect("an integer")
+        };
+        let mut scrapes = 0;
+        while !recorder.is_finished() || scrapes == 0 {
+            let text = m.render();
+            let gauge = value(&text, "agent_proxy_config_last_reload_successful");
+            let ok = value(&text, r#"agent_proxy_config_reloads_total{result="ok"}"#);
+            let error = value(&text, r#"agent_proxy_config_reloads_total{result="error"}"#);
+            assert_eq!(
+                gauge,
+                i64::from(ok == error),
+                "scrape {scrapes}: ok {ok}, error {error}, gauge {gauge}"
+            );
+            scrapes += 1;
+        }
+        recorder.join().expect("recorder thread");
+        assert!(scrapes > 1, "only {scrapes} scrape during the reloads");
     }
 
     /// The HELP text of the handshake errors names exactly the reasons the code emits.

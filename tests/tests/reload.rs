@@ -111,7 +111,10 @@ fn reload(env: &TestEnv, result: &str, count: u64) -> anyhow::Result<()> {
     let expected = if result == "ok" { 1.0 } else { 0.0 };
     ensure!(
         successful == Some(expected),
-        "agent_proxy_config_last_reload_successful = {successful:?} after a reload {result}"
+        "agent_proxy_config_last_reload_successful = {successful:?} after reload {result} \
+         number {count} (ok {}, error {})",
+        m.count("agent_proxy_config_reloads_total", &[("result", "ok")]),
+        m.count("agent_proxy_config_reloads_total", &[("result", "error")])
     );
     Ok(())
 }
