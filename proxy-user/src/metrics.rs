@@ -600,17 +600,22 @@ mod tests {
 
     /// A scrape shows a reload's count and `last_reload_successful` from the same moment,
     /// while reloads are recorded from another thread: the gauge is 1 exactly when as many
-    /// reloads succeeded as were refused (they alternate, refused first).
+    /// reloads succeeded as were refused (they alternate, refused first). The recorder runs
+    /// until the scrapes are done, so every scrape has it running beside it.
     #[test]
     fn scrapes_see_reload_count_and_gauge_together() {
-        let m = std::sync::Arc::new(Metrics::new());
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        const SCRAPES: usize = 300;
+        let m = Arc::new(Metrics::new());
         for result in ["ok", "error"] {
             m.config_reloads_total.with_label_values(&[result]);
         }
+        let done = Arc::new(AtomicBool::new(false));
         let recorder = {
-            let m = std::sync::Arc::clone(&m);
+            let (m, done) = (Arc::clone(&m), Arc::clone(&done));
             std::thread::spawn(move || {
-                for _ in 0..20_000 {
+                while !done.load(Ordering::Relaxed) {
                     m.record_reload(false);
                     m.record_reload(true);
                 }
@@ -623,8 +628,8 @@ mod tests {
                 .unwrap_or_else(|| panic!("no `{sample}` in:\n{text}"));
             line[sample.len()..].trim().parse().expect("an integer")
         };
-        let mut scrapes = 0;
-        while !recorder.is_finished() || scrapes == 0 {
+        let mut last_ok = 0;
+        for scrape in 0..SCRAPES {
             let text = m.render();
             let gauge = value(&text, "agent_proxy_config_last_reload_successful");
             let ok = value(&text, r#"agent_proxy_config_reloads_total{result="ok"}"#);
@@ -632,12 +637,13 @@ mod tests {
             assert_eq!(
                 gauge,
                 i64::from(ok == error),
-                "scrape {scrapes}: ok {ok}, error {error}, gauge {gauge}"
+                "scrape {scrape}: ok {ok}, error {error}, gauge {gauge}"
             );
-            scrapes += 1;
+            last_ok = ok;
         }
+        done.store(true, Ordering::Relaxed);
         recorder.join().expect("recorder thread");
-        assert!(scrapes > 1, "only {scrapes} scrape during the reloads");
+        assert!(last_ok > 0, "no reload recorded during {SCRAPES} scrapes");
     }
 
     /// The HELP text of the handshake errors names exactly the reasons the code emits.
