@@ -16,14 +16,18 @@
 //!   through what the upstream socket has room for now (its send buffer minus its queue, in the
 //!   kernel's own accounting), charging each message more than it can cost; past the limit the
 //!   messages take the TCP path, where TCP's own flow control pushes back on the agent.
-use proxy_common::LocalGate;
+use proxy_common::{FlowKey, LocalGate};
 
 use super::{Splice, SplicePair, Step, internal, reset_end};
 use crate::net;
+use crate::outcome::End;
 
 /// Send-queue memory left unused as a margin: one message in flight while the room is read
 /// (at most 17 pages of 32 KiB), and the socket's own slack.
 const ROOM_MARGIN: u64 = 1024 * 1024;
+
+/// Looks at the landing counts per refresh before leaving the next one to the tick.
+const QUICK_LOOKS: u32 = 8;
 
 impl Splice<'_> {
     /// Pairs the agent socket behind the client socket with the upstream socket, if the agent
@@ -50,6 +54,8 @@ impl Splice<'_> {
                     },
                     last: Default::default(),
                     recheck: true,
+                    looked: 0,
+                    moved: false,
                 }));
             }
             Ok(None) => {}
@@ -89,7 +95,8 @@ impl Splice<'_> {
     /// Opens the gate once the TCP-path bytes have landed, and sets its limit to what the
     /// upstream socket has room for.
     pub(super) fn refresh_local(&mut self) -> Step {
-        let (Some(local), Some(pairing)) = (&self.kernel.local, self.local.as_ref()) else {
+        let kernel = self.kernel;
+        let (Some(local), Some(pairing)) = (&kernel.local, self.local.as_ref()) else {
             return Ok(());
         };
         let key = pairing.key;
@@ -122,34 +129,14 @@ impl Splice<'_> {
             self.set_recheck(false);
             return Ok(());
         }
-        let (client, upstream) = (self.sides[0].fd(), self.sides[1].fd());
         if before.passed != gate.tcp_landed {
-            // Read in this order: what arrived, what the verdict forwarded, what reached the
-            // upstream queue, then what the program did. Each read can only lag the ones after
-            // it, so the equalities below hold only if nothing is in flight.
-            let own = net::tcp_bytes(client).map_err(|e| reset_end(0, &e))?;
-            let counted = self
-                .kernel
-                .registry
-                .side(self.sides[0].cookie)
-                .map_err(internal)?;
-            let peer = net::tcp_bytes(upstream).map_err(|e| reset_end(1, &e))?;
-            let Some(after) = local.state(&key) else {
-                self.set_recheck(false);
+            let Some(landed) = self.tcp_landed(&key)? else {
                 return Ok(());
             };
-            let forwarded = counted.bytes + self.sides[0].copied;
-            let landed = own.received == after.passed
-                && forwarded == own.received - self.sides[0].rcv_base
-                && peer.queued_for_send - self.sides[1].snd_base == forwarded + after.redirected;
-            if !landed {
-                self.set_recheck(true);
-                return Ok(());
-            }
-            gate.tcp_landed = own.received;
+            gate.tcp_landed = landed;
         }
         let charged = local.state(&key).map_or(before.charged, |s| s.charged);
-        let room = net::send_room(upstream)
+        let room = net::send_room(self.sides[1].fd())
             .map_err(|e| reset_end(1, &e))?
             .saturating_sub(ROOM_MARGIN);
         gate.limit = charged + room;
@@ -166,6 +153,65 @@ impl Splice<'_> {
         let now = local.state(&key);
         self.set_recheck(now.is_some_and(|s| s.passed != gate.tcp_landed));
         Ok(())
+    }
+
+    /// The agent socket's received count once every byte it left to the TCP path has reached
+    /// the upstream socket's send queue; `None` (and a recheck) while some are still on their
+    /// way, or when the agent socket is gone.
+    ///
+    /// The bytes in flight are normally in the kernel's redirect worker for microseconds, while
+    /// a chatty agent sends a request every ~100 us on a fast host - and every message sent
+    /// while the gate is closed takes the TCP path. So a look that finds bytes in flight looks
+    /// again at once a few times, yielding the CPU in between (the worker may be waiting for
+    /// it), before it leaves the next look to the tick (1 ms or more).
+    fn tcp_landed(&mut self, key: &FlowKey) -> Result<Option<u64>, (End, String)> {
+        let kernel = self.kernel;
+        let Some(local) = &kernel.local else {
+            return Ok(None);
+        };
+        let mut looks = 0;
+        loop {
+            let (client, upstream) = (self.sides[0].fd(), self.sides[1].fd());
+            // Read in this order: what arrived, what the verdict forwarded, what reached the
+            // upstream queue, then what the program did. Each read can only lag the ones after
+            // it, so the equalities below hold only if nothing is in flight.
+            let own = net::tcp_bytes(client).map_err(|e| reset_end(0, &e))?;
+            let counted = self
+                .kernel
+                .registry
+                .side(self.sides[0].cookie)
+                .map_err(internal)?;
+            let peer = net::tcp_bytes(upstream).map_err(|e| reset_end(1, &e))?;
+            let Some(after) = local.state(key) else {
+                self.set_recheck(false);
+                return Ok(None);
+            };
+            let forwarded = counted.bytes + self.sides[0].copied;
+            if own.received == after.passed
+                && forwarded == own.received - self.sides[0].rcv_base
+                && peer.queued_for_send - self.sides[1].snd_base == forwarded + after.redirected
+            {
+                return Ok(Some(own.received));
+            }
+            looks += 1;
+            if looks == QUICK_LOOKS {
+                if let Some(pairing) = &mut self.local {
+                    // The agent is still sending: the tick must not back off (see `run`).
+                    pairing.moved = after.passed != pairing.looked;
+                    pairing.looked = after.passed;
+                }
+                self.set_recheck(true);
+                return Ok(None);
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// True once after a look found the agent still sending through the TCP path.
+    pub(super) fn take_local_moved(&mut self) -> bool {
+        self.local
+            .as_mut()
+            .is_some_and(|pairing| std::mem::take(&mut pairing.moved))
     }
 
     fn set_recheck(&mut self, recheck: bool) {

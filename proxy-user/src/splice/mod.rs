@@ -154,6 +154,10 @@ struct LocalPairing {
     last: LocalSend,
     /// Bytes that took the TCP path are not yet seen landed: look again on the next tick.
     recheck: bool,
+    /// The program's `passed` count at the last look that found bytes in flight.
+    looked: u64,
+    /// That look found `passed` moved since the one before: the agent is sending.
+    moved: bool,
 }
 
 /// [`reset_end`] with what failed in the detail ("socket error", "read", "write"), so that the
@@ -590,8 +594,10 @@ impl Splice<'_> {
                     () = std::future::poll_fn(|cx| ticker.poll_fired(cx)), if pending => {
                         let copied = self.sides[0].copied + self.sides[1].copied;
                         self.on_tick()?;
-                        // Back off while nothing moves; stay quick while a tail is being copied.
-                        tick = if self.sides[0].copied + self.sides[1].copied > copied {
+                        // Back off while nothing moves; stay quick while a tail is being copied
+                        // or a same-host agent sends through the TCP path, waiting for the gate.
+                        let moved = self.take_local_moved();
+                        tick = if self.sides[0].copied + self.sides[1].copied > copied || moved {
                             TICK_MIN
                         } else {
                             (tick * 2).min(TICK_MAX)
