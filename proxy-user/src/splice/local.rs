@@ -176,8 +176,7 @@ impl Splice<'_> {
             // upstream queue, then what the program did. Each read can only lag the ones after
             // it, so the equalities below hold only if nothing is in flight.
             let own = net::tcp_bytes(client).map_err(|e| reset_end(0, &e))?;
-            let counted = self
-                .kernel
+            let counted = kernel
                 .registry
                 .side(self.sides[0].cookie)
                 .map_err(internal)?;
