@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use agent_proxy_tests::dnsmasq::Dnsmasq;
+use agent_proxy_tests::metrics::Metrics;
 use agent_proxy_tests::netns::NetNs;
 use agent_proxy_tests::{DaemonConfig, Dataplane, TestEnv, run_scenario};
 use anyhow::{Context as _, bail, ensure};
@@ -190,13 +191,19 @@ fn dns_follows(dp: Dataplane) -> anyhow::Result<()> {
                 "with DNS down, traffic goes to the last answer"
             );
         }
+        // Both in the condition: the error is counted just before the gauge is set, and one
+        // scrape may read the counter before that and the gauge after it.
+        let errors = |m: &Metrics| {
+            m.count(
+                "agent_proxy_dns_resolutions_total",
+                &[("host", "intake.test"), ("result", "error")],
+            )
+        };
         let m = env.daemon.settle(Duration::from_secs(10), |m| {
             m.get("agent_proxy_dns_stale", &[("host", "intake.test")]) == Some(1.0)
+                && errors(m) >= 1
         })?;
-        let errors = m.count(
-            "agent_proxy_dns_resolutions_total",
-            &[("host", "intake.test"), ("result", "error")],
-        );
+        let errors = errors(&m);
         ensure!(errors >= 1, "failed resolutions are not counted");
         ensure!(
             m.get("agent_proxy_dns_stale", &[("host", "intake.test")]) == Some(1.0),
